@@ -1,0 +1,53 @@
+"""Build megactllm: the Python package plus one pybind11 extension per csrc/*.cpp file.
+
+Each `csrc/<name>.cpp` becomes the extension module `megactllm._<name>`, so adding a hot
+loop in C++ is a matter of dropping a file in csrc/ and importing `megactllm._<name>`.
+"""
+import glob
+import os
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+extensions = [
+    Pybind11Extension(
+        f"megactllm._{os.path.splitext(os.path.basename(src))[0]}",
+        [os.path.relpath(src, HERE)],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+    )
+    for src in sorted(glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
+]
+
+setup(
+    name="megactllm",
+    version="0.1.0",
+    description="Chinese-centric LLM training on megatron-core: corpus to tokens to TP/PP/DP pretraining, SFT, DPO",
+    packages=find_packages(include=["megactllm", "megactllm.*"]),
+    ext_modules=extensions,
+    cmdclass={"build_ext": build_ext},
+    python_requires=">=3.10",
+    install_requires=[
+        # A plain `torch` requirement would pull a multi-GB CUDA build on a CPU machine;
+        # the pin takes the local CPU wheel here and is satisfied by a site's own torch on GPUs.
+        "torch==2.13.0",
+        "megatron-core==0.16.1",
+        # dist_checkpointing's writer subprocess dies without psutil and the parent then hangs.
+        "psutil",
+        "numpy",
+        "pyyaml",
+        "sentencepiece",
+        "tokenizers",
+        "tensorboard",
+        "matplotlib",
+        "zstandard",
+        "pyarrow",
+        "safetensors",
+        "transformers",
+        "jieba",
+        "opencc-python-reimplemented",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout", "datasketch"]},
+)
