@@ -1,0 +1,258 @@
+"""Run configuration: dataclasses loaded from a YAML recipe and overridden with `section.key=value`.
+
+A recipe has one mapping per section (model, parallel, data, optim, train). `model.arch` names a
+base architecture (see megactllm.model.architectures); the recipe's other model keys override it.
+ModelConfig is the single source of truth for a model's shape: checkpoints store it and conversion,
+training and inference read it back from there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    arch: Optional[str] = None
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 176
+    num_attention_heads: int = 4
+    # None means plain multi-head attention (as many key/value heads as query heads).
+    num_query_groups: Optional[int] = None
+    # Per-head dimension; None means hidden_size // num_attention_heads.
+    kv_channels: Optional[int] = None
+    seq_length: int = 128
+    max_position_embeddings: Optional[int] = None
+    # The tokenizer's true vocabulary; the embedding is padded (see padded_vocab_size).
+    vocab_size: int = 32000
+    make_vocab_size_divisible_by: int = 128
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1e-5
+    tie_word_embeddings: bool = False
+    init_method_std: float = 0.02
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    add_bias_linear: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    def padded_vocab_size(self, tensor_parallel_size: int = 1) -> int:
+        """Vocabulary rounded up to a multiple of make_vocab_size_divisible_by x TP (Megatron's rule)."""
+        multiple = self.make_vocab_size_divisible_by * tensor_parallel_size
+        return ((self.vocab_size + multiple - 1) // multiple) * multiple
+
+    def num_parameters(self, tensor_parallel_size: int = 1) -> int:
+        """Parameter count of the unpadded model (embedding counted once if tied)."""
+        h, f, v = self.hidden_size, self.ffn_hidden_size, self.vocab_size
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h
+        embeddings = v * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + embeddings + h
+
+    def flops_per_token(self, seq_length: Optional[int] = None) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), attention included."""
+        s = seq_length or self.seq_length
+        h, f, l = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        dense = l * (h * (q + 2 * kv) + q * h + 3 * h * f) + self.vocab_size * h
+        attention = l * 2 * s * q  # QK^T and AV, per token (causal halving ignored, as Megatron does)
+        return 3 * 2 * (dense + attention)
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    # None, "selective" (core attention only) or "full".
+    recompute_granularity: Optional[str] = None
+    recompute_method: Optional[str] = None  # "uniform" or "block", with full recompute
+    recompute_num_layers: Optional[int] = None
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    distributed_backend: Optional[str] = None  # None: nccl on CUDA, gloo on CPU
+    distributed_timeout_minutes: int = 10
+
+
+@dataclass
+class DataConfig:
+    # Megatron's blend form: ["0.6", "zh_prefix", "0.4", "en_prefix"] or ["prefix"].
+    data_path: list = field(default_factory=list)
+    # Separate blends per split; when set they replace data_path + split.
+    train_data_path: list = field(default_factory=list)
+    valid_data_path: list = field(default_factory=list)
+    test_data_path: list = field(default_factory=list)
+    split: str = "969,30,1"
+    tokenizer_type: str = "sentencepiece"  # "sentencepiece" or "huggingface"
+    tokenizer_model: Optional[str] = None
+    data_cache_path: Optional[str] = None
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
+    eod_mask_loss: bool = True
+    num_workers: int = 0
+    # SFT / DPO: prefixes written by tools/preprocess_sft.py or tools/preprocess_dpo.py, blended by weight.
+    packing: bool = True
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    min_lr: float = 2e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+    lr_warmup_iters: int = 0
+    lr_warmup_fraction: Optional[float] = None
+    lr_decay_style: str = "cosine"  # cosine, linear, constant, WSD
+    lr_decay_iters: Optional[int] = None
+    lr_wsd_decay_style: str = "exponential"
+    lr_wsd_decay_iters: Optional[int] = None
+    bf16: bool = False
+    fp16: bool = False
+    initial_loss_scale: float = 2.0**16
+    loss_scale: Optional[float] = None  # static loss scale for fp16; None means dynamic
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"  # pretrain, sft, dpo
+    seed: int = 1234
+    micro_batch_size: int = 1
+    global_batch_size: int = 8
+    train_iters: Optional[int] = None
+    train_tokens: Optional[int] = None
+    train_epochs: Optional[float] = None
+    eval_interval: int = 100
+    eval_iters: int = 10
+    log_interval: int = 10
+    save: Optional[str] = None
+    save_interval: Optional[int] = None
+    async_save: bool = False
+    load: Optional[str] = None
+    # Initialise weights from this checkpoint with a fresh optimizer, schedule and counters
+    # (continued pretraining, SFT from a pretrained model, DPO from an SFT model).
+    pretrained_checkpoint: Optional[str] = None
+    tensorboard_dir: Optional[str] = None
+    max_consecutive_nonfinite: int = 3
+    exit_interval: Optional[int] = None
+    # DPO
+    dpo_beta: float = 0.5
+    dpo_label_smoothing: float = 0.0
+    dpo_loss_type: str = "sigmoid"  # sigmoid or ipo
+    dpo_reference_logprobs: Optional[str] = None  # precomputed reference log-probs file
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTION_CLASSES = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _build_section(cls, values: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} in section; known keys: {sorted(known)}")
+    return cls(**values)
+
+
+def model_config_from_dict(values: dict, where: str = "model config") -> ModelConfig:
+    """ModelConfig from a mapping; `arch` picks a named architecture that the other keys override."""
+    values = dict(values)
+    arch = values.get("arch")
+    if arch:
+        from megactllm.model.architectures import get_architecture
+
+        base = dataclasses.asdict(get_architecture(arch))
+        base.update(values)
+        values = base
+    return _build_section(ModelConfig, values, where)
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars give ints, floats, bools, null and lists ([a, b]) the way a user expects.
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.train_iters=100")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        if section not in _SECTION_CLASSES:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; sections: {sorted(_SECTION_CLASSES)}")
+        raw.setdefault(section, {})[name] = _parse_value(value)
+    return raw
+
+
+def config_from_dict(raw: dict, where: str = "config") -> Config:
+    unknown = sorted(set(raw) - set(_SECTION_CLASSES))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; sections: {sorted(_SECTION_CLASSES)}")
+    sections = {}
+    for name, cls in _SECTION_CLASSES.items():
+        values = raw.get(name) or {}
+        if name == "model":
+            sections[name] = model_config_from_dict(values, f"{where} [model]")
+        else:
+            sections[name] = _build_section(cls, values, f"{where} [{name}]")
+    return Config(**sections)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    raw: dict = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, where=path or "config")

@@ -1,0 +1,62 @@
+"""Named model shapes. A recipe's `model.arch` picks one; its other model keys override it."""
+from __future__ import annotations
+
+from megactllm.config import ModelConfig
+
+ARCHITECTURES: dict[str, ModelConfig] = {
+    # CT-LLM 2B (arXiv 2404.04167): Baichuan-2 vocabulary of 125,696 pieces, untied embeddings.
+    "ctllm-2b": ModelConfig(
+        arch="ctllm-2b",
+        num_layers=32,
+        hidden_size=2048,
+        ffn_hidden_size=5504,
+        num_attention_heads=16,
+        kv_channels=128,
+        seq_length=4096,
+        max_position_embeddings=4096,
+        vocab_size=125696,
+        rotary_base=10000.0,
+        norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+        init_method_std=0.02,
+    ),
+    # LLaMA-2-7B, the starting point of Linly-style Chinese continued pretraining.
+    "llama2-7b": ModelConfig(
+        arch="llama2-7b",
+        num_layers=32,
+        hidden_size=4096,
+        ffn_hidden_size=11008,
+        num_attention_heads=32,
+        kv_channels=128,
+        seq_length=4096,
+        max_position_embeddings=4096,
+        vocab_size=32000,
+        rotary_base=10000.0,
+        norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+        init_method_std=0.02,
+    ),
+    # A model small enough for CPU tests; 4 layers so PP=2 with 2 virtual stages has a layer each.
+    "tiny": ModelConfig(
+        arch="tiny",
+        num_layers=4,
+        hidden_size=64,
+        ffn_hidden_size=176,
+        num_attention_heads=4,
+        num_query_groups=None,
+        seq_length=128,
+        max_position_embeddings=128,
+        vocab_size=64000,
+        rotary_base=10000.0,
+        norm_epsilon=1e-5,
+        tie_word_embeddings=False,
+        init_method_std=0.02,
+    ),
+}
+
+
+def get_architecture(name: str) -> ModelConfig:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown model architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
