@@ -1,0 +1,25 @@
+"""Shared test fixtures: where the real data lives, and skipping cleanly when it is absent."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEGACTLLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real corpus, SFT/DPO sets, CMMLU, tokenizers); tests skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data directory {SHARED_DATA} is absent (set MEGACTLLM_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sp_model_path(shared_data) -> Path:
+    """The MAP-NEO SentencePiece model (64,000 pieces), the default real tokenizer for tests."""
+    path = shared_data / "tokenizers" / "map_neo_sp.model"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
