@@ -1,0 +1,515 @@
+// Megatron indexed-dataset (.bin/.idx) writer, merger and token-list flattener.
+//
+// .idx layout (megatron.core.datasets.indexed_dataset, byte for byte):
+//   "MMIDIDX\0\0" | u64 version=1 | u8 dtype code | u64 sequence count | u64 document-index count
+//   | i32 lengths[seq] | i64 byte pointers[seq] | i64 document indices[doc+1] (starting at 0)
+// .bin is the token array, nothing else.
+//
+// Memory does not grow with the number of documents: sequence lengths and document indices are
+// spilled to side files while the .bin streams, and the .idx is assembled from them at the end.
+// Crash safety: everything is written under "*.tmp" names; finalize() renames the .bin first and
+// the .idx last, so a killed writer leaves either the previous dataset or no .idx at all.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace py = pybind11;
+
+namespace {
+
+const char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
+const size_t kHeaderBytes = 9 + 8 + 1 + 8 + 8;
+const size_t kCopyBlock = 4 << 20;
+
+// Megatron's DType codes: only the integer ones make sense for tokens.
+int itemsize_of(int code) {
+  switch (code) {
+    case 1: case 2: return 1;   // uint8, int8
+    case 3: case 8: return 2;   // int16, uint16
+    case 4: return 4;           // int32
+    case 5: return 8;           // int64
+    default:
+      throw std::invalid_argument("unsupported token dtype code " + std::to_string(code) +
+                                  " (expected 1,2,3,4,5 or 8: uint8,int8,int16,int32,int64,uint16)");
+  }
+}
+
+void range_of(int code, int64_t* lo, int64_t* hi) {
+  switch (code) {
+    case 1: *lo = 0; *hi = 255; break;
+    case 2: *lo = -128; *hi = 127; break;
+    case 3: *lo = -32768; *hi = 32767; break;
+    case 8: *lo = 0; *hi = 65535; break;
+    case 4: *lo = std::numeric_limits<int32_t>::min(); *hi = std::numeric_limits<int32_t>::max(); break;
+    default: *lo = std::numeric_limits<int64_t>::min(); *hi = std::numeric_limits<int64_t>::max();
+  }
+}
+
+std::string errno_text() { return std::string(std::strerror(errno)); }
+
+// A FILE* with a large buffer that throws with the path on any failure.
+class OutFile {
+ public:
+  OutFile() = default;
+  void open(const std::string& path) {
+    path_ = path;
+    f_ = std::fopen(path.c_str(), "wb");
+    if (!f_) throw std::runtime_error("cannot create " + path + ": " + errno_text());
+    buf_.resize(1 << 20);
+    std::setvbuf(f_, buf_.data(), _IOFBF, buf_.size());
+  }
+  void write(const void* data, size_t n) {
+    if (n && std::fwrite(data, 1, n, f_) != n) throw std::runtime_error("write to " + path_ + " failed: " + errno_text());
+  }
+  void close(bool sync) {
+    if (!f_) return;
+    bool ok = std::fflush(f_) == 0;
+    if (ok && sync) ok = ::fsync(fileno(f_)) == 0;
+    ok = (std::fclose(f_) == 0) && ok;
+    f_ = nullptr;
+    if (!ok) throw std::runtime_error("closing " + path_ + " failed: " + errno_text());
+  }
+  void discard() {
+    if (f_) std::fclose(f_);
+    f_ = nullptr;
+    std::remove(path_.c_str());
+  }
+  bool is_open() const { return f_ != nullptr; }
+  const std::string& path() const { return path_; }
+  ~OutFile() { if (f_) std::fclose(f_); }
+
+ private:
+  std::string path_;
+  FILE* f_ = nullptr;
+  std::vector<char> buf_;
+};
+
+class InFile {
+ public:
+  explicit InFile(const std::string& path) : path_(path) {
+    f_ = std::fopen(path.c_str(), "rb");
+    if (!f_) throw std::runtime_error("cannot open " + path + ": " + errno_text());
+  }
+  ~InFile() { if (f_) std::fclose(f_); }
+  void read_exact(void* out, size_t n, const char* what) {
+    if (std::fread(out, 1, n, f_) != n)
+      throw std::runtime_error(path_ + " is truncated (while reading " + what + ")");
+  }
+  size_t read_some(void* out, size_t n) { return std::fread(out, 1, n, f_); }
+  void seek(int64_t offset) {
+    if (fseeko(f_, offset, SEEK_SET) != 0) throw std::runtime_error("cannot seek in " + path_ + ": " + errno_text());
+  }
+
+ private:
+  std::string path_;
+  FILE* f_ = nullptr;
+};
+
+int64_t file_size(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot stat " + path + ": " + errno_text());
+  return st.st_size;
+}
+
+struct IdxHeader {
+  int dtype_code;
+  uint64_t sequence_count;
+  uint64_t document_index_count;  // documents + 1
+};
+
+IdxHeader read_header(InFile& in, const std::string& path) {
+  char magic[9];
+  in.read_exact(magic, 9, "magic");
+  if (std::memcmp(magic, kMagic, 9) != 0) throw std::runtime_error(path + " is not a Megatron .idx file (bad magic)");
+  uint64_t version;
+  in.read_exact(&version, 8, "version");
+  if (version != 1) throw std::runtime_error(path + " has .idx version " + std::to_string(version) + ", expected 1");
+  uint8_t code;
+  in.read_exact(&code, 1, "dtype code");
+  IdxHeader h;
+  h.dtype_code = code;
+  itemsize_of(code);
+  in.read_exact(&h.sequence_count, 8, "sequence count");
+  in.read_exact(&h.document_index_count, 8, "document count");
+  return h;
+}
+
+// Range-checked conversion of one array of source type S into the builder's token type.
+template <typename S, typename D>
+void convert(const S* src, size_t n, D* dst, int64_t lo, int64_t hi) {
+  for (size_t i = 0; i < n; ++i) {
+    int64_t v = static_cast<int64_t>(src[i]);
+    if (v < lo || v > hi || (std::is_unsigned<S>::value && static_cast<uint64_t>(src[i]) > static_cast<uint64_t>(hi)))
+      throw std::out_of_range("token id " + std::to_string(v) + " at position " + std::to_string(i) +
+                              " does not fit the dataset dtype (range " + std::to_string(lo) + ".." +
+                              std::to_string(hi) + "); use int32 for vocabularies of 65,500 or more");
+    dst[i] = static_cast<D>(v);
+  }
+}
+
+template <typename D>
+void convert_array(const py::array& arr, D* dst, int64_t lo, int64_t hi) {
+  const size_t n = static_cast<size_t>(arr.size());
+  const char kind = arr.dtype().kind();
+  const auto size = arr.dtype().itemsize();
+  const void* p = arr.data();
+  if (kind == 'i') {
+    if (size == 1) return convert(static_cast<const int8_t*>(p), n, dst, lo, hi);
+    if (size == 2) return convert(static_cast<const int16_t*>(p), n, dst, lo, hi);
+    if (size == 4) return convert(static_cast<const int32_t*>(p), n, dst, lo, hi);
+    if (size == 8) return convert(static_cast<const int64_t*>(p), n, dst, lo, hi);
+  } else if (kind == 'u') {
+    if (size == 1) return convert(static_cast<const uint8_t*>(p), n, dst, lo, hi);
+    if (size == 2) return convert(static_cast<const uint16_t*>(p), n, dst, lo, hi);
+    if (size == 4) return convert(static_cast<const uint32_t*>(p), n, dst, lo, hi);
+    if (size == 8) return convert(static_cast<const uint64_t*>(p), n, dst, lo, hi);
+  }
+  throw std::invalid_argument("token arrays must have an integer dtype, got " + std::string(py::str(arr.dtype())));
+}
+
+// Tokens of one Python list/tuple of ints appended to `out` (as int64), range checked.
+void append_pylist(PyObject* seq, std::vector<int64_t>& out, int64_t lo, int64_t hi, size_t doc) {
+  PyObject* fast = PySequence_Fast(seq, "each document must be a list of token ids");
+  if (!fast) throw py::error_already_set();
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+  PyObject** items = PySequence_Fast_ITEMS(fast);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    int64_t v = PyLong_AsLongLong(items[i]);
+    if (v == -1 && PyErr_Occurred()) {
+      Py_DECREF(fast);
+      throw py::error_already_set();
+    }
+    if (v < lo || v > hi) {
+      Py_DECREF(fast);
+      throw std::out_of_range("document " + std::to_string(doc) + ": token id " + std::to_string(v) +
+                              " does not fit the dataset dtype (range " + std::to_string(lo) + ".." +
+                              std::to_string(hi) + ")");
+    }
+    out.push_back(v);
+  }
+  Py_DECREF(fast);
+}
+
+class Builder {
+ public:
+  Builder(const std::string& prefix, int dtype_code) : prefix_(prefix), code_(dtype_code) {
+    itemsize_ = itemsize_of(dtype_code);
+    range_of(dtype_code, &lo_, &hi_);
+    bin_.open(prefix_ + ".bin.tmp");
+    lengths_.open(prefix_ + ".idx.lengths.tmp");
+    docs_.open(prefix_ + ".idx.docs.tmp");
+  }
+  ~Builder() {
+    if (!finalized_) abort();
+  }
+
+  // One document made of one sequence (the usual pretraining case).
+  void add_document(const py::array& tokens) {
+    add_item(tokens);
+    end_document();
+  }
+
+  void add_item(const py::array& tokens) {
+    check_open();
+    if (tokens.ndim() > 1) throw std::invalid_argument("add_item expects a 1-D token array");
+    const size_t n = static_cast<size_t>(tokens.size());
+    write_tokens(tokens, n);
+    push_length(n);
+  }
+
+  void end_document() {
+    check_open();
+    const int64_t idx = static_cast<int64_t>(sequences_);
+    docs_.write(&idx, 8);
+    ++documents_;
+  }
+
+  // Many one-sequence documents at once: `tokens` concatenated, `lengths[i]` tokens each.
+  void add_documents(const py::array& tokens, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& lengths) {
+    check_open();
+    auto len = lengths.unchecked<1>();
+    int64_t total = 0;
+    for (py::ssize_t i = 0; i < len.shape(0); ++i) {
+      if (len(i) < 0) throw std::invalid_argument("negative document length");
+      total += len(i);
+    }
+    if (total != tokens.size())
+      throw std::invalid_argument("lengths sum to " + std::to_string(total) + " but " + std::to_string(tokens.size()) +
+                                  " tokens were given");
+    write_tokens(tokens, static_cast<size_t>(total));
+    for (py::ssize_t i = 0; i < len.shape(0); ++i) {
+      push_length(static_cast<size_t>(len(i)));
+      const int64_t idx = static_cast<int64_t>(sequences_);
+      docs_.write(&idx, 8);
+      ++documents_;
+    }
+  }
+
+  // Tokenizer output straight from Python (list of lists of ints), optionally with `eod` appended
+  // to each document; avoids building a numpy array per document.
+  void add_token_lists(const py::sequence& docs, int64_t eod) {
+    check_open();
+    std::vector<int64_t> flat;
+    std::vector<int64_t> lens;
+    lens.reserve(docs.size());
+    size_t i = 0;
+    for (auto doc : docs) {
+      const size_t before = flat.size();
+      append_pylist(doc.ptr(), flat, lo_, hi_, documents_ + i);
+      if (eod >= 0) flat.push_back(eod);
+      lens.push_back(static_cast<int64_t>(flat.size() - before));
+      ++i;
+    }
+    py::array_t<int64_t> arr(flat.size(), flat.data());
+    py::array_t<int64_t> lens_arr(lens.size(), lens.data());
+    add_documents(arr, lens_arr);
+  }
+
+  // Appends a whole existing dataset, streaming: memory is a fixed copy buffer.
+  void add_index(const std::string& other_prefix) {
+    check_open();
+    const std::string idx_path = other_prefix + ".idx", bin_path = other_prefix + ".bin";
+    InFile idx(idx_path);
+    IdxHeader h = read_header(idx, idx_path);
+    if (h.dtype_code != code_)
+      throw std::runtime_error(idx_path + " has dtype code " + std::to_string(h.dtype_code) + " but this dataset uses " +
+                               std::to_string(code_) + "; merge only datasets of the same tokenizer/dtype");
+    if (h.document_index_count == 0) throw std::runtime_error(idx_path + " has no document indices (corrupt)");
+    const int64_t expected_idx = kHeaderBytes + h.sequence_count * 12 + h.document_index_count * 8;
+    if (file_size(idx_path) < expected_idx) throw std::runtime_error(idx_path + " is truncated");
+
+    // Sizes first, so a mismatch is reported before anything is appended.
+    std::vector<char> buf(kCopyBlock);
+    uint64_t tokens = 0;
+    {
+      std::vector<int32_t> lens(kCopyBlock / 4);
+      for (uint64_t done = 0; done < h.sequence_count;) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(lens.size(), h.sequence_count - done));
+        idx.read_exact(lens.data(), n * 4, "sequence lengths");
+        for (size_t k = 0; k < n; ++k) tokens += static_cast<uint64_t>(lens[k]);
+        done += n;
+      }
+    }
+    const int64_t bin_bytes = file_size(bin_path);
+    if (static_cast<uint64_t>(bin_bytes) != tokens * itemsize_)
+      throw std::runtime_error(bin_path + " holds " + std::to_string(bin_bytes) + " bytes but " + idx_path + " describes " +
+                               std::to_string(tokens * itemsize_) + "; the dataset is truncated or mismatched");
+
+    InFile bin(bin_path);
+    for (size_t got; (got = bin.read_some(buf.data(), buf.size())) > 0;) bin_.write(buf.data(), got);
+
+    idx.seek(kHeaderBytes);
+    std::vector<int32_t> lens(kCopyBlock / 4);
+    for (uint64_t done = 0; done < h.sequence_count;) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(lens.size(), h.sequence_count - done));
+      idx.read_exact(lens.data(), n * 4, "sequence lengths");
+      lengths_.write(lens.data(), n * 4);
+      done += n;
+    }
+    idx.seek(kHeaderBytes + h.sequence_count * 12);
+    std::vector<int64_t> doc(kCopyBlock / 8);
+    const int64_t offset = static_cast<int64_t>(sequences_);
+    bool first = true;
+    for (uint64_t done = 0; done < h.document_index_count;) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(doc.size(), h.document_index_count - done));
+      idx.read_exact(doc.data(), n * 8, "document indices");
+      size_t start = 0;
+      if (first) {
+        if (doc[0] != 0) throw std::runtime_error(idx_path + ": document indices do not start at 0 (corrupt)");
+        start = 1;  // the leading 0 is already ours
+        first = false;
+      }
+      for (size_t k = start; k < n; ++k) doc[k] += offset;
+      docs_.write(doc.data() + start, (n - start) * 8);
+      done += n;
+    }
+    sequences_ += h.sequence_count;
+    documents_ += h.document_index_count - 1;
+    tokens_ += tokens;
+  }
+
+  // Assembles the .idx from the spill files, then publishes .bin and .idx (in that order).
+  void finalize() {
+    check_open();
+    bin_.close(true);
+    lengths_.close(false);
+    docs_.close(false);
+
+    OutFile idx;
+    idx.open(prefix_ + ".idx.tmp");
+    idx.write(kMagic, 9);
+    const uint64_t version = 1;
+    idx.write(&version, 8);
+    const uint8_t code = static_cast<uint8_t>(code_);
+    idx.write(&code, 1);
+    const uint64_t seq = sequences_, ndoc = documents_ + 1;
+    idx.write(&seq, 8);
+    idx.write(&ndoc, 8);
+
+    std::vector<char> buf(kCopyBlock);
+    {
+      InFile in(lengths_.path());
+      for (size_t got; (got = in.read_some(buf.data(), buf.size())) > 0;) idx.write(buf.data(), got);
+    }
+    {
+      InFile in(lengths_.path());
+      std::vector<int32_t> lens(kCopyBlock / 4);
+      std::vector<int64_t> ptrs(kCopyBlock / 4);
+      int64_t pointer = 0;
+      for (uint64_t done = 0; done < sequences_;) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(lens.size(), sequences_ - done));
+        in.read_exact(lens.data(), n * 4, "spilled lengths");
+        for (size_t k = 0; k < n; ++k) {
+          ptrs[k] = pointer;
+          pointer += static_cast<int64_t>(lens[k]) * itemsize_;
+        }
+        idx.write(ptrs.data(), n * 8);
+        done += n;
+      }
+    }
+    const int64_t zero = 0;
+    idx.write(&zero, 8);
+    {
+      InFile in(docs_.path());
+      for (size_t got; (got = in.read_some(buf.data(), buf.size())) > 0;) idx.write(buf.data(), got);
+    }
+    idx.close(true);
+
+    const std::string bin_final = prefix_ + ".bin", idx_final = prefix_ + ".idx";
+    // A stale .idx must never sit beside the new .bin, not even for a moment.
+    if (std::remove(idx_final.c_str()) != 0 && errno != ENOENT)
+      throw std::runtime_error("cannot remove old " + idx_final + ": " + errno_text());
+    if (std::rename(bin_.path().c_str(), bin_final.c_str()) != 0)
+      throw std::runtime_error("cannot rename " + bin_.path() + " to " + bin_final + ": " + errno_text());
+    if (std::rename(idx.path().c_str(), idx_final.c_str()) != 0)
+      throw std::runtime_error("cannot rename " + idx.path() + " to " + idx_final + ": " + errno_text());
+    std::remove(lengths_.path().c_str());
+    std::remove(docs_.path().c_str());
+    finalized_ = true;
+  }
+
+  // Drops everything written so far; the previous dataset at the prefix (if any) is untouched.
+  void abort() {
+    if (finalized_) return;
+    bin_.discard();
+    lengths_.discard();
+    docs_.discard();
+    std::remove((prefix_ + ".idx.tmp").c_str());
+    finalized_ = true;
+  }
+
+  uint64_t documents() const { return documents_; }
+  uint64_t sequences() const { return sequences_; }
+  uint64_t tokens() const { return tokens_; }
+  int dtype_code() const { return code_; }
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  void check_open() const {
+    if (finalized_) throw std::runtime_error("the builder for " + prefix_ + " is already finalized or aborted");
+  }
+
+  void write_tokens(const py::array& tokens, size_t n) {
+    py::array arr = py::array::ensure(tokens, py::array::c_style);
+    if (!arr) throw std::invalid_argument("tokens must be convertible to a contiguous array");
+    scratch_.resize(n * itemsize_);
+    switch (code_) {
+      case 1: convert_array(arr, reinterpret_cast<uint8_t*>(scratch_.data()), lo_, hi_); break;
+      case 2: convert_array(arr, reinterpret_cast<int8_t*>(scratch_.data()), lo_, hi_); break;
+      case 3: convert_array(arr, reinterpret_cast<int16_t*>(scratch_.data()), lo_, hi_); break;
+      case 8: convert_array(arr, reinterpret_cast<uint16_t*>(scratch_.data()), lo_, hi_); break;
+      case 4: convert_array(arr, reinterpret_cast<int32_t*>(scratch_.data()), lo_, hi_); break;
+      default: convert_array(arr, reinterpret_cast<int64_t*>(scratch_.data()), lo_, hi_);
+    }
+    bin_.write(scratch_.data(), scratch_.size());
+    tokens_ += n;
+  }
+
+  void push_length(size_t n) {
+    if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+      throw std::length_error("a sequence of " + std::to_string(n) + " tokens exceeds the int32 length field");
+    const int32_t len = static_cast<int32_t>(n);
+    lengths_.write(&len, 4);
+    ++sequences_;
+  }
+
+  std::string prefix_;
+  int code_;
+  int itemsize_;
+  int64_t lo_, hi_;
+  OutFile bin_, lengths_, docs_;
+  std::vector<char> scratch_;
+  uint64_t documents_ = 0, sequences_ = 0, tokens_ = 0;
+  bool finalized_ = false;
+};
+
+template <typename D>
+py::array to_array(const std::vector<int64_t>& flat) {
+  py::array_t<D> a(flat.size());
+  D* dst = a.mutable_data();
+  for (size_t k = 0; k < flat.size(); ++k) dst[k] = static_cast<D>(flat[k]);  // range checked already
+  return a;
+}
+
+// Tokenizer output (list of lists of ints) as one flat array plus per-document lengths, in a worker
+// process: cheap to send to the writer (two buffers instead of millions of Python ints).
+py::tuple flatten_token_lists(const py::sequence& docs, int64_t eod, int dtype_code) {
+  itemsize_of(dtype_code);  // validates the code
+  int64_t lo, hi;
+  range_of(dtype_code, &lo, &hi);
+  std::vector<int64_t> flat;
+  std::vector<int64_t> lens;
+  lens.reserve(docs.size());
+  size_t i = 0;
+  for (auto doc : docs) {
+    const size_t before = flat.size();
+    append_pylist(doc.ptr(), flat, lo, hi, i++);
+    if (eod >= 0) flat.push_back(eod);
+    lens.push_back(static_cast<int64_t>(flat.size() - before));
+  }
+  py::array out;
+  switch (dtype_code) {
+    case 1: out = to_array<uint8_t>(flat); break;
+    case 2: out = to_array<int8_t>(flat); break;
+    case 3: out = to_array<int16_t>(flat); break;
+    case 8: out = to_array<uint16_t>(flat); break;
+    case 4: out = to_array<int32_t>(flat); break;
+    default: out = to_array<int64_t>(flat);
+  }
+  return py::make_tuple(out, py::array_t<int64_t>(lens.size(), lens.data()));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_indexed_builder, m) {
+  m.doc() = "Streaming writer and merger for Megatron indexed datasets (.bin/.idx), byte-compatible with megatron-core";
+  py::class_<Builder>(m, "Builder")
+      .def(py::init<const std::string&, int>(), py::arg("prefix"), py::arg("dtype_code"))
+      .def("add_document", &Builder::add_document, py::arg("tokens"))
+      .def("add_item", &Builder::add_item, py::arg("tokens"))
+      .def("end_document", &Builder::end_document)
+      .def("add_documents", &Builder::add_documents, py::arg("tokens"), py::arg("lengths"))
+      .def("add_token_lists", &Builder::add_token_lists, py::arg("docs"), py::arg("eod") = -1)
+      .def("add_index", &Builder::add_index, py::arg("prefix"), py::call_guard<py::gil_scoped_release>())
+      .def("finalize", &Builder::finalize, py::call_guard<py::gil_scoped_release>())
+      .def("abort", &Builder::abort)
+      .def_property_readonly("num_documents", &Builder::documents)
+      .def_property_readonly("num_sequences", &Builder::sequences)
+      .def_property_readonly("num_tokens", &Builder::tokens)
+      .def_property_readonly("dtype_code", &Builder::dtype_code)
+      .def_property_readonly("prefix", &Builder::prefix);
+  m.def("flatten_token_lists", &flatten_token_lists, py::arg("docs"), py::arg("eod"), py::arg("dtype_code"));
+}
