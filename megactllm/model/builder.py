@@ -1,0 +1,157 @@
+"""Build megatron-core GPTModel chunks for a ModelConfig on the current parallel layout.
+
+LLaMA-style blocks: RMSNorm, SwiGLU, RoPE, no linear biases, optional GQA and tied embeddings.
+The Transformer Engine layer spec is used when TE imports on a CUDA machine; otherwise the local
+(pure megatron-core) spec, which is what runs on CPU processes.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megactllm.config import ModelConfig, OptimConfig, ParallelConfig
+from megactllm.model.norm import RMSNorm
+
+
+def transformer_engine_available() -> bool:
+    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # a broken TE install must not stop training on the local spec
+        return False
+    return True
+
+
+def params_dtype(optim: Optional[OptimConfig]) -> torch.dtype:
+    if optim is not None and optim.bf16:
+        return torch.bfloat16
+    if optim is not None and optim.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim: Optional[OptimConfig] = None):
+    """megatron-core TransformerConfig for our model, parallel layout and precision."""
+    from megatron.core.transformer import TransformerConfig
+
+    on_gpu = torch.cuda.is_available()
+    dtype = params_dtype(optim)
+    recompute_method = parallel.recompute_method
+    recompute_num_layers = parallel.recompute_num_layers
+    if parallel.recompute_granularity == "full" and recompute_method is None:
+        recompute_method, recompute_num_layers = "uniform", recompute_num_layers or 1
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=model.add_bias_linear,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        init_method_std=model.init_method_std,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        recompute_granularity=parallel.recompute_granularity,
+        recompute_method=recompute_method if parallel.recompute_granularity == "full" else None,
+        recompute_num_layers=recompute_num_layers if parallel.recompute_granularity == "full" else None,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        # On CPU, initialise full weights then split them, and use no fused CUDA kernels.
+        use_cpu_initialization=not on_gpu,
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        apply_rope_fusion=False,
+        persist_layer_norm=on_gpu,
+        gradient_accumulation_fusion=False,
+        cross_entropy_loss_fusion=on_gpu,
+        attention_softmax_in_fp32=True,
+        deallocate_pipeline_outputs=True,
+    )
+
+
+def layer_spec(use_transformer_engine: Optional[bool] = None):
+    """One transformer layer's ModuleSpec: TE's fused modules, or megatron's local ones with our RMSNorm."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if use_transformer_engine is None:
+        use_transformer_engine = transformer_engine_available()
+    if use_transformer_engine:
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.input_layernorm = RMSNorm
+    spec.submodules.pre_mlp_layernorm = RMSNorm
+    return spec
+
+
+def block_spec(config, spec, vp_stage: Optional[int] = None):
+    """The layers this pipeline stage builds, plus the final norm (ours on the local spec)."""
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    final_norm = RMSNorm
+    if spec.submodules.input_layernorm is not RMSNorm:  # TE spec: TE's own norm for the final one
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        final_norm = TENorm
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=final_norm)
+
+
+def build_model_chunk(model: ModelConfig, config, vp_stage: Optional[int] = None, spec=None):
+    """One GPTModel holding this rank's layers (of virtual stage `vp_stage` when VPP is on)."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=block_spec(config, spec if spec is not None else layer_spec(), vp_stage),
+        vocab_size=model.padded_vocab_size(tp),
+        max_sequence_length=model.max_position_embeddings or model.seq_length,
+        pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+        parallel_output=True,
+        share_embeddings_and_output_weights=model.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(model.rotary_base),
+        vp_stage=vp_stage,
+    )
+
+
+def build_model(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    optim: Optional[OptimConfig] = None,
+    use_transformer_engine: Optional[bool] = None,
+) -> list:
+    """This rank's model chunks (one per virtual pipeline stage), on its device, unwrapped.
+
+    Call after megactllm.parallel.initialize_parallel. The training loop wraps the chunks in
+    Float16Module (bf16/fp16) and megatron-core's DistributedDataParallel.
+    """
+    config = build_transformer_config(model, parallel, optim)
+    spec = layer_spec(use_transformer_engine)
+    vpp = parallel.virtual_pipeline_model_parallel_size
+    stages = list(range(vpp)) if vpp and parallel.pipeline_model_parallel_size > 1 else [None]
+    chunks = [build_model_chunk(model, config, vp_stage=stage, spec=spec) for stage in stages]
+    if torch.cuda.is_available():
+        chunks = [chunk.cuda(torch.cuda.current_device()) for chunk in chunks]
+    return chunks

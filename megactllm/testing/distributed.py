@@ -1,0 +1,92 @@
+"""Run a function on N local processes as torchrun would (RANK, WORLD_SIZE, MASTER_* set).
+
+Tests use it to exercise the real TP/PP/DP code on gloo CPU processes. The function must be
+importable by name (defined at module top level); each rank's return value comes back in rank
+order, and a failure on any rank raises with that rank's traceback.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import socket
+import traceback
+from typing import Any, Callable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(fn, rank, world_size, port, args, kwargs, results, env):
+    os.environ.update(env)
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        # Two cores are shared by all ranks: one intra-op thread each avoids oversubscription.
+        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+    )
+    try:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        value = fn(*args, **kwargs)
+        results.put((rank, True, value))
+    except BaseException:  # report every failure, including SystemExit, to the parent
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:
+            pass
+
+
+def run_distributed(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args,
+    timeout: float = 600.0,
+    env: dict | None = None,
+    **kwargs,
+) -> list:
+    """Run fn(*args, **kwargs) on `world_size` spawned processes; returns their results by rank."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_rank_main, args=(fn, rank, world_size, port, args, kwargs, results, dict(env or {})))
+        for rank in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    collected: dict[int, Any] = {}
+    errors: list[str] = []
+    try:
+        for _ in range(world_size):
+            try:
+                rank, ok, value = results.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"distributed run of {fn.__name__} timed out after {timeout}s") from None
+            if ok:
+                collected[rank] = value
+            else:
+                errors.append(f"rank {rank} failed:\n{value}")
+                break  # the other ranks are likely blocked in a collective
+    finally:
+        for p in procs:
+            p.join(timeout=5 if errors else 60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise RuntimeError("\n".join(errors))
+    return [collected[r] for r in range(world_size)]
