@@ -153,7 +153,7 @@ void convert(const S* src, size_t n, D* dst, int64_t lo, int64_t hi) {
   for (size_t i = 0; i < n; ++i) {
     int64_t v = static_cast<int64_t>(src[i]);
     if (v < lo || v > hi || (std::is_unsigned<S>::value && static_cast<uint64_t>(src[i]) > static_cast<uint64_t>(hi)))
-      throw std::out_of_range("token id " + std::to_string(v) + " at position " + std::to_string(i) +
+      throw std::overflow_error("token id " + std::to_string(v) + " at position " + std::to_string(i) +
                               " does not fit the dataset dtype (range " + std::to_string(lo) + ".." +
                               std::to_string(hi) + "); use int32 for vocabularies of 65,500 or more");
     dst[i] = static_cast<D>(v);
@@ -194,7 +194,7 @@ void append_pylist(PyObject* seq, std::vector<int64_t>& out, int64_t lo, int64_t
     }
     if (v < lo || v > hi) {
       Py_DECREF(fast);
-      throw std::out_of_range("document " + std::to_string(doc) + ": token id " + std::to_string(v) +
+      throw std::overflow_error("document " + std::to_string(doc) + ": token id " + std::to_string(v) +
                               " does not fit the dataset dtype (range " + std::to_string(lo) + ".." +
                               std::to_string(hi) + ")");
     }
