@@ -1,0 +1,270 @@
+"""megactllm checkpoints: megatron-core dist_checkpointing plus metadata we check on load.
+
+Layout of a run's checkpoint directory:
+
+    <dir>/latest_checkpointed_iteration.txt    the newest complete iteration (replaced atomically)
+    <dir>/iter_0000100/megactllm.json           format version, ModelConfig, tokenizer, layout, counters
+    <dir>/iter_0000100/model/                   dist_checkpointing of the model (layout-free)
+    <dir>/iter_0000100/optimizer/               dist_checkpointing of the optimizer (when saved)
+    <dir>/iter_0000100/tokenizer/               a copy of the tokenizer model file
+
+An iteration is written under `iter_XXXXXXX.partial` and renamed once every rank has finished,
+then the pointer is replaced: a crash mid-save leaves the previous checkpoint as the latest and
+never a complete-looking directory. The model is saved as global (unsharded) tensors, so a
+checkpoint written at one TP/PP layout loads at any other.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from megactllm.config import Config, ModelConfig, model_config_from_dict
+
+FORMAT_VERSION = 1
+METADATA_FILE = "megactllm.json"
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+# Fields of ModelConfig that fix the shapes of the weights; the rest (sequence length, dropout,
+# init) may change between runs that share a checkpoint.
+SHAPE_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "num_kv_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "add_bias_linear",
+)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class CheckpointMetadata:
+    path: Path
+    format_version: int
+    iteration: int
+    model_config: ModelConfig
+    tokenizer: dict = field(default_factory=dict)
+    parallel: dict = field(default_factory=dict)
+    train_state: dict = field(default_factory=dict)
+    has_optimizer: bool = False
+    stage: str = "pretrain"
+
+    @property
+    def tokenizer_file(self) -> Optional[Path]:
+        name = self.tokenizer.get("file")
+        return self.path / "tokenizer" / name if name else None
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def iteration_dir(save_dir: str | os.PathLike, iteration: int) -> Path:
+    return Path(save_dir) / f"iter_{iteration:07d}"
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """An iteration directory, given either it or a run directory with a latest pointer."""
+    path = Path(path)
+    if (path / METADATA_FILE).is_file():
+        return path
+    latest = path / LATEST_FILE
+    if latest.is_file():
+        text = latest.read_text().strip()
+        try:
+            iteration = int(text)
+        except ValueError:
+            raise CheckpointError(f"{latest} should hold an iteration number, found {text!r}") from None
+        resolved = iteration_dir(path, iteration)
+        if not (resolved / METADATA_FILE).is_file():
+            raise CheckpointError(f"{latest} points at iteration {iteration} but {resolved / METADATA_FILE} is missing")
+        return resolved
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    raise CheckpointError(
+        f"{path} is not a megactllm checkpoint: it has neither {METADATA_FILE} nor {LATEST_FILE}"
+    )
+
+
+def find_latest_iteration(save_dir: str | os.PathLike) -> Optional[int]:
+    """The iteration the latest pointer names, or None when the directory holds no checkpoint yet."""
+    latest = Path(save_dir) / LATEST_FILE
+    if not latest.is_file():
+        return None
+    return int(latest.read_text().strip())
+
+
+def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
+    ckpt = resolve_checkpoint_dir(path)
+    meta_path = ckpt / METADATA_FILE
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON: {e}") from None
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: format version {version} is not supported (this megactllm reads {FORMAT_VERSION})")
+    return CheckpointMetadata(
+        path=ckpt,
+        format_version=version,
+        iteration=int(raw["iteration"]),
+        model_config=model_config_from_dict({k: v for k, v in raw["model"].items()}, str(meta_path)),
+        tokenizer=raw.get("tokenizer", {}),
+        parallel=raw.get("parallel", {}),
+        train_state=raw.get("train_state", {}),
+        has_optimizer=bool(raw.get("has_optimizer", False)),
+        stage=raw.get("stage", "pretrain"),
+    )
+
+
+def check_model_matches(saved: ModelConfig, current: ModelConfig, where: str) -> None:
+    """Refuse to load weights into a model of another shape, naming every field that differs."""
+    diffs = [
+        f"{name}: checkpoint {getattr(saved, name)} vs model {getattr(current, name)}"
+        for name in SHAPE_FIELDS
+        if getattr(saved, name) != getattr(current, name)
+    ]
+    if diffs:
+        raise CheckpointError(f"{where} was saved for a model of another shape: " + "; ".join(diffs))
+
+
+def model_sharded_state_dict(model_chunks: list) -> dict:
+    """One key per virtual-pipeline chunk; the tensors inside carry global, layout-free names."""
+    return {f"chunk{i}": _unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(model_chunks)}
+
+
+def _unwrap(module):
+    """The GPTModel inside megatron's DDP and Float16Module wrappers (both keep it in `.module`)."""
+    from megatron.core.models.gpt import GPTModel
+
+    while not isinstance(module, GPTModel) and hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    save_dir: str | os.PathLike,
+    iteration: int,
+    model_chunks: list,
+    cfg: Config,
+    optimizer=None,
+    scheduler=None,
+    train_state: Optional[dict] = None,
+    tokenizer_path: Optional[str] = None,
+) -> Path:
+    """Collectively save model (and optimizer/scheduler when given); returns the iteration dir."""
+    from megatron.core import dist_checkpointing
+
+    save_dir = Path(save_dir)
+    final = iteration_dir(save_dir, iteration)
+    partial = final.with_name(final.name + ".partial")
+    if _rank() == 0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if partial.exists():  # left by a crash: never trusted, never loaded
+            shutil.rmtree(partial)
+        (partial / "model").mkdir(parents=True)
+        if optimizer is not None:
+            (partial / "optimizer").mkdir()
+    _barrier()
+
+    model_sd = model_sharded_state_dict(model_chunks)
+    dist_checkpointing.save(model_sd, str(partial / "model"))
+    if optimizer is not None:
+        optim_sd = optimizer.sharded_state_dict(model_sharded_state_dict(model_chunks))
+        dist_checkpointing.save({"optimizer": optim_sd}, str(partial / "optimizer"))
+    _barrier()
+
+    if _rank() == 0:
+        tokenizer_info: dict = {"type": cfg.data.tokenizer_type}
+        if tokenizer_path:
+            (partial / "tokenizer").mkdir(exist_ok=True)
+            shutil.copy2(tokenizer_path, partial / "tokenizer" / Path(tokenizer_path).name)
+            tokenizer_info["file"] = Path(tokenizer_path).name
+        state = dict(train_state or {})
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        _write_json_atomic(
+            partial / METADATA_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "iteration": iteration,
+                "stage": cfg.train.stage,
+                "model": asdict(cfg.model),
+                "tokenizer": tokenizer_info,
+                "parallel": asdict(cfg.parallel),
+                "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
+                "has_optimizer": optimizer is not None,
+                "train_state": state,
+            },
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _write_json_atomic_text(save_dir / LATEST_FILE, str(iteration))
+    _barrier()
+    return final
+
+
+def _write_json_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_model_weights(path: str | os.PathLike, model_chunks: list, model_config: Optional[ModelConfig] = None) -> CheckpointMetadata:
+    """Load only the model weights (any saved layout into the current one); returns the metadata."""
+    from megatron.core import dist_checkpointing
+
+    meta = read_metadata(path)
+    if model_config is not None:
+        check_model_matches(meta.model_config, model_config, str(meta.path))
+    model_dir = meta.path / "model"
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{meta.path} has no model/ directory")
+    loaded = dist_checkpointing.load(model_sharded_state_dict(model_chunks), str(model_dir))
+    for i, chunk in enumerate(model_chunks):
+        _unwrap(chunk).load_state_dict(loaded[f"chunk{i}"], strict=True)
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, model_chunks: list, optimizer=None, scheduler=None, model_config=None):
+    """Model, and optimizer/scheduler state when given; returns (metadata, train_state)."""
+    from megatron.core import dist_checkpointing
+
+    meta = load_model_weights(path, model_chunks, model_config)
+    if optimizer is not None:
+        if not meta.has_optimizer:
+            raise CheckpointError(f"{meta.path} holds no optimizer state; start with train.pretrained_checkpoint instead")
+        optim_sd = optimizer.sharded_state_dict(model_sharded_state_dict(model_chunks), is_loading=True)
+        loaded = dist_checkpointing.load({"optimizer": optim_sd}, str(meta.path / "optimizer"))
+        optimizer.load_state_dict(loaded["optimizer"])
+    state = dict(meta.train_state)
+    if scheduler is not None and "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    return meta, state
