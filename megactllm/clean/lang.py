@@ -1,0 +1,56 @@
+"""Offline language check. No model is downloaded at run time.
+
+CJK languages are told apart by script, which is both exact and fast: Chinese is Han
+without kana or hangul. Other languages go to langid (its model ships inside the pip
+package), on a sample, since langid costs milliseconds per kilobyte.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from .textstats import is_han
+
+_FOREIGN_WORD_RE = re.compile(r"[^\W\d_\u3040-\u30ff\u31f0-\u31ff\u1100-\u11ff\uac00-\ud7af"
+                              r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+LANGID_SAMPLE_CHARS = 1000
+
+
+@lru_cache(maxsize=1)
+def _langid():
+    from langid.langid import LanguageIdentifier, model
+
+    return LanguageIdentifier.from_modelstring(model, norm_probs=True)
+
+
+def script_counts(text: str) -> tuple[int, int, int, int]:
+    """(Han characters, kana, hangul, words in other alphabets)."""
+    han = kana = hangul = 0
+    for c in text:
+        cp = ord(c)
+        if is_han(c):
+            han += 1
+        elif 0x3040 <= cp <= 0x30FF or 0x31F0 <= cp <= 0x31FF:
+            kana += 1
+        elif 0xAC00 <= cp <= 0xD7AF or 0x1100 <= cp <= 0x11FF:
+            hangul += 1
+    # A Latin word is one unit, like one Han character: weighting by letters would make a
+    # Chinese page with a few English names look half English.
+    foreign = len(_FOREIGN_WORD_RE.findall(text))
+    return han, kana, hangul, foreign
+
+
+def detect(text: str) -> tuple[str, float]:
+    """(ISO 639-1 code or 'und', confidence in [0, 1])."""
+    han, kana, hangul, foreign = script_counts(text)
+    units = han + kana + hangul + foreign
+    if units == 0:
+        return "und", 0.0
+    if kana >= 0.1 * (han + kana) and kana > 0:
+        return "ja", (han + kana) / units
+    if hangul >= max(han, foreign) and hangul > 0:
+        return "ko", hangul / units
+    if han >= foreign:
+        return "zh", han / units
+    lang, prob = _langid().classify(text[:LANGID_SAMPLE_CHARS])
+    return lang, float(prob) * foreign / units

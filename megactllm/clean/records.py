@@ -1,0 +1,188 @@
+"""Reading shards record by record without ever crashing on bad input, and writing outputs
+atomically (a finished file appears under its name only once it is complete)."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from .config import InputConfig
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class Record:
+    key: str  # the record's id field, else "<shard file>:<line>"
+    where: str  # "<file>:<line>" (or ":row N" for parquet), for messages
+    text: str
+    url: str | None
+    fields: dict[str, Any] = field(default_factory=dict)  # the whole input object, kept in the output
+    nbytes: int = 0
+
+
+@dataclass
+class BadRecord:
+    where: str
+    reason: str  # bad_json | bad_utf8 | missing_text | giant_record
+    detail: str
+    raw: str  # the input as far as it can be shown (bad bytes backslash-escaped, giant ones cut)
+    nbytes: int = 0
+
+
+def open_binary(path: Path) -> BinaryIO:
+    name = path.name
+    if name.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    name = path.name
+    for suffix in (".zst", ".gz"):
+        name = name.removesuffix(suffix)
+    ext = name.rsplit(".", 1)[-1].lower()
+    if ext in ("jsonl", "json", "ndjson"):
+        return "jsonl"
+    if ext == "parquet":
+        return "parquet"
+    if ext in ("txt", "text"):
+        return "txt"
+    raise ValueError(f"{path}: cannot tell the format from the extension; set input.format to jsonl, txt or parquet")
+
+
+def iter_lines(f: BinaryIO, limit: int) -> Iterator[tuple[bytes, int, bool]]:
+    """(line without newline, its byte length, whether it exceeded limit). A giant line is
+    skipped in chunks and only its first `limit` bytes are returned, so it never sits in memory."""
+    buffered = io.BufferedReader(f, READ_CHUNK) if not isinstance(f, io.BufferedReader) else f
+    while True:
+        line = buffered.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line.rstrip(b"\r\n"), len(line), False
+            continue
+        total = len(line)
+        while not line.endswith(b"\n"):
+            line = buffered.readline(READ_CHUNK)
+            if not line:
+                break
+            total += len(line)
+        yield b"", total, True
+
+
+def _decode(raw: bytes, where: str, nbytes: int) -> str | BadRecord:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return BadRecord(where, "bad_utf8", f"invalid UTF-8 at byte {e.start}: {e.reason}",
+                         raw.decode("utf-8", "backslashreplace"), nbytes)
+
+
+def read_shard(path: str | Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
+    path = Path(path)
+    fmt = detect_format(path, cfg.format)
+    if fmt == "parquet":
+        yield from _read_parquet(path, cfg)
+        return
+    with open_binary(path) as f:
+        for lineno, (raw, nbytes, giant) in enumerate(iter_lines(f, cfg.max_record_bytes), 1):
+            where = f"{path}:{lineno}"
+            if giant:
+                yield BadRecord(where, "giant_record", f"{nbytes} bytes > input.max_record_bytes "
+                                f"= {cfg.max_record_bytes}", "", nbytes)
+                continue
+            if fmt == "jsonl" and not raw.strip():
+                continue  # blank separator lines in jsonl are not records
+            text = _decode(raw, where, nbytes)
+            if isinstance(text, BadRecord):
+                yield text
+                continue
+            if fmt == "txt":
+                yield Record(f"{path.name}:{lineno}", where, text, None, {}, nbytes)
+                continue
+            yield _from_object(text, where, nbytes, cfg, f"{path.name}:{lineno}")
+
+
+def _from_object(line: str, where: str, nbytes: int, cfg: InputConfig, default_key: str) -> Record | BadRecord:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return BadRecord(where, "bad_json", f"{e.msg} at column {e.colno}", line, nbytes)
+    if not isinstance(obj, dict):
+        return BadRecord(where, "bad_json", f"expected a JSON object, got {type(obj).__name__}", line, nbytes)
+    text = obj.get(cfg.text_key)
+    if not isinstance(text, str):
+        what = "missing" if text is None else f"a {type(text).__name__}, not a string"
+        return BadRecord(where, "missing_text", f"field '{cfg.text_key}' is {what}", line, nbytes)
+    url = obj.get(cfg.url_key)
+    key = obj.get(cfg.id_key)
+    return Record(str(key) if key is not None else default_key, where, text,
+                  url if isinstance(url, str) else None, obj, nbytes)
+
+
+def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for obj in batch.to_pylist():
+            row += 1
+            line = json.dumps(obj, ensure_ascii=False, default=str)
+            rec = _from_object(line, f"{path}:row {row}", len(line.encode("utf-8", "replace")), cfg,
+                               f"{path.name}:{row}")
+            yield rec
+
+
+class AtomicWriter:
+    """Text file written as <name>.<pid>.tmp and renamed on success; removed on failure."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.tmp, "w", encoding="utf-8")
+
+    def write_json(self, obj: Any) -> None:
+        self.f.write(json.dumps(obj, ensure_ascii=False))
+        self.f.write("\n")
+
+    def __enter__(self) -> "AtomicWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.f.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: array tasks may race
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Our own outputs (always valid); errors here mean a corrupted work directory."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: corrupt intermediate file ({e}); delete it and its "
+                                 f".done marker to redo that shard") from e

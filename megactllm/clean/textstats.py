@@ -1,0 +1,108 @@
+"""Character statistics of a text. Pure functions; the rules in doc_rules.py compare them
+with thresholds. Chinese has no spaces, so n-grams here are character n-grams."""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+# Punctuation a sentence or line can end with, Chinese and ASCII.
+TERMINAL_PUNCT = frozenset("。！？!?.…\"'”’」』》)）;；~～")
+PUNCT = frozenset("，。、；：？！…—·“”‘’「」『』《》（）【】〔〕〈〉,.;:?!'\"()[]{}<>-_/\\@#$%^&*+=|~`")
+SENTENCE_END_RE = re.compile(r"[。！？!?；;…]+|\.(?=\s|$)|\n+")
+_WS_RE = re.compile(r"\s+")
+
+
+def is_han(ch: str) -> bool:
+    cp = ord(ch)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF
+            or 0x20000 <= cp <= 0x2FA1F)
+
+
+def han_ratio(text: str) -> float:
+    """Han characters over non-space characters."""
+    chars = _WS_RE.sub("", text)
+    return sum(1 for c in chars if is_han(c)) / len(chars) if chars else 0.0
+
+
+def sentence_count(text: str) -> int:
+    return sum(1 for part in SENTENCE_END_RE.split(text) if part.strip())
+
+
+def bracket_ratio(text: str) -> float:
+    """Share of characters inside 【...】 (title/ad markers on Chinese pages), brackets included."""
+    if not text:
+        return 0.0
+    inside, depth = 0, 0
+    for c in text:
+        if c == "【":
+            depth += 1
+        if depth:
+            inside += 1
+        if c == "】" and depth:
+            depth -= 1
+    return inside / len(text)
+
+
+def digit_ratio(text: str) -> float:
+    return sum(1 for c in text if c.isdigit()) / len(text) if text else 0.0
+
+
+def has_punctuation(text: str) -> bool:
+    return any(c in PUNCT for c in text)
+
+
+def unique_char_ratio(text: str) -> float:
+    chars = _WS_RE.sub("", text)
+    return len(set(chars)) / len(chars) if chars else 0.0
+
+
+def char_entropy(text: str) -> float:
+    """Shannon entropy of the character unigram distribution, in nats."""
+    chars = _WS_RE.sub("", text)
+    if not chars:
+        return 0.0
+    n = len(chars)
+    return -sum(c / n * math.log(c / n) for c in Counter(chars).values())
+
+
+def top_ngram_coverage(text: str, n: int) -> float:
+    """Share of characters taken by the most frequent character n-gram (Gopher's rule on characters)."""
+    chars = _WS_RE.sub("", text)
+    if len(chars) < n:
+        return 0.0
+    counts = Counter(chars[i:i + n] for i in range(len(chars) - n + 1))
+    return min(1.0, counts.most_common(1)[0][1] * n / len(chars))
+
+
+def dup_ngram_coverage(text: str, n: int) -> float:
+    """Share of characters inside character n-grams that occur more than once."""
+    chars = _WS_RE.sub("", text)
+    total = len(chars)
+    if total < n:
+        return 0.0
+    grams = [chars[i:i + n] for i in range(total - n + 1)]
+    counts = Counter(grams)
+    covered, end = 0, 0  # union of covered intervals, scanned left to right
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            start = max(i, end)
+            covered += i + n - start
+            end = i + n
+    return covered / total
+
+
+def dup_ngram_violation(text: str, limits: dict[int, float]) -> tuple[int, float] | None:
+    """First (n, coverage) over its limit, or None.
+
+    Coverage can only shrink as n grows (every position in a repeated (n+1)-gram lies in a
+    repeated n-gram), so once coverage(n) is under every limit for m >= n the scan stops.
+    """
+    ns = sorted(limits)
+    for idx, n in enumerate(ns):
+        cov = dup_ngram_coverage(text, n)
+        if cov > limits[n]:
+            return n, cov
+        if cov <= min(limits[m] for m in ns[idx:]):
+            return None
+    return None
