@@ -58,12 +58,13 @@ def unique_char_ratio(text: str) -> float:
 
 
 def char_entropy(text: str) -> float:
-    """Shannon entropy of the character unigram distribution, in nats."""
+    """Shannon entropy of the character unigram distribution, in bits. (In nats, ordinary
+    English letters (~2.9) would fall under the threshold of 3 that is meant for junk.)"""
     chars = _WS_RE.sub("", text)
     if not chars:
         return 0.0
     n = len(chars)
-    return -sum(c / n * math.log(c / n) for c in Counter(chars).values())
+    return -sum(c / n * math.log2(c / n) for c in Counter(chars).values())
 
 
 def top_ngram_coverage(text: str, n: int) -> float:
