@@ -93,8 +93,9 @@ def test_entropy_and_unique_ratio():
 def test_word_rules():
     hashes = GOOD + "#热点#新闻#城市#建设#发布会#道路#小区#政府#群众#成果#郊区#服务。"
     assert rule_of(hashes) == "hash_ratio"
-    dots = "真的……好的……是的……对的……行的……嗯……啊……哦……唉……嘿……呀……就这样。" + GOOD
-    assert rule_of(dots) == "ellipsis_ratio"
+    dots = GOOD.replace("，", "…") + GOOD2.replace("，", "…")
+    assert rule_of(dots, filters={"max_top_ngram_coverage": None}) == "ellipsis_ratio"
+    assert rule_of(GOOD + GOOD2) is None
     long_words = "Thermodynamically incomprehensibilities. Uncharacteristically! Counterrevolutionaries."
     assert rule_of(long_words, filters={"min_zh_char_ratio": None, "languages": None}) == "mean_word_length"
 

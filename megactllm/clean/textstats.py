@@ -68,12 +68,24 @@ def char_entropy(text: str) -> float:
 
 
 def top_ngram_coverage(text: str, n: int) -> float:
-    """Share of characters taken by the most frequent character n-gram (Gopher's rule on characters)."""
+    """Share of characters inside occurrences of the most frequent character n-gram
+    (Gopher's rule, on characters; overlapping occurrences count their characters once)."""
     chars = _WS_RE.sub("", text)
     if len(chars) < n:
         return 0.0
-    counts = Counter(chars[i:i + n] for i in range(len(chars) - n + 1))
-    return min(1.0, counts.most_common(1)[0][1] * n / len(chars))
+    grams = [chars[i:i + n] for i in range(len(chars) - n + 1)]
+    top = Counter(grams).most_common(1)[0][0]
+    return _covered(grams, lambda g: g == top, n) / len(chars)
+
+
+def _covered(grams: list[str], selected, n: int) -> int:
+    """Characters inside the union of the selected n-grams' spans (overlaps counted once)."""
+    covered, end = 0, 0
+    for i, g in enumerate(grams):
+        if selected(g):
+            covered += i + n - max(i, end)
+            end = i + n
+    return covered
 
 
 def dup_ngram_coverage(text: str, n: int) -> float:
@@ -84,13 +96,7 @@ def dup_ngram_coverage(text: str, n: int) -> float:
         return 0.0
     grams = [chars[i:i + n] for i in range(total - n + 1)]
     counts = Counter(grams)
-    covered, end = 0, 0  # union of covered intervals, scanned left to right
-    for i, g in enumerate(grams):
-        if counts[g] > 1:
-            start = max(i, end)
-            covered += i + n - start
-            end = i + n
-    return covered / total
+    return _covered(grams, lambda g: counts[g] > 1, n) / total
 
 
 def dup_ngram_violation(text: str, limits: dict[int, float]) -> tuple[int, float] | None:
