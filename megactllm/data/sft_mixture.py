@@ -1,0 +1,87 @@
+"""Mixtures of SFT/DPO sources by ratio (e.g. CT-LLM's zh:en = 1:1, 2:1, 4:1, 8:1) and split into train/valid/test.
+
+A blend uses Megatron's list form: `["4", "data/sft_zh", "1", "data/sft_en"]` mixes zh:en at 4:1, and
+`["data/a", "data/b"]` (no weights) simply takes every sample of each source.
+
+Ratio semantics for finite instruction sets: one epoch of the mixture uses as many samples as the
+ratio allows without repeating any: the source that runs out first is used whole, the others are
+sampled down (a seeded random subset) so that the counts follow the weights. With 1,000 zh and 999
+en samples, 4:1 gives 1,000 zh + 250 en; 1:1 gives 999 zh + 999 en.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+class BlendError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Blend:
+    prefixes: tuple[str, ...]
+    weights: tuple[float, ...] | None  # None: every sample of every source
+
+
+def parse_blend(items: Sequence) -> Blend:
+    """Megatron's blend list: [w1, p1, w2, p2, ...] or [p1, p2, ...]."""
+    items = [str(x) for x in items]
+    if not items:
+        raise BlendError("empty data blend: give prefixes, or weight/prefix pairs like ['4', 'zh', '1', 'en']")
+
+    def is_number(s: str) -> bool:
+        try:
+            float(s)
+            return True
+        except ValueError:
+            return False
+
+    if not is_number(items[0]):
+        if any(is_number(x) for x in items):
+            raise BlendError(f"blend {items} mixes weighted and unweighted entries")
+        return Blend(tuple(items), None)
+    if len(items) % 2:
+        raise BlendError(f"blend {items} must alternate weight and prefix")
+    weights = tuple(float(w) for w in items[0::2])
+    prefixes = tuple(items[1::2])
+    if any(not is_number(w) for w in items[0::2]) or any(is_number(p) for p in prefixes):
+        raise BlendError(f"blend {items} must alternate weight and prefix")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise BlendError(f"blend weights {weights} must be non-negative with a positive sum")
+    return Blend(prefixes, weights)
+
+
+def mixture_counts(sizes: Sequence[int], weights: Sequence[float] | None) -> list[int]:
+    """Samples to take from each source: all of them without weights, else the largest counts in
+    the weights' proportion that no source has to repeat."""
+    if weights is None:
+        return list(sizes)
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    usable = [n / s for n, s in zip(sizes, shares) if s > 0]
+    epoch = min(usable) if usable else 0
+    return [min(n, int(round(s * epoch))) for n, s in zip(sizes, shares)]
+
+
+def mixture_samples(sizes: Sequence[int], weights: Sequence[float] | None, seed: int) -> np.ndarray:
+    """[n, 2] array of (source, sample) picked for one epoch, in a seeded shuffled order."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for source, (size, count) in enumerate(zip(sizes, mixture_counts(sizes, weights))):
+        chosen = np.sort(rng.permutation(size)[:count]) if count < size else np.arange(size)
+        picks.append(np.stack([np.full(count, source), chosen], axis=1))
+    samples = np.concatenate(picks) if picks else np.zeros((0, 2), np.int64)
+    return samples[rng.permutation(len(samples))].astype(np.int64)
+
+
+def split_samples(samples: np.ndarray, split: str) -> list[np.ndarray]:
+    """Train/valid/test parts of a sample list by Megatron's split string ("969,30,1")."""
+    parts = [float(x) for x in str(split).replace("/", ",").split(",")]
+    parts += [0.0] * (3 - len(parts))
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise BlendError(f"split {split!r} must be up to three non-negative numbers, e.g. '969,30,1'")
+    bounds = np.round(np.cumsum([0.0] + parts) / sum(parts) * len(samples)).astype(int)
+    return [samples[bounds[i] : bounds[i + 1]] for i in range(3)]
