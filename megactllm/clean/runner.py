@@ -99,7 +99,7 @@ def run_stage(cfg: CleanConfig, stage: str, task: tuple[int, int] | None = None,
     if stage == "filter":
         shards = wd.shards()
         total = sum(os.path.getsize(shards[u]) for u in todo)
-    progress = Progress(f"{stage} [{len(todo)} units]", total, 0.0, log)
+    progress = Progress(f"{stage} [{len(todo)} units]", total, cfg.run.progress_interval_s, log)
     jobs = [(cfg, stage, u) for u in todo]
     finished = []
     if workers == 1:
