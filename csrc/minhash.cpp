@@ -58,23 +58,38 @@ std::vector<std::vector<uint32_t>> texts_to_code_points(const py::list &texts) {
 }
 
 struct Permutations {
-  // h_i(x) = (a_i * x + b_i) >> 32 on a 32-bit key x: Dietzfelbinger's multiply-shift,
-  // a 2-universal family that needs one multiply per permutation (no modulo).
-  std::vector<uint64_t> a, b;
-  Permutations(int num_perm, uint64_t seed) : a(num_perm), b(num_perm) {
+  // h_i(x) = ((a_i * x + b_i) mod 2^64) >> 32 on a 32-bit key x: Dietzfelbinger's
+  // multiply-shift, a 2-universal family with no modulo. The 64-bit constants are kept as
+  // 32-bit halves so the loop runs in 32-bit vector lanes (see signature_one).
+  std::vector<uint32_t> a_hi, a_lo, b_hi, b_lo;
+  explicit Permutations(int num_perm, uint64_t seed)
+      : a_hi(num_perm), a_lo(num_perm), b_hi(num_perm), b_lo(num_perm) {
     uint64_t state = seed;
     for (int i = 0; i < num_perm; ++i) {
-      a[i] = splitmix64(state) | 1ULL;
-      b[i] = splitmix64(state);
+      const uint64_t a = splitmix64(state) | 1ULL, b = splitmix64(state);
+      a_hi[i] = static_cast<uint32_t>(a >> 32);
+      a_lo[i] = static_cast<uint32_t>(a);
+      b_hi[i] = static_cast<uint32_t>(b >> 32);
+      b_lo[i] = static_cast<uint32_t>(b);
     }
   }
+  size_t size() const { return a_hi.size(); }
 };
 
 constexpr uint64_t kRollBase = 0x100000001B3ULL;  // odd multiplier for the rolling hash
 
+// setup.py compiles for the baseline ISA (SSE2: two 64-bit lanes); clones for AVX2 and
+// AVX-512 are picked at load time on CPUs that have them, with no build flag.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MINHASH_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+#else
+#define MINHASH_CLONES
+#endif
+
+MINHASH_CLONES
 void signature_one(const std::vector<uint32_t> &cp, int ngram, const Permutations &perm,
-                   uint32_t *out) {
-  const int num_perm = static_cast<int>(perm.a.size());
+                   uint32_t *__restrict out) {
+  const int num_perm = static_cast<int>(perm.size());
   std::fill(out, out + num_perm, 0xFFFFFFFFu);
   const size_t n = cp.size();
   if (n == 0) return;  // empty text: all-max signature, the caller keeps it out of LSH
@@ -84,12 +99,14 @@ void signature_one(const std::vector<uint32_t> &cp, int ngram, const Permutation
   for (size_t i = 1; i < w; ++i) top *= kRollBase;
   uint64_t h = 0;
   for (size_t i = 0; i < w; ++i) h = h * kRollBase + cp[i] + 1;
-  const uint64_t *a = perm.a.data();
-  const uint64_t *b = perm.b.data();
+  const uint32_t *ah = perm.a_hi.data(), *al = perm.a_lo.data();
+  const uint32_t *bh = perm.b_hi.data(), *bl = perm.b_lo.data();
   for (size_t start = 0;; ++start) {
-    const uint64_t x = fmix64(h) >> 32;
+    const uint32_t x = static_cast<uint32_t>(fmix64(h) >> 32);
     for (int p = 0; p < num_perm; ++p) {
-      const uint32_t v = static_cast<uint32_t>((a[p] * x + b[p]) >> 32);
+      // Bits 32..63 of a*x + b, from 32-bit halves: a_hi*x + b_hi + carry-out of a_lo*x + b_lo.
+      const uint64_t low = static_cast<uint64_t>(al[p]) * x + bl[p];
+      const uint32_t v = ah[p] * x + bh[p] + static_cast<uint32_t>(low >> 32);
       out[p] = v < out[p] ? v : out[p];
     }
     if (start + w >= n) break;
