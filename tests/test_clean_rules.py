@@ -1,4 +1,6 @@
 """Every cleaning rule on hand-made texts: a case it must fire on and one it must leave alone."""
+from pathlib import Path
+
 import pytest
 
 from megactllm.clean import CleanConfig, Cleaner
@@ -183,3 +185,8 @@ def test_config_errors_name_the_problem(tmp_path):
     assert cfg.dedup.rows == 6 and cfg.filters.max_top_ngram_coverage == {2: 0.3}
     with pytest.raises(ValueError, match="exceeds num_perm"):
         CleanConfig.from_yaml(p, ["dedup.rows=13"])
+
+
+def test_example_recipe_is_the_defaults():
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "clean" / "mapcc.yaml"
+    assert CleanConfig.from_yaml(recipe).to_dict() == CleanConfig().to_dict()
