@@ -13,9 +13,15 @@ from __future__ import annotations
 from functools import partial
 from typing import Optional
 
+import numpy as np
 import torch
 
 from megactllm.data.sft_dataset import build_sft_datasets
+
+
+def collate(items: list[dict]) -> dict:
+    """Micro-batch tensors [len(items), ...] from dataset items (dicts of equal-shaped arrays)."""
+    return {k: torch.from_numpy(np.stack([np.asarray(it[k]) for it in items])) for k in items[0]}
 
 
 def attention_mask_from_segments(segment_ids: torch.Tensor) -> Optional[torch.Tensor]:

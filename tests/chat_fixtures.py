@@ -1,0 +1,105 @@
+"""Fixtures shared by the SFT/DPO tests: the real tokenizer extended with the chat tokens, and
+small preprocessed SFT/DPO datasets built from ../shared/data.
+
+Import the fixtures into a test module with `from chat_fixtures import *`.
+"""
+from pathlib import Path
+
+import pytest
+
+from megactllm.tokenizer import load_tokenizer
+from megactllm.tokenizer.chat_template import CHAT_SPECIAL_TOKENS
+
+__all__ = ["chat_sp_model", "chat_tokenizer", "sft_prefixes", "dpo_prefix", "tiny_checkpoint", "policy_checkpoint", "extend_with_chat_tokens"]
+
+
+def extend_with_chat_tokens(base_model: Path, out_model: Path) -> Path:
+    """base_model plus <|im_start|>/<|im_end|> as single (user-defined) pieces."""
+    try:  # the project's vocabulary extension, when it is there
+        from megactllm.tokenizer.extend import extend_sentencepiece
+    except ImportError:
+        extend_sentencepiece = None
+    if extend_sentencepiece is not None:
+        try:
+            extend_sentencepiece(str(base_model), str(out_model), list(CHAT_SPECIAL_TOKENS))
+            return out_model
+        except TypeError:
+            pass  # another signature: fall back to editing the model proto directly
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(base_model.read_bytes())
+    for piece in CHAT_SPECIAL_TOKENS:
+        p = proto.pieces.add()
+        p.piece, p.score, p.type = piece, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED
+    out_model.write_bytes(proto.SerializeToString())
+    return out_model
+
+
+@pytest.fixture(scope="session")
+def chat_sp_model(sp_model_path, tmp_path_factory) -> Path:
+    return extend_with_chat_tokens(Path(sp_model_path), tmp_path_factory.mktemp("tok") / "chat_sp.model")
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(chat_sp_model):
+    return load_tokenizer("sentencepiece", str(chat_sp_model))
+
+
+SEQ = 64  # training positions in the tests: short rows keep the 2-core CI fast
+
+
+@pytest.fixture(scope="session")
+def sft_prefixes(shared_data, chat_tokenizer, tmp_path_factory):
+    """{"zh": prefix, "en": prefix}: the first 40 records of each alpaca demo set, preprocessed."""
+    import json
+
+    from megactllm.data.sft_preprocess import preprocess_sft
+
+    out = tmp_path_factory.mktemp("sft")
+    prefixes = {}
+    for lang in ("zh", "en"):
+        records = json.loads((shared_data / "sft" / f"alpaca_{lang}_demo.json").read_text(encoding="utf-8"))[:40]
+        src = out / f"{lang}.json"
+        src.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        prefixes[lang] = str(out / f"sft_{lang}")
+        preprocess_sft([str(src)], prefixes[lang], chat_tokenizer, seq_length=SEQ, language=lang)
+    return prefixes
+
+
+@pytest.fixture(scope="session")
+def dpo_prefix(shared_data, chat_tokenizer, tmp_path_factory):
+    """16 English and 16 Chinese real preference pairs, preprocessed for rows of SEQ positions."""
+    import json
+
+    from megactllm.data.dpo_preprocess import preprocess_dpo
+
+    out = tmp_path_factory.mktemp("dpo")
+    records = []
+    for lang in ("en", "zh"):
+        records += json.loads((shared_data / "dpo" / f"dpo_{lang}_demo.json").read_text(encoding="utf-8"))[:16]
+    src = out / "pairs.json"
+    src.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    prefix = str(out / "dpo")
+    preprocess_dpo([str(src)], prefix, chat_tokenizer, seq_length=SEQ)
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised tiny model (chat vocabulary), saved once, loaded at every layout."""
+    from chat_parallel import save_tiny_checkpoint
+    from megactllm.testing import run_distributed
+
+    (path,) = run_distributed(save_tiny_checkpoint, 1, str(tmp_path_factory.mktemp("ckpt")), SEQ, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="session")
+def policy_checkpoint(tmp_path_factory):
+    """A second tiny model (another seed): a DPO policy that differs from the reference."""
+    from chat_parallel import save_tiny_checkpoint
+    from megactllm.testing import run_distributed
+
+    (path,) = run_distributed(save_tiny_checkpoint, 1, str(tmp_path_factory.mktemp("policy")), SEQ, 8, timeout=300)
+    return path

@@ -1,0 +1,138 @@
+"""Functions run on gloo processes by the SFT/DPO tests (module level, so spawn can import them).
+
+The tiny model is saved once on one process and loaded at every layout: the checkpoint is
+layout-free, so TP/PP/DP runs compute with exactly the single-process weights.
+"""
+from __future__ import annotations
+
+import torch
+
+VOCAB = 64002  # the MAP-NEO SentencePiece model plus <|im_start|> and <|im_end|>
+# No vocabulary padding: padding rows take part in the softmax, and TP=1 and TP=2 would pad differently.
+
+
+def tiny_config(tp: int = 1, pp: int = 1, seq: int = 64, extra: tuple = ()):
+    from megactllm.config import load_config
+
+    return load_config(None, [
+        "model.arch=tiny", f"model.vocab_size={VOCAB}", "model.make_vocab_size_divisible_by=1", f"model.seq_length={seq}", f"model.max_position_embeddings={seq}",
+        f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}", *extra,
+    ])
+
+
+def save_tiny_checkpoint(path: str, seq: int, seed: int = 7) -> str:
+    from megactllm.model import build_model
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.checkpoint import save_checkpoint
+
+    cfg = tiny_config(seq=seq)
+    initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
+    out = str(save_checkpoint(path, 0, chunks, cfg))
+    destroy_parallel()
+    return out
+
+
+def make_task(stage: str, cfg):
+    from megactllm.training.dpo import DPOTask
+    from megactllm.training.sft import SFTTask
+
+    return {"sft": SFTTask, "dpo": DPOTask}[stage](cfg)
+
+
+def layout_report(stage: str, tp: int, pp: int, checkpoint: str, items: list, micro_batch_size: int, seq: int,
+                  reference_checkpoint: str | None = None):
+    """Summed `report` of one global batch (items split over DP ranks, then micro-batches), from
+    the last pipeline stage of TP rank 0; None on the other ranks. DPO's reference model is
+    `reference_checkpoint` (default: the policy's own checkpoint)."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megactllm.model import build_model
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.checkpoint import load_model_weights
+    from megactllm.training.sft import collate
+
+    cfg = tiny_config(tp, pp, seq, (f"train.stage={stage}", f"train.pretrained_checkpoint={reference_checkpoint or checkpoint}"))
+    initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
+    load_model_weights(checkpoint, chunks, cfg.model)
+    for chunk in chunks:
+        chunk.config.calculate_per_token_loss = True
+        chunk.config.finalize_model_grads_func = None
+    task = make_task(stage, cfg)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    per_rank = len(items) // dp
+    mine = items[dp_rank * per_rank : (dp_rank + 1) * per_rank]
+    microbatches = [collate(mine[i : i + micro_batch_size]) for i in range(0, len(mine), micro_batch_size)]
+    microbatches = task.prepare_global_batch(microbatches, chunks)
+    results = get_forward_backward_func()(
+        forward_step_func=task.forward_step,
+        data_iterator=[iter(microbatches) for _ in chunks],
+        model=chunks,
+        num_microbatches=len(microbatches),
+        seq_length=seq,
+        micro_batch_size=micro_batch_size * getattr(task, "sequences_per_sample", 1),
+        forward_only=False,  # the backward must run at every layout too
+    )
+    grads_finite = all(torch.isfinite(p.grad).all() for c in chunks for p in c.parameters() if p.grad is not None)
+    keep = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+    out = None
+    if keep:
+        out = {name: torch.stack([r[name] for r in results]).sum(0).tolist() for name in results[0]}
+    destroy_parallel()
+    return out, grads_finite
+
+
+def precompute_on_layout(tp: int, pp: int, checkpoint: str, tokenizer_model: str, prefix: str, output: str, seq: int):
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.tokenizer import load_tokenizer
+    from megactllm.training.dpo_reference import precompute_reference_logps
+
+    cfg = tiny_config(tp, pp, seq, (f"train.pretrained_checkpoint={checkpoint}", f"data.train_data_path=['{prefix}']",
+                                    "train.micro_batch_size=2"))
+    initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
+    precompute_reference_logps(cfg, load_tokenizer("sentencepiece", tokenizer_model), output, microbatches_per_call=4)
+    destroy_parallel()
+    return output
+
+
+def dpo_training_run(checkpoint: str, items: list, steps: int, lr: float, micro_batch_size: int, seq: int, beta: float):
+    """A few DPO steps on one process (Adam on the plain model); the batch report before each step
+    and after the last one. The reference is the checkpoint, the policy starts from it."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megactllm.model import build_model
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.checkpoint import load_model_weights
+    from megactllm.training.sft import collate
+
+    cfg = tiny_config(1, 1, seq, ("train.stage=dpo", f"train.pretrained_checkpoint={checkpoint}", f"train.dpo_beta={beta}"))
+    initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
+    load_model_weights(checkpoint, chunks, cfg.model)
+    for chunk in chunks:
+        chunk.config.calculate_per_token_loss = True
+        chunk.config.finalize_model_grads_func = None
+    task = make_task("dpo", cfg)
+    params = [p for c in chunks for p in c.parameters()]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    microbatches = [collate(items[i : i + micro_batch_size]) for i in range(0, len(items), micro_batch_size)]
+    microbatches = task.prepare_global_batch(microbatches, chunks)  # reference log-probs, once: the batch repeats
+    reports = []
+    for step in range(steps + 1):
+        optimizer.zero_grad()
+        results = get_forward_backward_func()(
+            forward_step_func=task.forward_step, data_iterator=[iter(microbatches)], model=chunks,
+            num_microbatches=len(microbatches), seq_length=seq, micro_batch_size=2 * micro_batch_size,
+            forward_only=step == steps)
+        total = torch.stack([torch.stack([r[k] for r in results]).sum(0) for k in sorted(results[0])])
+        reports.append({k: float(v[0] / v[1]) for k, v in zip(sorted(results[0]), total)})
+        if step < steps:
+            pairs = float(total[0][1])
+            for p in params:
+                if p.grad is not None:
+                    p.grad /= pairs  # the loop divides by the global pair count; here one process holds all
+            optimizer.step()
+    destroy_parallel()
+    return reports
