@@ -1,0 +1,134 @@
+"""megactllm checkpoint (any TP/PP layout) -> Hugging Face LlamaForCausalLM directory.
+
+The ModelConfig comes from the checkpoint's own metadata. Tensors are read one dist_checkpointing
+key at a time (all layers of one weight), split into HF tensors and streamed into size-bounded
+safetensors shards, so memory stays near the largest single weight stack, not the model.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, TextIO
+
+import torch
+
+from megactllm.config import ModelConfig
+from megactllm.convert import layout
+from megactllm.convert.atomic import atomic_output_dir
+from megactllm.convert.errors import ConversionError
+from megactllm.convert.hf_config import dtype_from_name, generation_config, hf_config_from_model
+from megactllm.convert.megatron_reader import MegatronCheckpointReader
+from megactllm.convert.process_group import single_process_group
+from megactllm.convert.progress import ConversionProgress
+from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpec
+from megactllm.convert.tokenizer_export import export_tokenizer
+from megactllm.convert.vocab import check_vocab_matches
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    files: list
+    model_config: ModelConfig
+    dtype: torch.dtype
+    total_bytes: int
+
+
+def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
+    """Every HF tensor, in the order export produces them (one megatron key at a time)."""
+    shapes = layout.Shapes(model)
+    plan = [TensorSpec(layout.HF_EMBEDDING, shapes.vocab_rows(), dtype)]
+    for names in layout.LAYER_TENSORS.values():
+        for i in range(model.num_layers):
+            plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
+    plan.append(TensorSpec(layout.HF_FINAL_NORM, (model.hidden_size,), dtype))
+    if not model.tie_word_embeddings:
+        plan.append(TensorSpec(layout.HF_LM_HEAD, shapes.vocab_rows(), dtype))
+    return plan
+
+
+def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) in hf_tensor_plan order; holds one megatron key's stack at a time."""
+    model = reader.model
+    yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
+    for key, names in layout.LAYER_TENSORS.items():
+        stacked = reader.read(key)
+        for i in range(model.num_layers):
+            for name, tensor in zip(names, layout.to_hf(key, stacked[i], model)):
+                yield layout.hf_layer(i, name), tensor.to(dtype)
+        del stacked
+    yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
+    if not model.tie_word_embeddings:
+        yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _chat_template() -> Optional[str]:
+    try:
+        from megactllm.tokenizer.chat_template import CHAT_TEMPLATE
+    except ImportError:
+        return None
+    return CHAT_TEMPLATE
+
+
+def export_to_hf(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    dtype: Optional[str] = None,
+    tokenizer_file: Optional[str | Path] = None,
+    tokenizer_type: Optional[str] = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    chat_template: Optional[str] = "default",
+    add_bos_token: bool = False,
+    overwrite: bool = False,
+    progress_stream: Optional[TextIO] = sys.stderr,
+) -> ExportResult:
+    """Convert `checkpoint` (an iteration dir, or a run dir with a latest pointer) into `out_dir`.
+
+    The tokenizer is the one saved in the checkpoint unless `tokenizer_file` is given; its vocabulary
+    must match the model's. chat_template="default" uses megactllm's chat format; None leaves it out.
+    """
+    with single_process_group():
+        reader = MegatronCheckpointReader(checkpoint)
+        model = reader.model
+        meta = reader.metadata
+        tokenizer_file = Path(tokenizer_file) if tokenizer_file else meta.tokenizer_file
+        tokenizer_type = tokenizer_type or meta.tokenizer.get("type") or "sentencepiece"
+        if tokenizer_file is None:
+            raise ConversionError(
+                f"{meta.path} holds no tokenizer (saved without tokenizer_path); pass --tokenizer with the "
+                "tokenizer the model was trained with"
+            )
+        target_dtype = dtype_from_name(dtype) if dtype else reader.dtype
+        plan = hf_tensor_plan(model, target_dtype)
+        progress = ConversionProgress("export", sum(s.nbytes for s in plan), progress_stream)
+        progress.message(f"{meta.path} -> {out_dir} ({model.num_parameters() / 1e6:.1f}M parameters, {target_dtype})")
+        template = _chat_template() if chat_template == "default" else chat_template
+        with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+            tokenizer = export_tokenizer(
+                tokenizer_type,
+                tokenizer_file,
+                staging,
+                chat_template=template,
+                model_max_length=model.max_position_embeddings or model.seq_length,
+                add_bos_token=add_bos_token,
+            )
+            check_vocab_matches(model, tokenizer, where=f"checkpoint {meta.path}")
+            writer = ShardedSafetensorsWriter(staging, plan, max_shard_bytes)
+            for name, tensor in hf_tensors(reader, target_dtype):
+                writer.write(name, tensor)
+                progress.update(tensor.numel() * tensor.element_size(), name)
+            files = writer.close()
+            ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eod_id, pad_token_id=tokenizer.pad_id)
+            _write_json(staging / "generation_config.json", generation_config(**ids))
+            # Last, so a staging directory left by a crash is never loadable as a model.
+            _write_json(staging / "config.json", hf_config_from_model(model, target_dtype, **ids))
+        progress.message(f"wrote {len(files)} weight file(s) to {out_dir}")
+    return ExportResult(Path(out_dir), [Path(out_dir) / f.name for f in files], model, target_dtype, progress.total_bytes)

@@ -1,0 +1,78 @@
+"""Read a megactllm checkpoint's model tensors, one global (layout-free) tensor at a time.
+
+No model is built: the tensors are read from megatron-core's dist_checkpointing by key at their
+global shape, whatever TP/PP layout wrote them, so exporting needs no GPU and holds one stacked
+tensor (one key, all layers) in memory at a time. Call inside `single_process_group()`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from megactllm.convert import layout
+from megactllm.convert.errors import ConversionError
+from megactllm.training.checkpoint import CheckpointError, CheckpointMetadata, read_metadata
+
+
+class MegatronCheckpointReader:
+    def __init__(self, path: str | Path):
+        try:
+            self.metadata: CheckpointMetadata = read_metadata(path)
+        except CheckpointError as e:
+            raise ConversionError(str(e)) from None
+        self.model = self.metadata.model_config
+        self.model_dir = self.metadata.path / "model"
+        if not self.model_dir.is_dir():
+            raise ConversionError(f"{self.metadata.path} has no model/ directory: the checkpoint is incomplete")
+        from megatron.core import dist_checkpointing
+
+        try:
+            self.tensors = dict(dist_checkpointing.load_tensors_metadata(str(self.model_dir)))
+        except Exception as e:  # megatron raises several types for unreadable metadata
+            raise ConversionError(f"{self.model_dir} is not a readable dist_checkpointing directory: {e}") from None
+        self._check_shapes()
+
+    def _expected(self) -> dict[str, tuple]:
+        shapes = layout.Shapes(self.model)
+        layers = self.model.num_layers
+        expected = {key: (layers, *shapes.megatron_layer(key)) for key in layout.LAYER_TENSORS}
+        expected[layout.FINAL_NORM] = (self.model.hidden_size,)
+        expected[layout.EMBEDDING] = None  # padded rows: checked separately
+        if not self.model.tie_word_embeddings:
+            expected[layout.OUTPUT_LAYER] = None
+        return expected
+
+    def _check_shapes(self) -> None:
+        """The stored shapes must be the ones the metadata's ModelConfig implies."""
+        where = self.model_dir
+        for key, shape in self._expected().items():
+            if key not in self.tensors:
+                raise ConversionError(f"{where} has no tensor {key}: not a megactllm GPT checkpoint, or an incomplete one")
+            stored = tuple(self.tensors[key].global_shape)
+            if shape is None:
+                rows, hidden = stored
+                if rows < self.model.vocab_size or hidden != self.model.hidden_size:
+                    raise ConversionError(
+                        f"{where}: {key} is {stored}, which cannot hold vocab_size={self.model.vocab_size} x "
+                        f"hidden_size={self.model.hidden_size} from {self.metadata.path / 'megactllm.json'}"
+                    )
+            elif stored != shape:
+                raise ConversionError(
+                    f"{where}: {key} is {stored} but the model config in {self.metadata.path / 'megactllm.json'} "
+                    f"implies {shape}"
+                )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensors[layout.EMBEDDING].dtype
+
+    def read(self, key: str) -> torch.Tensor:
+        """The whole global tensor stored under `key` (layers stacked on the first axis)."""
+        from megatron.core import dist_checkpointing
+        from megatron.core.dist_checkpointing import ShardedTensor
+
+        info = self.tensors[key]
+        target = torch.empty(tuple(info.global_shape), dtype=info.dtype)
+        request = {key: ShardedTensor.from_rank_offsets(key, target, replica_id=0)}
+        return dist_checkpointing.load(request, str(self.model_dir))[key]

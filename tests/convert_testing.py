@@ -1,0 +1,153 @@
+"""Helpers shared by the conversion tests: a tiny tokenizer, tiny models, megactllm logits per layout.
+
+Functions run by run_distributed live here at module top level so spawned ranks can import them.
+"""
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SEQ = 16
+_WORDS = (
+    "the model reads text and learns which token comes next while the loss goes down over many steps "
+    "tensor pipeline data parallel layers heads groups vocabulary embedding rotary norm checkpoint"
+).split()
+
+
+def train_tiny_sentencepiece(path: Path, vocab_size: int = 300) -> Path:
+    """A real SentencePiece BPE model trained on synthetic sentences (no shared data needed)."""
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(2000)]
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def tiny_config(vocab_size: int, tp: int = 1, pp: int = 1, **model):
+    """Config of a tiny LLaMA-shaped model at a TP x PP layout (built directly: YAML overrides would
+    read a value like 1e-06 as a string)."""
+    from megactllm.config import Config, ParallelConfig, model_config_from_dict
+
+    values = dict(arch="tiny", vocab_size=vocab_size, seq_length=SEQ, max_position_embeddings=64, num_layers=4)
+    values.update(model)
+    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    return Config(model=model_config_from_dict(values), parallel=parallel)
+
+
+def megactllm_logits(chunks, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+    """Full-vocabulary fp32 logits of our own forward (on the last pipeline stage; None elsewhere)."""
+    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    batch, seq = tokens.shape
+    position_ids = torch.arange(seq).expand(batch, seq)
+
+    def forward_step(data_iterator, model):
+        output = model(tokens, position_ids, None)
+
+        def keep_logits(out):
+            full = tensor_parallel.gather_from_tensor_model_parallel_region(out)
+            return full.sum(), {"logits": full.detach().float().clone()}
+
+        return output, keep_logits
+
+    out = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(range(1)),
+        model=chunks,
+        num_microbatches=1,
+        seq_length=seq,
+        micro_batch_size=batch,
+        forward_only=True,
+    )
+    return out[0]["logits"] if parallel_state.is_pipeline_last_stage() else None
+
+
+def save_and_forward(cfg, save_dir: str, tokenizer_path: str, tokens: torch.Tensor, seed: int = 1234):
+    """Build a random model at the layout, save it, load it back into a fresh model, return its logits.
+
+    Logits come from the reloaded model so they reflect exactly what the checkpoint holds (with tied
+    embeddings at PP > 1 the last stage's copy of the embedding is not saved separately).
+    """
+    from megactllm.model import build_model
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.checkpoint import load_model_weights, save_checkpoint
+
+    initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
+    save_checkpoint(save_dir, 1, chunks, cfg, tokenizer_path=tokenizer_path)
+    fresh = build_model(cfg.model, cfg.parallel, cfg.optim)
+    load_model_weights(save_dir, fresh, cfg.model)
+    logits = megactllm_logits(fresh, tokens)
+    destroy_parallel()
+    return logits
+
+
+def load_and_forward(cfg, checkpoint: str, tokens: torch.Tensor):
+    """Logits of a checkpoint loaded into a model built at cfg's layout."""
+    from megactllm.model import build_model
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.checkpoint import load_model_weights
+
+    initialize_parallel(cfg.parallel, seed=99, num_layers=cfg.model.num_layers)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
+    load_model_weights(checkpoint, chunks, cfg.model)
+    logits = megactllm_logits(chunks, tokens)
+    destroy_parallel()
+    return logits
+
+
+def last_stage_result(results: list):
+    found = [r for r in results if r is not None]
+    assert found, "no rank returned logits"
+    return found[0]
+
+
+def hf_logits(model_dir, tokens: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
+    model.eval()
+    with torch.no_grad():
+        return model(tokens).logits.float()
+
+
+def tiny_hf_llama(vocab_size: int, seed: int = 0, **config):
+    """A random LlamaForCausalLM small enough for CPU tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    values = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+    )
+    values.update(config)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**values))
+    # Random (not constant) norm weights, so a swapped norm would show in the logits.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    return model.eval()
