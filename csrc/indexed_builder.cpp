@@ -262,20 +262,26 @@ class Builder {
   // to each document; avoids building a numpy array per document.
   void add_token_lists(const py::sequence& docs, int64_t eod) {
     check_open();
-    std::vector<int64_t> flat;
-    std::vector<int64_t> lens;
-    lens.reserve(docs.size());
-    size_t i = 0;
+    flat_.clear();
+    lens_.clear();
+    lens_.reserve(docs.size());
     for (auto doc : docs) {
-      const size_t before = flat.size();
-      append_pylist(doc.ptr(), flat, lo_, hi_, documents_ + i);
-      if (eod >= 0) flat.push_back(eod);
-      lens.push_back(static_cast<int64_t>(flat.size() - before));
-      ++i;
+      const size_t before = flat_.size();
+      append_pylist(doc.ptr(), flat_, lo_, hi_, documents_ + lens_.size());
+      if (eod >= 0) {
+        if (eod < lo_ || eod > hi_) throw std::overflow_error("eod id " + std::to_string(eod) + " does not fit the dataset dtype");
+        flat_.push_back(eod);
+      }
+      lens_.push_back(flat_.size() - before);
     }
-    py::array_t<int64_t> arr(flat.size(), flat.data());
-    py::array_t<int64_t> lens_arr(lens.size(), lens.data());
-    add_documents(arr, lens_arr);
+    // Everything is validated before the first byte is written, so a bad id leaves no partial batch.
+    write_int64_tokens(flat_.data(), flat_.size());
+    for (size_t n : lens_) {
+      push_length(n);
+      const int64_t idx = static_cast<int64_t>(sequences_);
+      docs_.write(&idx, 8);
+      ++documents_;
+    }
   }
 
   // Appends a whole existing dataset, streaming: memory is a fixed copy buffer.
@@ -438,6 +444,26 @@ class Builder {
     tokens_ += n;
   }
 
+  template <typename D>
+  void narrow_and_write(const int64_t* src, size_t n) {
+    scratch_.resize(n * sizeof(D));
+    D* dst = reinterpret_cast<D*>(scratch_.data());
+    for (size_t k = 0; k < n; ++k) dst[k] = static_cast<D>(src[k]);  // range checked by the caller
+    bin_.write(scratch_.data(), scratch_.size());
+  }
+
+  void write_int64_tokens(const int64_t* src, size_t n) {
+    switch (code_) {
+      case 1: narrow_and_write<uint8_t>(src, n); break;
+      case 2: narrow_and_write<int8_t>(src, n); break;
+      case 3: narrow_and_write<int16_t>(src, n); break;
+      case 8: narrow_and_write<uint16_t>(src, n); break;
+      case 4: narrow_and_write<int32_t>(src, n); break;
+      default: bin_.write(src, n * 8);
+    }
+    tokens_ += n;
+  }
+
   void push_length(size_t n) {
     if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
       throw std::length_error("a sequence of " + std::to_string(n) + " tokens exceeds the int32 length field");
@@ -452,6 +478,8 @@ class Builder {
   int64_t lo_, hi_;
   OutFile bin_, lengths_, docs_;
   std::vector<char> scratch_;
+  std::vector<int64_t> flat_;
+  std::vector<size_t> lens_;
   uint64_t documents_ = 0, sequences_ = 0, tokens_ = 0;
   bool finalized_ = false;
 };
