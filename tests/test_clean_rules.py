@@ -80,7 +80,7 @@ def test_repetition_rules_fire():
     top = "哈哈" * 30 + GOOD
     assert ts.top_ngram_coverage(top, 2) > 0.2
     assert rule_of(top, filters={"min_unique_char_ratio": None, "min_char_entropy": None}) == "top_2gram_coverage"
-    assert ts.dup_ngram_violation(GOOD, {n: 0.6 for n in range(5, 11)}) is None
+    assert all(ts.dup_ngram_coverage(GOOD, n) < 0.6 for n in range(5, 11))
 
 
 def test_entropy_and_unique_ratio():
@@ -190,3 +190,38 @@ def test_config_errors_name_the_problem(tmp_path):
 def test_example_recipe_is_the_defaults():
     recipe = Path(__file__).resolve().parents[1] / "examples" / "clean" / "mapcc.yaml"
     assert CleanConfig.from_yaml(recipe).to_dict() == CleanConfig().to_dict()
+
+
+def test_native_ngram_coverage_matches_reference(shared_data):
+    docs = (shared_data / "corpus" / "clue_small_zh.txt").read_text(encoding="utf-8").splitlines()[:300]
+    docs += ["欢迎光临本店，欢迎光临本店。" * 8, "ababab", "aaaa", "哈哈" * 30, "a", ""]
+    ns = [2, 3, 4, 5, 7, 10]
+    for doc in docs:
+        got = ts.ngram_coverages(doc, ns)
+        for n in ns:
+            assert got[n][0] == pytest.approx(ts.top_ngram_coverage(doc, n), abs=1e-12), (doc, n)
+            assert got[n][1] == pytest.approx(ts.dup_ngram_coverage(doc, n), abs=1e-12), (doc, n)
+
+
+def test_segmenter_matches_jieba(shared_data):
+    import jieba
+
+    from megactllm.clean.words import _WORD_CHAR_RE, words
+
+    docs = (shared_data / "corpus" / "clue_small_zh.txt").read_text(encoding="utf-8").splitlines()[:400]
+    docs += [line.split("\t")[0] for line in
+             (shared_data / "corpus" / "news_commentary_en_zh.tsv").read_text(encoding="utf-8").splitlines()[:100]]
+    docs += ["C++和Python 3.11，100%的a.b_c-d。", "", "   ", "ｆｕｌｌ　ｗｉｄｔｈ ㄅㄆ"]
+    for doc in docs:
+        assert words(doc) == [w for w in jieba.lcut(doc, HMM=False) if _WORD_CHAR_RE.search(w)], doc
+
+
+def test_dup_ngram_limits_per_n():
+    # 8-grams repeat less than 5-grams; a limit set only on larger n must still be checked.
+    text = "今天市政府召开新闻发布会，介绍城市建设。" * 2 + GOOD
+    cov = {n: ts.dup_ngram_coverage(text, n) for n in (5, 8)}
+    limits = {5: 0.99, 8: cov[8] - 0.01}
+    assert rule_of(text, filters={"max_dup_ngram_coverage": limits, "max_top_ngram_coverage": None}) \
+        == "dup_8gram_coverage"
+    assert rule_of(text, filters={"max_dup_ngram_coverage": {5: 0.99, 8: cov[8] + 0.01},
+                                  "max_top_ngram_coverage": None}) is None

@@ -67,14 +67,30 @@ class DocumentFilter:
             return "unique_char_ratio", v
         if c.min_char_entropy is not None and (v := ts.char_entropy(text)) < c.min_char_entropy:
             return "char_entropy", v
-        for ngram, limit in sorted((c.max_top_ngram_coverage or {}).items()):
-            if (v := ts.top_ngram_coverage(text, ngram)) > limit:
-                return f"top_{ngram}gram_coverage", v
-        if c.max_dup_ngram_coverage:
-            hit = ts.dup_ngram_violation(text, c.max_dup_ngram_coverage)
-            if hit is not None:
-                return f"dup_{hit[0]}gram_coverage", hit[1]
+        failure = self._repetition_failure(text)
+        if failure is not None:
+            return failure
         return self._word_failure(text)
+
+    def _repetition_failure(self, text: str) -> tuple[str, object] | None:
+        top, dup = self.cfg.max_top_ngram_coverage or {}, self.cfg.max_dup_ngram_coverage or {}
+        if not (top or dup):
+            return None
+        dup_ns = sorted(dup)
+        cov = ts.ngram_coverages(text, sorted(set(top) | set(dup_ns[:1])))
+        for ngram, limit in sorted(top.items()):
+            if cov[ngram][0] > limit:
+                return f"top_{ngram}gram_coverage", cov[ngram][0]
+        for i, ngram in enumerate(dup_ns):
+            if ngram not in cov:
+                cov.update(ts.ngram_coverages(text, [ngram]))
+            if cov[ngram][1] > dup[ngram]:
+                return f"dup_{ngram}gram_coverage", cov[ngram][1]
+            # Duplicated coverage only shrinks as n grows (a repeated (n+1)-gram is made of
+            # repeated n-grams), so under every remaining limit means all the rest pass.
+            if cov[ngram][1] <= min(dup[m] for m in dup_ns[i:]):
+                return None
+        return None
 
     def _word_failure(self, text: str) -> tuple[str, object] | None:
         c = self.cfg

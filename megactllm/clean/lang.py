@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from .textstats import is_han
+from .textstats import han_count
 
 _FOREIGN_WORD_RE = re.compile(r"[^\W\d_\u3040-\u30ff\u31f0-\u31ff\u1100-\u11ff\uac00-\ud7af"
                               r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_KANA_RE = re.compile("[\u3040-\u30ff\u31f0-\u31ff]")
+_HANGUL_RE = re.compile("[\uac00-\ud7af\u1100-\u11ff]")
 LANGID_SAMPLE_CHARS = 1000
 
 
@@ -25,15 +27,9 @@ def _langid():
 
 def script_counts(text: str) -> tuple[int, int, int, int]:
     """(Han characters, kana, hangul, words in other alphabets)."""
-    han = kana = hangul = 0
-    for c in text:
-        cp = ord(c)
-        if is_han(c):
-            han += 1
-        elif 0x3040 <= cp <= 0x30FF or 0x31F0 <= cp <= 0x31FF:
-            kana += 1
-        elif 0xAC00 <= cp <= 0xD7AF or 0x1100 <= cp <= 0x11FF:
-            hangul += 1
+    han = han_count(text)
+    kana = len(_KANA_RE.findall(text))
+    hangul = len(_HANGUL_RE.findall(text))
     # A Latin word is one unit, like one Han character: weighting by letters would make a
     # Chinese page with a few English names look half English.
     foreign = len(_FOREIGN_WORD_RE.findall(text))

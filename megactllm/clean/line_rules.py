@@ -14,6 +14,7 @@ from .textstats import PUNCT, TERMINAL_PUNCT
 from .wordlists import WordMatcher, read_list
 from .words import words as jieba_words
 
+_WORD_CHAR_RE = re.compile(r"[^\W_]")
 _SPLIT_RE = re.compile("[\\s" + re.escape("".join(sorted(PUNCT))) + "]+")
 
 
@@ -59,7 +60,7 @@ class LineFilter:
     def _enough_words(self, line: str) -> bool:
         # Each piece between punctuation or spaces holds at least one word, so a line with
         # min_words such pieces passes without running the (slow) segmenter.
-        pieces = sum(1 for p in _SPLIT_RE.split(line) if any(c.isalnum() for c in p))
+        pieces = sum(1 for p in _SPLIT_RE.split(line) if _WORD_CHAR_RE.search(p))
         return pieces >= self.cfg.min_words or len(jieba_words(line)) >= self.cfg.min_words
 
     def apply(self, text: str) -> LineResult:

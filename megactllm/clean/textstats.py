@@ -13,16 +13,19 @@ SENTENCE_END_RE = re.compile(r"[。！？!?；;…]+|\.(?=\s|$)|\n+")
 _WS_RE = re.compile(r"\s+")
 
 
-def is_han(ch: str) -> bool:
-    cp = ord(ch)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF
-            or 0x20000 <= cp <= 0x2FA1F)
+HAN_CLASS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_HAN_RE = re.compile(f"[{HAN_CLASS}]")
+_DIGIT_RE = re.compile(r"\d")
+
+
+def han_count(text: str) -> int:
+    return len(_HAN_RE.findall(text))
 
 
 def han_ratio(text: str) -> float:
     """Han characters over non-space characters."""
     chars = _WS_RE.sub("", text)
-    return sum(1 for c in chars if is_han(c)) / len(chars) if chars else 0.0
+    return han_count(chars) / len(chars) if chars else 0.0
 
 
 def sentence_count(text: str) -> int:
@@ -31,7 +34,7 @@ def sentence_count(text: str) -> int:
 
 def bracket_ratio(text: str) -> float:
     """Share of characters inside 【...】 (title/ad markers on Chinese pages), brackets included."""
-    if not text:
+    if not text or "【" not in text:
         return 0.0
     inside, depth = 0, 0
     for c in text:
@@ -45,7 +48,7 @@ def bracket_ratio(text: str) -> float:
 
 
 def digit_ratio(text: str) -> float:
-    return sum(1 for c in text if c.isdigit()) / len(text) if text else 0.0
+    return len(_DIGIT_RE.findall(text)) / len(text) if text else 0.0
 
 
 def has_punctuation(text: str) -> bool:
@@ -99,17 +102,10 @@ def dup_ngram_coverage(text: str, n: int) -> float:
     return _covered(grams, lambda g: counts[g] > 1, n) / total
 
 
-def dup_ngram_violation(text: str, limits: dict[int, float]) -> tuple[int, float] | None:
-    """First (n, coverage) over its limit, or None.
+def ngram_coverages(text: str, ns: list[int]) -> dict[int, tuple[float, float]]:
+    """{n: (top_ngram_coverage, dup_ngram_coverage)} in one C++ pass per n; the functions
+    above are the readable reference the tests hold it to."""
+    from .minhash import native
 
-    Coverage can only shrink as n grows (every position in a repeated (n+1)-gram lies in a
-    repeated n-gram), so once coverage(n) is under every limit for m >= n the scan stops.
-    """
-    ns = sorted(limits)
-    for idx, n in enumerate(ns):
-        cov = dup_ngram_coverage(text, n)
-        if cov > limits[n]:
-            return n, cov
-        if cov <= min(limits[m] for m in ns[idx:]):
-            return None
-    return None
+    chars = _WS_RE.sub("", text)
+    return dict(zip(ns, native().ngram_coverage(chars, list(ns))))
