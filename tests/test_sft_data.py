@@ -109,3 +109,16 @@ def test_sft_datasets_from_a_recipe_line(chat_tokenizer, sft_prefixes):
     assert len(unpacked) == 8 and int(unpacked[3]["segment_ids"].max()) == 1
     packed = SFTDataset(train.sources, train.samples[:8], 4 * SEQ, True, 0)  # rows of 4 samples' room
     assert len(packed) <= 3 and int(packed[0]["segment_ids"].max()) >= 3
+
+
+def test_epochs_reshuffle_and_fill_whole_global_batches():
+    from megactllm.data.sft_dataset import EpochDataset
+
+    base = list(range(10))
+    two = EpochDataset(base, 2, global_batch_size=4, seed=1)
+    assert len(two) == 20 and two.samples_per_epoch == 10
+    assert [two[i] for i in range(10)] == base
+    second = [two[i] for i in range(10, 20)]
+    assert sorted(second) == base and second != base
+    assert len(EpochDataset(base, 2, global_batch_size=8, seed=1)) == 24  # ceil(20 / 8) steps of 8
+    assert len(EpochDataset(base, 0.5, global_batch_size=4, seed=1)) == 8

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from megactllm.data.sft_dataset import build_split_samples, pad_id_of
+from megactllm.data.sft_dataset import build_split_samples, pad_id_of, with_epochs
 from megactllm.data.sft_indexed import ChatSampleReader
 from megactllm.data.sft_packing import build_row
 
@@ -87,4 +87,4 @@ def build_dpo_datasets(cfg, tokenizer) -> tuple:
     datasets = []
     for spec in build_split_samples(cfg.data, "dpo", cfg.train.seed, tokenizer):
         datasets.append(None if spec is None else DPODataset(spec[0], spec[1], cfg.model.seq_length, pad_id_of(tokenizer), reference))
-    return tuple(datasets)
+    return with_epochs(tuple(datasets), cfg.train)

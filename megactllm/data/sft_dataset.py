@@ -63,6 +63,50 @@ class SFTDataset:
                 f"{self.fill:.0%} filled, {self.truncated_at_load} truncated at load)")
 
 
+class EpochDataset:
+    """`epochs` passes over a finite dataset, reshuffled each pass, as one index space.
+
+    Its length is rounded up to whole global batches (the last batch borrows from the next pass),
+    so a run of ceil(epochs * samples_per_epoch / global_batch_size) steps never runs dry.
+    """
+
+    def __init__(self, base, epochs: float, global_batch_size: int, seed: int) -> None:
+        if epochs <= 0:
+            raise ValueError(f"train.train_epochs must be positive, got {epochs}")
+        self.base, self.samples_per_epoch, self.seed = base, len(base), seed
+        steps = -(-int(np.ceil(epochs * self.samples_per_epoch)) // global_batch_size)
+        self.length = steps * global_batch_size
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            # Pass 0 keeps the base order (already shuffled); later passes are seeded permutations.
+            n = self.samples_per_epoch
+            self._orders[epoch] = np.arange(n) if epoch == 0 else np.random.default_rng((self.seed, epoch)).permutation(n)
+        return self._orders[epoch]
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.length:
+            raise IndexError(f"sample {i} is outside the {self.length} samples of the run's epochs")
+        epoch, k = divmod(int(i), self.samples_per_epoch)
+        return self.base[int(self._order(epoch)[k])]
+
+    def describe(self) -> str:
+        inner = self.base.describe() if hasattr(self.base, "describe") else f"{self.samples_per_epoch} samples"
+        return f"{self.length / self.samples_per_epoch:.2f} epochs of {inner}"
+
+
+def with_epochs(datasets: tuple, train_cfg) -> tuple:
+    """The train split wrapped for train.train_epochs (when set); valid/test stay single passes."""
+    train = datasets[0]
+    if train is not None and train_cfg.train_epochs is not None:
+        train = EpochDataset(train, train_cfg.train_epochs, train_cfg.global_batch_size, train_cfg.seed)
+    return (train,) + tuple(datasets[1:])
+
+
 def split_blends(data_cfg) -> list[Optional[tuple[Blend, Optional[str]]]]:
     """(blend, split part) per split: separate train/valid/test blends, or one blend cut by data.split."""
     if data_cfg.train_data_path:
@@ -95,4 +139,4 @@ def build_sft_datasets(cfg, tokenizer) -> tuple:
     datasets = []
     for spec in build_split_samples(cfg.data, "sft", cfg.train.seed, tokenizer):
         datasets.append(None if spec is None else SFTDataset(spec[0], spec[1], cfg.model.seq_length, cfg.data.packing, pad_id_of(tokenizer)))
-    return tuple(datasets)
+    return with_epochs(tuple(datasets), cfg.train)
