@@ -179,3 +179,20 @@ def test_bad_input_counted_and_kept(tmp_path):
     wheres = {r["where"].rsplit("/", 1)[-1] for r in side}
     assert {"a.jsonl:2", "a.jsonl:6", "a.jsonl:8", "b.txt:2"} <= wheres
     assert any("\\xff" in r.get("raw", "") for r in side)
+
+
+def test_candidate_verification(reference, tmp_path):
+    inputs, _ = reference
+    cfg = config(inputs, tmp_path / "v")
+    cfg.dedup.verify_threshold = 0.999  # the injected near duplicate is further apart than this
+    run_all(cfg)
+    report = json.loads((tmp_path / "v" / "report.json").read_text(encoding="utf-8"))
+    assert report["dedup"]["exact_duplicates"] == 1 and report["dedup"]["near_duplicates"] == 0
+
+
+def test_cli_reports_recipe_errors(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("filters: {no_such_rule: 1}\n", encoding="utf-8")
+    rc = subprocess.run(_cli(recipe), capture_output=True, text=True, timeout=60,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert rc.returncode == 2 and "bad.yaml" in rc.stderr and "no_such_rule" in rc.stderr

@@ -121,6 +121,10 @@ def _from_object(line: str, where: str, nbytes: int, cfg: InputConfig, default_k
         return BadRecord(where, "bad_json", f"{e.msg} at column {e.colno}", line, nbytes)
     if not isinstance(obj, dict):
         return BadRecord(where, "bad_json", f"expected a JSON object, got {type(obj).__name__}", line, nbytes)
+    return _from_dict(obj, line, where, nbytes, cfg, default_key)
+
+
+def _from_dict(obj: dict, line: str, where: str, nbytes: int, cfg: InputConfig, default_key: str) -> Record | BadRecord:
     text = obj.get(cfg.text_key)
     if not isinstance(text, str):
         what = "missing" if text is None else f"a {type(text).__name__}, not a string"
@@ -138,10 +142,15 @@ def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
         for obj in batch.to_pylist():
             row += 1
-            line = json.dumps(obj, ensure_ascii=False, default=str)
-            rec = _from_object(line, f"{path}:row {row}", len(line.encode("utf-8", "replace")), cfg,
-                               f"{path.name}:{row}")
-            yield rec
+            text = obj.get(cfg.text_key)
+            nbytes = len(text.encode("utf-8", "replace")) if isinstance(text, str) else 0
+            if nbytes > cfg.max_record_bytes:
+                yield BadRecord(f"{path}:row {row}", "giant_record", f"{nbytes} bytes > input.max_record_bytes "
+                                f"= {cfg.max_record_bytes}", "", nbytes)
+                continue
+            # Non-JSON column types (timestamps, bytes) are kept as their string form.
+            fields = json.loads(json.dumps(obj, ensure_ascii=False, default=str))
+            yield _from_dict(fields, "", f"{path}:row {row}", nbytes, cfg, f"{path.name}:{row}")
 
 
 class AtomicWriter:
