@@ -132,8 +132,8 @@ class Progress:
         eta = secs * (1 - done) / done if done > 0 else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
         return (
-            f"[preprocess] {self.docs:,} docs ({self.docs / secs:,.0f}/s) | {self.text_bytes / 1e6:,.1f} MB "
-            f"({self.text_bytes / 1e6 / secs:,.2f} MB/s) | {self.tokens:,} tokens ({self.tokens / secs:,.0f}/s) | "
+            f"[preprocess] {self.docs:,} docs, {self.docs / secs:,.0f} docs/s | {self.text_bytes / 1e6:,.1f} MB, "
+            f"{self.text_bytes / 1e6 / secs:,.2f} MB/s | {self.tokens:,} tokens, {self.tokens / secs:,.0f} tokens/s | "
             f"{100 * done:.0f}% | ETA {eta_text}"
         )
 
@@ -146,8 +146,12 @@ class _StrictFailure(Exception):
     """A bad record under --strict, raised in a worker; the parent adds the line base."""
 
     def __init__(self, skip: Skip) -> None:
-        super().__init__(skip.path, skip.line, skip.reason, skip.detail)
+        super().__init__(f"{skip.path}:{skip.line} {skip.reason}")
         self.skip = skip
+
+    def __reduce__(self):
+        # Pickled back from a worker: a wrong signature here would hang multiprocessing's pool.
+        return (_StrictFailure, (self.skip,))
 
 
 @dataclass
