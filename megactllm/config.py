@@ -153,7 +153,15 @@ class TrainConfig:
     pretrained_checkpoint: Optional[str] = None
     tensorboard_dir: Optional[str] = None
     max_consecutive_nonfinite: int = 3
+    # Stop (after saving, when save_interval divides it) at the first iteration that is a multiple.
     exit_interval: Optional[int] = None
+    # metrics.jsonl and loss_curve.png; default: the save dir, else tensorboard_dir, else runs/latest.
+    log_dir: Optional[str] = None
+    # Dense peak TFLOP/s of one device for MFU; None: 989 on H100/H200, no MFU elsewhere.
+    peak_tflops: Optional[float] = None
+    # Resuming at another TP/PP/DP layout: also let megatron-core reshard the optimizer state
+    # (its model-space format); false loads weights, schedule and counters with fresh Adam moments.
+    reshard_optimizer: bool = False
     # DPO
     dpo_beta: float = 0.5
     dpo_label_smoothing: float = 0.0

@@ -30,6 +30,7 @@ from megactllm.config import Config, ModelConfig, model_config_from_dict
 FORMAT_VERSION = 1
 METADATA_FILE = "megactllm.json"
 LATEST_FILE = "latest_checkpointed_iteration.txt"
+RNG_DIR = "rng"
 # Fields of ModelConfig that fix the shapes of the weights; the rest (sequence length, dropout,
 # init) may change between runs that share a checkpoint.
 SHAPE_FIELDS = (
@@ -60,6 +61,7 @@ class CheckpointMetadata:
     train_state: dict = field(default_factory=dict)
     has_optimizer: bool = False
     stage: str = "pretrain"
+    world_size: Optional[int] = None
 
     @property
     def tokenizer_file(self) -> Optional[Path]:
@@ -131,6 +133,7 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         train_state=raw.get("train_state", {}),
         has_optimizer=bool(raw.get("has_optimizer", False)),
         stage=raw.get("stage", "pretrain"),
+        world_size=raw.get("world_size"),
     )
 
 
@@ -174,8 +177,12 @@ def save_checkpoint(
     scheduler=None,
     train_state: Optional[dict] = None,
     tokenizer_path: Optional[str] = None,
+    rng_state: Optional[dict] = None,
 ) -> Path:
-    """Collectively save model (and optimizer/scheduler when given); returns the iteration dir."""
+    """Collectively save model (and optimizer/scheduler when given); returns the iteration dir.
+
+    `rng_state` (each rank's own, see megactllm.training.rng) is written per rank under rng/.
+    """
     from megatron.core import dist_checkpointing
 
     save_dir = Path(save_dir)
@@ -188,7 +195,11 @@ def save_checkpoint(
         (partial / "model").mkdir(parents=True)
         if optimizer is not None:
             (partial / "optimizer").mkdir()
+        if rng_state is not None:
+            (partial / RNG_DIR).mkdir()
     _barrier()
+    if rng_state is not None:
+        torch.save(rng_state, partial / RNG_DIR / f"rank_{_rank():05d}.pt")
 
     model_sd = model_sharded_state_dict(model_chunks)
     dist_checkpointing.save(model_sd, str(partial / "model"))
@@ -217,6 +228,7 @@ def save_checkpoint(
                 "parallel": asdict(cfg.parallel),
                 "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
                 "has_optimizer": optimizer is not None,
+                "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                 "train_state": state,
             },
         )
@@ -268,3 +280,24 @@ def load_checkpoint(path: str | os.PathLike, model_chunks: list, optimizer=None,
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     return meta, state
+
+
+def same_layout(meta: CheckpointMetadata, parallel, world_size: int) -> bool:
+    """Whether the checkpoint was written by the same TP/PP/VPP/CP/DP layout as this run's."""
+    keys = (
+        "tensor_model_parallel_size",
+        "pipeline_model_parallel_size",
+        "virtual_pipeline_model_parallel_size",
+        "context_parallel_size",
+        "use_distributed_optimizer",
+    )
+    current = asdict(parallel)
+    return meta.world_size == world_size and all(meta.parallel.get(k) == current[k] for k in keys)
+
+
+def load_rng_state(meta: CheckpointMetadata) -> Optional[dict]:
+    """This rank's saved RNG state, or None when the checkpoint holds none for it."""
+    path = meta.path / RNG_DIR / f"rank_{_rank():05d}.pt"
+    if not path.is_file():
+        return None
+    return torch.load(path, weights_only=False)

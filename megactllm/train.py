@@ -1,0 +1,45 @@
+"""Train a model: `torchrun --nproc-per-node N -m megactllm.train --config RECIPE.yaml [section.key=value ...]`.
+
+Also runs under `srun` (one task per GPU; rank and world size from SLURM) and as a single process.
+`train.stage` picks pretrain, sft or dpo; everything else comes from the recipe and the overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megactllm.config import ConfigError, load_config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m megactllm.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML recipe (examples/configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.train_iters=100")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.loop import run_training
+    from megactllm.training.nonfinite import NonFiniteLossError
+
+    initialize_parallel(cfg.parallel, seed=cfg.train.seed, num_layers=cfg.model.num_layers)
+    try:
+        result = run_training(cfg)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    finally:
+        destroy_parallel()
+    return 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

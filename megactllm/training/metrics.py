@@ -1,0 +1,191 @@
+"""What a run reports: throughput and MFU arithmetic, the log line, TensorBoard, metrics.jsonl and
+the loss-curve PNG.
+
+Only one rank (the loop picks global rank 0, which holds the globally reduced values) writes.
+`python -m megactllm.training.metrics RUN_DIR` redraws the PNG from RUN_DIR/metrics.jsonl at any time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+H100_BF16_PEAK_TFLOPS = 989.0
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def device_peak_tflops(override: Optional[float] = None) -> Optional[float]:
+    """Dense bf16 peak of this device for MFU: the recipe's value, 989 on H100/H200, else unknown."""
+    if override:
+        return float(override)
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        if "H100" in name or "H200" in name or "GH200" in name:
+            return H100_BF16_PEAK_TFLOPS
+    return None
+
+
+def peak_memory_gib() -> float:
+    """Peak allocated GPU memory, or on CPU this process's peak resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return rss / 2**20
+
+
+@dataclass
+class Throughput:
+    tokens_per_s: float
+    tflops_per_device: float
+    mfu: Optional[float]
+
+
+def throughput(tokens: int, seconds: float, flops_per_token: float, world_size: int, peak_tflops: Optional[float]) -> Throughput:
+    seconds = max(seconds, 1e-9)
+    tokens_per_s = tokens / seconds
+    tflops = flops_per_token * tokens_per_s / world_size / 1e12
+    mfu = tflops / peak_tflops if peak_tflops else None
+    return Throughput(tokens_per_s, tflops, mfu)
+
+
+def format_log_line(record: dict) -> str:
+    parts = [
+        f"iter {record['iteration']:>7d}/{record['train_iters']}",
+        f"tokens {record['consumed_tokens']:,}",
+        f"loss {record['loss']:.4f}",
+        f"lr {record['lr']:.3e}",
+        f"grad_norm {record['grad_norm']:.3f}" if record.get("grad_norm") is not None else "grad_norm n/a",
+        f"skipped {record['skipped_iterations']}",
+        f"tokens/s {record['tokens_per_s']:,.0f}",
+        f"TFLOP/s/dev {record['tflops_per_device']:.2f}",
+        f"MFU {100 * record['mfu']:.1f}%" if record.get("mfu") is not None else "MFU n/a",
+        f"peak_mem {record['peak_mem_gib']:.2f} GiB",
+    ]
+    extra = [f"{k} {v:.4f}" for k, v in record.get("metrics", {}).items() if k != record.get("loss_name")]
+    return " | ".join(parts + extra)
+
+
+class RunLogger:
+    """stdout lines, TensorBoard scalars and metrics.jsonl on the logging rank; no-ops elsewhere."""
+
+    def __init__(self, log_dir: Optional[str], tensorboard_dir: Optional[str], enabled: bool):
+        self.enabled = enabled
+        self.log_dir = Path(log_dir) if log_dir else None
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.log_dir / METRICS_FILE, "a", encoding="utf-8")
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(tensorboard_dir)
+
+    def info(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
+
+    def warning(self, text: str) -> None:
+        if self.enabled:
+            print(f"WARNING: {text}", file=sys.stderr, flush=True)
+
+    def _write(self, record: dict) -> None:
+        if self._jsonl:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+
+    def train(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        print(format_log_line(record), flush=True)
+        self._write({"kind": "train", **record})
+        if self._tb:
+            step = record["iteration"]
+            for key in ("loss", "lr", "grad_norm", "skipped_iterations", "tokens_per_s", "tflops_per_device", "mfu", "peak_mem_gib"):
+                value = record.get(key)
+                if value is not None:
+                    self._tb.add_scalar(f"train/{key}", value, step)
+            for name, value in record.get("metrics", {}).items():
+                self._tb.add_scalar(f"train/{name}", value, step)
+            self._tb.add_scalar("train/loss_vs_tokens", record["loss"], record["consumed_tokens"])
+            self._tb.flush()
+
+    def validation(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        line = f"validation at iter {record['iteration']} | " + " | ".join(
+            f"{k} {v:.4f}" for k, v in record["metrics"].items()
+        ) + f" | ppl {record['ppl']:.3f}"
+        print(line, flush=True)
+        self._write({"kind": "valid", **record})
+        if self._tb:
+            for name, value in record["metrics"].items():
+                self._tb.add_scalar(f"valid/{name}", value, record["iteration"])
+            self._tb.add_scalar("valid/ppl", record["ppl"], record["iteration"])
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb:
+            self._tb.close()
+            self._tb = None
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """(train records, validation records) of a run; a resumed run's repeated iterations keep the last."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a megactllm run directory (train.log_dir)?")
+    train, valid = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                (train if r.get("kind") == "train" else valid)[r["iteration"]] = r
+    return [train[k] for k in sorted(train)], [valid[k] for k in sorted(valid)]
+
+
+def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Path:
+    """Training (and validation) loss against consumed tokens, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, valid = read_metrics(run_dir)
+    out_path = Path(out) if out else Path(run_dir) / LOSS_CURVE_FILE
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([r["consumed_tokens"] for r in train], [r["loss"] for r in train], label="train loss")
+    if valid:
+        ax.plot([r["consumed_tokens"] for r in valid], [r["metrics"][r["loss_name"]] for r in valid], "o-", label="valid loss")
+    ax.set_xlabel("consumed tokens")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{Path(run_dir).resolve().name}: {len(train)} logged iterations")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m megactllm.training.metrics RUN_DIR [OUT.png]")
+    print(plot_loss_curve(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else None))

@@ -1,0 +1,60 @@
+"""Stage `pretrain`: next-token loss over megatron-core GPT samples of a weighted blend.
+
+`loss_func` returns (sum of per-token losses under the loss mask, number of masked-in tokens,
+report): the loop divides by the global token count, so tokens after an end-of-document are
+excluded (data.eod_mask_loss) and every layout averages exactly as one process does.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from megactllm.config import Config
+from megactllm.data.gpt_dataset import build_gpt_datasets
+from megactllm.training.schedule import dataset_sample_counts, resolve_train_iters
+
+LM_LOSS = "lm loss"
+
+
+def masked_lm_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    """(loss sum, token count, report) of one micro-batch; per_token_loss is [b, s] from GPTModel."""
+    mask = loss_mask.reshape(-1).float()
+    loss_sum = torch.sum(per_token_loss.float().reshape(-1) * mask)
+    count = mask.sum().to(torch.int)
+    report = {LM_LOSS: torch.stack([loss_sum.detach(), mask.sum().detach()])}
+    return loss_sum, count, report
+
+
+class PretrainTask:
+    name = "pretrain"
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg
+
+    def build_datasets(self, cfg: Config, tokenizer):
+        from megatron.core import parallel_state
+
+        self.cfg = cfg
+        sizes = dataset_sample_counts(cfg, resolve_train_iters(cfg))
+        return build_gpt_datasets(
+            cfg.data,
+            seq_length=cfg.model.seq_length,
+            seed=cfg.train.seed,
+            sizes=sizes,
+            tokenizer=tokenizer,
+            data_parallel_size=parallel_state.get_data_parallel_world_size(),
+        )
+
+    def prepare_global_batch(self, microbatches, model_chunks):
+        return microbatches
+
+    def forward_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        # The [b, 1, s, s] document mask exists only with data.reset_attention_mask; else causal.
+        mask = batch.get("attention_mask")
+        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
+        return output, partial(masked_lm_loss, batch["loss_mask"])
+
+    def metric_names(self) -> list[str]:
+        return [LM_LOSS]

@@ -1,0 +1,101 @@
+"""How long a run lasts and how its learning rate moves.
+
+Iterations come from `train.train_iters`, or from a token budget `train.train_tokens` (one
+iteration consumes global_batch_size x seq_length tokens), or, for finite datasets (SFT/DPO), from
+`train.train_epochs`. The LR schedule is megatron-core's OptimizerParamScheduler stepped once per
+successful iteration: linear warmup from 0, then cosine, linear, constant or WSD decay to min_lr.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from megactllm.config import Config
+
+
+class ScheduleError(ValueError):
+    pass
+
+
+def tokens_per_iteration(cfg: Config) -> int:
+    return cfg.train.global_batch_size * cfg.model.seq_length
+
+
+def resolve_train_iters(cfg: Config, train_samples: Optional[int] = None) -> int:
+    """Number of optimizer steps of the run (train_iters, else train_tokens, else train_epochs)."""
+    t = cfg.train
+    if t.train_iters is not None:
+        if t.train_iters <= 0:
+            raise ScheduleError(f"train.train_iters must be positive, got {t.train_iters}")
+        return int(t.train_iters)
+    if t.train_tokens is not None:
+        return max(1, math.ceil(t.train_tokens / tokens_per_iteration(cfg)))
+    if t.train_epochs is not None:
+        if train_samples is None:
+            raise ScheduleError("train.train_epochs needs a finite training set; set train.train_iters or train.train_tokens")
+        return max(1, math.ceil(t.train_epochs * train_samples / t.global_batch_size))
+    raise ScheduleError("set one of train.train_iters, train.train_tokens or train.train_epochs")
+
+
+def num_microbatches(cfg: Config, data_parallel_size: int) -> int:
+    t = cfg.train
+    per_step = t.micro_batch_size * data_parallel_size
+    if t.global_batch_size % per_step:
+        raise ScheduleError(
+            f"train.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x data-parallel "
+            f"size = {t.micro_batch_size} x {data_parallel_size}"
+        )
+    return t.global_batch_size // per_step
+
+
+def dataset_sample_counts(cfg: Config, train_iters: int) -> tuple[int, int, int]:
+    """Samples to draw from the train, valid and test splits (megatron sizes its indices by these).
+
+    Every evaluation reads the same first eval_iters global batches of the valid split, so that
+    successive validation losses are comparable.
+    """
+    gbs = cfg.train.global_batch_size
+    eval_samples = cfg.train.eval_iters * gbs if cfg.train.eval_interval else 0
+    return train_iters * gbs, eval_samples, 0
+
+
+def warmup_iters(cfg: Config, decay_iters: int) -> int:
+    o = cfg.optim
+    if o.lr_warmup_fraction is not None:
+        return int(o.lr_warmup_fraction * decay_iters)
+    return int(o.lr_warmup_iters)
+
+
+def build_lr_scheduler(cfg: Config, optimizer, train_iters: int):
+    """megatron-core OptimizerParamScheduler in units of iterations."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o = cfg.optim
+    decay_iters = o.lr_decay_iters or train_iters
+    warmup = warmup_iters(cfg, decay_iters)
+    if warmup > decay_iters:
+        raise ScheduleError(f"LR warmup ({warmup} iterations) is longer than the decay ({decay_iters} iterations)")
+    style = o.lr_decay_style
+    if style not in ("cosine", "linear", "constant", "WSD", "inverse-square-root"):
+        raise ScheduleError(f"optim.lr_decay_style={style!r}; use cosine, linear, constant or WSD")
+    wsd_iters = None
+    if style == "WSD":
+        wsd_iters = o.lr_wsd_decay_iters or max(1, decay_iters // 10)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay_iters,
+        lr_decay_style=style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=decay_iters,
+        wd_incr_style="constant",
+        # On resume the checkpoint's schedule wins over the recipe's (megatron's default).
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+        wsd_decay_steps=wsd_iters,
+        lr_wsd_decay_style=o.lr_wsd_decay_style if style == "WSD" else None,
+    )
