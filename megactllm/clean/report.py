@@ -56,8 +56,10 @@ def _plots(summary: dict, out: Path) -> dict[str, str]:
     if rules:
         names = list(rules)[::-1]
         fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
-        ax.barh(names, [rules[r]["docs"] for r in names])
-        ax.set_xlabel("documents removed")
+        bars = ax.barh(names, [rules[r]["docs"] for r in names])
+        ax.bar_label(bars, padding=2, fontsize=8)
+        ax.set_xscale("log")  # small rules stay visible beside the large ones
+        ax.set_xlabel("documents removed (log scale)")
         fig.tight_layout()
         fig.savefig(out / "report_rules.png", dpi=90)
         plt.close(fig)
@@ -81,49 +83,64 @@ def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.2f}%" if whole else "-"
 
 
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(f"{c:,}" if isinstance(c, int) else str(c) for c in row) + " |" for row in rows]
+    return out
+
+
 def render_markdown(summary: dict, plots: dict[str, str]) -> str:
-    inp, outp = summary["input"], summary["output"]
+    inp, outp, acc = summary["input"], summary["output"], summary["accounting"]
     docs, chars = inp["documents"], inp["characters"]
+    bad = sum(e["records"] for e in summary["bad_input"].values())
+    d = summary["dedup"]
     lines = ["# Corpus cleaning report", "",
-             f"- input: {inp['shards']} shard(s), {docs:,} records, {inp['bytes'] / 1e6:,.1f} MB, {chars:,} characters",
-             f"- after filters: {summary['after_filter']['documents']:,} documents",
-             f"- output: {outp['documents']:,} documents ({_pct(outp['documents'], docs)}), "
-             f"{outp['characters']:,} characters ({_pct(outp['characters'], chars)})",
-             f"- every record accounted for: {'yes' if summary['accounting']['balanced'] else 'NO'} "
-             f"({summary['accounting']['accounted_records']:,} of {summary['accounting']['input_records']:,})", ""]
-    lines += ["## Documents removed, by rule", "", "| rule | documents | % docs | characters | % chars |",
-              "|---|---:|---:|---:|---:|"]
-    for rule, e in summary["removed_by_rule"].items():
-        lines.append(f"| {rule} | {e['docs']:,} | {_pct(e['docs'], docs)} | {e['chars']:,} | {_pct(e['chars'], chars)} |")
+             f"Input: {inp['shards']} shard(s), {inp['bytes'] / 1e6:,.1f} MB. Every record is kept, removed by a "
+             f"named rule or rejected as bad input: {'yes' if acc['balanced'] else 'NO'} "
+             f"({acc['accounted_records']:,} of {acc['input_records']:,} accounted for).", "", "## Funnel", ""]
+    lines += _table(["step", "documents", "% of input"], [
+        ["input records", docs, "100%"],
+        ["readable records", docs - bad, _pct(docs - bad, docs)],
+        ["after filters", summary["after_filter"]["documents"], _pct(summary["after_filter"]["documents"], docs)],
+        ["after exact dedup", summary["after_filter"]["documents"] - d.get("exact_duplicates", 0),
+         _pct(summary["after_filter"]["documents"] - d.get("exact_duplicates", 0), docs)],
+        ["output (after near dedup)", outp["documents"], _pct(outp["documents"], docs)],
+    ])
+    lines += ["", f"Output characters: {outp['characters']:,} of {chars:,} ({_pct(outp['characters'], chars)}).",
+              "", "## Documents removed, by rule", "",
+              "Each document is tagged with the first rule it failed (cheap rules run first).", ""]
+    lines += _table(["rule", "documents", "% docs", "characters", "% chars"],
+                    [[r, e["docs"], _pct(e["docs"], docs), e["chars"], _pct(e["chars"], chars)]
+                     for r, e in summary["removed_by_rule"].items()])
     if "rules" in plots:
         lines += ["", f"![documents removed by rule]({plots['rules']})"]
-    lines += ["", "## Lines removed by line rules (before document rules)", "", "| rule | lines | characters |", "|---|---:|---:|"]
-    for rule, e in summary["removed_lines_by_rule"].items():
-        lines.append(f"| {rule} | {e['lines']:,} | {e['chars']:,} |")
+    lines += ["", "## Lines removed by line rules", ""]
+    lines += _table(["rule", "lines", "characters"],
+                    [[r, e["lines"], e["chars"]] for r, e in summary["removed_lines_by_rule"].items()])
     lines += ["", "## Bad input", ""]
     if summary["bad_input"]:
-        lines += ["| reason | records | bytes | example |", "|---|---:|---:|---|"]
+        rows = []
         for reason, e in summary["bad_input"].items():
             ex = e["examples"][0] if e["examples"] else {}
-            lines.append(f"| {reason} | {e['records']:,} | {e['bytes']:,} | `{ex.get('where', '')}`: {ex.get('detail', '')} |")
+            rows.append([reason, e["records"], e["bytes"], f"`{ex.get('where', '')}`: {ex.get('detail', '')}"])
+        lines += _table(["reason", "records", "bytes", "first example"], rows)
     else:
         lines.append("none")
-    d = summary["dedup"]
     lines += ["", "## Deduplication", "",
-              f"- exact duplicates removed: {d.get('exact_duplicates', 0):,}",
-              f"- near duplicates removed: {d.get('near_duplicates', 0):,}", "",
-              "| cluster size | clusters |", "|---:|---:|"]
-    for size, count in sorted(d.get("cluster_size_histogram", {}).items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {size} | {count:,} |")
+              f"Exact duplicates removed: {d.get('exact_duplicates', 0):,}; near duplicates removed: "
+              f"{d.get('near_duplicates', 0):,}. Clusters of two or more documents (one is kept):", ""]
+    hist = sorted(d.get("cluster_size_histogram", {}).items(), key=lambda kv: int(kv[0]))
+    lines += _table(["cluster size", "clusters"], [[str(size), count] for size, count in hist])
     if "clusters" in plots:
         lines += ["", f"![cluster sizes]({plots['clusters']})"]
     lines += ["", "## Examples", ""]
     for rule, e in summary["removed_by_rule"].items():
         lines.append(f"### {rule}")
         for ex in e.get("examples", []):
-            text = str(ex.get("text", "")).replace("\n", " ⏎ ").replace("|", "\\|")
+            text = str(ex.get("text", "")).replace("\n", " ⏎ ")
             extra = f" value={ex['value']}" if "value" in ex else ""
-            extra += f" duplicate of {ex['duplicate_of']}" if "duplicate_of" in ex else ""
+            extra += f" duplicate of `{ex['duplicate_of']}`" if "duplicate_of" in ex else ""
             lines.append(f"- `{ex.get('where') or ex.get('id')}`{extra}: {text}")
         lines.append("")
     return "\n".join(lines) + "\n"

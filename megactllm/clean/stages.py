@@ -8,7 +8,6 @@ dedup    per shard: final kept docs; duplicates to the side output
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -45,7 +44,13 @@ def filter_unit(wd: Workdir, unit: int) -> dict:
                 removed.write_json({"rule": rec.reason, "where": rec.where, "detail": rec.detail, "raw": rec.raw})
                 continue
             stats["input_chars"] += len(rec.text)
-            out = cleaner.clean(rec.text, rec.url)
+            try:
+                out = cleaner.clean(rec.text, rec.url)
+            except Exception as e:  # one odd document must not end a day-long job; it is reported
+                detail = f"{type(e).__name__}: {e}"
+                add_bad(stats, "cleaner_error", rec.nbytes, rec.where, detail, n_ex)
+                removed.write_json({"rule": "cleaner_error", "where": rec.where, "detail": detail, "raw": rec.text})
+                continue
             add_line_removals(stats, out.removed_lines, out.removed_chars)
             if out.rule is None:
                 obj = dict(rec.fields) if rec.fields else {}
@@ -60,7 +65,7 @@ def filter_unit(wd: Workdir, unit: int) -> dict:
             add_removed(stats, out.rule, len(rec.text), example, n_ex)
             if cfg.run.keep_removed:
                 removed.write_json({"rule": out.rule, "value": value, "id": rec.key, "where": rec.where,
-                                    text_key: rec.text})
+                                    "url": rec.url, text_key: rec.text})
     write_json_atomic(wd.path("filter", unit, ".stats.json"), stats)
     return {"docs": stats["input_docs"], "bytes": stats["input_bytes"]}
 
@@ -68,12 +73,15 @@ def filter_unit(wd: Workdir, unit: int) -> dict:
 def minhash_unit(wd: Workdir, unit: int) -> dict:
     cfg = wd.cfg
     text_key = cfg.input.text_key
-    texts = [obj[text_key] for obj in read_jsonl(wd.path("filter", unit, ".kept.jsonl"))]
+    rows = list(read_jsonl(wd.path("filter", unit, ".kept.jsonl")))
+    texts = [obj[text_key] for obj in rows]
     d = cfg.dedup
     n = len(texts)
     exact = np.fromiter((text_hash(t) for t in texts), np.uint64, n)
     valid = np.fromiter((len(t) > 0 for t in texts), bool, n)  # empty text has no n-grams
-    arrays = {"exact": exact, "valid": valid}
+    # Ids let the dedup stage name the document each duplicate was kept in favour of.
+    ids = np.array([str(obj.get(cfg.input.id_key)) for obj in rows] or [""], dtype=str)[:n]
+    arrays = {"exact": exact, "valid": valid, "ids": ids}
     if d.fuzzy:
         sigs = np.concatenate([signatures(texts[i:i + SIGNATURE_BATCH], d)
                                for i in range(0, n, SIGNATURE_BATCH)]) if n else np.empty((0, d.num_perm), np.uint32)
@@ -142,7 +150,10 @@ def cluster_unit(wd: Workdir, unit: int) -> dict:
             target[1].append(z["b"])
             offsets = z["offsets"]
     n = int(offsets[-1])
-    cat = lambda pair: (np.concatenate(pair[0]).astype(np.int64), np.concatenate(pair[1]).astype(np.int64))
+
+    def cat(pair):
+        return np.concatenate(pair[0]).astype(np.int64), np.concatenate(pair[1]).astype(np.int64)
+
     exact_roots, roots = clusters(n, cat(exact), cat(near))
     ids = np.arange(n)
     # 0 = kept, 1 = exact duplicate, 2 = near duplicate
@@ -164,15 +175,19 @@ DEDUP_RULES = {1: "exact_dup", 2: "near_dup"}
 
 def dedup_unit(wd: Workdir, unit: int) -> dict:
     cfg = wd.cfg
-    shards = wd.shards()
     with np.load(wd.path("cluster", 0, ".npz")) as z:
         offsets = z["offsets"]
         lo, hi = int(offsets[unit]), int(offsets[unit + 1])
         reason, roots = z["reason"][lo:hi], z["roots"][lo:hi]
 
-    def where_of(global_id: int) -> str:
+    ids_of: dict[int, np.ndarray] = {}
+
+    def id_of(global_id: int) -> str:
         shard = int(np.searchsorted(offsets, global_id, side="right") - 1)
-        return f"{Path(shards[shard]).name}#{global_id - offsets[shard]}"
+        if shard not in ids_of:
+            with np.load(wd.path("minhash", shard, ".npz")) as z:
+                ids_of[shard] = z["ids"]
+        return str(ids_of[shard][global_id - offsets[shard]])
 
     stats = new_stats()
     text_key, id_key = cfg.input.text_key, cfg.input.id_key
@@ -190,14 +205,10 @@ def dedup_unit(wd: Workdir, unit: int) -> dict:
                 stats["kept_chars"] += len(text)
                 continue
             rule = DEDUP_RULES[int(reason[row])]
-            dup_of = where_of(int(roots[row]))
+            dup_of = id_of(int(roots[row]))
             add_removed(stats, rule, len(text), {"id": obj.get(id_key), "duplicate_of": dup_of, "text": text},
                         cfg.run.examples_per_rule)
             if cfg.run.keep_removed:
                 removed.write_json({"rule": rule, "id": obj.get(id_key), "duplicate_of": dup_of, text_key: text})
     write_json_atomic(wd.path("dedup", unit, ".stats.json"), stats)
     return {"docs": stats["input_docs"], "bytes": nbytes}
-
-
-def load_stats(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
