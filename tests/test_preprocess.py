@@ -206,3 +206,24 @@ def test_cli_end_to_end(tmp_path, docs, sp_model_path):
     # The same prefix given twice is taken once.
     assert merged.returncode == 0, merged.stderr
     assert IndexedDatasetReader(str(tmp_path / "twice")).num_documents == 52
+
+
+def test_inspect_dataset_cli(tmp_path, docs, tok, sp_model_path):
+    write_jsonl(tmp_path / "a.jsonl", docs[:40])
+    run(tmp_path, [tmp_path / "a.jsonl"], sp_model_path, append_eod=True)
+    prefix = output_prefix_for(str(tmp_path / "out"), "text")
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_dataset.py"), prefix, "--samples", "2",
+                          "--max-chars", "10000"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    total = sum(len(t) for t in expected_tokens(tok, docs[:40]))
+    assert f"documents 40   sequences 40   tokens {total:,}" in out.stdout
+    assert "length histogram" in out.stdout
+    shown = [line.strip() for line in out.stdout.splitlines() if line.startswith("    ")]
+    assert len(shown) == 2 and all(s in [d.replace("\n", "\\n") for d in docs[:40]] for s in shown)
+    as_json = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_dataset.py"), prefix, "--json"],
+                             capture_output=True, text=True, timeout=60)
+    stats = json.loads(as_json.stdout)
+    assert stats["tokens"] == total and sum(c for _, _, c in stats["histogram"]) == 40
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_dataset.py"), str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr

@@ -301,6 +301,7 @@ class _Outputs:
         shard = self.shard_of(path)
         if shard not in self.open:
             metadata = dict(self.tokenizer.describe(), append_eod=self.config.append_eod)
+            metadata["model_path"] = os.path.abspath(self.tokenizer.model_path)  # usable from any directory
             self.open[shard] = {
                 key: IndexedDatasetWriter(
                     output_prefix_for(self.config.output_prefix, key, shard),
