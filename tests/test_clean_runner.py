@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from megactllm.clean import STAGES, CleanConfig, Cleaner, run_all, run_stage, slurm_task
@@ -129,15 +130,20 @@ def test_sigkill_and_resume_gives_same_output(shared_data, reference, tmp_path):
     out = tmp_path / "killed"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps({"input": {"paths": [str(p) for p in inputs]},
-                                  "run": {"output_dir": str(out), "workers": 1}}), encoding="utf-8")
+                                  "run": {"output_dir": str(out), "workers": 2}}), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SLURM_ARRAY_TASK_ID", None)
     proc = subprocess.Popen(_cli(recipe), env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
+    workers = []
     while time.time() < deadline and not list((out / "filter").glob("*.done")):
+        workers = workers or psutil.Process(proc.pid).children()
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The pool's workers die with the runner instead of writing on as orphans.
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
     # Usually lands inside the filter stage; at worst inside a later one. Either way the run
     # is interrupted with some unit unfinished.
     assert not (out / "report.json").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -64,6 +65,17 @@ def _check_ready(wd: Workdir, stage: str) -> None:
                             f"units are not done (units {shown}); run '{before}' first (or wait for its array job)")
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: a worker gets SIGKILL when the runner dies, even by SIGKILL, so a
+    killed run leaves no orphans writing into the work directory (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_unit(args: tuple[CleanConfig, str, int]) -> tuple[int, dict]:
     cfg, stage, unit = args
     wd = Workdir(cfg)
@@ -108,7 +120,7 @@ def run_stage(cfg: CleanConfig, stage: str, task: tuple[int, int] | None = None,
             finished.append(unit)
             progress.update(res["docs"], res["bytes"])
     else:
-        with mp.get_context("fork").Pool(workers) as pool:
+        with mp.get_context("fork").Pool(workers, initializer=_die_with_parent) as pool:
             for unit, res in pool.imap_unordered(_run_unit, jobs):
                 finished.append(unit)
                 progress.update(res["docs"], res["bytes"])

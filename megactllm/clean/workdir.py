@@ -20,6 +20,9 @@ RESULT_SECTIONS = ("input", "normalize", "lines", "filters", "dedup")
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
+    if not patterns:
+        raise FileNotFoundError("input.paths is empty: set it in the recipe or on the command line, "
+                                "e.g. input.paths='[/data/raw/*.jsonl]'")
     files: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
