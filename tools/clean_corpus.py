@@ -2,11 +2,12 @@
 """Clean a Chinese corpus the MAP-CC way (filters, exact + MinHash-LSH dedup, report).
 
 Locally, all stages with 8 processes:
-    python tools/clean_corpus.py examples/clean/mapcc.yaml input.paths='[data/*.jsonl]' \
-        run.output_dir=out --workers 8
-One stage as a SLURM array task (task index and count from the SLURM environment):
+    python tools/clean_corpus.py examples/clean/mapcc.yaml "input.paths=[data/*.jsonl]" run.output_dir=out --workers 8
+One stage as a SLURM array task (task index and count from the SLURM environment; see
+examples/clean/submit_slurm.sh, which chains all stages):
     python tools/clean_corpus.py examples/clean/mapcc.yaml --stage filter
-Rerunning any command resumes: finished units (marked .done) are skipped.
+Rerunning any command resumes: finished units (marked .done) are skipped. The cleaned
+corpus is <output_dir>/dedup/NNNNN.jsonl; the report is <output_dir>/report.md.
 """
 import argparse
 import sys
