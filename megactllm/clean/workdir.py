@@ -43,6 +43,7 @@ class Workdir:
     def prepare(self) -> list[str]:
         """Shard list, fixed by the first run; later runs must use the same inputs and recipe."""
         recipe = {k: self.cfg.to_dict()[k] for k in RESULT_SECTIONS}
+        recipe["dedup"].pop("threads")  # speed only
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
         if self.manifest_path.exists():
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
