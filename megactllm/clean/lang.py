@@ -1,6 +1,6 @@
 """Offline language check. No model is downloaded at run time.
 
-CJK languages are told apart by script, which is both exact and fast: Chinese is Han
+CJK languages are told apart by script, which is reliable and fast: Chinese is Han
 without kana or hangul. Other languages go to langid (its model ships inside the pip
 package), on a sample, since langid costs milliseconds per kilobyte.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from .textstats import han_count
+from .textstats import HAN_CLASS, han_count
 
-_FOREIGN_WORD_RE = re.compile(r"[^\W\d_\u3040-\u30ff\u31f0-\u31ff\u1100-\u11ff\uac00-\ud7af"
-                              r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+# Runs of letters in any other script (Latin, Cyrillic, ...): one unit per word.
+_FOREIGN_WORD_RE = re.compile(r"[^\W\d_\u3040-\u30ff\u31f0-\u31ff\u1100-\u11ff\uac00-\ud7af" + HAN_CLASS + "]+")
 _KANA_RE = re.compile("[\u3040-\u30ff\u31f0-\u31ff]")
 _HANGUL_RE = re.compile("[\uac00-\ud7af\u1100-\u11ff]")
 LANGID_SAMPLE_CHARS = 1000
@@ -20,7 +20,11 @@ LANGID_SAMPLE_CHARS = 1000
 
 @lru_cache(maxsize=1)
 def _langid():
-    from langid.langid import LanguageIdentifier, model
+    try:
+        from langid.langid import LanguageIdentifier, model
+    except ImportError as e:
+        raise ImportError("the language check of non-CJK text needs langid (its model ships in the "
+                          "package, nothing is downloaded): pip install langid") from e
 
     return LanguageIdentifier.from_modelstring(model, norm_probs=True)
 
