@@ -77,44 +77,45 @@ def megactllm_logits(chunks, tokens: torch.Tensor) -> Optional[torch.Tensor]:
     return out[0]["logits"] if parallel_state.is_pipeline_last_stage() else None
 
 
-def save_and_forward(cfg, save_dir: str, tokenizer_path: str, tokens: torch.Tensor, seed: int = 1234):
-    """Build a random model at the layout, save it, load it back into a fresh model, return its logits.
+def layout_jobs(jobs: list[dict]) -> dict:
+    """Run on every rank of one process group: for each job, bring up its TP x PP layout (the rest
+    of the world is data parallel), then either save a random model and reload it (`save_to`) or
+    load a checkpoint (`load_from`), and compute logits of `tokens`. Returns {job name: logits}
+    from the rank that holds them (last stage, TP rank 0, DP rank 0).
 
-    Logits come from the reloaded model so they reflect exactly what the checkpoint holds (with tied
-    embeddings at PP > 1 the last stage's copy of the embedding is not saved separately).
+    One spawn for several layouts: starting processes costs more than the tiny models.
+    Logits come from a freshly loaded model so they reflect exactly what the checkpoint holds
+    (with tied embeddings at PP > 1 the last stage's copy of the embedding is not saved).
     """
+    from megatron.core import parallel_state
+
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.checkpoint import load_model_weights, save_checkpoint
 
-    initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
-    chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    save_checkpoint(save_dir, 1, chunks, cfg, tokenizer_path=tokenizer_path)
-    fresh = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(save_dir, fresh, cfg.model)
-    logits = megactllm_logits(fresh, tokens)
+    results = {}
+    for job in jobs:
+        cfg = job["cfg"]
+        initialize_parallel(cfg.parallel, seed=1234, num_layers=cfg.model.num_layers)
+        chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
+        if job.get("save_to"):
+            save_checkpoint(job["save_to"], 1, chunks, cfg, tokenizer_path=job.get("tokenizer"))
+            chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
+        load_model_weights(job.get("save_to") or job["load_from"], chunks, cfg.model)
+        logits = megactllm_logits(chunks, job["tokens"])
+        if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0 \
+                and parallel_state.get_data_parallel_rank() == 0:
+            results[job["name"]] = logits
+        parallel_state.destroy_model_parallel()
     destroy_parallel()
-    return logits
+    return results
 
 
-def load_and_forward(cfg, checkpoint: str, tokens: torch.Tensor):
-    """Logits of a checkpoint loaded into a model built at cfg's layout."""
-    from megactllm.model import build_model
-    from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.checkpoint import load_model_weights
-
-    initialize_parallel(cfg.parallel, seed=99, num_layers=cfg.model.num_layers)
-    chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, chunks, cfg.model)
-    logits = megactllm_logits(chunks, tokens)
-    destroy_parallel()
-    return logits
-
-
-def last_stage_result(results: list):
-    found = [r for r in results if r is not None]
-    assert found, "no rank returned logits"
-    return found[0]
+def merge_rank_results(per_rank: list[dict]) -> dict:
+    merged = {}
+    for result in per_rank:
+        merged.update(result)
+    return merged
 
 
 def hf_logits(model_dir, tokens: torch.Tensor) -> torch.Tensor:

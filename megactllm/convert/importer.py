@@ -1,0 +1,207 @@
+"""Hugging Face LLaMA directory -> megactllm checkpoint that megactllm.train can start from.
+
+The result is an ordinary megactllm checkpoint (iteration 0, no optimizer state): point
+`train.pretrained_checkpoint` at it to continue pretraining with a fresh optimizer and schedule.
+The model is built once on CPU (local spec, no initialisation) at TP1/PP1 and filled tensor by
+tensor from the safetensors files; dist_checkpointing stores global tensors, so it loads at any
+TP/PP (megatron loads the padded vocabulary rows with `allow_shape_mismatch`, so even the
+padding, which depends on TP, adapts). `target_tp`/`target_pp` are checked against the model's
+shape up front, so a layout the model cannot be split into fails here and not at training start.
+
+Given a tokenizer that extends the model's own (`tokenizer_file` with more ids), the embedding and
+output rows of the new pieces are initialised from their old sub-tokens (see convert.vocab).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, TextIO
+
+import torch
+
+from megactllm.config import Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
+from megactllm.convert import layout
+from megactllm.convert.atomic import atomic_output_dir
+from megactllm.convert.errors import ConversionError
+from megactllm.convert.hf_config import dtype_from_name, model_config_from_hf, read_hf_config
+from megactllm.convert.process_group import single_process_group
+from megactllm.convert.progress import ConversionProgress
+from megactllm.convert.safetensors_io import SafetensorsCheckpoint
+from megactllm.convert.vocab import ExtensionReport, check_vocab_matches, extend_rows, plan_extension
+from megactllm.tokenizer import load_tokenizer
+from megactllm.tokenizer.base import Tokenizer
+
+
+@dataclass
+class ImportResult:
+    checkpoint: Path  # the iteration directory, for train.pretrained_checkpoint
+    model_config: ModelConfig
+    dtype: torch.dtype
+    extension: Optional[ExtensionReport]
+
+
+def find_hf_tokenizer(hf_dir: Path) -> tuple[Optional[str], Optional[Path]]:
+    """(type, file) of the tokenizer an HF directory ships: the SentencePiece model if present."""
+    if (hf_dir / "tokenizer.model").is_file():
+        return "sentencepiece", hf_dir / "tokenizer.model"
+    if (hf_dir / "tokenizer.json").is_file():
+        return "huggingface", hf_dir / "tokenizer.json"
+    return None, None
+
+
+def check_target_layout(model: ModelConfig, tp: int, pp: int, where: str) -> None:
+    problems = []
+    if model.num_attention_heads % tp or model.num_kv_heads % tp:
+        problems.append(f"{model.num_attention_heads} heads / {model.num_kv_heads} key-value heads over TP={tp}")
+    if model.ffn_hidden_size % tp:
+        problems.append(f"ffn_hidden_size {model.ffn_hidden_size} over TP={tp}")
+    if model.num_layers % pp:
+        problems.append(f"{model.num_layers} layers over PP={pp}")
+    if problems:
+        raise ConversionError(f"{where}: the model cannot be split for the target layout: " + "; ".join(problems))
+
+
+def check_hf_tensors(weights: SafetensorsCheckpoint, model: ModelConfig) -> None:
+    """Every tensor LlamaForCausalLM needs is present with its shape, before any work starts."""
+    shapes = layout.Shapes(model)
+    expected = {layout.HF_EMBEDDING: shapes.vocab_rows(), layout.HF_FINAL_NORM: (model.hidden_size,)}
+    if not model.tie_word_embeddings:
+        expected[layout.HF_LM_HEAD] = shapes.vocab_rows()
+    for names in layout.LAYER_TENSORS.values():
+        for i in range(model.num_layers):
+            expected.update({layout.hf_layer(i, n): shapes.hf_layer(n) for n in names})
+    for name, shape in expected.items():
+        spec = weights.spec(name)  # raises, naming the directory, when absent
+        if tuple(spec.shape) != tuple(shape):
+            raise ConversionError(
+                f"{weights.entries[name].file}: {name} is {tuple(spec.shape)} but config.json implies {tuple(shape)}"
+            )
+
+
+# Parameter names inside one layer of the local spec -> the checkpoint key they are saved under
+# (the local spec keeps its norms as separate modules; TE fuses them into the next linear layer).
+_LOCAL_SPEC_LAYER_KEYS = {
+    "self_attention.linear_qkv.weight": layout.QKV,
+    "self_attention.linear_proj.weight": layout.PROJ,
+    "mlp.linear_fc1.weight": layout.FC1,
+    "mlp.linear_fc2.weight": layout.FC2,
+    "input_layernorm.weight": layout.INPUT_NORM,
+    "pre_mlp_layernorm.weight": layout.PRE_MLP_NORM,
+}
+
+
+class _Filler:
+    """Fills a GPTModel built at TP1/PP1 (local spec) from HF tensors, one parameter at a time."""
+
+    def __init__(self, weights: SafetensorsCheckpoint, model: ModelConfig, padded_vocab: int,
+                 vocab_rows: Callable[[str], torch.Tensor], progress: ConversionProgress):
+        self.weights, self.model, self.padded_vocab = weights, model, padded_vocab
+        self.vocab_rows = vocab_rows
+        self.progress = progress
+
+    def _layer_tensor(self, i: int, key: str) -> torch.Tensor:
+        parts = [self.weights.read(layout.hf_layer(i, n)) for n in layout.LAYER_TENSORS[key]]
+        return layout.to_megatron(key, parts, self.model)
+
+    def tensor_for(self, param_name: str) -> torch.Tensor:
+        if param_name == "embedding.word_embeddings.weight":
+            return layout.pad_vocab(self.vocab_rows(layout.HF_EMBEDDING), self.padded_vocab)
+        if param_name == "output_layer.weight":
+            return layout.pad_vocab(self.vocab_rows(layout.HF_LM_HEAD), self.padded_vocab)
+        if param_name == "decoder.final_layernorm.weight":
+            return self.weights.read(layout.HF_FINAL_NORM)
+        if param_name.startswith("decoder.layers."):
+            _, _, index, rest = param_name.split(".", 3)
+            if rest in _LOCAL_SPEC_LAYER_KEYS:
+                return self._layer_tensor(int(index), _LOCAL_SPEC_LAYER_KEYS[rest])
+        raise ConversionError(f"megatron parameter {param_name} has no Hugging Face source (unsupported model part)")
+
+    def fill(self, chunk) -> None:
+        with torch.no_grad():
+            for name, param in chunk.named_parameters():
+                source = self.tensor_for(name)
+                if tuple(source.shape) != tuple(param.shape):
+                    raise ConversionError(f"{name}: HF gives {tuple(source.shape)}, the model has {tuple(param.shape)}")
+                param.copy_(source)
+                self.progress.update(source.numel() * source.element_size(), name)
+
+
+def _build_empty_model(model: ModelConfig, dtype: torch.dtype):
+    """One GPTModel chunk at TP1/PP1 on CPU with uninitialised weights (they are all overwritten)."""
+    from megactllm.model import build_model_chunk, build_transformer_config, layer_spec
+    from megactllm.parallel import initialize_parallel
+
+    parallel = ParallelConfig()
+    initialize_parallel(parallel, seed=0, num_layers=model.num_layers)
+    optim = OptimConfig(bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
+    config = build_transformer_config(model, parallel, optim)
+    config.use_cpu_initialization = True
+    config.perform_initialization = False  # random init of billions of weights would only be overwritten
+    return build_model_chunk(model, config, spec=layer_spec(use_transformer_engine=False))
+
+
+def import_from_hf(
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    target_tp: int = 1,
+    target_pp: int = 1,
+    dtype: Optional[str] = None,
+    tokenizer_file: Optional[str | Path] = None,
+    tokenizer_type: Optional[str] = None,
+    overwrite: bool = False,
+    progress_stream: Optional[TextIO] = sys.stderr,
+) -> ImportResult:
+    """Convert an HF LlamaForCausalLM directory into a megactllm checkpoint run directory `out_dir`."""
+    from megactllm.training.checkpoint import iteration_dir, save_checkpoint
+
+    hf_dir = Path(hf_dir)
+    config_path = hf_dir / "config.json"
+    model = model_config_from_hf(read_hf_config(hf_dir), str(config_path))
+    check_target_layout(model, target_tp, target_pp, str(config_path))
+    weights = SafetensorsCheckpoint(hf_dir)
+    check_hf_tensors(weights, model)
+
+    base_type, base_file = find_hf_tokenizer(hf_dir)
+    tok_type = tokenizer_type or base_type or "sentencepiece"
+    tok_file = Path(tokenizer_file) if tokenizer_file else base_file
+    if tok_file is None:
+        raise ConversionError(f"{hf_dir} has no tokenizer.model or tokenizer.json; pass --tokenizer")
+    tokenizer = load_tokenizer(tok_type, str(tok_file))
+    subtokens, extension = None, None
+    if tokenizer.vocab_size > model.vocab_size and base_file is not None:
+        base = load_tokenizer(base_type, str(base_file))
+        check_vocab_matches(model, base, where=str(config_path))
+        subtokens, extension = plan_extension(base, tokenizer)
+        model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
+    check_vocab_matches(model, tokenizer, where=str(config_path))
+
+    target_dtype = dtype_from_name(dtype) if dtype else weights.spec(layout.HF_EMBEDDING).dtype
+
+    def vocab_rows(name: str) -> torch.Tensor:
+        rows = weights.read(name)
+        return extend_rows(rows, subtokens) if subtokens is not None else rows
+
+    progress = ConversionProgress("import", 0, progress_stream)
+    progress.message(f"{hf_dir} -> {out_dir} ({model.num_parameters() / 1e6:.1f}M parameters, {target_dtype})")
+    if extension is not None:
+        progress.message(f"vocabulary extended {extension.old_vocab} -> {extension.new_vocab} from {tok_file} "
+                         f"({extension.without_subtokens} new pieces without sub-tokens got the mean row)")
+    with single_process_group(), atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        chunk = _build_empty_model(model, target_dtype)
+        progress.total_bytes = sum(p.numel() * p.element_size() for p in chunk.parameters())
+        _Filler(weights, model, model.padded_vocab_size(1), vocab_rows, progress).fill(chunk)
+        cfg = Config(
+            model=model,
+            # The layout the user intends to train at (checked above); the weights are layout-free.
+            parallel=ParallelConfig(tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp),
+            data=DataConfig(tokenizer_type=tok_type, tokenizer_model=str(tok_file)),
+            optim=OptimConfig(bf16=target_dtype == torch.bfloat16, fp16=target_dtype == torch.float16),
+            train=TrainConfig(stage="pretrain"),
+        )
+        progress.message("saving the megatron checkpoint")
+        save_checkpoint(staging, 0, [chunk], cfg, tokenizer_path=str(tok_file))
+        del chunk
+    progress.message(f"done: set train.pretrained_checkpoint={iteration_dir(out_dir, 0)}")
+    return ImportResult(iteration_dir(out_dir, 0), model, target_dtype, extension)
