@@ -340,7 +340,11 @@ def preprocess(config: PreprocessConfig, report: Optional[Report] = None) -> Pre
     if config.workers < 1:
         raise PreprocessError(f"--workers must be at least 1, got {config.workers}")
     paths = expand_inputs(config.input)
-    chunks = plan_chunks(paths, config.chunk_bytes, config.input_format)
+    chunk_bytes = config.chunk_bytes
+    if config.workers > 1:  # enough chunks to keep every worker busy until the end
+        total = sum(os.path.getsize(p) for p in paths)
+        chunk_bytes = min(chunk_bytes, max(1 << 20, total // (4 * config.workers)))
+    chunks = plan_chunks(paths, chunk_bytes, config.input_format)
     tokenizer = load_tokenizer(config.tokenizer_type, config.tokenizer_model)
     outputs = _Outputs(config, tokenizer, paths)
     progress = Progress(sum(c.raw_bytes for c in chunks), report, config.log_interval)
