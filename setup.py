@@ -48,6 +48,8 @@ setup(
         "transformers",
         "jieba",
         "opencc-python-reimplemented",
+        # Offline language identification for corpus cleaning; the model ships inside the package.
+        "langid",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "datasketch"]},
 )
