@@ -3,7 +3,7 @@
 #
 #   examples/sft_tiny_cpu.sh                                   # one process
 #   NPROC=2 examples/sft_tiny_cpu.sh parallel.tensor_model_parallel_size=2
-#   examples/sft_tiny_cpu.sh train.pretrained_checkpoint=work/tiny_pretrain/checkpoints
+#   examples/sft_tiny_cpu.sh train.pretrained_checkpoint=runs/tiny_pretrain/checkpoints
 #
 # Without train.pretrained_checkpoint the tiny model starts from random weights (a demo of the
 # mechanics); with one, its vocabulary must include the two chat tokens (model.vocab_size 64002).

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Shared first steps of the tiny SFT/DPO examples (sourced): a tokenizer with the chat tokens and
-# the preprocessed SFT and DPO datasets under work/tiny_chat/. Steps already done are skipped.
+# the preprocessed SFT and DPO datasets under runs/tiny_chat/. Steps already done are skipped.
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
-WORK=work/tiny_chat
+WORK=runs/tiny_chat
 SEQ=${SEQ:-256}
 mkdir -p "$WORK"
 if [ ! -d "$SHARED" ]; then
@@ -13,23 +13,8 @@ fi
 
 if [ ! -f "$WORK/chat_sp.model" ]; then
   # The MAP-NEO SentencePiece model plus <|im_start|> and <|im_end|> as single user-defined pieces.
-  python - "$SHARED/tokenizers/map_neo_sp.model" "$WORK/chat_sp.model" <<'PY'
-import sys
-from megactllm.tokenizer.chat_template import CHAT_SPECIAL_TOKENS
-base, out = sys.argv[1], sys.argv[2]
-try:
-    from megactllm.tokenizer.extend import extend_sentencepiece
-    extend_sentencepiece(base, out, list(CHAT_SPECIAL_TOKENS))
-except ImportError:  # before the vocabulary-extension module: edit the model proto directly
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    proto = pb.ModelProto()
-    proto.ParseFromString(open(base, "rb").read())
-    for piece in CHAT_SPECIAL_TOKENS:
-        p = proto.pieces.add()
-        p.piece, p.score, p.type = piece, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED
-    open(out, "wb").write(proto.SerializeToString())
-print(f"chat tokenizer: {out}")
-PY
+  python tools/train_tokenizer.py extend --model "$SHARED/tokenizers/map_neo_sp.model" \
+    --output "$WORK/chat_sp.model" --user-defined "<|im_start|>" "<|im_end|>"
 fi
 
 TOK=(--tokenizer-type sentencepiece --tokenizer-model "$WORK/chat_sp.model" --seq-length "$SEQ")

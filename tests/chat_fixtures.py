@@ -10,29 +10,15 @@ import pytest
 from megactllm.tokenizer import load_tokenizer
 from megactllm.tokenizer.chat_template import CHAT_SPECIAL_TOKENS
 
-__all__ = ["chat_sp_model", "chat_tokenizer", "sft_prefixes", "dpo_prefix", "tiny_checkpoint", "policy_checkpoint", "extend_with_chat_tokens"]
+__all__ = ["chat_sp_model", "chat_tokenizer", "dpo_prefix", "extend_with_chat_tokens", "policy_checkpoint", "sft_prefixes", "tiny_checkpoint"]
 
 
 def extend_with_chat_tokens(base_model: Path, out_model: Path) -> Path:
-    """base_model plus <|im_start|>/<|im_end|> as single (user-defined) pieces."""
-    try:  # the project's vocabulary extension, when it is there
-        from megactllm.tokenizer.extend import extend_sentencepiece
-    except ImportError:
-        extend_sentencepiece = None
-    if extend_sentencepiece is not None:
-        try:
-            extend_sentencepiece(str(base_model), str(out_model), list(CHAT_SPECIAL_TOKENS))
-            return out_model
-        except TypeError:
-            pass  # another signature: fall back to editing the model proto directly
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    """base_model plus <|im_start|>/<|im_end|> as single (user-defined) pieces, via the project's
+    vocabulary extension."""
+    from megactllm.tokenizer.extend import extend_sentencepiece
 
-    proto = pb.ModelProto()
-    proto.ParseFromString(base_model.read_bytes())
-    for piece in CHAT_SPECIAL_TOKENS:
-        p = proto.pieces.add()
-        p.piece, p.score, p.type = piece, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED
-    out_model.write_bytes(proto.SerializeToString())
+    extend_sentencepiece(str(base_model), user_defined=list(CHAT_SPECIAL_TOKENS), output_path=str(out_model))
     return out_model
 
 
@@ -89,6 +75,7 @@ def dpo_prefix(shared_data, chat_tokenizer, tmp_path_factory):
 def tiny_checkpoint(tmp_path_factory):
     """A randomly initialised tiny model (chat vocabulary), saved once, loaded at every layout."""
     from chat_parallel import save_tiny_checkpoint
+
     from megactllm.testing import run_distributed
 
     (path,) = run_distributed(save_tiny_checkpoint, 1, str(tmp_path_factory.mktemp("ckpt")), SEQ, timeout=300)
@@ -99,6 +86,7 @@ def tiny_checkpoint(tmp_path_factory):
 def policy_checkpoint(tmp_path_factory):
     """A second tiny model (another seed): a DPO policy that differs from the reference."""
     from chat_parallel import save_tiny_checkpoint
+
     from megactllm.testing import run_distributed
 
     (path,) = run_distributed(save_tiny_checkpoint, 1, str(tmp_path_factory.mktemp("policy")), SEQ, 8, timeout=300)

@@ -50,8 +50,8 @@ def layout_report(stage: str, tp: int, pp: int, checkpoint: str, items: list, mi
 
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.batches import collate
     from megactllm.training.checkpoint import load_model_weights
-    from megactllm.training.sft import collate
 
     cfg = tiny_config(tp, pp, seq, (f"train.stage={stage}", f"train.pretrained_checkpoint={reference_checkpoint or checkpoint}"))
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
@@ -104,8 +104,8 @@ def dpo_training_run(checkpoint: str, items: list, steps: int, lr: float, micro_
 
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.batches import collate
     from megactllm.training.checkpoint import load_model_weights
-    from megactllm.training.sft import collate
 
     cfg = tiny_config(1, 1, seq, ("train.stage=dpo", f"train.pretrained_checkpoint={checkpoint}", f"train.dpo_beta={beta}"))
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from chat_fixtures import *  # noqa: F401,F403
+from chat_fixtures import *
 from chat_fixtures import SEQ
+
 from megactllm.config import load_config
 from megactllm.data.dpo_dataset import build_dpo_datasets
 from megactllm.testing import run_distributed
@@ -54,14 +54,14 @@ def test_dpo_loss_refuses_bad_settings():
 
 def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
     """Per setting: the DPO task's report and the same quantities computed here from two models."""
+    from chat_parallel import tiny_config
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from chat_parallel import tiny_config
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.batches import collate
     from megactllm.training.checkpoint import load_model_weights
     from megactllm.training.dpo import DPOTask
-    from megactllm.training.sft import collate
 
     cfg = tiny_config(seq=SEQ)
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)

@@ -2,10 +2,10 @@
 schedule); reference log-probs precomputed at PP=2 give the same step as the live reference."""
 import numpy as np
 import pytest
-
-from chat_fixtures import *  # noqa: F401,F403
+from chat_fixtures import *
 from chat_fixtures import SEQ
 from chat_parallel import layout_report, precompute_on_layout
+
 from megactllm.config import load_config
 from megactllm.data.dpo_dataset import ReferenceLogps, build_dpo_datasets
 from megactllm.testing import run_distributed

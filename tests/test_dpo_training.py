@@ -1,9 +1,9 @@
 """A few DPO steps on real preference pairs raise the reward margin and the reward accuracy."""
 import pytest
-
-from chat_fixtures import *  # noqa: F401,F403
+from chat_fixtures import *
 from chat_fixtures import SEQ
 from chat_parallel import dpo_training_run
+
 from megactllm.config import load_config
 from megactllm.data.dpo_dataset import build_dpo_datasets
 from megactllm.testing import run_distributed

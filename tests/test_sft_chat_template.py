@@ -1,8 +1,8 @@
 """The chat template: one format in Jinja and Python, real special tokens, assistant-only loss mask."""
 import numpy as np
 import pytest
+from chat_fixtures import *
 
-from chat_fixtures import *  # noqa: F401,F403
 from megactllm.tokenizer import load_tokenizer
 from megactllm.tokenizer.chat_template import (
     CHAT_TEMPLATE,

@@ -3,13 +3,18 @@ import json
 
 import numpy as np
 import pytest
-
-from chat_fixtures import *  # noqa: F401,F403
+from chat_fixtures import *
 from chat_fixtures import SEQ
+
 from megactllm.config import load_config
 from megactllm.data.sft_dataset import SFTDataset, build_sft_datasets
 from megactllm.data.sft_indexed import ChatSampleReader
-from megactllm.data.sft_mixture import mixture_counts, mixture_samples, parse_blend, split_samples
+from megactllm.data.sft_mixture import (
+    mixture_counts,
+    mixture_samples,
+    parse_blend,
+    split_samples,
+)
 from megactllm.data.sft_packing import pack_rows
 from megactllm.data.sft_preprocess import preprocess_sft
 from megactllm.data.sft_records import RecordError, sft_conversation

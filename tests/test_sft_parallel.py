@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
-
-from chat_fixtures import *  # noqa: F401,F403
+from chat_fixtures import *
 from chat_fixtures import SEQ
 from chat_parallel import layout_report, tiny_config
+
 from megactllm.config import load_config
 from megactllm.data.sft_dataset import SFTDataset, build_sft_datasets
 from megactllm.testing import run_distributed
@@ -22,8 +22,9 @@ def _per_sample_losses(checkpoint, rows_packed, rows_single):
     """Summed loss of each sample, from packed rows (split by segment) and from one-sample rows."""
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.batches import collate
     from megactllm.training.checkpoint import load_model_weights
-    from megactllm.training.sft import collate, model_forward
+    from megactllm.training.sft import model_forward
 
     cfg = tiny_config(seq=rows_packed[0]["tokens"].shape[-1])
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)

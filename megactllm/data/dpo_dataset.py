@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def save_reference_logps(path: str, prefixes: Sequence[str], logps: Sequence[np.
 
 class DPODataset:
     def __init__(self, sources: Sequence[ChatSampleReader], samples: np.ndarray, seq_length: int, pad_id: int,
-                 reference: Optional[ReferenceLogps] = None) -> None:
+                 reference: ReferenceLogps | None = None) -> None:
         self.sources, self.samples = list(sources), np.asarray(samples, dtype=np.int64).reshape(-1, 2)
         self.seq_length, self.pad_id = seq_length, pad_id
         self.reference = [reference.for_source(r, seq_length) for r in self.sources] if reference else None

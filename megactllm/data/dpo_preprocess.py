@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
 from megactllm.data.sft_indexed import ChatSampleWriter
 from megactllm.data.sft_preprocess import _records
 from megactllm.data.sft_records import BadRecordLog, RecordError, dpo_pair
-from megactllm.tokenizer.chat_template import TEMPLATE_NAME, ChatFormatError, ChatTokenizationError, check_chat_tokens, tokenize_conversation
+from megactllm.tokenizer.chat_template import (
+    TEMPLATE_NAME,
+    ChatFormatError,
+    ChatTokenizationError,
+    check_chat_tokens,
+    tokenize_conversation,
+)
 
 
 @dataclass
@@ -85,7 +90,7 @@ def truncate_pair(pair: TokenizedPair, max_tokens: int) -> tuple[TokenizedPair, 
     return fitted, prompt_cut, response_cut
 
 
-def preprocess_dpo(inputs: list[str], output_prefix: str, tokenizer, seq_length: int, language: Optional[str] = None) -> DPOPreprocessReport:
+def preprocess_dpo(inputs: list[str], output_prefix: str, tokenizer, seq_length: int, language: str | None = None) -> DPOPreprocessReport:
     """Writes `output_prefix`.bin/.idx/.json of DPO pairs; returns the counts (also in the sidecar)."""
     check_chat_tokens(tokenizer)
     report = DPOPreprocessReport()

@@ -7,12 +7,17 @@ so every rank builds the same rows in the same order.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from megactllm.data.sft_indexed import ChatSampleReader
-from megactllm.data.sft_mixture import Blend, mixture_samples, parse_blend, split_samples
+from megactllm.data.sft_mixture import (
+    Blend,
+    mixture_samples,
+    parse_blend,
+    split_samples,
+)
 from megactllm.data.sft_packing import build_row, pack_rows
 
 log = logging.getLogger(__name__)
@@ -107,7 +112,7 @@ def with_epochs(datasets: tuple, train_cfg) -> tuple:
     return (train,) + tuple(datasets[1:])
 
 
-def split_blends(data_cfg) -> list[Optional[tuple[Blend, Optional[str]]]]:
+def split_blends(data_cfg) -> list[tuple[Blend, str | None] | None]:
     """(blend, split part) per split: separate train/valid/test blends, or one blend cut by data.split."""
     if data_cfg.train_data_path:
         return [(parse_blend(p), None) if p else None
@@ -118,7 +123,7 @@ def split_blends(data_cfg) -> list[Optional[tuple[Blend, Optional[str]]]]:
     return [(blend, data_cfg.split)] * 3
 
 
-def build_split_samples(data_cfg, kind: str, seed: int, tokenizer=None) -> list[Optional[tuple[list, np.ndarray]]]:
+def build_split_samples(data_cfg, kind: str, seed: int, tokenizer=None) -> list[tuple[list, np.ndarray] | None]:
     """(sources, samples) for train/valid/test from the data config's blends."""
     out = []
     for part, spec in enumerate(split_blends(data_cfg)):

@@ -12,11 +12,15 @@ the kind, the fields, the chat template, the tokenizer and the preprocessing cou
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from megactllm.data.indexed import DatasetFormatError, IndexedDatasetReader, IndexedDatasetWriter
+from megactllm.data.indexed import (
+    DatasetFormatError,
+    IndexedDatasetReader,
+    IndexedDatasetWriter,
+)
 
 SFT_FIELDS = ("tokens", "loss_mask")
 DPO_FIELDS = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
@@ -26,7 +30,7 @@ FIELDS = {"sft": SFT_FIELDS, "dpo": DPO_FIELDS}
 class ChatSampleWriter:
     """Writes samples of one kind ("sft" or "dpo") to `prefix`; use as a context manager."""
 
-    def __init__(self, prefix: str, kind: str, vocab_size: int, metadata: Optional[dict] = None) -> None:
+    def __init__(self, prefix: str, kind: str, vocab_size: int, metadata: dict | None = None) -> None:
         if kind not in FIELDS:
             raise ValueError(f"kind must be one of {sorted(FIELDS)}, got {kind!r}")
         self.kind, self.fields = kind, FIELDS[kind]
@@ -51,7 +55,7 @@ class ChatSampleWriter:
         self._writer.end_document()
         self.num_samples += 1
 
-    def __enter__(self) -> "ChatSampleWriter":
+    def __enter__(self) -> ChatSampleWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -10,8 +10,8 @@ en samples, 4:1 gives 1,000 zh + 250 en; 1:1 gives 999 zh + 999 en.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def mixture_counts(sizes: Sequence[int], weights: Sequence[float] | None) -> lis
     shares = [w / total for w in weights]
     usable = [n / s for n, s in zip(sizes, shares) if s > 0]
     epoch = min(usable) if usable else 0
-    return [min(n, int(round(s * epoch))) for n, s in zip(sizes, shares)]
+    return [min(n, round(s * epoch)) for n, s in zip(sizes, shares)]
 
 
 def mixture_samples(sizes: Sequence[int], weights: Sequence[float] | None, seed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ every sample is computed exactly as if it were alone. Padding (segment 0) is nev
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

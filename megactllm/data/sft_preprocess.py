@@ -8,14 +8,26 @@ leaves no trained (assistant) token, the sample is dropped and counted.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
 
 import numpy as np
 
 from megactllm.data.sft_indexed import ChatSampleWriter
-from megactllm.data.sft_records import BadRecordLog, RecordError, input_files, iter_json_records, sft_conversation
-from megactllm.tokenizer.chat_template import TEMPLATE_NAME, ChatFormatError, ChatTokenizationError, check_chat_tokens, tokenize_conversation
+from megactllm.data.sft_records import (
+    BadRecordLog,
+    RecordError,
+    input_files,
+    iter_json_records,
+    sft_conversation,
+)
+from megactllm.tokenizer.chat_template import (
+    TEMPLATE_NAME,
+    ChatFormatError,
+    ChatTokenizationError,
+    check_chat_tokens,
+    tokenize_conversation,
+)
 
 
 @dataclass
@@ -44,7 +56,7 @@ class PreprocessReport:
         return "\n".join(lines + self.bad.lines())
 
 
-def truncate_sample(tokens: np.ndarray, mask: np.ndarray, max_tokens: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def truncate_sample(tokens: np.ndarray, mask: np.ndarray, max_tokens: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Right-truncate to max_tokens; None when no trained label remains (labels are tokens[1:])."""
     tokens, mask = tokens[:max_tokens], mask[:max_tokens]
     if not mask[1:].any():
@@ -62,8 +74,8 @@ def preprocess_sft(
     output_prefix: str,
     tokenizer,
     seq_length: int,
-    language: Optional[str] = None,
-    progress: Optional[Callable[[int], None]] = None,
+    language: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> PreprocessReport:
     """Writes `output_prefix`.bin/.idx/.json; returns the counts (also stored in the .json sidecar)."""
     check_chat_tokens(tokenizer)

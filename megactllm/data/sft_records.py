@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 ROLE_ALIASES = {
     "system": "system",
@@ -120,7 +121,7 @@ def _check_alternation(turns: list[dict]) -> None:
             raise RecordError(f"turns must alternate user/assistant after an optional system turn (turn {i} is {t['role']})")
 
 
-def _turn_list(record: dict) -> Optional[list[dict]]:
+def _turn_list(record: dict) -> list[dict] | None:
     for key in ("conversations", "messages"):
         if key in record:
             turns = record[key]

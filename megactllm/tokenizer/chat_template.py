@@ -22,8 +22,8 @@ Three faces of the same format, kept identical by tests:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

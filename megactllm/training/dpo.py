@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Optional
 
 import torch
 
@@ -55,7 +54,7 @@ def _unwrap(module):
     return module
 
 
-def build_reference_model(cfg, policy_chunks: Optional[list] = None) -> list:
+def build_reference_model(cfg, policy_chunks: list | None = None) -> list:
     """Frozen reference chunks at the policy's layout: train.pretrained_checkpoint, else a copy of
     the policy as it is now (valid only before its first update: the loop calls us at step 1)."""
     from megatron.core import tensor_parallel
@@ -95,7 +94,7 @@ def build_reference_model(cfg, policy_chunks: Optional[list] = None) -> list:
     return chunks
 
 
-def forward_only_pair_logps(chunks: list, microbatches: list[dict], seq_length: int) -> Optional[list[torch.Tensor]]:
+def forward_only_pair_logps(chunks: list, microbatches: list[dict], seq_length: int) -> list[torch.Tensor] | None:
     """[mbs, 2] sequence log-probs of each micro-batch through the pipeline schedule, forward only.
 
     Returns the list on the last pipeline stage, None on the others.
@@ -129,7 +128,7 @@ def forward_only_pair_logps(chunks: list, microbatches: list[dict], seq_length: 
     return [r["logps"] for r in results]
 
 
-def dpo_loss_func(train_cfg, loss_mask: torch.Tensor, reference_logps: Optional[torch.Tensor], output_tensor: torch.Tensor):
+def dpo_loss_func(train_cfg, loss_mask: torch.Tensor, reference_logps: torch.Tensor | None, output_tensor: torch.Tensor):
     """(loss sum over pairs, pair count, report) for one micro-batch."""
     if reference_logps is None:
         raise RuntimeError("DPO micro-batch without reference_logps: prepare_global_batch did not run on this stage")
@@ -161,7 +160,7 @@ class DPOTask:
 
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg
-        self.reference_chunks: Optional[list] = None
+        self.reference_chunks: list | None = None
         self.datasets = None
 
     def build_datasets(self, cfg, tokenizer):

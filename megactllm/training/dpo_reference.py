@@ -20,8 +20,8 @@ import torch.distributed as dist
 from megactllm.data.dpo_dataset import DPODataset, save_reference_logps
 from megactllm.data.sft_dataset import open_sources, pad_id_of, split_blends
 from megactllm.data.sft_mixture import Blend
+from megactllm.training.batches import collate
 from megactllm.training.dpo import build_reference_model, forward_only_pair_logps
-from megactllm.training.sft import collate
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def precompute_reference_logps(cfg, tokenizer, output: str, microbatches_per_cal
         split = np.cumsum([0] + [len(r) for r in sources])
         arrays = [values[split[k] : split[k + 1]].numpy() for k in range(len(sources))]
         meta = {"seq_length": cfg.model.seq_length, "checkpoint": str(cfg.train.pretrained_checkpoint),
-                "tokenizer": tokenizer.describe(), "pairs": int(len(dataset))}
+                "tokenizer": tokenizer.describe(), "pairs": len(dataset)}
         save_reference_logps(output, [r.prefix for r in sources], arrays, meta)
     if dist.is_initialized():
         dist.barrier()

@@ -11,20 +11,13 @@ segment_ids) is needed by the attention layers of every stage.
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
-import numpy as np
 import torch
 
 from megactllm.data.sft_dataset import build_sft_datasets
 
 
-def collate(items: list[dict]) -> dict:
-    """Micro-batch tensors [len(items), ...] from dataset items (dicts of equal-shaped arrays)."""
-    return {k: torch.from_numpy(np.stack([np.asarray(it[k]) for it in items])) for k in items[0]}
-
-
-def attention_mask_from_segments(segment_ids: torch.Tensor) -> Optional[torch.Tensor]:
+def attention_mask_from_segments(segment_ids: torch.Tensor) -> torch.Tensor | None:
     """Block-diagonal causal mask for packed rows: [b, 1, s, s], True where attention is blocked.
 
     None when no row holds more than one sample: the model's own causal mask is then exact, since
