@@ -233,31 +233,40 @@ size_t bounded_edit_distance(const std::vector<uint32_t> &a, const std::vector<u
 }
 
 // For each line, whether it repeats (within max_ratio * length edits) an earlier kept line.
-// Lines of min_len characters or fewer are never marked.
-std::vector<bool> similar_lines(const py::list &lines, double max_ratio, size_t min_len) {
+// Lines of min_len characters or fewer are never marked. Exact repeats are found anywhere
+// through a hash set; edit distance is tried against the last `window` kept lines only, so a
+// giant document costs time linear in its lines rather than quadratic.
+std::vector<bool> similar_lines(const py::list &lines, double max_ratio, size_t min_len, size_t window) {
   auto cps = texts_to_code_points(lines);
   std::vector<bool> dup(cps.size(), false);
   {
     py::gil_scoped_release release;
     std::vector<size_t> kept;
+    std::unordered_map<uint64_t, size_t> seen;  // line hash -> index of a kept line
     for (size_t i = 0; i < cps.size(); ++i) {
       const size_t len = cps[i].size();
       if (len <= min_len) continue;
-      bool is_dup = false;
-      for (size_t j : kept) {
+      uint64_t h = 0;
+      for (uint32_t c : cps[i]) h = fmix64(h * kRollBase + c + 1);
+      auto it = seen.find(h);
+      bool is_dup = it != seen.end() && cps[it->second] == cps[i];
+      const size_t first = kept.size() > window ? kept.size() - window : 0;
+      for (size_t q = kept.size(); !is_dup && q-- > first;) {
+        const size_t j = kept[q];
         const size_t longer = std::max(len, cps[j].size());
         const size_t k = static_cast<size_t>(max_ratio * static_cast<double>(longer));
-        if (bounded_edit_distance(cps[i], cps[j], k) <= k) {
-          is_dup = true;
-          break;
-        }
+        is_dup = bounded_edit_distance(cps[i], cps[j], k) <= k;
       }
-      if (is_dup) dup[i] = true; else kept.push_back(i);
+      if (is_dup) {
+        dup[i] = true;
+      } else {
+        kept.push_back(i);
+        seen.emplace(h, i);
+      }
     }
   }
   return dup;
 }
-
 
 size_t py_bounded_edit_distance(const py::str &a, const py::str &b, size_t k) {
   auto ca = code_points(a.ptr()), cb = code_points(b.ptr());
@@ -436,7 +445,8 @@ PYBIND11_MODULE(_minhash, m) {
   m.def("bounded_edit_distance", &py_bounded_edit_distance, py::arg("a"), py::arg("b"), py::arg("k"),
         "Levenshtein distance if <= k, else k + 1");
   m.def("similar_lines", &similar_lines, py::arg("lines"), py::arg("max_ratio") = 0.1,
-        py::arg("min_len") = 15, "per line: True where it nearly repeats an earlier kept line");
+        py::arg("min_len") = 15, py::arg("window") = 64,
+        "per line: True where it nearly repeats an earlier kept line");
   py::class_<Segmenter>(m, "Segmenter")
       .def(py::init<const py::dict &, double>(), py::arg("freq"), py::arg("total"),
            "freq: jieba's prefix dictionary (word -> count, prefixes -> 0); total: sum of counts")

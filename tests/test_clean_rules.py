@@ -225,3 +225,22 @@ def test_dup_ngram_limits_per_n():
         == "dup_8gram_coverage"
     assert rule_of(text, filters={"max_dup_ngram_coverage": {5: 0.99, 8: cov[8] + 0.01},
                                   "max_top_ngram_coverage": None}) is None
+
+
+def test_similar_lines_window_and_giant_documents():
+    from megactllm.clean.minhash import native
+
+    base = "今年全市新建道路一百二十公里，改造老旧小区三百多个，效果明显。"
+    filler = ["".join(chr(0x4E00 + (i * 997 + j * 131) % 20000) for j in range(30)) for i in range(100)]
+    near = base[:-2] + "好。"
+    lines = [base] + filler + [near, base]
+    # The exact repeat is found however far back; the near one only within the window.
+    assert native().similar_lines(lines, 0.1, 15, 64)[-2:] == [False, True]
+    assert native().similar_lines(lines, 0.1, 15, 1000)[-2:] == [True, True]
+    # 20,000 long lines of similar length: bounded by the window, not quadratic.
+    import time
+
+    many = ["".join(chr(0x4E00 + (i * 997 + j * 131) % 20000) for j in range(80)) for i in range(20_000)]
+    start = time.process_time()
+    assert not any(native().similar_lines(many, 0.1, 15, 64))
+    assert time.process_time() - start < 20

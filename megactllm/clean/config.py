@@ -44,6 +44,7 @@ class LineConfig:
     max_sensitive_ratio: float | None = 0.5  # share of a line's characters covered by hits
     similar_line_max_edit_ratio: float | None = 0.1  # edit distance <= ratio * length
     similar_line_min_chars: int = 15  # lines this short or shorter are never compared
+    similar_line_window: int = 64  # edit distance against this many previous kept lines (exact repeats: all)
 
 
 @dataclass

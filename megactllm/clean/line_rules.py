@@ -25,10 +25,10 @@ class LineResult:
     removed_chars: Counter = field(default_factory=Counter)  # rule -> characters
 
 
-def _similar_lines(lines: list[str], max_ratio: float, min_len: int) -> list[bool]:
+def _similar_lines(lines: list[str], max_ratio: float, min_len: int, window: int) -> list[bool]:
     from .minhash import native
 
-    return native().similar_lines(lines, max_ratio, min_len)
+    return native().similar_lines(lines, max_ratio, min_len, window)
 
 
 class LineFilter:
@@ -78,7 +78,8 @@ class LineFilter:
                 result.removed_lines[rule] += 1
                 result.removed_chars[rule] += len(line)
         if cfg.similar_line_max_edit_ratio is not None and len(kept) > 1:
-            dup = _similar_lines(kept, cfg.similar_line_max_edit_ratio, cfg.similar_line_min_chars)
+            dup = _similar_lines(kept, cfg.similar_line_max_edit_ratio, cfg.similar_line_min_chars,
+                                 cfg.similar_line_window)
             for i in (i for i, d in enumerate(dup) if d):
                 result.removed_lines["line_similar"] += 1
                 result.removed_chars["line_similar"] += len(kept[i])
