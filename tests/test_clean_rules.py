@@ -106,11 +106,16 @@ def test_url_blacklist_and_in_text_urls(tmp_path):
     ut1 = tmp_path / "blacklists" / "gambling"
     ut1.mkdir(parents=True)
     (ut1 / "domains").write_text("casino.example\n# comment\n", encoding="utf-8")
-    bl = UrlBlacklist(tmp_path / "blacklists")
+    (tmp_path / "blacklists" / "news").mkdir()
+    (tmp_path / "blacklists" / "news" / "domains").write_text("news.example.cn\n", encoding="utf-8")
+    bl = UrlBlacklist(tmp_path / "blacklists", ["gambling"])
     assert bl.blocked("https://www.casino.example/page") and not bl.blocked("https://news.example.cn/a")
-    assert rule_of(GOOD, "http://m.casino.example/x", filters={"url_blacklist": str(tmp_path / "blacklists")}) \
-        == "url_blacklist"
-    assert rule_of(GOOD, "https://news.example.cn/a", filters={"url_blacklist": str(tmp_path / "blacklists")}) is None
+    assert UrlBlacklist(tmp_path / "blacklists").blocked("https://news.example.cn/a")
+    with pytest.raises(FileNotFoundError, match="adult"):
+        UrlBlacklist(tmp_path / "blacklists", ["adult"])
+    only_gambling = {"url_blacklist": str(tmp_path / "blacklists"), "url_blacklist_categories": ["gambling"]}
+    assert rule_of(GOOD, "http://m.casino.example/x", filters=only_gambling) == "url_blacklist"
+    assert rule_of(GOOD, "https://news.example.cn/a", filters=only_gambling) is None
     out = normalize("详情请见https://example.com/a?b=1，或访问www.example.org。", NormalizeConfig())
     assert "http" not in out and "www" not in out and out.startswith("详情请见")
 

@@ -51,6 +51,7 @@ class LineConfig:
 class FilterConfig:
     """Document rules; a failing document is removed, tagged with the first rule it failed."""
     url_blacklist: str | None = None  # UT1-style: a domains file, or a directory of */domains
+    url_blacklist_categories: list[str] | None = None  # UT1 category folders to use; null = all
     max_bracket_ratio: float | None = 0.1  # characters inside 【】
     min_sentences: int | None = 2  # "more than one sentence"
     min_chars: int | None = 50

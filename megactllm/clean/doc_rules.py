@@ -29,7 +29,7 @@ def bullet_line_ratio(lines: list[str]) -> float:
 class DocumentFilter:
     def __init__(self, cfg: FilterConfig):
         self.cfg = cfg
-        self.blacklist = UrlBlacklist(cfg.url_blacklist) if cfg.url_blacklist else None
+        self.blacklist = UrlBlacklist(cfg.url_blacklist, cfg.url_blacklist_categories) if cfg.url_blacklist else None
 
     def page_failure(self, text: str, url: str | None) -> tuple[str, object] | None:
         c = self.cfg

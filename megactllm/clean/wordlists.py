@@ -42,10 +42,16 @@ class UrlBlacklist:
     """Domains from a UT1-style blacklist: a `domains` file, or a directory whose
     category folders each hold one (blacklists/<category>/domains)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, categories: list[str] | None = None):
         p = Path(path)
         if p.is_dir():
             files = sorted(Path(root) / "domains" for root, _, names in os.walk(p) if "domains" in names)
+            if categories is not None:
+                missing = set(categories) - {f.parent.name for f in files}
+                if missing:
+                    raise FileNotFoundError(f"URL blacklist {p} has no categories {sorted(missing)} "
+                                            f"(it has {sorted(f.parent.name for f in files)})")
+                files = [f for f in files if f.parent.name in categories]
             if not files:
                 raise FileNotFoundError(f"URL blacklist directory {p} has no */domains files (UT1 layout)")
         else:
