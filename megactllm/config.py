@@ -198,12 +198,25 @@ class ConfigError(ValueError):
     pass
 
 
+def _coerce_floats(cls, values: dict, where: str) -> dict:
+    # YAML 1.1 reads `2e-4` (no dot) as a string; float fields take it as the number it means.
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if isinstance(value, str) and "float" in str(f.type):
+            try:
+                out[f.name] = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {f.name}={value!r} is not a number") from None
+    return out
+
+
 def _build_section(cls, values: dict, where: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown} in section; known keys: {sorted(known)}")
-    return cls(**values)
+    return cls(**_coerce_floats(cls, values, where))
 
 
 def model_config_from_dict(values: dict, where: str = "model config") -> ModelConfig:

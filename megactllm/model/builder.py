@@ -82,6 +82,10 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
         cross_entropy_loss_fusion=on_gpu,
         attention_softmax_in_fp32=True,
         deallocate_pipeline_outputs=True,
+        # gloo matches sends and receives between two ranks in posting order; batched p2p posts the
+        # interleaved schedule's forward and backward tensors to the same peer (PP=2 ring) in an order
+        # that swaps them on gloo. The unbatched path pairs them even/odd; NCCL keeps the batched one.
+        batch_p2p_comm=on_gpu,
     )
 
 
