@@ -59,6 +59,8 @@ def run_train(args) -> int:
     tok = load_tokenizer("sentencepiece", path)
     print(f"wrote {path}: {tok.vocab_size:,} pieces, eod={tok.eod_id} bos={tok.bos_id} pad={tok.pad_id}, "
           + ", ".join(f"{p}={tok.token_to_id(p)}" for p in args.user_defined))
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: the corpus supports only {tok.vocab_size:,} of the {args.vocab_size:,} pieces asked for")
     return 0
 
 
