@@ -12,7 +12,7 @@ from . import textstats as ts
 from .config import FilterConfig
 from .lang import detect
 from .wordlists import UrlBlacklist
-from .words import words as jieba_words
+from .words import words as segment_words
 
 READMORE_ENDINGS = ("readmore", "read more", "展开", "更多", "。。。", "...", "…", "全文")
 BULLETS = tuple("•●○■□▪▫◆◇◦►▶▸➢➤✓✔-*·–—")
@@ -103,7 +103,7 @@ class DocumentFilter:
         ]
         if all(lo is None and hi is None for _, lo, hi, _ in checks):
             return None
-        ws = jieba_words(text)
+        ws = segment_words(text)
         for name, lo, hi, measure in checks:
             if lo is None and hi is None:
                 continue

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from .config import LineConfig
 from .textstats import PUNCT, TERMINAL_PUNCT
 from .wordlists import WordMatcher, read_list
-from .words import words as jieba_words
+from .words import words as segment_words
 
 _WORD_CHAR_RE = re.compile(r"[^\W_]")
-_SPLIT_RE = re.compile("[\\s" + re.escape("".join(sorted(PUNCT))) + "]+")
+# Split on spaces and punctuation that the segmenter never puts inside a word (it may join
+# "+#&._%-" with letters, as in "C++"), so each piece holds at least one whole word.
+_SPLIT_RE = re.compile("[\\s" + re.escape("".join(sorted(PUNCT - set("+#&._%-")))) + "]+")
 
 
 @dataclass
@@ -58,10 +60,10 @@ class LineFilter:
         return None
 
     def _enough_words(self, line: str) -> bool:
-        # Each piece between punctuation or spaces holds at least one word, so a line with
-        # min_words such pieces passes without running the (slow) segmenter.
+        # A line with min_words pieces holding a letter, digit or Han character has at least
+        # that many words, and passes without running the segmenter.
         pieces = sum(1 for p in _SPLIT_RE.split(line) if _WORD_CHAR_RE.search(p))
-        return pieces >= self.cfg.min_words or len(jieba_words(line)) >= self.cfg.min_words
+        return pieces >= self.cfg.min_words or len(segment_words(line)) >= self.cfg.min_words
 
     def apply(self, text: str) -> LineResult:
         cfg = self.cfg
