@@ -84,6 +84,8 @@ def test_local_run_removes_and_reports(reference):
     assert "s1-exact" in kept_ids and "s2-exact" not in kept_ids
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "exact_dup" in md and "| cluster size |" in md and (out / "report_rules.png").exists()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<table>" in page and '<img alt="cluster sizes" src="report_clusters.png">' in page
 
 
 def test_slurm_array_gives_same_output(reference, tmp_path, monkeypatch):

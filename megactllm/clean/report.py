@@ -1,7 +1,10 @@
-"""The cleaning report: report.json (all numbers), report.md (readable, with plots), *.png."""
+"""The cleaning report: report.json (all numbers), report.md and report.html (readable, with
+plots), report_*.png."""
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 from .records import write_json_atomic
@@ -146,12 +149,58 @@ def render_markdown(summary: dict, plots: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_to_html(md: str) -> str:
+    """HTML for the Markdown subset render_markdown writes: headings, tables, images, lists."""
+    inline = [(re.compile(r"!\[([^\]]*)\]\(([^)]+)\)"), r'<img alt="\1" src="\2">'),
+              (re.compile(r"`([^`]*)`"), r"<code>\1</code>")]
+
+    def fmt(text: str) -> str:
+        text = html.escape(text, quote=False)
+        for pattern, repl in inline:
+            text = pattern.sub(repl, text)
+        return text
+
+    out, in_list, rows = [], False, []
+    for line in md.splitlines() + [""]:
+        if line.startswith("| "):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            cells = [rows[0]] + rows[2:]  # rows[1] is the alignment row
+            body = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{fmt(c)}</{'th' if i == 0 else 'td'}>"
+                                            for c in r) + "</tr>" for i, r in enumerate(cells))
+            out.append(f"<table>{body}</table>")
+            rows = []
+        if line.startswith("- "):
+            out.append(("" if in_list else "<ul>") + f"<li>{fmt(line[2:])}</li>")
+            in_list = True
+            continue
+        if in_list:
+            out.append("</ul>")
+            in_list = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{fmt(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{fmt(line)}</p>")
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px}td{text-align:right}td:first-child{text-align:left}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Corpus cleaning report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_report(wd: Workdir) -> dict[str, str]:
     summary = build_summary(wd)
     write_json_atomic(wd.root / "report.json", summary)
     plots = _plots(summary, wd.root)
-    md = wd.root / "report.md"
-    tmp = md.with_name("report.md.tmp")
-    tmp.write_text(render_markdown(summary, plots), encoding="utf-8")
-    tmp.replace(md)
-    return {"json": str(wd.root / "report.json"), "markdown": str(md)}
+    markdown = render_markdown(summary, plots)
+    _write_text(wd.root / "report.md", markdown)
+    _write_text(wd.root / "report.html", markdown_to_html(markdown))
+    return {"json": str(wd.root / "report.json"), "markdown": str(wd.root / "report.md"),
+            "html": str(wd.root / "report.html")}
