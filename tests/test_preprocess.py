@@ -227,3 +227,23 @@ def test_inspect_dataset_cli(tmp_path, docs, tok, sp_model_path):
     bad = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_dataset.py"), str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_sidecar_records_tokenizer_sources_and_skips(tmp_path, sp_model_path):
+    write_bad(tmp_path / "bad.jsonl")
+    write_jsonl(tmp_path / "good.jsonl", ["一", "二"])
+    run(tmp_path, [tmp_path / "bad.jsonl", tmp_path / "good.jsonl"], sp_model_path, per_shard=True)
+    bad = IndexedDatasetReader(output_prefix_for(str(tmp_path / "out"), "text", "bad")).metadata
+    good = IndexedDatasetReader(output_prefix_for(str(tmp_path / "out"), "text", "good")).metadata
+    assert bad["skipped"]["malformed_json"] == 2 and good["skipped"] == {}
+    assert good["sources"] == [str(tmp_path / "good.jsonl")] and good["documents"] == 2
+    assert good["model_path"] == os.path.abspath(sp_model_path) and good["vocab_size"] == 64000
+    reader = IndexedDatasetReader(output_prefix_for(str(tmp_path / "out"), "text", "good"))
+    reader.check_tokenizer(load_tokenizer("sentencepiece", str(sp_model_path)))
+    other = tmp_path / "other"
+    from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
+
+    small = train_sentencepiece(TrainConfig(input=[str(REPO / "examples" / "data" / "sample_corpus.jsonl")],
+                                            model_prefix=str(other), vocab_size=1200, num_threads=1))
+    with pytest.raises(ValueError, match="vocabulary of 64000"):
+        reader.check_tokenizer(load_tokenizer("sentencepiece", small))

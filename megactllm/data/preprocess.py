@@ -286,6 +286,7 @@ class _Outputs:
         self.open: dict = {}  # shard (or None) -> {key: writer}
         self.finished: list[str] = []
         self.sources: dict = {}
+        self.skipped: dict = {}  # shard -> Counter of skip reasons, for the sidecar
         if config.per_shard:
             names = Counter(shard_name(p) for p in paths)
             clashes = sorted(n for n, c in names.items() if c > 1)
@@ -311,20 +312,24 @@ class _Outputs:
                 for key in self.config.json_keys
             }
             self.sources[shard] = []
+            self.skipped[shard] = Counter()
         if path not in self.sources[shard]:
             self.sources[shard].append(path)
         return self.open[shard]
 
-    def finish(self, shard: Optional[str], skipped: Counter) -> None:
+    def count_skips(self, path: str, skipped: Counter) -> None:
+        self.skipped[self.shard_of(path)].update(skipped)
+
+    def finish(self, shard: Optional[str]) -> None:
         for writer in self.open.pop(shard).values():
             writer.metadata["sources"] = self.sources[shard][:1000]
-            writer.metadata["skipped"] = dict(skipped)
+            writer.metadata["skipped"] = dict(self.skipped[shard])
             writer.finalize()
             self.finished.append(writer.prefix)
 
-    def finish_all(self, skipped: Counter) -> None:
+    def finish_all(self) -> None:
         for shard in list(self.open):
-            self.finish(shard, skipped)
+            self.finish(shard)
 
     def abort(self) -> None:
         for writers in self.open.values():
@@ -360,7 +365,7 @@ def preprocess(config: PreprocessConfig, report: Optional[Report] = None) -> Pre
             _run_in_process(config, chunks, tokenizer, outputs, progress, summary)
         else:
             _run_workers(config, chunks, outputs, progress, summary)
-        outputs.finish_all(summary.skipped)
+        outputs.finish_all()
     except BaseException:
         outputs.abort()
         raise
@@ -392,10 +397,11 @@ def _line_base(chunk: Chunk, lines_seen: dict) -> int:
     return chunk.line_base if chunk.line_base is not None else lines_seen.get(chunk.path, 0)
 
 
-def _after_chunk(chunk: Chunk, chunks: Sequence[Chunk], i: int, outputs: _Outputs, summary: PreprocessSummary) -> None:
+def _after_chunk(chunk: Chunk, chunks: Sequence[Chunk], i: int, outputs: _Outputs, stats: ChunkStats) -> None:
+    outputs.count_skips(chunk.path, stats.skipped)
     last_of_shard = i + 1 == len(chunks) or outputs.shard_of(chunks[i + 1].path) != outputs.shard_of(chunk.path)
     if outputs.config.per_shard and last_of_shard:
-        outputs.finish(outputs.shard_of(chunk.path), summary.skipped)
+        outputs.finish(outputs.shard_of(chunk.path))
 
 
 def _run_in_process(config, chunks, tokenizer, outputs, progress, summary) -> None:
@@ -415,7 +421,7 @@ def _run_in_process(config, chunks, tokenizer, outputs, progress, summary) -> No
             raise _strict_error(failure.skip, base) from None
         lines_seen[chunk.path] = base + stats.lines
         _absorb(summary, stats, base, config.max_reported_skips)
-        _after_chunk(chunk, chunks, i, outputs, summary)
+        _after_chunk(chunk, chunks, i, outputs, stats)
 
 
 def _run_workers(config, chunks, outputs, progress, summary) -> None:
@@ -463,7 +469,7 @@ def _run_workers(config, chunks, outputs, progress, summary) -> None:
                     writers[key].add_dataset(parts[i][key])
                     _remove_dataset(parts[i][key])
                 _absorb(summary, stats, base, config.max_reported_skips)
-                _after_chunk(chunk, chunks, i, outputs, summary)
+                _after_chunk(chunk, chunks, i, outputs, stats)
     finally:
         for part in parts:
             for prefix in part.values():
