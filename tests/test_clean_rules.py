@@ -188,6 +188,7 @@ def test_config_errors_name_the_problem(tmp_path):
     p.write_text("dedup: {bands: 20}\n", encoding="utf-8")
     cfg = CleanConfig.from_yaml(p, ["dedup.rows=6", "filters.max_top_ngram_coverage={2: 0.3}"])
     assert cfg.dedup.rows == 6 and cfg.filters.max_top_ngram_coverage == {2: 0.3}
+    assert CleanConfig.from_yaml(p, ["input.paths=/data/*.jsonl"]).input.paths == ["/data/*.jsonl"]
     with pytest.raises(ValueError, match="exceeds num_perm"):
         CleanConfig.from_yaml(p, ["dedup.rows=13"])
 

@@ -150,6 +150,10 @@ class CleanConfig:
         return cls.from_dict(data, source=str(path))
 
     def _fix_types(self) -> None:
+        if isinstance(self.input.paths, str):  # input.paths=/data/*.jsonl on the command line
+            self.input.paths = [self.input.paths]
+        if isinstance(self.filters.languages, str):
+            self.filters.languages = [self.filters.languages]
         # YAML keys of n-gram maps may come in as strings ("2": 0.2).
         f = self.filters
         for name in ("max_top_ngram_coverage", "max_dup_ngram_coverage"):
