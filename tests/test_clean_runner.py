@@ -151,6 +151,10 @@ def test_sigkill_and_resume_gives_same_output(shared_data, reference, tmp_path):
     # Usually lands inside the filter stage; at worst inside a later one. Either way the run
     # is interrupted with some unit unfinished.
     assert not (out / "report.json").exists()
+    # Only *.tmp files can be partial: every file under its final name is complete.
+    for path in (out / "filter").glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            json.loads(line)
     rc = subprocess.run(_cli(recipe), env=env, capture_output=True, text=True, timeout=120)
     assert rc.returncode == 0, rc.stderr
     assert "already done, skipped" in rc.stderr
