@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 SEQ = 16
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _WORDS = (
     "the model reads text and learns which token comes next while the loss goes down over many steps "
     "tensor pipeline data parallel layers heads groups vocabulary embedding rotary norm checkpoint"
@@ -152,3 +153,55 @@ def tiny_hf_llama(vocab_size: int, seed: int = 0, **config):
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def extend_sentencepiece_proto(source: Path, target: Path, pieces: list[tuple[str, str]]) -> Path:
+    """Append pieces ((piece, "normal" | "user_defined")) to a SentencePiece model, as vocabulary
+    extension does: old ids unchanged, new ids after them."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(source).read_bytes())
+    kinds = {"normal": proto.SentencePiece.NORMAL, "user_defined": proto.SentencePiece.USER_DEFINED}
+    lowest = min(p.score for p in proto.pieces)
+    for i, (piece, kind) in enumerate(pieces):
+        added = proto.pieces.add()
+        added.piece, added.type = piece, kinds[kind]
+        added.score = 0.0 if kind == "user_defined" else lowest - 1 - i
+    Path(target).write_bytes(proto.SerializeToString())
+    return Path(target)
+
+
+def read_hf_weights(model_dir) -> dict:
+    """All tensors of an HF directory (sharded or not), with the reference safetensors reader."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save_dir: str, seq: int):
+    """One training iteration of megactllm.train's loop from an imported checkpoint, lr 0."""
+    import dataclasses
+
+    from megactllm.config import Config, DataConfig, OptimConfig, ParallelConfig, TrainConfig
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.checkpoint import read_metadata
+    from megactllm.training.loop import run_training
+
+    model = dataclasses.replace(read_metadata(checkpoint).model_config, seq_length=seq)
+    cfg = Config(
+        model=model,
+        parallel=ParallelConfig(),
+        data=DataConfig(data_path=[data_prefix], split="100,0,0", tokenizer_type="sentencepiece", tokenizer_model=tokenizer),
+        # lr 0: the step must leave the imported weights exactly as they were
+        optim=OptimConfig(lr=0.0, min_lr=0.0, weight_decay=0.0, lr_decay_style="constant"),
+        train=TrainConfig(train_iters=1, micro_batch_size=1, global_batch_size=2, save=save_dir, save_interval=1,
+                          pretrained_checkpoint=checkpoint, eval_iters=0, log_interval=1),
+    )
+    initialize_parallel(cfg.parallel, seed=1, num_layers=model.num_layers)
+    result = run_training(cfg)
+    destroy_parallel()
+    return result.state.iteration, result.losses, result.last_checkpoint

@@ -75,4 +75,13 @@ class MegatronCheckpointReader:
         info = self.tensors[key]
         target = torch.empty(tuple(info.global_shape), dtype=info.dtype)
         request = {key: ShardedTensor.from_rank_offsets(key, target, replica_id=0)}
-        return dist_checkpointing.load(request, str(self.model_dir))[key]
+        try:
+            return dist_checkpointing.load(request, str(self.model_dir))[key]
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # torch's CheckpointException derives from BaseException
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ConversionError(
+                f"{self.model_dir}: reading {key} failed ({type(e).__name__}: {reason}); the checkpoint's data "
+                "files are damaged or incomplete"
+            ) from e

@@ -56,33 +56,44 @@ def check_is_extension(old: Tokenizer, new: Tokenizer) -> None:
         if old.id_to_token(token_id) != new.id_to_token(token_id):
             raise VocabMismatchError(
                 f"tokenizer {_name(new)} is not an extension of {_name(old)}: id {token_id} is "
-                f"{new.id_to_token(token_id)!r} there and {old.id_to_token(token_id)!r} here; extension must "
-                "append new pieces and keep the old ids"
+                f"{new.id_to_token(token_id)!r} in the first and {old.id_to_token(token_id)!r} in the second; "
+                "an extension must keep every old id and only append new pieces"
             )
 
 
-def _sentencepiece_without_dummy_prefix(old) -> Callable[[str], list[int]]:
-    """SentencePiece puts a word boundary before every text; a new piece that does not start a
-    word (most Chinese pieces) must be split as it occurs inside text, so that prefix is switched off."""
+def _sentencepiece_piece_encoder(old) -> Callable[[str], list[int]]:
+    """Old ids of a new SentencePiece piece, split as the piece occurs inside text.
+
+    SentencePiece puts a word boundary (U+2581) before every text. A word-initial piece keeps that
+    boundary (encode its text after the boundary, the prefix adds it back); a piece that does not
+    start a word (most Chinese pieces) is encoded with the prefix switched off, so no boundary
+    leaks into its sub-tokens. Going through the prefix rather than a literal leading space also
+    works for models that strip extra whitespace.
+    """
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(old.sp.serialized_model_proto())
     proto.normalizer_spec.add_dummy_prefix = False
-    processor = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    return processor.EncodeAsIds
+    without_prefix = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+
+    def encode(piece: str) -> list[int]:
+        if piece.startswith(_WORD_BOUNDARY):
+            return old.sp.EncodeAsIds(piece[1:].replace(_WORD_BOUNDARY, " "))
+        return without_prefix.EncodeAsIds(piece.replace(_WORD_BOUNDARY, " "))
+
+    return encode
 
 
 def subtoken_ids(old: Tokenizer, new: Tokenizer) -> list[list[int]]:
     """For each new id (old.vocab_size .. new.vocab_size-1), the old ids its text encodes to."""
+    new_ids = range(old.vocab_size, new.vocab_size)
     if hasattr(old, "sp"):  # SentencePiece: pieces spell spaces as U+2581
-        encode = _sentencepiece_without_dummy_prefix(old)
-        surfaces = (new.id_to_token(i).replace(_WORD_BOUNDARY, " ") for i in range(old.vocab_size, new.vocab_size))
-    else:  # HF tokenizers: byte-level pieces only have a readable text through decode
-        encode = old.encode
-        surfaces = (new.decode([i]) for i in range(old.vocab_size, new.vocab_size))
-    return [encode(text) for text in surfaces]
+        encode = _sentencepiece_piece_encoder(old)
+        return [encode(new.id_to_token(i)) for i in new_ids]
+    # HF tokenizers: byte-level pieces only have a readable text through decode
+    return [old.encode(new.decode([i])) for i in new_ids]
 
 
 @dataclass
