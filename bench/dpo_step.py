@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""DPO step time against two SFT steps of the same batch, and with precomputed reference log-probs.
+
+A DPO step over P pairs runs the policy forward+backward over 2P sequences (chosen and rejected)
+plus the frozen reference forward over the same 2P sequences. The yardstick is two SFT steps of the
+same batch: one over the P chosen sequences, one over the P rejected ones (same micro-batch shape).
+Expected: DPO / (2 x SFT) near (3 + 1) / 3 with the live reference (a forward is about a third of
+forward+backward), near 1 with precomputed reference log-probs. All three are timed in one run
+through the real training loop (megactllm.training.loop.Trainer.train_step), on real pairs.
+
+    python bench/dpo_step.py                                     # tiny model, one CPU process
+    torchrun --nproc-per-node 2 bench/dpo_step.py parallel.tensor_model_parallel_size=2
+    python bench/dpo_step.py --pairs 8 --seq-length 2048 model.arch=ctllm-2b optim.bf16=true   # one GPU
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEGACTLLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", type=int, default=8, help="pairs per step (the DPO global batch)")
+    p.add_argument("--micro-batch-size", type=int, default=2, help="pairs per micro-batch")
+    p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3, help="timed steps of each kind")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--workdir", default=None, help="where data and the reference checkpoint go (default: a temp dir)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.arch=ctllm-2b optim.bf16=true")
+    return p.parse_args(argv)
+
+
+def rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def prepare_data(work: Path, pairs_needed: int, seq_length: int) -> tuple[str, str]:
+    """Chat tokenizer and a DPO dataset of the first real pairs (zh and en alternating)."""
+    from megactllm.data.dpo_preprocess import preprocess_dpo
+    from megactllm.tokenizer import load_tokenizer
+    from megactllm.tokenizer.chat_template import CHAT_SPECIAL_TOKENS
+    from megactllm.tokenizer.extend import extend_sentencepiece
+
+    tok_path, prefix = str(work / "chat_sp.model"), str(work / "dpo_bench")
+    if rank0():
+        extend_sentencepiece(str(SHARED / "tokenizers" / "map_neo_sp.model"), user_defined=list(CHAT_SPECIAL_TOKENS),
+                             output_path=tok_path)
+        zh = json.loads((SHARED / "dpo" / "dpo_zh_demo.json").read_text(encoding="utf-8"))
+        en = json.loads((SHARED / "dpo" / "dpo_en_demo.json").read_text(encoding="utf-8"))
+        records = [r for pair in zip(zh, en) for r in pair][:pairs_needed]
+        if len(records) < pairs_needed:
+            raise SystemExit(f"only {len(records)} demo pairs; lower --pairs or --steps")
+        src = work / "pairs.json"
+        src.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        preprocess_dpo([str(src)], prefix, load_tokenizer("sentencepiece", tok_path), seq_length)
+    barrier()
+    return tok_path, prefix
+
+
+class HalvesDataset:
+    """SFT rows made of the DPO pairs' halves: per DPO step, its P chosen rows, then its P rejected rows."""
+
+    def __init__(self, dpo_dataset, pairs_per_step: int) -> None:
+        self.dpo, self.p = dpo_dataset, pairs_per_step
+
+    def __len__(self) -> int:
+        return 2 * len(self.dpo)
+
+    def __getitem__(self, i: int) -> dict:
+        step, k = divmod(i, 2 * self.p)
+        half, j = divmod(k, self.p)
+        item = self.dpo[step * self.p + j]
+        return {name: value[half] for name, value in item.items()}
+
+
+def sft_task_on_halves(pairs_per_step: int):
+    from megactllm.data.dpo_dataset import build_dpo_datasets
+    from megactllm.training.sft import SFTTask
+
+    class HalvesSFTTask(SFTTask):
+        def build_datasets(self, cfg, tokenizer):
+            self.cfg = cfg
+            return HalvesDataset(build_dpo_datasets(cfg, tokenizer)[0], pairs_per_step), None, None
+
+    return HalvesSFTTask()
+
+
+def time_steps(trainer, warmup: int, steps: int) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        trainer.train_step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+        trainer.state.consumed_samples += trainer.cfg.train.global_batch_size
+    return times
+
+
+def release(trainer) -> None:
+    trainer.log.close()
+    del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from megactllm.config import load_config
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.checkpoint import save_checkpoint
+    from megactllm.training.dpo_reference import precompute_reference_logps
+    from megactllm.training.loop import Trainer
+
+    if not SHARED.is_dir():
+        print(f"error: {SHARED} (real DPO pairs, tokenizer) is absent; set MEGACTLLM_SHARED_DATA", file=sys.stderr)
+        return 2
+    steps_total = args.warmup + args.steps
+    base = ["model.arch=tiny", "model.vocab_size=64002", f"model.seq_length={args.seq_length}",
+            f"model.max_position_embeddings={args.seq_length}"]
+    probe = load_config(None, base + args.overrides)
+    initialize_parallel(probe.parallel, seed=1234, num_layers=probe.model.num_layers)
+    tmp = None
+    if args.workdir:
+        work = Path(args.workdir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="dpo_bench_") if rank0() else None
+        names = [tmp.name if tmp else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(names, src=0)
+        work = Path(names[0])
+    tok, prefix = prepare_data(work, args.pairs * (2 * steps_total + 1), args.seq_length)
+    common = base + [
+        f"data.tokenizer_model={tok}", f"data.data_path=['{prefix}']", "data.split='100,0,0'",
+        f"train.global_batch_size={args.pairs}", f"train.micro_batch_size={args.micro_batch_size}",
+        f"train.train_iters={steps_total}", "train.eval_interval=0", "train.log_interval=1000000",
+        f"train.log_dir={work / 'logs'}", "optim.lr=1e-6", "optim.min_lr=0.0", "optim.lr_warmup_iters=0",
+    ]
+    results = {}
+
+    # 1. DPO with the live reference (a frozen copy of the initial policy, built at the first step).
+    dpo = Trainer(load_config(None, common + ["train.stage=dpo"] + args.overrides))
+    results["dpo_live"] = time_steps(dpo, args.warmup, args.steps)
+    ckpt_dir = str(work / "reference")
+    save_checkpoint(ckpt_dir, 0, dpo.task.reference_chunks, dpo.cfg)
+    # The reference forward alone, on one step's micro-batches.
+    from megactllm.training.dpo import forward_only_pair_logps
+
+    mbs = dpo.train_reader.step(0)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        forward_only_pair_logps(dpo.task.reference_chunks, mbs, dpo.cfg.model.seq_length)
+    results["reference_forward"] = [(time.perf_counter() - start) / args.steps]
+    release(dpo)
+
+    # 2. DPO with reference log-probs precomputed once (policy from the saved reference weights).
+    ref_file = str(work / "reference_logps.npz")
+    pre_cfg = load_config(None, common + ["train.stage=dpo", f"train.pretrained_checkpoint={ckpt_dir}"] + args.overrides)
+    start = time.perf_counter()
+    precompute_reference_logps(pre_cfg, load_tokenizer_for(pre_cfg), ref_file)
+    results["precompute_total"] = [time.perf_counter() - start]
+    dpo_pre = Trainer(load_config(None, common + ["train.stage=dpo", f"train.dpo_reference_logprobs={ref_file}"] + args.overrides))
+    results["dpo_precomputed"] = time_steps(dpo_pre, args.warmup, args.steps)
+    release(dpo_pre)
+
+    # 3. Two SFT steps of the same batch: the chosen rows, then the rejected rows.
+    sft_cfg = load_config(None, common + [
+        "train.stage=sft", f"train.micro_batch_size={2 * args.micro_batch_size}",
+        f"train.train_iters={2 * steps_total}"] + args.overrides)
+    sft = Trainer(sft_cfg, task=sft_task_on_halves(args.pairs))
+    sft_times = time_steps(sft, 2 * args.warmup, 2 * args.steps)
+    results["two_sft"] = [a + b for a, b in zip(sft_times[0::2], sft_times[1::2])]
+    release(sft)
+
+    if rank0():
+        med = {k: statistics.median(v) for k, v in results.items()}
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        layout = (f"TP={probe.parallel.tensor_model_parallel_size} PP={probe.parallel.pipeline_model_parallel_size} "
+                  f"world={world}")
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads/rank)"
+        print(f"dpo_step: {probe.model.arch} seq {args.seq_length}, {args.pairs} pairs/step "
+              f"({2 * args.pairs} sequences), micro-batch {args.micro_batch_size} pairs, {layout}, {device}")
+        print(f"  two SFT steps (P chosen + P rejected rows)  {med['two_sft'] * 1e3:9.1f} ms   1.00")
+        print(f"  DPO step, live reference model              {med['dpo_live'] * 1e3:9.1f} ms   "
+              f"{med['dpo_live'] / med['two_sft']:.2f}")
+        print(f"  DPO step, precomputed reference log-probs   {med['dpo_precomputed'] * 1e3:9.1f} ms   "
+              f"{med['dpo_precomputed'] / med['two_sft']:.2f}")
+        print(f"  reference forward of one step (inside live) {med['reference_forward'] * 1e3:9.1f} ms   "
+              f"{med['reference_forward'] / med['two_sft']:.2f}")
+        print(f"  precompute, once for the {args.pairs * (2 * steps_total + 1)} pairs of the set  "
+              f"{med['precompute_total']:9.2f} s")
+    destroy_parallel()
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def load_tokenizer_for(cfg):
+    from megactllm.tokenizer import load_tokenizer
+
+    return load_tokenizer(cfg.data.tokenizer_type, cfg.data.tokenizer_model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
