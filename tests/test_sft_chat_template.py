@@ -53,8 +53,9 @@ def test_python_render_equals_jinja_template(messages):
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=["zh", "multi-turn", "symbols"])
 def test_loss_mask_covers_exactly_the_assistant_tokens(chat_tokenizer, messages):
     sample = tokenize_conversation(chat_tokenizer, messages)
-    # Same tokens as encoding the rendered text, which is what HF apply_chat_template produces.
-    assert sample.tokens.tolist() == chat_tokenizer.encode(render(messages))
+    # The rendered text's ids, less SentencePiece's dummy-prefix piece before the first <|im_start|>.
+    raw = chat_tokenizer.encode(render(messages))
+    assert chat_tokenizer.id_to_token(raw[0]) == "▁" and sample.tokens.tolist() == raw[1:]
     assert np.array_equal(sample.loss_mask, _assistant_runs_from_ids(chat_tokenizer, sample.tokens))
     # Decoded, the trained runs are the assistant contents each closed by <|im_end|>.
     runs, mask = [], sample.loss_mask.tolist() + [0]
@@ -87,3 +88,33 @@ def test_bad_conversations_are_refused():
         render([{"role": "narrator", "content": "x"}])
     with pytest.raises(ChatFormatError, match="system"):
         render([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}])
+
+
+def test_hf_apply_chat_template_gives_the_same_tokens(shared_data, chat_sp_model, chat_tokenizer, tmp_path):
+    """The exported HF tokenizer with CHAT_TEMPLATE tokenizes conversations exactly as training does."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("jinja2")
+    import json
+
+    from transformers import AutoTokenizer
+
+    from megactllm.convert.tokenizer_export import export_tokenizer
+    from megactllm.data.sft_records import dpo_pair, sft_conversation
+
+    export_tokenizer("sentencepiece", chat_sp_model, tmp_path, chat_template=CHAT_TEMPLATE)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    conversations = list(CONVERSATIONS)
+    for lang in ("zh", "en"):
+        records = json.loads((shared_data / "sft" / f"alpaca_{lang}_demo.json").read_text(encoding="utf-8"))[:25]
+        conversations += [sft_conversation(r) for r in records]
+        pairs = json.loads((shared_data / "dpo" / f"dpo_{lang}_demo.json").read_text(encoding="utf-8"))[:10]
+        conversations += [prompt + [{"role": "assistant", "content": chosen}] for prompt, chosen, _ in map(dpo_pair, pairs)]
+
+    def hf_ids(messages, generation):
+        out = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    for messages in conversations:
+        assert hf_ids(messages, False) == tokenize_conversation(chat_tokenizer, messages).tokens.tolist()
+        prompt = messages[:-1]
+        assert hf_ids(prompt, True) == generation_prompt_tokens(chat_tokenizer, prompt)

@@ -16,8 +16,10 @@ generation stops there. A prompt for generation ends with the open assistant hea
 Three faces of the same format, kept identical by tests:
 - `CHAT_TEMPLATE`: the Jinja string for an HF tokenizer_config.json `chat_template`;
 - `render(messages)`: the same text from Python;
-- `tokenize_conversation(tokenizer, messages)`: exactly `tokenizer.encode(render(messages))`, plus
-  the loss mask: 1 on each assistant turn's content and its closing `<|im_end|>`, 0 elsewhere
+- `tokenize_conversation(tokenizer, messages)`: the ids of `render(messages)` exactly as HF's
+  `apply_chat_template(messages, tokenize=True)` gives them with the exported tokenizer (that is
+  `tokenizer.encode(render(messages))` less SentencePiece's dummy-prefix "▁" before the first
+  `<|im_start|>`), plus the loss mask: 1 on each assistant turn's content and its closing `<|im_end|>`, 0 elsewhere
   (system and user turns, role headers, the newlines between turns).
 """
 from __future__ import annotations
@@ -118,27 +120,46 @@ class TokenizedConversation:
         return len(self.tokens)
 
 
+def _leading_artifacts(tokenizer) -> list[int]:
+    """Ids a tokenizer puts before a text that starts with a special token: SentencePiece's dummy
+    prefix "▁" (HF's Metaspace emits none there). Dropped, so that our ids equal HF's
+    apply_chat_template ids and a prompt looks the same in training and in generation."""
+    ids = tokenizer.encode(IM_START)
+    return ids[:-1]
+
+
+def _encode_rendered(tokenizer, text: str) -> tuple[list[int], int]:
+    """(ids of a rendered text, number of leading artifact ids that were dropped)."""
+    ids = tokenizer.encode(text)
+    artifacts = _leading_artifacts(tokenizer)
+    if artifacts and text.startswith(IM_START) and ids[: len(artifacts)] == artifacts:
+        return ids[len(artifacts) :], len(artifacts)
+    return ids, 0
+
+
 def tokenize_conversation(tokenizer, messages: Sequence[dict]) -> TokenizedConversation:
-    """tokenizer.encode(render(messages)) with a loss mask over the assistant turns.
+    """Ids of render(messages), as HF's apply_chat_template gives them, with a loss mask over the
+    assistant turns.
 
     Token boundaries are found by encoding the text up to each span edge: the prefix's tokens must
     be a prefix of the whole text's tokens (true when no token merges across the edge; edges sit
     next to special tokens or a newline, which the supported tokenizers never merge across).
     """
     text, spans = assistant_char_spans(messages)
-    tokens = tokenizer.encode(text)
+    raw = tokenizer.encode(text)
+    tokens, dropped = _encode_rendered(tokenizer, text)
     mask = np.zeros(len(tokens), dtype=np.uint8)
     cache: dict[int, int] = {}
 
     def token_edge(char_offset: int) -> int:
         if char_offset not in cache:
             prefix = tokenizer.encode(text[:char_offset])
-            if tokens[: len(prefix)] != prefix:
+            if raw[: len(prefix)] != prefix:
                 raise ChatTokenizationError(
                     f"tokenizer merges tokens across the template boundary at character {char_offset} "
                     f"({text[max(0, char_offset - 20):char_offset + 20]!r}); the loss mask would be wrong"
                 )
-            cache[char_offset] = len(prefix)
+            cache[char_offset] = len(prefix) - dropped
         return cache[char_offset]
 
     for start, end in spans:
@@ -148,7 +169,7 @@ def tokenize_conversation(tokenizer, messages: Sequence[dict]) -> TokenizedConve
 
 def generation_prompt_tokens(tokenizer, messages: Sequence[dict]) -> list[int]:
     """Prompt ids for generation: the conversation so far plus the open assistant header."""
-    return tokenizer.encode(render(messages, add_generation_prompt=True))
+    return _encode_rendered(tokenizer, render(messages, add_generation_prompt=True))[0]
 
 
 def stop_token_id(tokenizer) -> int:
