@@ -6,7 +6,7 @@ import pytest
 from convert_testing import extend_sentencepiece_proto
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.tokenizer import load_tokenizer
-from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, IM_END, IM_START, render
+from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, IM_END, IM_START, render, tokenize_conversation
 
 
 def _real_texts(shared_data) -> dict:
@@ -53,3 +53,6 @@ def test_chat_tokens_of_an_extended_tokenizer_survive_export(tmp_path, sp_model_
     # HF's Metaspace does not (documented in tokenizer_export). Everything after it is identical.
     expected = ours.encode(text)
     assert expected[0] == ours.token_to_id("\u2581") and ids == expected[1:]
+    # megactllm's SFT tokenization drops that "▁", so training ids are what HF's template gives.
+    templated = hf.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert tokenize_conversation(ours, messages).tokens.tolist() == templated == ids
