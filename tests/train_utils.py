@@ -21,14 +21,19 @@ SEQ = 32
 
 
 def write_corpus(prefix: str, seed: int, documents: int = 300, low: int = 3, high: int = VOCAB) -> str:
-    from megactllm.data.indexed import IndexedDatasetWriter
+    """A .bin/.idx pair written by megatron-core's own builder, plus our {prefix}.json sidecar (EOD id)."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     rng = np.random.default_rng(seed)
-    with IndexedDatasetWriter(prefix, vocab_size=VOCAB, metadata={"eod_id": EOD, "vocab_size": VOCAB}) as w:
-        for _ in range(documents):
-            n = int(rng.integers(8, 80))
-            start = int(rng.integers(low, high - 8))
-            w.add_document([start + (j % 7) for j in range(n)] + [EOD])
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(documents):
+        n = int(rng.integers(8, 80))
+        start = int(rng.integers(low, high - 8))
+        builder.add_document(torch.tensor([start + (j % 7) for j in range(n)] + [EOD]), [n + 1])
+    builder.finalize(prefix + ".idx")
+    with open(prefix + ".json", "w") as f:
+        json.dump({"eod_id": EOD, "vocab_size": VOCAB}, f)
     return prefix
 
 

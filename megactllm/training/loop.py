@@ -303,11 +303,14 @@ class Trainer:
                     })
                     window_start, window_tokens = time.perf_counter(), 0
 
+                paused = time.perf_counter()
                 if self.valid_reader is not None and t.eval_interval and s.iteration % t.eval_interval == 0:
                     result.valid.append(self._log_validation())
                 # No save while a non-finite streak runs: the last good checkpoint must stay the latest.
                 if t.save and t.save_interval and s.iteration % t.save_interval == 0 and self.guard.in_a_row == 0:
                     self.save()
+                # Evaluation and checkpoint time is not training throughput.
+                window_start += time.perf_counter() - paused
                 if t.exit_interval and s.iteration % t.exit_interval == 0 and s.iteration < self.train_iters:
                     self.log.info(f"exit_interval reached at iteration {s.iteration}")
                     break
