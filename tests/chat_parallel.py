@@ -136,3 +136,32 @@ def dpo_training_run(checkpoint: str, items: list, steps: int, lr: float, micro_
             optimizer.step()
     destroy_parallel()
     return reports
+
+
+def sft_then_dpo_through_the_loop(workdir: str, tokenizer_model: str, sft_blend: list, dpo_prefix: str, seq: int, pp: int):
+    """The real loop: 2 SFT steps from scratch, saved; then 2 DPO steps whose policy and reference
+    both start from that SFT checkpoint. Returns (sft losses, dpo losses, dpo first-step metrics)."""
+    import json
+
+    from megactllm.config import load_config
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megactllm.training.loop import run_training
+
+    common = [
+        "model.arch=tiny", f"model.vocab_size={VOCAB}", "model.make_vocab_size_divisible_by=1", f"model.seq_length={seq}",
+        f"model.max_position_embeddings={seq}", f"parallel.pipeline_model_parallel_size={pp}",
+        f"data.tokenizer_model={tokenizer_model}", "train.global_batch_size=4", "train.micro_batch_size=2",
+        "train.train_iters=2", "train.log_interval=1", "train.eval_interval=0", "optim.lr=1e-3", "optim.min_lr=0.0",
+    ]
+    sft_cfg = load_config(None, common + ["train.stage=sft", f"data.train_data_path={sft_blend}",
+                                          f"train.save={workdir}/sft", f"train.log_dir={workdir}/sft_log"])
+    initialize_parallel(sft_cfg.parallel, seed=1, num_layers=sft_cfg.model.num_layers)
+    sft = run_training(sft_cfg)
+    dpo_cfg = load_config(None, common + ["train.stage=dpo", f"data.train_data_path=['{dpo_prefix}']",
+                                          f"train.pretrained_checkpoint={workdir}/sft", f"train.log_dir={workdir}/dpo_log"])
+    dpo = run_training(dpo_cfg)
+    destroy_parallel()
+    with open(f"{workdir}/dpo_log/metrics.jsonl", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    first = next(r for r in records if r.get("iteration") == 1 and "metrics" in r)
+    return sft.losses, dpo.losses, first["metrics"]
