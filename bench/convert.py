@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Benchmark: HF <-> megactllm conversion of a ~500M-parameter LLaMA model, against plain safetensors I/O.
+
+Each phase runs in its own process (clean peak-memory figures) and prints wall time and peak
+resident memory; ratios compare with the reference measured in the same run:
+  baseline  read every tensor of the HF safetensors and write them back out (safetensors library):
+            the I/O any conversion must do.
+  import    HF directory -> megactllm checkpoint (megatron dist_checkpointing).
+  export    megactllm checkpoint -> HF directory (sharded safetensors, config, tokenizer).
+  verify    the exported tensors equal the originals bit for bit (not timed).
+Files are written in bf16 (as HF models ship); all files stay in the page cache between phases.
+Library imports are done before the clock starts (a fixed few seconds). Memory is reported as
+peak RSS minus the RSS after imports (the conversion's own working set) and relative to the
+model's size; the target is at most ~1.5x the model size.
+
+    python bench/convert.py                  # ~500M parameters (28 layers, hidden 1024, vocab 64000)
+    python bench/convert.py --preset 2b      # CT-LLM 2B shape (needs ~20 GB disk, several minutes)
+    python bench/convert.py --preset tiny    # smoke run
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TOKENIZER = Path(os.environ.get("MEGACTLLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "tokenizers" / "map_neo_sp.model"
+
+PRESETS = {
+    # 28 x 12.6M + 2 x 64000 x 1024 = 0.49B parameters
+    "500m": dict(num_hidden_layers=28, hidden_size=1024, intermediate_size=2816, num_attention_heads=16),
+    "2b": dict(num_hidden_layers=32, hidden_size=2048, intermediate_size=5504, num_attention_heads=16),
+    "tiny": dict(num_hidden_layers=2, hidden_size=128, intermediate_size=352, num_attention_heads=4),
+}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def phase_make_hf(work: Path, preset: str, tokenizer: Path) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64000, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         **PRESETS[preset])
+    torch.set_default_dtype(torch.bfloat16)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(work / "hf_in", max_shard_size="1GB")
+    shutil.copy(tokenizer, work / "hf_in" / "tokenizer.model")
+    return dict(parameters=sum(p.numel() for p in model.parameters()))
+
+
+def phase_baseline(work: Path) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    out = work / "baseline"
+    out.mkdir()
+    for shard in sorted((work / "hf_in").glob("*.safetensors")):
+        save_file(load_file(shard), out / shard.name, metadata={"format": "pt"})
+    return {}
+
+
+def phase_import(work: Path) -> dict:
+    from megactllm.convert import import_from_hf
+
+    import_from_hf(work / "hf_in", work / "ckpt")
+    return {}
+
+
+def phase_export(work: Path) -> dict:
+    from megactllm.convert import export_to_hf
+
+    export_to_hf(work / "ckpt", work / "hf_out", max_shard_bytes=2**30)
+    return {}
+
+
+def phase_verify(work: Path) -> dict:
+    import torch
+    from safetensors import safe_open
+
+    def tensors(directory: Path) -> dict:
+        where = {}
+        for shard in sorted(directory.glob("*.safetensors")):
+            with safe_open(shard, "pt") as f:
+                where.update({name: shard for name in f.keys()})
+        return where
+
+    before, after = tensors(work / "hf_in"), tensors(work / "hf_out")
+    assert sorted(before) == sorted(after), "exported tensor names differ"
+    for name, shard in before.items():
+        with safe_open(shard, "pt") as a, safe_open(after[name], "pt") as b:
+            if not torch.equal(a.get_tensor(name), b.get_tensor(name)):
+                raise AssertionError(f"{name} differs after import + export")
+    return dict(tensors=len(before))
+
+
+PHASES = {"make-hf": phase_make_hf, "baseline": phase_baseline, "import": phase_import, "export": phase_export,
+          "verify": phase_verify}
+
+
+def run_phase(name: str, work: Path, extra: list) -> dict:
+    """Run one phase in a fresh interpreter; returns its measurements."""
+    cmd = [sys.executable, __file__, "--phase", name, "--work", str(work), *extra]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"phase {name} failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child(args) -> None:
+    # Library imports (a few seconds, the same for any model size) are not part of the measured work.
+    import megactllm.convert  # noqa: F401
+    import megatron.core.dist_checkpointing  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    base = _rss_bytes()
+    start = time.perf_counter()
+    extra = PHASES[args.phase](args.work, *([args.preset, args.tokenizer] if args.phase == "make-hf" else []))
+    seconds = time.perf_counter() - start
+    print(json.dumps(dict(seconds=seconds, peak=_peak_rss_bytes(), base=base, **extra)))
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="500m")
+    p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="SentencePiece model with 64,000 pieces")
+    p.add_argument("--repeats", type=int, default=1, help="repeat baseline/import/export, keep the best time")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.phase:
+        return child(args)
+    if not args.tokenizer.is_file():
+        raise SystemExit(f"tokenizer {args.tokenizer} is absent (set MEGACTLLM_SHARED_DATA or --tokenizer)")
+
+    work = Path(tempfile.mkdtemp(prefix="megactllm-bench-convert-"))
+    try:
+        made = run_phase("make-hf", work, ["--preset", args.preset, "--tokenizer", str(args.tokenizer)])
+        model_bytes = _dir_bytes(work / "hf_in") - (work / "hf_in" / "tokenizer.model").stat().st_size
+        print(f"model: {made['parameters'] / 1e6:.0f}M parameters, {model_bytes / 2**30:.2f} GiB of bf16 safetensors "
+              f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+        results = {}
+        for _ in range(args.repeats):
+            for name in ("baseline", "import", "export"):
+                for leftover in ("baseline", "ckpt", "hf_out"):
+                    if name != "export" or leftover != "ckpt":
+                        shutil.rmtree(work / leftover, ignore_errors=True)
+                r = run_phase(name, work, [])
+                if name not in results or r["seconds"] < results[name]["seconds"]:
+                    results[name] = r
+        run_phase("verify", work, [])
+        base_time = results["baseline"]["seconds"]
+        print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'peak RSS GiB':>13} {'working set GiB':>16} {'x model':>8}")
+        for name, r in results.items():
+            working = r["peak"] - r["base"]
+            print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['peak'] / 2**30:13.2f} "
+                  f"{working / 2**30:16.2f} {working / model_bytes:7.2f}x")
+        print(f"megatron checkpoint: {_dir_bytes(work / 'ckpt') / 2**30:.2f} GiB; export verified bit-exact")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
