@@ -1,4 +1,4 @@
-// Megatron indexed-dataset (.bin/.idx) writer, merger and token-list flattener.
+// Megatron indexed-dataset (.bin/.idx) writer and merger.
 //
 // .idx layout (megatron.core.datasets.indexed_dataset, byte for byte):
 //   "MMIDIDX\0\0" | u64 version=1 | u8 dtype code | u64 sequence count | u64 document-index count
@@ -180,32 +180,61 @@ void convert_array(const py::array& arr, D* dst, int64_t lo, int64_t hi) {
   throw std::invalid_argument("token arrays must have an integer dtype, got " + std::string(py::str(arr.dtype())));
 }
 
-// Tokens of one Python list/tuple of ints appended to `out` (as int64), range checked.
-void append_pylist(PyObject* seq, std::vector<int64_t>& out, int64_t lo, int64_t hi, size_t doc) {
-  PyObject* fast = PySequence_Fast(seq, "each document must be a list of token ids");
-  if (!fast) throw py::error_already_set();
-  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-  PyObject** items = PySequence_Fast_ITEMS(fast);
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    int64_t v = PyLong_AsLongLong(items[i]);
-    if (v == -1 && PyErr_Occurred()) {
-      Py_DECREF(fast);
-      throw py::error_already_set();
+// Tokenizer output (a sequence of lists of Python ints) packed straight into the dataset's token
+// type, `eod` appended to each document when >= 0; every id is range checked. Returns the token count.
+template <typename D>
+size_t collect_lists(const py::sequence& docs, int64_t eod, int64_t lo, int64_t hi, size_t first_doc,
+                     std::vector<char>& out, std::vector<size_t>& lens) {
+  if (eod >= 0 && (eod < lo || eod > hi))
+    throw std::overflow_error("eod id " + std::to_string(eod) + " does not fit the dataset dtype");
+  const size_t extra = eod >= 0 ? 1 : 0;
+  size_t n = 0;
+  lens.clear();
+  for (auto doc : docs) {
+    PyObject* fast = PySequence_Fast(doc.ptr(), "each document must be a list of token ids");
+    if (!fast) throw py::error_already_set();
+    const Py_ssize_t m = PySequence_Fast_GET_SIZE(fast);
+    PyObject** items = PySequence_Fast_ITEMS(fast);
+    if (out.size() < (n + m + extra) * sizeof(D)) out.resize(std::max(out.size() * 2, (n + m + extra) * sizeof(D)));
+    D* dst = reinterpret_cast<D*>(out.data()) + n;
+    for (Py_ssize_t i = 0; i < m; ++i) {
+      const int64_t v = PyLong_AsLongLong(items[i]);
+      if (v == -1 && PyErr_Occurred()) {
+        Py_DECREF(fast);
+        throw py::error_already_set();
+      }
+      if (v < lo || v > hi) {
+        Py_DECREF(fast);
+        throw std::overflow_error("document " + std::to_string(first_doc + lens.size()) + ": token id " +
+                                  std::to_string(v) + " does not fit the dataset dtype (range " + std::to_string(lo) +
+                                  ".." + std::to_string(hi) + ")");
+      }
+      dst[i] = static_cast<D>(v);
     }
-    if (v < lo || v > hi) {
-      Py_DECREF(fast);
-      throw std::overflow_error("document " + std::to_string(doc) + ": token id " + std::to_string(v) +
-                              " does not fit the dataset dtype (range " + std::to_string(lo) + ".." +
-                              std::to_string(hi) + ")");
-    }
-    out.push_back(v);
+    if (extra) dst[m] = static_cast<D>(eod);
+    Py_DECREF(fast);
+    n += m + extra;
+    lens.push_back(m + extra);
   }
-  Py_DECREF(fast);
+  return n;
+}
+
+// Dispatches collect_lists on a dtype code.
+size_t collect_by_code(int code, const py::sequence& docs, int64_t eod, int64_t lo, int64_t hi, size_t first_doc,
+                       std::vector<char>& out, std::vector<size_t>& lens) {
+  switch (code) {
+    case 1: return collect_lists<uint8_t>(docs, eod, lo, hi, first_doc, out, lens);
+    case 2: return collect_lists<int8_t>(docs, eod, lo, hi, first_doc, out, lens);
+    case 3: return collect_lists<int16_t>(docs, eod, lo, hi, first_doc, out, lens);
+    case 8: return collect_lists<uint16_t>(docs, eod, lo, hi, first_doc, out, lens);
+    case 4: return collect_lists<int32_t>(docs, eod, lo, hi, first_doc, out, lens);
+    default: return collect_lists<int64_t>(docs, eod, lo, hi, first_doc, out, lens);
+  }
 }
 
 class Builder {
  public:
-  Builder(const std::string& prefix, int dtype_code) : prefix_(prefix), code_(dtype_code) {
+  Builder(const std::string& prefix, int dtype_code, bool sync) : prefix_(prefix), code_(dtype_code), sync_(sync) {
     itemsize_ = itemsize_of(dtype_code);
     range_of(dtype_code, &lo_, &hi_);
     bin_.open(prefix_ + ".bin.tmp");
@@ -262,22 +291,12 @@ class Builder {
   // to each document; avoids building a numpy array per document.
   void add_token_lists(const py::sequence& docs, int64_t eod) {
     check_open();
-    flat_.clear();
-    lens_.clear();
-    lens_.reserve(docs.size());
-    for (auto doc : docs) {
-      const size_t before = flat_.size();
-      append_pylist(doc.ptr(), flat_, lo_, hi_, documents_ + lens_.size());
-      if (eod >= 0) {
-        if (eod < lo_ || eod > hi_) throw std::overflow_error("eod id " + std::to_string(eod) + " does not fit the dataset dtype");
-        flat_.push_back(eod);
-      }
-      lens_.push_back(flat_.size() - before);
-    }
-    // Everything is validated before the first byte is written, so a bad id leaves no partial batch.
-    write_int64_tokens(flat_.data(), flat_.size());
-    for (size_t n : lens_) {
-      push_length(n);
+    // Everything is packed and validated before the first byte is written: a bad id leaves no partial batch.
+    const size_t n = collect_by_code(code_, docs, eod, lo_, hi_, documents_, packed_, lens_);
+    bin_.write(packed_.data(), n * itemsize_);
+    tokens_ += n;
+    for (size_t len : lens_) {
+      push_length(len);
       const int64_t idx = static_cast<int64_t>(sequences_);
       docs_.write(&idx, 8);
       ++documents_;
@@ -350,7 +369,7 @@ class Builder {
   // Assembles the .idx from the spill files, then publishes .bin and .idx (in that order).
   void finalize() {
     check_open();
-    bin_.close(true);
+    bin_.close(sync_);
     lengths_.close(false);
     docs_.close(false);
 
@@ -392,7 +411,7 @@ class Builder {
       InFile in(docs_.path());
       for (size_t got; (got = in.read_some(buf.data(), buf.size())) > 0;) idx.write(buf.data(), got);
     }
-    idx.close(true);
+    idx.close(sync_);
 
     const std::string bin_final = prefix_ + ".bin", idx_final = prefix_ + ".idx";
     // A stale .idx must never sit beside the new .bin, not even for a moment.
@@ -444,26 +463,6 @@ class Builder {
     tokens_ += n;
   }
 
-  template <typename D>
-  void narrow_and_write(const int64_t* src, size_t n) {
-    scratch_.resize(n * sizeof(D));
-    D* dst = reinterpret_cast<D*>(scratch_.data());
-    for (size_t k = 0; k < n; ++k) dst[k] = static_cast<D>(src[k]);  // range checked by the caller
-    bin_.write(scratch_.data(), scratch_.size());
-  }
-
-  void write_int64_tokens(const int64_t* src, size_t n) {
-    switch (code_) {
-      case 1: narrow_and_write<uint8_t>(src, n); break;
-      case 2: narrow_and_write<int8_t>(src, n); break;
-      case 3: narrow_and_write<int16_t>(src, n); break;
-      case 8: narrow_and_write<uint16_t>(src, n); break;
-      case 4: narrow_and_write<int32_t>(src, n); break;
-      default: bin_.write(src, n * 8);
-    }
-    tokens_ += n;
-  }
-
   void push_length(size_t n) {
     if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
       throw std::length_error("a sequence of " + std::to_string(n) + " tokens exceeds the int32 length field");
@@ -474,58 +473,23 @@ class Builder {
 
   std::string prefix_;
   int code_;
+  bool sync_;  // fsync before publishing: the rename order then also holds across a power loss
   int itemsize_;
   int64_t lo_, hi_;
   OutFile bin_, lengths_, docs_;
   std::vector<char> scratch_;
-  std::vector<int64_t> flat_;
+  std::vector<char> packed_;
   std::vector<size_t> lens_;
   uint64_t documents_ = 0, sequences_ = 0, tokens_ = 0;
   bool finalized_ = false;
 };
-
-template <typename D>
-py::array to_array(const std::vector<int64_t>& flat) {
-  py::array_t<D> a(flat.size());
-  D* dst = a.mutable_data();
-  for (size_t k = 0; k < flat.size(); ++k) dst[k] = static_cast<D>(flat[k]);  // range checked already
-  return a;
-}
-
-// Tokenizer output (list of lists of ints) as one flat array plus per-document lengths, in a worker
-// process: cheap to send to the writer (two buffers instead of millions of Python ints).
-py::tuple flatten_token_lists(const py::sequence& docs, int64_t eod, int dtype_code) {
-  itemsize_of(dtype_code);  // validates the code
-  int64_t lo, hi;
-  range_of(dtype_code, &lo, &hi);
-  std::vector<int64_t> flat;
-  std::vector<int64_t> lens;
-  lens.reserve(docs.size());
-  size_t i = 0;
-  for (auto doc : docs) {
-    const size_t before = flat.size();
-    append_pylist(doc.ptr(), flat, lo, hi, i++);
-    if (eod >= 0) flat.push_back(eod);
-    lens.push_back(static_cast<int64_t>(flat.size() - before));
-  }
-  py::array out;
-  switch (dtype_code) {
-    case 1: out = to_array<uint8_t>(flat); break;
-    case 2: out = to_array<int8_t>(flat); break;
-    case 3: out = to_array<int16_t>(flat); break;
-    case 8: out = to_array<uint16_t>(flat); break;
-    case 4: out = to_array<int32_t>(flat); break;
-    default: out = to_array<int64_t>(flat);
-  }
-  return py::make_tuple(out, py::array_t<int64_t>(lens.size(), lens.data()));
-}
 
 }  // namespace
 
 PYBIND11_MODULE(_indexed_builder, m) {
   m.doc() = "Streaming writer and merger for Megatron indexed datasets (.bin/.idx), byte-compatible with megatron-core";
   py::class_<Builder>(m, "Builder")
-      .def(py::init<const std::string&, int>(), py::arg("prefix"), py::arg("dtype_code"))
+      .def(py::init<const std::string&, int, bool>(), py::arg("prefix"), py::arg("dtype_code"), py::arg("sync") = true)
       .def("add_document", &Builder::add_document, py::arg("tokens"))
       .def("add_item", &Builder::add_item, py::arg("tokens"))
       .def("end_document", &Builder::end_document)
@@ -539,5 +503,4 @@ PYBIND11_MODULE(_indexed_builder, m) {
       .def_property_readonly("num_tokens", &Builder::tokens)
       .def_property_readonly("dtype_code", &Builder::dtype_code)
       .def_property_readonly("prefix", &Builder::prefix);
-  m.def("flatten_token_lists", &flatten_token_lists, py::arg("docs"), py::arg("eod"), py::arg("dtype_code"));
 }

@@ -117,7 +117,8 @@ class IndexedDatasetWriter:
     """Streams documents into a new dataset at `prefix`; nothing is visible there until finalize().
 
     Give `dtype` or `vocab_size` (which picks the dtype like megatron-core does). Used as a context
-    manager it finalizes on success and discards its temporary files on an exception.
+    manager it finalizes on success and discards its temporary files on an exception. `sync=False`
+    skips the fsync before publishing, for scratch datasets that are merged and deleted anyway.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class IndexedDatasetWriter:
         dtype: Optional[np.dtype | type] = None,
         vocab_size: Optional[int] = None,
         metadata: Optional[dict] = None,
+        sync: bool = True,
     ) -> None:
         if dtype is None:
             if vocab_size is None:
@@ -141,7 +143,7 @@ class IndexedDatasetWriter:
         parent = os.path.dirname(self.prefix)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self._builder = _indexed_builder.Builder(self.prefix, DTYPE_CODES[self.dtype])
+        self._builder = _indexed_builder.Builder(self.prefix, DTYPE_CODES[self.dtype], sync)
         self._done = False
 
     def add_document(self, tokens: Sequence[int] | np.ndarray) -> None:

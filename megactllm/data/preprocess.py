@@ -249,7 +249,7 @@ def _init_worker(tokenizer_type: str, tokenizer_model: str, progress_queue) -> N
 
 def _work(task: tuple) -> ChunkStats:
     chunk, part_prefixes, keys, append_eod, strict, max_skips, dtype = task
-    writers = {key: IndexedDatasetWriter(part_prefixes[key], dtype=dtype) for key in keys}
+    writers = {key: IndexedDatasetWriter(part_prefixes[key], dtype=dtype, sync=False) for key in keys}
 
     def on_batch(batch: Batch, docs: int, tokens: int) -> None:
         _worker_progress.put((docs, tokens, batch.text_bytes, batch.raw_bytes))

@@ -308,28 +308,20 @@ def _parquet_batches(chunk: Chunk, keys: Sequence[str], batch_docs: int) -> Iter
     missing = [k for k in keys if k not in pf.schema_arrow.names]
     if missing:
         raise InputError(f"{chunk.path} has no column {missing} (columns: {pf.schema_arrow.names}); check --json-keys")
-    row = 0
-    raw_left = chunk.raw_bytes
-    if not chunk.row_groups:
-        yield Batch(texts={k: [] for k in keys}, raw_bytes=raw_left)
-        return
-    n_batches = 0
-    for record_batch in pf.iter_batches(batch_size=batch_docs, row_groups=chunk.row_groups, columns=list(keys)):
-        columns = {k: record_batch.column(k).to_pylist() for k in keys}
-        batch = _new_batch(keys)
-        for i in range(record_batch.num_rows):
-            row += 1
-            record = {k: columns[k][i] for k in keys}
-            size = sum(len(v) for v in record.values() if isinstance(v, (str, bytes)))
-            _add_record(chunk.path, row, record, keys, batch, size)
-        batch.lines = record_batch.num_rows
-        n_batches += 1
-        batch.raw_bytes = min(raw_left, chunk.raw_bytes // max(1, _estimate_batches(pf, chunk, batch_docs)))
-        raw_left -= batch.raw_bytes
-        yield batch
+    rows = sum(pf.metadata.row_group(g).num_rows for g in chunk.row_groups or [])
+    # On-disk bytes are not known per batch: spread the chunk's share evenly over its batches.
+    per_batch = chunk.raw_bytes // max(1, -(-rows // batch_docs))
+    raw_left, row = chunk.raw_bytes, 0
+    if chunk.row_groups:
+        for record_batch in pf.iter_batches(batch_size=batch_docs, row_groups=chunk.row_groups, columns=list(keys)):
+            columns = {k: record_batch.column(k).to_pylist() for k in keys}
+            batch = _new_batch(keys)
+            for i in range(record_batch.num_rows):
+                row += 1
+                _add_record(chunk.path, row, {k: columns[k][i] for k in keys}, keys, batch, 0)
+            batch.text_bytes = record_batch.nbytes  # UTF-8 bytes of the columns (plus offsets)
+            batch.lines = record_batch.num_rows
+            batch.raw_bytes = min(raw_left, per_batch)
+            raw_left -= batch.raw_bytes
+            yield batch
     yield Batch(texts={k: [] for k in keys}, raw_bytes=raw_left)
-
-
-def _estimate_batches(pf, chunk: Chunk, batch_docs: int) -> int:
-    rows = sum(pf.metadata.row_group(g).num_rows for g in chunk.row_groups)
-    return max(1, -(-rows // batch_docs))
