@@ -38,27 +38,32 @@ def train_tiny_sentencepiece(path: Path, vocab_size: int = 300) -> Path:
     return path
 
 
-def tiny_config(vocab_size: int, tp: int = 1, pp: int = 1, **model):
+def tiny_config(vocab_size: int, tp: int = 1, pp: int = 1, vpp=None, **model):
     """Config of a tiny LLaMA-shaped model at a TP x PP layout (built directly: YAML overrides would
     read a value like 1e-06 as a string)."""
     from megactllm.config import Config, ParallelConfig, model_config_from_dict
 
     values = dict(arch="tiny", vocab_size=vocab_size, seq_length=SEQ, max_position_embeddings=64, num_layers=4)
     values.update(model)
-    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                              virtual_pipeline_model_parallel_size=vpp)
     return Config(model=model_config_from_dict(values), parallel=parallel)
 
 
 def megactllm_logits(chunks, tokens: torch.Tensor) -> Optional[torch.Tensor]:
-    """Full-vocabulary fp32 logits of our own forward (on the last pipeline stage; None elsewhere)."""
+    """Full-vocabulary fp32 logits of our own forward (on the last pipeline stage; None elsewhere).
+
+    One sequence per micro-batch, through megatron-core's pipeline schedule (interleaved with VPP).
+    """
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     batch, seq = tokens.shape
-    position_ids = torch.arange(seq).expand(batch, seq)
+    position_ids = torch.arange(seq).unsqueeze(0)
 
     def forward_step(data_iterator, model):
-        output = model(tokens, position_ids, None)
+        row = next(data_iterator)
+        output = model(tokens[row : row + 1], position_ids, None)
 
         def keep_logits(out):
             full = tensor_parallel.gather_from_tensor_model_parallel_region(out)
@@ -68,14 +73,16 @@ def megactllm_logits(chunks, tokens: torch.Tensor) -> Optional[torch.Tensor]:
 
     out = get_forward_backward_func()(
         forward_step_func=forward_step,
-        data_iterator=iter(range(1)),
-        model=chunks,
-        num_microbatches=1,
+        data_iterator=[iter(range(batch)) for _ in chunks] if len(chunks) > 1 else iter(range(batch)),
+        model=chunks if len(chunks) > 1 else chunks[0],
+        num_microbatches=batch,
         seq_length=seq,
-        micro_batch_size=batch,
+        micro_batch_size=1,
         forward_only=True,
     )
-    return out[0]["logits"] if parallel_state.is_pipeline_last_stage() else None
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    return torch.cat([o["logits"] for o in out], dim=0)
 
 
 def layout_jobs(jobs: list[dict]) -> dict:

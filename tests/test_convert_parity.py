@@ -2,7 +2,8 @@
 
 Export: a random model saved at TP x PP = 1x1, 2x1, 1x2, 2x2 (by run_distributed), exported to HF,
 gives our logits in transformers. Import: an HF model imported once loads at TP2 with HF's logits.
-All layouts run in one 4-process group (the rest of each layout is data parallel).
+All layouts (plus an interleaved-pipeline one) run in one 4-process group (the rest of each layout
+is data parallel).
 """
 import json
 
@@ -31,6 +32,8 @@ LAYOUTS = {
     "2x1-gqa": (2, 1, dict(num_query_groups=2)),
     "1x2-tied-headdim32": (1, 2, dict(tie_word_embeddings=True, kv_channels=32)),
     "2x2-gqa-tied": (2, 2, dict(num_query_groups=2, tie_word_embeddings=True)),
+    # Interleaved pipeline: each rank holds layers 0 and 2 (or 1 and 3), so layer offsets must be global.
+    "1x2-vpp2-gqa": (1, 2, dict(vpp=2, num_query_groups=1)),
 }
 TOLERANCE = 1e-4
 
