@@ -186,3 +186,35 @@ def test_corrupt_checkpoint_leaves_no_output(tmp_path, tokenizer_file):
     assert not list(tmp_path.glob("hf_out*"))
     with pytest.raises(ConversionError, match="is not a megactllm checkpoint"):
         export_to_hf(tmp_path / "hf_in", tmp_path / "hf_out", progress_stream=None)
+
+
+def test_export_directory_loads_offline_with_nothing_else(tmp_path, tokenizer_file, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, IM_END, IM_START
+
+    chat_tokenizer = extend_sentencepiece_proto(tokenizer_file, tmp_path / "chat.model",
+                                                [(IM_START, "user_defined"), (IM_END, "user_defined")])
+    imported = import_from_hf(_hf_dir(tmp_path / "hf_in", tokenizer_file), tmp_path / "ckpt",
+                              tokenizer_file=chat_tokenizer, progress_stream=None)
+    export_to_hf(imported.checkpoint, tmp_path / "exported", dtype="bf16", progress_stream=None)
+    base_export = export_to_hf(read_metadata(tmp_path / "ckpt").path, tmp_path / "base", progress_stream=None,
+                               tokenizer_file=chat_tokenizer, chat_template=None)
+    assert not (base_export.out_dir / "chat_template.jinja").exists()
+
+    moved = tmp_path / "elsewhere" / "model"  # nothing may point back at the checkpoint or tokenizer
+    moved.parent.mkdir()
+    (tmp_path / "exported").rename(moved)
+    shutil.rmtree(tmp_path / "ckpt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names = {p.name for p in moved.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer.model",
+            "tokenizer_config.json"} <= names
+    model = AutoModelForCausalLM.from_pretrained(moved, local_files_only=True)
+    assert model.dtype == torch.bfloat16 and model.config.vocab_size == VOCAB + 2
+    hf_tok = AutoTokenizer.from_pretrained(moved, local_files_only=True)
+    ours = load_tokenizer("sentencepiece", str(chat_tokenizer))
+    text = "the model reads tensor pipeline text and learns"
+    assert hf_tok(text).input_ids == ours.encode(text)  # no BOS: as megactllm trains
+    assert hf_tok.chat_template == CHAT_TEMPLATE
+    assert GenerationConfig.from_pretrained(moved, local_files_only=True).eos_token_id == ours.eod_id == hf_tok.eos_token_id

@@ -78,6 +78,7 @@ def test_exported_model_matches_our_forward(runs, name):
     assert theirs.shape[-1] == VOCAB and diff < TOLERANCE
 
     model = job["cfg"].model
+    assert not (out / "chat_template.jinja").exists()  # the tiny tokenizer has no chat tokens
     config = json.loads((out / "config.json").read_text())
     assert config["tie_word_embeddings"] == model.tie_word_embeddings
     assert (config["num_key_value_heads"], config["head_dim"]) == (model.num_kv_heads, model.head_dim)

@@ -70,12 +70,20 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _chat_template() -> Optional[str]:
+def default_chat_template(tokenizer_type: str, tokenizer_file: Path) -> tuple[Optional[str], str]:
+    """megactllm's chat template when the tokenizer carries its special tokens, else None; and why.
+
+    A base model whose tokenizer lacks <|im_start|>/<|im_end|> gets no template: rendered chats
+    would split those markers into ordinary pieces the model never learned as turn boundaries.
+    """
+    from megactllm.tokenizer import load_tokenizer
+    from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, ChatTokenizationError, check_chat_tokens
+
     try:
-        from megactllm.tokenizer.chat_template import CHAT_TEMPLATE
-    except ImportError:
-        return None
-    return CHAT_TEMPLATE
+        check_chat_tokens(load_tokenizer(tokenizer_type, str(tokenizer_file)))
+    except ChatTokenizationError:
+        return None, "no chat template: the tokenizer has no <|im_start|>/<|im_end|> tokens (a base model)"
+    return CHAT_TEMPLATE, "chat template: megactllm ChatML"
 
 
 def export_to_hf(
@@ -93,7 +101,8 @@ def export_to_hf(
     """Convert `checkpoint` (an iteration dir, or a run dir with a latest pointer) into `out_dir`.
 
     The tokenizer is the one saved in the checkpoint unless `tokenizer_file` is given; its vocabulary
-    must match the model's. chat_template="default" uses megactllm's chat format; None leaves it out.
+    must match the model's. chat_template="default" uses megactllm's chat format when the tokenizer
+    has its special tokens; None leaves it out; any other string is used as the template.
     """
     with single_process_group():
         reader = MegatronCheckpointReader(checkpoint)
@@ -110,7 +119,10 @@ def export_to_hf(
         plan = hf_tensor_plan(model, target_dtype)
         progress = ConversionProgress("export", sum(s.nbytes for s in plan), progress_stream)
         progress.message(f"{meta.path} -> {out_dir} ({model.num_parameters() / 1e6:.1f}M parameters, {target_dtype})")
-        template = _chat_template() if chat_template == "default" else chat_template
+        template = chat_template
+        if chat_template == "default":
+            template, why = default_chat_template(tokenizer_type, tokenizer_file)
+            progress.message(why)
         with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
             tokenizer = export_tokenizer(
                 tokenizer_type,
