@@ -10,11 +10,13 @@ Prints tokens/s and three ratios (higher is better for us):
   (b) our pipeline over the same tokenization done the way Megatron-LM's
       tools/preprocess_data.py does it: a Pool of workers (imap, 32 lines per task) that
       json.loads and encode each line, the parent writing each document through
-      megatron-core's IndexedDatasetBuilder; --workers (default all CPUs) on both sides. target >= 1.5
+      megatron-core's IndexedDatasetBuilder; --workers (default all CPUs) on both sides
+      (the 1-worker figure is printed too).                                             target >= 1.5
   (c) the C++ builder over megatron-core's Python IndexedDatasetBuilder on the same token arrays
       cut into many small documents (per-document calls from Python for both).         target >= 5
-Each measurement is repeated --repeats times, interleaved, and the best time is kept (the
-machine may be shared). Outputs of (a) and (b) are checked to be byte-identical.
+Each measurement is repeated --repeats times, interleaved, and the best time is kept; the CPU
+seconds of all processes are shown too, since a shared machine makes wall-clock ratios noisy.
+All pipeline outputs, ours and Megatron-style, are checked to be byte-identical.
 
     python bench/preprocess.py            # 50 MB, 3 repeats
     python bench/preprocess.py --quick    # 8 MB, 1 repeat
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -149,41 +152,77 @@ def small_documents(tok, texts: list, n_docs: int) -> list:
     return np.split(ids, cuts[:-1])
 
 
-def builders(docs: list, workdir: Path) -> tuple:
+def builders(docs: list, workdir: Path, times: dict, cpu: dict) -> None:
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     from megactllm.data.indexed import IndexedDatasetWriter
 
     tensors = [torch.from_numpy(d) for d in docs]
-    start = time.perf_counter()
-    ref = IndexedDatasetBuilder(str(workdir / "mc.bin"), dtype=np.uint16)
-    for t in tensors:
-        ref.add_item(t)
-        ref.end_document()
-    ref.finalize(str(workdir / "mc.idx"))
-    t_megatron = time.perf_counter() - start
 
-    start = time.perf_counter()
-    w = IndexedDatasetWriter(str(workdir / "cpp"), dtype=np.uint16)
-    for d in docs:
-        w.add_document(d)
-    w.finalize()
-    t_cpp = time.perf_counter() - start
+    def megatron_builder() -> None:
+        ref = IndexedDatasetBuilder(str(workdir / "mc.bin"), dtype=np.uint16)
+        for t in tensors:
+            ref.add_item(t)
+            ref.end_document()
+        ref.finalize(str(workdir / "mc.idx"))
+
+    def cpp_per_document() -> None:
+        w = IndexedDatasetWriter(str(workdir / "cpp"), dtype=np.uint16, sync=False)  # megatron-core does not fsync
+        for d in docs:
+            w.add_document(d)
+        w.finalize()
 
     flat, lengths = np.concatenate(docs), np.array([len(d) for d in docs])
-    start = time.perf_counter()
-    w = IndexedDatasetWriter(str(workdir / "cpp_batch"), dtype=np.uint16)
-    w.add_documents(flat, lengths)
-    w.finalize()
-    t_batch = time.perf_counter() - start
+
+    def cpp_batched() -> None:
+        w = IndexedDatasetWriter(str(workdir / "cpp_batch"), dtype=np.uint16, sync=False)
+        w.add_documents(flat, lengths)
+        w.finalize()
+
+    timed(times, cpu, "b_megatron", megatron_builder)
+    timed(times, cpu, "b_cpp", cpp_per_document)
+    timed(times, cpu, "b_batch", cpp_batched)
     for ext in (".bin", ".idx"):
         assert (workdir / f"mc{ext}").read_bytes() == (workdir / f"cpp{ext}").read_bytes(), "builders disagree"
-    return t_megatron, t_cpp, t_batch
 
 
-def verdict(ratio: float, target: float) -> str:
-    return f"{ratio:6.2f}x  (target >= {target}: {'PASS' if ratio >= target else 'FAIL'})"
+def measure_in_child(times: dict, cpu: dict, key: str, kind: str, corpus: Path, model: str, prefix: str,
+                     workers: int) -> dict:
+    """Runs one pipeline measurement in a fresh process, so that neither side pays for forking this
+    big benchmark process (torch, the corpus in memory) into its workers."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--measure", kind, "--corpus", str(corpus), "--model", model,
+           "--prefix", prefix, "--workers", str(workers)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"measurement {kind} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    best_of(times, key, result["wall"])
+    best_of(cpu, key, result["cpu"])
+    return result
+
+
+def child_measure(args) -> int:
+    import megatron.core.datasets.indexed_dataset  # noqa: F401  (imports are not part of the work)
+    import torch  # noqa: F401
+
+    import megactllm.data.preprocess  # noqa: F401
+    from megactllm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("sentencepiece", args.model)
+    if args.measure == "encode":
+        with open(args.corpus, encoding="utf-8") as f:
+            texts = [json.loads(l)["text"] for l in f]
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    tokens = None
+    if args.measure == "encode":
+        tokenizer_only(tok, texts)
+    elif args.measure == "ours":
+        tokens = ours(Path(args.corpus), args.model, args.prefix, args.workers)[1]
+    elif args.measure == "megatron":
+        megatron_style(Path(args.corpus), args.model, tok.vocab_size, args.prefix, args.workers)
+    print(json.dumps({"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "tokens": tokens}))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -196,7 +235,14 @@ def main(argv=None) -> int:
                    help="workers for ratio (b), the same for both sides (default: all CPUs)")
     p.add_argument("--quick", action="store_true", help="8 MB, 1 repeat, 200k small documents")
     p.add_argument("--workdir", type=Path, default=None, help="where to put the corpus and outputs (default: a temp dir)")
+    # Internal: one measurement in a child process.
+    p.add_argument("--measure", choices=["encode", "ours", "megatron"], help=argparse.SUPPRESS)
+    p.add_argument("--corpus", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--prefix", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.measure:
+        return child_measure(args)
     if args.quick:
         args.mb, args.repeats, args.small_docs = min(args.mb, 8.0), 1, min(args.small_docs, 200_000)
     model = args.data / "tokenizers" / "map_neo_sp.model"
@@ -225,12 +271,12 @@ def main(argv=None) -> int:
         times, cpu, tokens = {}, {}, 0
         w = args.workers
         for r in range(args.repeats):
-            timed(times, cpu, "encode", tokenizer_only, tok, all_texts)
-            tokens = timed(times, cpu, "ours", ours, corpus, str(model), str(workdir / "ours"), 1)[1]
-            timed(times, cpu, "megatron_1", megatron_style, corpus, str(model), tok.vocab_size, str(workdir / "mc1"), 1)
+            measure_in_child(times, cpu, "encode", "encode", corpus, str(model), "", 1)
+            tokens = measure_in_child(times, cpu, "ours", "ours", corpus, str(model), str(workdir / "ours"), 1)["tokens"]
+            measure_in_child(times, cpu, "megatron_1", "megatron", corpus, str(model), str(workdir / "mc1"), 1)
             if w > 1:
-                timed(times, cpu, "ours_w", ours, corpus, str(model), str(workdir / "ours_w"), w)
-                timed(times, cpu, "megatron", megatron_style, corpus, str(model), tok.vocab_size, str(workdir / "mc"), w)
+                measure_in_child(times, cpu, "ours_w", "ours", corpus, str(model), str(workdir / "ours_w"), w)
+                measure_in_child(times, cpu, "megatron", "megatron", corpus, str(model), str(workdir / "mc"), w)
         if w == 1:
             times["ours_w"], cpu["ours_w"] = times["ours"], cpu["ours"]
             times["megatron"], cpu["megatron"] = times["megatron_1"], cpu["megatron_1"]
@@ -246,10 +292,7 @@ def main(argv=None) -> int:
         docs = small_documents(tok, texts, args.small_docs)
         n_small = sum(len(d) for d in docs)
         for r in range(args.repeats):
-            t_mc, t_cpp, t_batch = builders(docs, workdir)
-            best_of(times, "b_megatron", t_mc)
-            best_of(times, "b_cpp", t_cpp)
-            best_of(times, "b_batch", t_batch)
+            builders(docs, workdir, times, cpu)
 
         rate = lambda key: tokens / times[key]
 
@@ -267,15 +310,18 @@ def main(argv=None) -> int:
         print(f"  megatron-core IndexedDatasetBuilder  {len(docs) / times['b_megatron']:>12,.0f} docs/s   {times['b_megatron']:6.2f} s")
         print(f"  C++ builder, per-document calls      {len(docs) / times['b_cpp']:>12,.0f} docs/s   {times['b_cpp']:6.2f} s")
         print(f"  C++ builder, one batched call        {len(docs) / times['b_batch']:>12,.0f} docs/s   {times['b_batch']:6.2f} s")
-        print("\nratios")
-        print(f"  (a) pipeline / tokenizer-only (1 worker)          {verdict(times['encode'] / times['ours'], 0.9)}")
-        print(f"  (b) pipeline / Megatron-style, 1 worker each      {verdict(times['megatron_1'] / times['ours'], 1.5)}")
+        def ratio(label: str, slow: str, fast: str, target: float = 0.0) -> None:
+            wall, used = times[slow] / times[fast], cpu[slow] / cpu[fast]
+            mark = f"  target >= {target}: {'PASS' if wall >= target else 'FAIL'}" if target else ""
+            print(f"  {label:52s} {wall:6.2f}x wall  {used:6.2f}x CPU{mark}")
+
+        print("\nratios (wall: best elapsed time; CPU: best CPU seconds of all processes, less sensitive to a busy machine)")
+        ratio("(a) pipeline vs tokenizer-only, 1 worker", "encode", "ours", 0.9)
+        ratio(f"(b) pipeline vs Megatron-style, {w} worker(s) each", "megatron", "ours_w", 1.5)
         if w > 1:
-            print(f"      pipeline / Megatron-style, {w} workers each     {times['megatron'] / times['ours_w']:6.2f}x")
-        print(f"      CPU time per token, Megatron-style / ours       {cpu['megatron_1'] / cpu['ours']:6.2f}x (1 worker)"
-              + (f", {cpu['megatron'] / cpu['ours_w']:.2f}x ({w} workers)" if w > 1 else ""))
-        print(f"  (c) C++ builder / mcore builder, small documents  {verdict(times['b_megatron'] / times['b_cpp'], 5)}"
-              f"   (batched: {times['b_megatron'] / times['b_batch']:.1f}x)")
+            ratio("    pipeline vs Megatron-style, 1 worker each", "megatron_1", "ours")
+        ratio("(c) C++ builder vs mcore builder, small documents", "b_megatron", "b_cpp", 5)
+        ratio("    C++ builder batched vs mcore builder", "b_megatron", "b_batch")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

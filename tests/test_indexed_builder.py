@@ -101,6 +101,12 @@ def test_megatron_reads_ours_and_we_read_megatrons(tmp_path):
         np.testing.assert_array_equal(ours_reading_theirs.document(i), doc)
     np.testing.assert_array_equal(ours_reading_theirs.document_lengths(), [len(d) for d in docs])
 
+    # Shards written by either tool merge into one (megatron-core's have no sidecar).
+    merged = merge_datasets([theirs, ours], str(tmp_path / "both"))
+    assert merged.num_documents == 2 * len(docs)
+    both = IndexedDataset(str(tmp_path / "both"))
+    np.testing.assert_array_equal(both[len(docs) + 3], docs[3])
+
 
 @pytest.mark.parametrize(
     "dtype,bad", [(np.uint16, 65536), (np.uint16, -1), (np.int32, 2**31)]

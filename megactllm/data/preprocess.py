@@ -14,6 +14,7 @@ dataset that the parent appends (a streaming copy) in input order, so no token c
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -446,6 +447,9 @@ def _run_workers(config, chunks, outputs, progress, summary) -> None:
             except queue.Empty:
                 return
 
+    # Objects that exist now are never collected in the workers: without this, each forked worker's
+    # garbage collector walks (and so copies) the whole parent heap, e.g. torch when imported.
+    gc.freeze()
     try:
         with ctx.Pool(
             config.workers, initializer=_init_worker,
@@ -480,4 +484,5 @@ def _run_workers(config, chunks, outputs, progress, summary) -> None:
                     except FileNotFoundError:
                         pass
         progress_queue.close()
+        gc.unfreeze()
 
