@@ -56,3 +56,16 @@ def test_chat_tokens_of_an_extended_tokenizer_survive_export(tmp_path, sp_model_
     # megactllm's SFT tokenization drops that "▁", so training ids are what HF's template gives.
     templated = hf.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     assert tokenize_conversation(ours, messages).tokens.tolist() == templated == ids
+
+
+def test_huggingface_tokenizer_json_exports_too(tmp_path):
+    from convert_testing import train_tiny_sentencepiece
+
+    sp_model = train_tiny_sentencepiece(tmp_path / "tiny.model")
+    export_tokenizer("sentencepiece", sp_model, tmp_path / "from_sp")  # gives us a tokenizer.json to start from
+    ours = export_tokenizer("huggingface", tmp_path / "from_sp" / "tokenizer.json", tmp_path / "from_json")
+    hf = _auto_tokenizer(tmp_path / "from_json")
+    text = "the model reads tensor pipeline text and learns which token comes next"
+    assert ours.tokenizer_type == "huggingface"
+    assert hf(text).input_ids == ours.encode(text) == load_tokenizer("sentencepiece", str(sp_model)).encode(text)
+    assert hf.eos_token_id == ours.eod_id
