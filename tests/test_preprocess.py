@@ -247,3 +247,27 @@ def test_sidecar_records_tokenizer_sources_and_skips(tmp_path, sp_model_path):
                                             model_prefix=str(other), vocab_size=1200, num_threads=1))
     with pytest.raises(ValueError, match="vocabulary of 64000"):
         reader.check_tokenizer(load_tokenizer("sentencepiece", small))
+
+
+def test_prefetch_stops_cleanly_and_passes_errors_on():
+    from megactllm.data.preprocess import _prefetch
+
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    taken = []
+    for item in _prefetch(endless()):  # the consumer leaves early: the reader thread must not hang
+        taken.append(item)
+        if item == 10:
+            break
+    assert taken == list(range(11))
+
+    def broken():
+        yield 1
+        raise ValueError("bad input at line 2")
+
+    with pytest.raises(ValueError, match="line 2"):
+        list(_prefetch(broken()))

@@ -171,20 +171,24 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
     stop = threading.Event()
     done = object()
 
+    def offer(entry) -> bool:
+        # A bounded put that gives up once the consumer has gone, so join() below cannot hang.
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((item, None)):
                     return
-            q.put((done, None))
+            offer((done, None))
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            q.put((done, exc))
+            offer((done, exc))
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
