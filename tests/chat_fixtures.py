@@ -10,7 +10,10 @@ import pytest
 from megactllm.tokenizer import load_tokenizer
 from megactllm.tokenizer.chat_template import CHAT_SPECIAL_TOKENS
 
-__all__ = ["chat_sp_model", "chat_tokenizer", "dpo_prefix", "extend_with_chat_tokens", "policy_checkpoint", "sft_prefixes", "tiny_checkpoint"]
+__all__ = [
+    "chat_sp_model", "chat_tokenizer", "dpo_batch", "dpo_prefix", "extend_with_chat_tokens", "layout_reports",
+    "policy_checkpoint", "sft_batch", "sft_prefixes", "tiny_checkpoint",
+]
 
 
 def extend_with_chat_tokens(base_model: Path, out_model: Path) -> Path:
@@ -91,3 +94,44 @@ def policy_checkpoint(tmp_path_factory):
 
     (path,) = run_distributed(save_tiny_checkpoint, 1, str(tmp_path_factory.mktemp("policy")), SEQ, 8, timeout=300)
     return path
+
+
+@pytest.fixture(scope="session")
+def sft_batch(chat_tokenizer, sft_prefixes):
+    """8 SFT rows of the zh:en = 4:1 mixture."""
+    from megactllm.config import load_config
+    from megactllm.data.sft_dataset import build_sft_datasets
+
+    cfg = load_config(None, [f"model.seq_length={SEQ}",
+                             f"data.train_data_path=['4', '{sft_prefixes['zh']}', '1', '{sft_prefixes['en']}']"])
+    train = build_sft_datasets(cfg, chat_tokenizer)[0]
+    return [train[i] for i in range(8)]
+
+
+@pytest.fixture(scope="session")
+def dpo_batch(chat_tokenizer, dpo_prefix):
+    """8 real preference pairs."""
+    from megactllm.config import load_config
+    from megactllm.data.dpo_dataset import build_dpo_datasets
+
+    cfg = load_config(None, [f"model.seq_length={SEQ}", f"data.train_data_path=['{dpo_prefix}']"])
+    train = build_dpo_datasets(cfg, chat_tokenizer)[0]
+    return [train[i] for i in range(8)]
+
+
+@pytest.fixture(scope="session")
+def layout_reports(tiny_checkpoint, policy_checkpoint, sft_batch, dpo_batch):
+    """get(tp, pp, world) -> [sft result, dpo result] per rank, one spawn per layout shared by the
+    SFT and DPO tests. DPO's policy and reference differ, so its rewards are not trivially zero."""
+    from chat_parallel import layout_reports as run_layout
+    from megactllm.testing import run_distributed
+
+    jobs = [("sft", tiny_checkpoint, sft_batch, 2, None), ("dpo", policy_checkpoint, dpo_batch, 2, tiny_checkpoint)]
+    cache = {}
+
+    def get(tp: int, pp: int, world: int) -> list:
+        if (tp, pp, world) not in cache:
+            cache[tp, pp, world] = run_distributed(run_layout, world, tp, pp, jobs, SEQ, timeout=300)
+        return cache[tp, pp, world]
+
+    return get

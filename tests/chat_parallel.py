@@ -40,21 +40,16 @@ def make_task(stage: str, cfg):
     return {"sft": SFTTask, "dpo": DPOTask}[stage](cfg)
 
 
-def layout_report(stage: str, tp: int, pp: int, checkpoint: str, items: list, micro_batch_size: int, seq: int,
-                  reference_checkpoint: str | None = None):
-    """Summed `report` of one global batch (items split over DP ranks, then micro-batches), from
-    the last pipeline stage of TP rank 0; None on the other ranks. DPO's reference model is
-    `reference_checkpoint` (default: the policy's own checkpoint)."""
+def _report_on_current_layout(stage: str, cfg, checkpoint: str, items: list, micro_batch_size: int):
+    """One global batch (items split over DP ranks, then micro-batches), forward and backward:
+    (summed report on the last pipeline stage of TP rank 0 else None, gradients all finite)."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megactllm.model import build_model
-    from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
     from megactllm.training.checkpoint import load_model_weights
 
-    cfg = tiny_config(tp, pp, seq, (f"train.stage={stage}", f"train.pretrained_checkpoint={reference_checkpoint or checkpoint}"))
-    initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
     load_model_weights(checkpoint, chunks, cfg.model)
     for chunk in chunks:
@@ -71,30 +66,54 @@ def layout_report(stage: str, tp: int, pp: int, checkpoint: str, items: list, mi
         data_iterator=[iter(microbatches) for _ in chunks],
         model=chunks,
         num_microbatches=len(microbatches),
-        seq_length=seq,
+        seq_length=cfg.model.seq_length,
         micro_batch_size=micro_batch_size * getattr(task, "sequences_per_sample", 1),
         forward_only=False,  # the backward must run at every layout too
     )
     grads_finite = all(torch.isfinite(p.grad).all() for c in chunks for p in c.parameters() if p.grad is not None)
     keep = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
-    out = None
-    if keep:
-        out = {name: torch.stack([r[name] for r in results]).sum(0).tolist() for name in results[0]}
-    destroy_parallel()
+    out = {name: torch.stack([r[name] for r in results]).sum(0).tolist() for name in results[0]} if keep else None
     return out, grads_finite
 
 
-def precompute_on_layout(tp: int, pp: int, checkpoint: str, tokenizer_model: str, prefix: str, output: str, seq: int):
+def layout_reports(tp: int, pp: int, jobs: list, seq: int) -> list:
+    """Per job (stage, policy checkpoint, items, micro_batch_size, reference checkpoint or None):
+    the (report, grads finite) of _report_on_current_layout, all on one TP x PP x DP layout."""
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+
+    initialize_parallel(tiny_config(tp, pp, seq).parallel, seed=1, num_layers=4)
+    out = []
+    for stage, checkpoint, items, micro_batch_size, reference in jobs:
+        cfg = tiny_config(tp, pp, seq, (f"train.stage={stage}", f"train.pretrained_checkpoint={reference or checkpoint}"))
+        out.append(_report_on_current_layout(stage, cfg, checkpoint, items, micro_batch_size))
+    destroy_parallel()
+    return out
+
+
+def precompute_then_report(pp: int, policy: str, reference: str, tokenizer_model: str, prefix: str, output: str, seq: int,
+                           count: int):
+    """Reference log-probs precomputed at PP=pp into `output`, then a DPO step at the same layout on
+    the first `count` pairs read with those values (and no reference model: its checkpoint is absent)."""
+    from megactllm.config import load_config
+    from megactllm.data.dpo_dataset import build_dpo_datasets
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.tokenizer import load_tokenizer
     from megactllm.training.dpo_reference import precompute_reference_logps
 
-    cfg = tiny_config(tp, pp, seq, (f"train.pretrained_checkpoint={checkpoint}", f"data.train_data_path=['{prefix}']",
-                                    "train.micro_batch_size=2"))
+    tokenizer = load_tokenizer("sentencepiece", tokenizer_model)
+    cfg = tiny_config(1, pp, seq, (f"train.pretrained_checkpoint={reference}", f"data.train_data_path=['{prefix}']",
+                                   "train.micro_batch_size=2"))
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
-    precompute_reference_logps(cfg, load_tokenizer("sentencepiece", tokenizer_model), output, microbatches_per_call=4)
+    precompute_reference_logps(cfg, tokenizer, output, microbatches_per_call=4)
+    read = load_config(None, [f"model.seq_length={seq}", f"data.train_data_path=['{prefix}']",
+                              f"train.dpo_reference_logprobs={output}"])
+    train = build_dpo_datasets(read, tokenizer)[0]
+    items = [train[i] for i in range(count)]
+    has_reference = all("reference_logps" in it for it in items)
+    step_cfg = tiny_config(1, pp, seq, ("train.stage=dpo", "train.pretrained_checkpoint=/nonexistent"))
+    report = _report_on_current_layout("dpo", step_cfg, policy, items, 2)
     destroy_parallel()
-    return output
+    return report, has_reference
 
 
 def dpo_training_run(checkpoint: str, items: list, steps: int, lr: float, micro_batch_size: int, seq: int, beta: float):

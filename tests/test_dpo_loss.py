@@ -4,13 +4,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from chat_fixtures import *
 from chat_fixtures import SEQ
 
 from megactllm.config import load_config
 from megactllm.data.dpo_dataset import build_dpo_datasets
 from megactllm.testing import run_distributed
 from megactllm.training.dpo_loss import dpo_loss
+
+# Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
+pytest_plugins = ["chat_fixtures"]
 
 
 def _log_sigmoid(x: float) -> float:

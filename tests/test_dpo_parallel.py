@@ -2,37 +2,25 @@
 schedule); reference log-probs precomputed at PP=2 give the same step as the live reference."""
 import numpy as np
 import pytest
-from chat_fixtures import *
-from chat_fixtures import SEQ
-from chat_parallel import layout_report, precompute_on_layout
 
-from megactllm.config import load_config
-from megactllm.data.dpo_dataset import ReferenceLogps, build_dpo_datasets
+from chat_fixtures import SEQ
+from chat_parallel import precompute_then_report
+from megactllm.data.dpo_dataset import ReferenceLogps
 from megactllm.testing import run_distributed
+
+# Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
+pytest_plugins = ["chat_fixtures"]
 
 METRICS = ["dpo loss", "rewards/accuracy", "rewards/chosen", "rewards/rejected", "rewards/margin", "logps/chosen", "logps/rejected"]
 
 
-@pytest.fixture(scope="module")
-def dpo_train(chat_tokenizer, dpo_prefix):
-    cfg = load_config(None, [f"model.seq_length={SEQ}", f"data.train_data_path=['{dpo_prefix}']"])
-    return build_dpo_datasets(cfg, chat_tokenizer)[0]
-
-
-@pytest.fixture(scope="module")
-def dpo_batch(dpo_train):
-    return [dpo_train[i] for i in range(8)]
-
-
-@pytest.fixture(scope="module")
-def single_process(policy_checkpoint, tiny_checkpoint, dpo_batch):
-    (report,) = run_distributed(layout_report, 1, "dpo", 1, 1, policy_checkpoint, dpo_batch, 2, SEQ, tiny_checkpoint, timeout=300)
-    return report[0]
-
-
-def _merged(results):
-    reports = [r[0] for r in results if r[0] is not None]
+def _merged(reports):
+    reports = [r for r in reports if r is not None]
     return {k: np.sum([r[k] for r in reports], axis=0) for k in reports[0]}
+
+
+def _dpo(results):
+    return _merged([r[1][0] for r in results]), all(r[1][1] for r in results)
 
 
 def _assert_same(report, single):
@@ -42,24 +30,22 @@ def _assert_same(report, single):
 
 
 @pytest.mark.parametrize("tp,pp,world", [(2, 1, 2), (1, 2, 2), (1, 1, 2)], ids=["tp2", "pp2", "dp2"])
-def test_dpo_at_tp_pp_dp_equals_one_process(policy_checkpoint, tiny_checkpoint, dpo_batch, single_process, tp, pp, world):
-    results = run_distributed(layout_report, world, "dpo", tp, pp, policy_checkpoint, dpo_batch, 2, SEQ, tiny_checkpoint, timeout=300)
-    assert all(r[1] for r in results), "gradients must be finite on every rank"
-    _assert_same(_merged(results), single_process)
+def test_dpo_at_tp_pp_dp_equals_one_process(layout_reports, tp, pp, world):
+    single, _ = _dpo(layout_reports(1, 1, 1))
+    report, grads_finite = _dpo(layout_reports(tp, pp, world))
+    assert grads_finite, "gradients must be finite on every rank"
+    _assert_same(report, single)
     # Policy and reference differ, so this is no trivial log(2) everywhere.
-    assert abs(single_process["rewards/margin"][0]) > 1e-3
+    assert abs(single["rewards/margin"][0]) > 1e-3
 
 
-def test_precomputed_reference_logps_give_the_same_step(chat_tokenizer, chat_sp_model, dpo_prefix, policy_checkpoint,
-                                                        tiny_checkpoint, single_process, tmp_path):
+def test_precomputed_reference_logps_give_the_same_step(chat_sp_model, dpo_prefix, policy_checkpoint, tiny_checkpoint,
+                                                        layout_reports, tmp_path):
+    single, _ = _dpo(layout_reports(1, 1, 1))
     out = str(tmp_path / "reference.npz")
-    run_distributed(precompute_on_layout, 2, 1, 2, tiny_checkpoint, str(chat_sp_model), dpo_prefix, out, SEQ, timeout=300)
-    reference = ReferenceLogps(out)
-    assert np.isfinite(reference.arrays[dpo_prefix]).all() and (reference.arrays[dpo_prefix] < 0).all()
-    cfg = load_config(None, [f"model.seq_length={SEQ}", f"data.train_data_path=['{dpo_prefix}']", f"train.dpo_reference_logprobs={out}"])
-    train = build_dpo_datasets(cfg, chat_tokenizer)[0]
-    items = [train[i] for i in range(8)]
-    assert all("reference_logps" in it for it in items)
-    # DP=2 with the stored values and no reference model in memory.
-    results = run_distributed(layout_report, 2, "dpo", 1, 1, policy_checkpoint, items, 2, SEQ, "/nonexistent", timeout=300)
-    _assert_same(_merged(results), single_process)
+    results = run_distributed(precompute_then_report, 2, 2, policy_checkpoint, tiny_checkpoint, str(chat_sp_model),
+                              dpo_prefix, out, SEQ, 8, timeout=300)
+    values = ReferenceLogps(out).arrays[dpo_prefix]
+    assert len(values) == 32 and np.isfinite(values).all() and (values < 0).all()
+    assert all(has_reference for _, has_reference in results)
+    _assert_same(_merged([r[0][0] for r in results]), single)

@@ -1,12 +1,14 @@
 """A few DPO steps on real preference pairs raise the reward margin and the reward accuracy."""
 import pytest
-from chat_fixtures import *
 from chat_fixtures import SEQ
 from chat_parallel import dpo_training_run
 
 from megactllm.config import load_config
 from megactllm.data.dpo_dataset import build_dpo_datasets
 from megactllm.testing import run_distributed
+
+# Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
+pytest_plugins = ["chat_fixtures"]
 
 
 def test_dpo_steps_raise_margin_and_accuracy(chat_tokenizer, dpo_prefix, tiny_checkpoint):

@@ -1,7 +1,6 @@
 """The chat template: one format in Jinja and Python, real special tokens, assistant-only loss mask."""
 import numpy as np
 import pytest
-from chat_fixtures import *
 
 from megactllm.tokenizer import load_tokenizer
 from megactllm.tokenizer.chat_template import (
@@ -15,6 +14,9 @@ from megactllm.tokenizer.chat_template import (
     render,
     tokenize_conversation,
 )
+
+# Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
+pytest_plugins = ["chat_fixtures"]
 
 CONVERSATIONS = [
     [{"role": "user", "content": "识别并解释给定列表中的两个科学理论：细胞理论和日心说。"},

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-from chat_fixtures import *
 from chat_fixtures import SEQ
 
 from megactllm.config import load_config
@@ -19,6 +18,9 @@ from megactllm.data.sft_packing import pack_rows
 from megactllm.data.sft_preprocess import preprocess_sft
 from megactllm.data.sft_records import RecordError, sft_conversation
 from megactllm.tokenizer.chat_template import tokenize_conversation
+
+# Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
+pytest_plugins = ["chat_fixtures"]
 
 
 def test_record_shapes_normalise_to_one_conversation():

@@ -3,10 +3,12 @@ import math
 
 import pytest
 
-from chat_fixtures import *
 from chat_fixtures import SEQ
 from chat_parallel import sft_then_dpo_through_the_loop
 from megactllm.testing import run_distributed
+
+# Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
+pytest_plugins = ["chat_fixtures"]
 
 
 def test_sft_then_dpo_from_its_checkpoint(chat_sp_model, sft_prefixes, dpo_prefix, tmp_path):

@@ -2,13 +2,15 @@
 import numpy as np
 import pytest
 import torch
-from chat_fixtures import *
 from chat_fixtures import SEQ
-from chat_parallel import layout_report, tiny_config
+from chat_parallel import tiny_config
 
 from megactllm.config import load_config
 from megactllm.data.sft_dataset import SFTDataset, build_sft_datasets
 from megactllm.testing import run_distributed
+
+# Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
+pytest_plugins = ["chat_fixtures"]
 
 
 @pytest.fixture(scope="module")
@@ -57,28 +59,18 @@ def test_packing_gives_the_same_per_sequence_losses(tiny_checkpoint, sft_train):
     assert min(from_single) > 0
 
 
-def _global_mean(reports):
-    total = np.sum([r[0]["lm loss"] for r in reports if r[0] is not None], axis=0)
+def _global_mean(results):
+    """Loss sum / token count over the ranks that report (last stage, TP rank 0) and their DP peers."""
+    total = np.sum([r[0][0]["lm loss"] for r in results if r[0][0] is not None], axis=0)
     return total[0] / total[1], total[1]
 
 
-@pytest.fixture(scope="module")
-def sft_batch(sft_train):
-    return [sft_train[i] for i in range(8)]
-
-
-@pytest.fixture(scope="module")
-def single_process_report(tiny_checkpoint, sft_batch):
-    return run_distributed(layout_report, 1, "sft", 1, 1, tiny_checkpoint, sft_batch, 2, SEQ, timeout=300)
-
-
 @pytest.mark.parametrize("tp,pp,world", [(2, 1, 2), (1, 2, 2), (1, 1, 2)], ids=["tp2", "pp2", "dp2"])
-def test_sft_loss_at_tp_pp_dp_equals_one_process(tiny_checkpoint, sft_batch, single_process_report, tp, pp, world):
-    items, single = sft_batch, single_process_report
-    parallel = run_distributed(layout_report, world, "sft", tp, pp, tiny_checkpoint, items, 2, SEQ, timeout=300)
-    assert all(r[1] for r in parallel), "gradients must be finite on every rank"
+def test_sft_loss_at_tp_pp_dp_equals_one_process(layout_reports, tp, pp, world):
+    single, parallel = layout_reports(1, 1, 1), layout_reports(tp, pp, world)
+    assert all(r[0][1] for r in parallel), "gradients must be finite on every rank"
     (mean_1, tokens_1), (mean_n, tokens_n) = _global_mean(single), _global_mean(parallel)
     assert tokens_n == tokens_1 > 0
     assert mean_n == pytest.approx(mean_1, rel=1e-5)
-    # A loss that ignores the mask would differ: the prompt tokens carry most of the sequence.
+    # Only answer tokens count: a loss that ignored the mask would average over every position.
     assert tokens_1 < 8 * SEQ * 0.9
