@@ -124,6 +124,7 @@ def layout_reports(tiny_checkpoint, policy_checkpoint, sft_batch, dpo_batch):
     """get(tp, pp, world) -> [sft result, dpo result] per rank, one spawn per layout shared by the
     SFT and DPO tests. DPO's policy and reference differ, so its rewards are not trivially zero."""
     from chat_parallel import layout_reports as run_layout
+
     from megactllm.testing import run_distributed
 
     jobs = [("sft", tiny_checkpoint, sft_batch, 2, None), ("dpo", policy_checkpoint, dpo_batch, 2, tiny_checkpoint)]

@@ -2,9 +2,9 @@
 schedule); reference log-probs precomputed at PP=2 give the same step as the live reference."""
 import numpy as np
 import pytest
-
 from chat_fixtures import SEQ
 from chat_parallel import precompute_then_report
+
 from megactllm.data.dpo_dataset import ReferenceLogps
 from megactllm.testing import run_distributed
 

@@ -2,9 +2,9 @@
 import math
 
 import pytest
-
 from chat_fixtures import SEQ
 from chat_parallel import sft_then_dpo_through_the_loop
+
 from megactllm.testing import run_distributed
 
 # Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
