@@ -124,11 +124,12 @@ def run_phase(name: str, work: Path, extra: list) -> dict:
 
 def child(args) -> None:
     # Library imports (a few seconds, the same for any model size) are not part of the measured work.
-    import megactllm.convert  # noqa: F401
     import megatron.core.dist_checkpointing  # noqa: F401
     import safetensors.torch  # noqa: F401
     import torch
     import transformers  # noqa: F401
+
+    import megactllm.convert  # noqa: F401
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     base = _rss_bytes()

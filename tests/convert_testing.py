@@ -193,7 +193,13 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
     """One training iteration of megactllm.train's loop from an imported checkpoint, lr 0."""
     import dataclasses
 
-    from megactllm.config import Config, DataConfig, OptimConfig, ParallelConfig, TrainConfig
+    from megactllm.config import (
+        Config,
+        DataConfig,
+        OptimConfig,
+        ParallelConfig,
+        TrainConfig,
+    )
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.checkpoint import read_metadata
     from megactllm.training.loop import run_training

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from convert_testing import (
     REPO_ROOT,
     continue_pretraining,
@@ -17,7 +16,13 @@ from convert_testing import (
     tiny_hf_llama,
     train_tiny_sentencepiece,
 )
-from megactllm.convert import ConversionError, VocabMismatchError, export_to_hf, import_from_hf
+
+from megactllm.convert import (
+    ConversionError,
+    VocabMismatchError,
+    export_to_hf,
+    import_from_hf,
+)
 from megactllm.testing import run_distributed
 from megactllm.tokenizer import load_tokenizer
 from megactllm.training.checkpoint import read_metadata

@@ -13,7 +13,12 @@ from megactllm.config import ModelConfig
 from megactllm.convert import ConversionError, layout
 from megactllm.convert.atomic import atomic_output_dir
 from megactllm.convert.hf_config import hf_config_from_model, model_config_from_hf
-from megactllm.convert.safetensors_io import INDEX_FILE, SafetensorsCheckpoint, ShardedSafetensorsWriter, TensorSpec
+from megactllm.convert.safetensors_io import (
+    INDEX_FILE,
+    SafetensorsCheckpoint,
+    ShardedSafetensorsWriter,
+    TensorSpec,
+)
 
 
 def _rows(model: ModelConfig, n_rows: int, tag: int) -> torch.Tensor:
@@ -27,7 +32,7 @@ def test_fused_qkv_interleaves_heads_by_query_group():
     q, k, v = _rows(model, 4, 1), _rows(model, 2, 2), _rows(model, 2, 3)
     fused = layout.fuse_qkv(q, k, v, model)
     assert fused[:, 0].tolist() == [1000, 1001, 2000, 3000, 1002, 1003, 2001, 3001]
-    for original, back in zip((q, k, v), layout.split_qkv(fused, model)):
+    for original, back in zip((q, k, v), layout.split_qkv(fused, model), strict=True):
         assert torch.equal(original, back)
 
 
@@ -38,14 +43,14 @@ def test_qkv_round_trip(heads, groups, head_dim):
     q, k, v = torch.randn(heads * head_dim, 24), torch.randn(kv_rows, 24), torch.randn(kv_rows, 24)
     fused = layout.fuse_qkv(q, k, v, model)
     assert fused.shape == layout.Shapes(model).megatron_layer(layout.QKV)
-    assert all(torch.equal(a, b) for a, b in zip((q, k, v), layout.split_qkv(fused, model)))
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), layout.split_qkv(fused, model), strict=True))
 
 
 def test_gate_up_are_the_two_halves_of_fc1():
     gate, up = torch.randn(5, 3), torch.randn(5, 3)
     fc1 = layout.fuse_gate_up(gate, up)
     assert torch.equal(fc1[:5], gate) and torch.equal(fc1[5:], up)
-    assert all(torch.equal(a, b) for a, b in zip((gate, up), layout.split_gate_up(fc1)))
+    assert all(torch.equal(a, b) for a, b in zip((gate, up), layout.split_gate_up(fc1), strict=True))
 
 
 def test_vocab_padding_adds_zero_rows():

@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-
 from convert_testing import (
     SEQ,
     hf_logits,
@@ -19,6 +18,7 @@ from convert_testing import (
     tiny_hf_llama,
     train_tiny_sentencepiece,
 )
+
 from megactllm.config import Config, ParallelConfig
 from megactllm.convert import export_to_hf, import_from_hf
 from megactllm.testing import run_distributed

@@ -1,12 +1,17 @@
 """The exported HF tokenizer encodes like megactllm's on the real corpora (MAP-NEO SentencePiece)."""
 import json
 
-import pytest
-
 from convert_testing import extend_sentencepiece_proto
+
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.tokenizer import load_tokenizer
-from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, IM_END, IM_START, render, tokenize_conversation
+from megactllm.tokenizer.chat_template import (
+    CHAT_TEMPLATE,
+    IM_END,
+    IM_START,
+    render,
+    tokenize_conversation,
+)
 
 
 def _real_texts(shared_data) -> dict:
@@ -30,10 +35,10 @@ def test_exported_tokenizer_encodes_like_ours_on_the_real_corpus(tmp_path, share
     assert len(hf) == ours.vocab_size == 64000
     assert (hf.eos_token_id, hf.bos_token_id, hf.unk_token_id) == (ours.eod_id, ours.bos_id, 0)
     for name, texts in _real_texts(shared_data).items():
-        texts = [t for t in texts if t]
-        theirs = hf(texts, add_special_tokens=False)["input_ids"]
-        mismatched = [i for i, text in enumerate(texts) if theirs[i] != ours.encode(text)]
-        assert not mismatched, f"{name}: {len(mismatched)} of {len(texts)} texts differ, first {texts[mismatched[0]][:80]!r}"
+        documents = [t for t in texts if t]
+        theirs = hf(documents, add_special_tokens=False)["input_ids"]
+        mismatched = [i for i, text in enumerate(documents) if theirs[i] != ours.encode(text)]
+        assert not mismatched, f"{name}: {len(mismatched)} of {len(documents)} differ, first {documents[mismatched[0]][:80]!r}"
     assert hf("你好").input_ids == ours.encode("你好")  # no BOS added by default, as megactllm trains
     assert hf.decode(ours.encode("数字 123 和 English")) == "数字 123 和 English"
 

@@ -18,7 +18,11 @@ from megactllm.config import ModelConfig
 from megactllm.convert import layout
 from megactllm.convert.atomic import atomic_output_dir
 from megactllm.convert.errors import ConversionError
-from megactllm.convert.hf_config import dtype_from_name, generation_config, hf_config_from_model
+from megactllm.convert.hf_config import (
+    dtype_from_name,
+    generation_config,
+    hf_config_from_model,
+)
 from megactllm.convert.megatron_reader import MegatronCheckpointReader
 from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
@@ -58,7 +62,7 @@ def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator
     for key, names in layout.LAYER_TENSORS.items():
         stacked = reader.read(key)
         for i in range(model.num_layers):
-            for name, tensor in zip(names, layout.to_hf(key, stacked[i], model)):
+            for name, tensor in zip(names, layout.to_hf(key, stacked[i], model), strict=True):
                 yield layout.hf_layer(i, name), tensor.to(dtype)
         del stacked
     yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
@@ -77,7 +81,11 @@ def default_chat_template(tokenizer_type: str, tokenizer_file: Path) -> tuple[Op
     would split those markers into ordinary pieces the model never learned as turn boundaries.
     """
     from megactllm.tokenizer import load_tokenizer
-    from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, ChatTokenizationError, check_chat_tokens
+    from megactllm.tokenizer.chat_template import (
+        CHAT_TEMPLATE,
+        ChatTokenizationError,
+        check_chat_tokens,
+    )
 
     try:
         check_chat_tokens(load_tokenizer(tokenizer_type, str(tokenizer_file)))

@@ -21,17 +21,32 @@ from typing import Callable, Optional, TextIO
 
 import torch
 
-from megactllm.config import Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig
+from megactllm.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    TrainConfig,
+)
 from megactllm.convert import layout
 from megactllm.convert.atomic import atomic_output_dir
 from megactllm.convert.errors import ConversionError
-from megactllm.convert.hf_config import dtype_from_name, model_config_from_hf, read_hf_config
+from megactllm.convert.hf_config import (
+    dtype_from_name,
+    model_config_from_hf,
+    read_hf_config,
+)
 from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import SafetensorsCheckpoint
-from megactllm.convert.vocab import ExtensionReport, check_vocab_matches, extend_rows, plan_extension
+from megactllm.convert.vocab import (
+    ExtensionReport,
+    check_vocab_matches,
+    extend_rows,
+    plan_extension,
+)
 from megactllm.tokenizer import load_tokenizer
-from megactllm.tokenizer.base import Tokenizer
 
 
 @dataclass
@@ -49,6 +64,37 @@ def find_hf_tokenizer(hf_dir: Path) -> tuple[Optional[str], Optional[Path]]:
     if (hf_dir / "tokenizer.json").is_file():
         return "huggingface", hf_dir / "tokenizer.json"
     return None, None
+
+
+@dataclass
+class _TokenizerPlan:
+    type: str
+    file: Path
+    subtokens: Optional[list]  # per new piece, its old sub-token ids (vocabulary extension only)
+    extension: Optional[ExtensionReport]
+
+
+def _plan_tokenizer(hf_dir: Path, model: ModelConfig, tokenizer_file, tokenizer_type) -> tuple[ModelConfig, _TokenizerPlan]:
+    """The tokenizer to train with (the HF directory's, or a given one) checked against the model.
+
+    A given tokenizer larger than the model's vocabulary must extend the directory's own tokenizer;
+    the model's vocabulary then grows to it (returned ModelConfig).
+    """
+    where = str(hf_dir / "config.json")
+    base_type, base_file = find_hf_tokenizer(hf_dir)
+    tok_type = tokenizer_type or base_type or "sentencepiece"
+    tok_file = Path(tokenizer_file) if tokenizer_file else base_file
+    if tok_file is None:
+        raise ConversionError(f"{hf_dir} has no tokenizer.model or tokenizer.json; pass --tokenizer")
+    tokenizer = load_tokenizer(tok_type, str(tok_file))
+    subtokens, extension = None, None
+    if tokenizer.vocab_size > model.vocab_size and base_file is not None:
+        base = load_tokenizer(base_type, str(base_file))
+        check_vocab_matches(model, base, where=where)
+        subtokens, extension = plan_extension(base, tokenizer)
+        model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
+    check_vocab_matches(model, tokenizer, where=where)
+    return model, _TokenizerPlan(tok_type, tok_file, subtokens, extension)
 
 
 def check_target_layout(model: ModelConfig, tp: int, pp: int, where: str) -> None:
@@ -163,19 +209,8 @@ def import_from_hf(
     weights = SafetensorsCheckpoint(hf_dir)
     check_hf_tensors(weights, model)
 
-    base_type, base_file = find_hf_tokenizer(hf_dir)
-    tok_type = tokenizer_type or base_type or "sentencepiece"
-    tok_file = Path(tokenizer_file) if tokenizer_file else base_file
-    if tok_file is None:
-        raise ConversionError(f"{hf_dir} has no tokenizer.model or tokenizer.json; pass --tokenizer")
-    tokenizer = load_tokenizer(tok_type, str(tok_file))
-    subtokens, extension = None, None
-    if tokenizer.vocab_size > model.vocab_size and base_file is not None:
-        base = load_tokenizer(base_type, str(base_file))
-        check_vocab_matches(model, base, where=str(config_path))
-        subtokens, extension = plan_extension(base, tokenizer)
-        model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
-    check_vocab_matches(model, tokenizer, where=str(config_path))
+    model, tokenizer_plan = _plan_tokenizer(hf_dir, model, tokenizer_file, tokenizer_type)
+    subtokens, extension = tokenizer_plan.subtokens, tokenizer_plan.extension
 
     target_dtype = dtype_from_name(dtype) if dtype else weights.spec(layout.HF_EMBEDDING).dtype
 
@@ -186,7 +221,7 @@ def import_from_hf(
     progress = ConversionProgress("import", 0, progress_stream)
     progress.message(f"{hf_dir} -> {out_dir} ({model.num_parameters() / 1e6:.1f}M parameters, {target_dtype})")
     if extension is not None:
-        progress.message(f"vocabulary extended {extension.old_vocab} -> {extension.new_vocab} from {tok_file} "
+        progress.message(f"vocabulary extended {extension.old_vocab} -> {extension.new_vocab} from {tokenizer_plan.file} "
                          f"({extension.without_subtokens} new pieces without sub-tokens got the mean row)")
     with single_process_group(), atomic_output_dir(out_dir, overwrite=overwrite) as staging:
         chunk = _build_empty_model(model, target_dtype)
@@ -194,14 +229,13 @@ def import_from_hf(
         _Filler(weights, model, model.padded_vocab_size(1), vocab_rows, progress).fill(chunk)
         cfg = Config(
             model=model,
-            # The layout the user intends to train at (checked above); the weights are layout-free.
-            parallel=ParallelConfig(tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp),
-            data=DataConfig(tokenizer_type=tok_type, tokenizer_model=str(tok_file)),
+            parallel=ParallelConfig(),  # the layout it is saved at; any other loads it
+            data=DataConfig(tokenizer_type=tokenizer_plan.type),
             optim=OptimConfig(bf16=target_dtype == torch.bfloat16, fp16=target_dtype == torch.float16),
             train=TrainConfig(stage="pretrain"),
         )
         progress.message("saving the megatron checkpoint")
-        save_checkpoint(staging, 0, [chunk], cfg, tokenizer_path=str(tok_file))
+        save_checkpoint(staging, 0, [chunk], cfg, tokenizer_path=str(tokenizer_plan.file))
         del chunk
     progress.message(f"done: set train.pretrained_checkpoint={iteration_dir(out_dir, 0)}")
     return ImportResult(iteration_dir(out_dir, 0), model, target_dtype, extension)

@@ -12,7 +12,11 @@ import torch
 
 from megactllm.convert import layout
 from megactllm.convert.errors import ConversionError
-from megactllm.training.checkpoint import CheckpointError, CheckpointMetadata, read_metadata
+from megactllm.training.checkpoint import (
+    CheckpointError,
+    CheckpointMetadata,
+    read_metadata,
+)
 
 
 class MegatronCheckpointReader:
