@@ -9,9 +9,10 @@ resident memory; ratios compare with the reference measured in the same run:
   export    megactllm checkpoint -> HF directory (sharded safetensors, config, tokenizer).
   verify    the exported tensors equal the originals bit for bit (not timed).
 Files are written in bf16 (as HF models ship); all files stay in the page cache between phases.
-Library imports are done before the clock starts (a fixed few seconds). Memory is reported as
-peak RSS minus the RSS after imports (the conversion's own working set) and relative to the
-model's size; the target is at most ~1.5x the model size.
+Library imports are done before the clock starts (a fixed few seconds). Memory is the peak of
+the process's RSS plus its helper processes' unique memory (megatron's checkpoint writer runs
+in helpers), minus the RSS after imports: the conversion's own working set, also shown relative
+to the model's size (target: at most ~1.5x).
 
     python bench/convert.py                  # ~500M parameters (28 layers, hidden 1024, vocab 64000)
     python bench/convert.py --preset 2b      # CT-LLM 2B shape (needs ~20 GB disk, several minutes)
@@ -20,11 +21,11 @@ model's size; the target is at most ~1.5x the model size.
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,16 +40,45 @@ PRESETS = {
 }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+class MemorySampler:
+    """Peak of this process's RSS plus its children's unique memory, sampled every 20 ms.
 
+    megatron's checkpoint writer runs in helper processes, so the parent's own peak alone would
+    under-count what a conversion needs.
+    """
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def __init__(self):
+        import psutil
+
+        self.process = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        import psutil
+
+        total = self.process.memory_info().rss
+        for child in self.process.children(recursive=True):
+            try:
+                total += child.memory_full_info().uss
+            except psutil.Error:  # a helper that just exited
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self):
+        self.peak = self.now()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
 
 
 def phase_make_hf(work: Path, preset: str, tokenizer: Path) -> dict:
@@ -132,11 +162,12 @@ def child(args) -> None:
     import megactllm.convert  # noqa: F401
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    base = _rss_bytes()
-    start = time.perf_counter()
-    extra = PHASES[args.phase](args.work, *([args.preset, args.tokenizer] if args.phase == "make-hf" else []))
-    seconds = time.perf_counter() - start
-    print(json.dumps(dict(seconds=seconds, peak=_peak_rss_bytes(), base=base, **extra)))
+    with MemorySampler() as memory:
+        base = memory.now()
+        start = time.perf_counter()
+        extra = PHASES[args.phase](args.work, *([args.preset, args.tokenizer] if args.phase == "make-hf" else []))
+        seconds = time.perf_counter() - start
+    print(json.dumps(dict(seconds=seconds, peak=memory.peak, base=base, **extra)))
 
 
 def _dir_bytes(path: Path) -> int:
@@ -174,10 +205,10 @@ def main() -> None:
                     results[name] = r
         run_phase("verify", work, [])
         base_time = results["baseline"]["seconds"]
-        print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'peak RSS GiB':>13} {'working set GiB':>16} {'x model':>8}")
+        print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'peak GiB':>9} {'working set GiB':>16} {'x model':>8}")
         for name, r in results.items():
             working = r["peak"] - r["base"]
-            print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['peak'] / 2**30:13.2f} "
+            print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['peak'] / 2**30:9.2f} "
                   f"{working / 2**30:16.2f} {working / model_bytes:7.2f}x")
         print(f"megatron checkpoint: {_dir_bytes(work / 'ckpt') / 2**30:.2f} GiB; export verified bit-exact")
     finally:
