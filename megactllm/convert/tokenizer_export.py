@@ -83,6 +83,11 @@ def _tidy_config(path: Path, add_bos_token: bool, specials: dict) -> None:
     for key in _VOLATILE_KEYS:
         config.pop(key, None)
     config.update(specials)
+    # transformers 5 repeats the named specials here as a list; transformers 4 expects a mapping
+    # and fails on a list, and the named keys already say everything.
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list) and set(extra) <= set(specials.values()):
+        del config["extra_special_tokens"]
     config["add_bos_token"] = add_bos_token
     config["add_eos_token"] = False
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
