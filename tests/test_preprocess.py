@@ -11,7 +11,12 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megactllm.data.indexed import IndexedDatasetReader
-from megactllm.data.preprocess import PreprocessConfig, PreprocessError, output_prefix_for, preprocess
+from megactllm.data.preprocess import (
+    PreprocessConfig,
+    PreprocessError,
+    output_prefix_for,
+    preprocess,
+)
 from megactllm.data.readers import InputError
 from megactllm.tokenizer import load_tokenizer
 
@@ -48,8 +53,7 @@ def read_all(prefix):
 
 def write_jsonl(path, texts):
     with open(path, "w", encoding="utf-8") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t, "id": 1}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"text": t, "id": 1}, ensure_ascii=False) + "\n" for t in texts)
 
 
 def test_jsonl_tokens_match_the_tokenizer(tmp_path, docs, tok, sp_model_path):
@@ -166,8 +170,7 @@ def test_directory_per_shard_and_several_keys(tmp_path, docs, tok, sp_model_path
     (d / "sub").mkdir(parents=True)
     for name, part in (("a.jsonl", docs[:10]), ("sub/b.jsonl", docs[10:25])):
         with open(d / name, "w", encoding="utf-8") as f:
-            for t in part:
-                f.write(json.dumps({"text": t, "title": t[:5]}, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps({"text": t, "title": t[:5]}, ensure_ascii=False) + "\n" for t in part)
     (d / "notes.md").write_text("ignored: not a known format")
     summary = run(tmp_path, [d], sp_model_path, per_shard=True, json_keys=["text", "title"])
     out = str(tmp_path / "out")

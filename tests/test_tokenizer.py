@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from megactllm.tokenizer import load_tokenizer
-from megactllm.tokenizer.extend import extend_sentencepiece, frequent_unsplit_words, load_model_proto
+from megactllm.tokenizer.extend import (
+    extend_sentencepiece,
+    frequent_unsplit_words,
+    load_model_proto,
+)
 from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
 
 REPO = Path(__file__).resolve().parents[1]

@@ -214,8 +214,7 @@ def make_documents(seed: int = 2024, zh_docs: int = 240, en_docs: int = 60) -> l
 def main() -> None:
     out = Path(__file__).resolve().parent / "sample_corpus.jsonl"
     with open(out, "w", encoding="utf-8", newline="\n") as f:
-        for doc in make_documents():
-            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(doc, ensure_ascii=False) + "\n" for doc in make_documents())
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} KB)")
 
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -24,7 +23,7 @@ class DatasetStats:
     length_percentiles: dict  # "min", "p50", "p90", "p99", "max" -> tokens
     mean_length: float
     histogram: list  # (low, high, count): document lengths in power-of-two buckets
-    metadata: Optional[dict]
+    metadata: dict | None
 
 
 def dataset_stats(prefix: str) -> DatasetStats:

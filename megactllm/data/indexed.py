@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def meta_path(prefix: str) -> str:
     return str(prefix) + ".json"
 
 
-def read_metadata(prefix: str) -> Optional[dict]:
+def read_metadata(prefix: str) -> dict | None:
     """The `{prefix}.json` sidecar (tokenizer, counts), or None for datasets made elsewhere."""
     path = meta_path(prefix)
     if not os.path.isfile(path):
@@ -124,9 +124,9 @@ class IndexedDatasetWriter:
     def __init__(
         self,
         prefix: str,
-        dtype: Optional[np.dtype | type] = None,
-        vocab_size: Optional[int] = None,
-        metadata: Optional[dict] = None,
+        dtype: np.dtype | type | None = None,
+        vocab_size: int | None = None,
+        metadata: dict | None = None,
         sync: bool = True,
     ) -> None:
         if dtype is None:
@@ -161,7 +161,7 @@ class IndexedDatasetWriter:
         """Many documents: `tokens` concatenated, `lengths[i]` tokens in document i."""
         self._builder.add_documents(tokens, np.asarray(lengths, dtype=np.int64))
 
-    def add_token_lists(self, docs: Sequence[Sequence[int]], eod: Optional[int] = None) -> None:
+    def add_token_lists(self, docs: Sequence[Sequence[int]], eod: int | None = None) -> None:
         """Tokenizer output as is (a list of id lists), with `eod` appended to each when given."""
         self._builder.add_token_lists(docs, -1 if eod is None else int(eod))
 
@@ -210,7 +210,7 @@ class IndexedDatasetWriter:
             self._builder.abort()
             self._done = True
 
-    def __enter__(self) -> "IndexedDatasetWriter":
+    def __enter__(self) -> IndexedDatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -21,10 +21,13 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
 
-from megactllm.data.indexed import IndexedDatasetReader, IndexedDatasetWriter, dtype_for_vocab
+from megactllm.data.indexed import (
+    IndexedDatasetWriter,
+    dtype_for_vocab,
+)
 from megactllm.data.readers import (
     SKIP_REASONS,
     Batch,
@@ -55,7 +58,7 @@ class PreprocessConfig:
     workers: int = 1
     strict: bool = False
     per_shard: bool = False
-    input_format: Optional[str] = None
+    input_format: str | None = None
     chunk_bytes: int = 16 << 20
     log_interval: float = 2.0
     max_reported_skips: int = 5
@@ -74,10 +77,10 @@ class PreprocessSummary:
     def format(self) -> str:
         secs = max(self.seconds, 1e-9)
         lines = [
-            f"documents: {self.documents:,}   tokens: {self.tokens:,}   text: {self.text_bytes / 1e6:,.1f} MB   "
-            f"time: {self.seconds:,.1f} s",
-            f"throughput: {self.documents / secs:,.0f} docs/s, {self.text_bytes / 1e6 / secs:,.2f} MB/s, "
-            f"{self.tokens / secs:,.0f} tokens/s",
+            (f"documents: {self.documents:,}   tokens: {self.tokens:,}   text: {self.text_bytes / 1e6:,.1f} MB   "
+             f"time: {self.seconds:,.1f} s"),
+            (f"throughput: {self.documents / secs:,.0f} docs/s, {self.text_bytes / 1e6 / secs:,.2f} MB/s, "
+             f"{self.tokens / secs:,.0f} tokens/s"),
             f"skipped: {sum(self.skipped.values()):,} records",
         ]
         for reason in SKIP_REASONS:
@@ -91,7 +94,7 @@ class PreprocessSummary:
         return "\n".join(lines)
 
 
-def output_prefix_for(output_prefix: str, key: str, shard: Optional[str] = None) -> str:
+def output_prefix_for(output_prefix: str, key: str, shard: str | None = None) -> str:
     """Megatron's naming: {prefix}_{key}_document (with the shard's stem in per-shard mode)."""
     middle = f"_{shard}" if shard else ""
     return f"{output_prefix}{middle}_{key}_document"
@@ -107,7 +110,7 @@ def shard_name(path: str) -> str:
 
 
 class Progress:
-    def __init__(self, total_raw_bytes: int, report: Optional[Report], interval: float) -> None:
+    def __init__(self, total_raw_bytes: int, report: Report | None, interval: float) -> None:
         self.total = max(total_raw_bytes, 1)
         self.report, self.interval = report, interval
         self.start = self.last = time.monotonic()
@@ -130,8 +133,11 @@ class Progress:
     def line(self, now: float) -> str:
         secs = max(now - self.start, 1e-9)
         done = min(self.raw_bytes / self.total, 1.0)
-        eta = secs * (1 - done) / done if done > 0 else float("nan")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
+        if done > 0:
+            left = int(secs * (1 - done) / done)
+            eta_text = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"  # hours may pass 24
+        else:
+            eta_text = "?"
         return (
             f"[preprocess] {self.docs:,} docs, {self.docs / secs:,.0f} docs/s | {self.text_bytes / 1e6:,.1f} MB, "
             f"{self.text_bytes / 1e6 / secs:,.2f} MB/s | {self.tokens:,} tokens, {self.tokens / secs:,.0f} tokens/s | "
@@ -213,7 +219,7 @@ def tokenize_chunk(
     append_eod: bool,
     strict: bool,
     max_skips: int,
-    on_batch: Optional[Callable[[Batch, int, int], None]] = None,
+    on_batch: Callable[[Batch, int, int], None] | None = None,
 ) -> ChunkStats:
     """Tokenizes every document of `chunk` into `writers[key]`; bad records are counted, or raised when strict."""
     stats = ChunkStats()
@@ -242,7 +248,7 @@ def tokenize_chunk(
 # ---------------------------------------------------------------------------------------------
 # Worker processes
 
-_worker_tokenizer: Optional[Tokenizer] = None
+_worker_tokenizer: Tokenizer | None = None
 _worker_progress = None
 
 
@@ -300,7 +306,7 @@ class _Outputs:
                     f"per-shard outputs would collide: several inputs are named {clashes}; rename them or merge"
                 )
 
-    def shard_of(self, path: str) -> Optional[str]:
+    def shard_of(self, path: str) -> str | None:
         return shard_name(path) if self.config.per_shard else None
 
     def writers(self, path: str) -> dict:
@@ -325,7 +331,7 @@ class _Outputs:
     def count_skips(self, path: str, skipped: Counter) -> None:
         self.skipped[self.shard_of(path)].update(skipped)
 
-    def finish(self, shard: Optional[str]) -> None:
+    def finish(self, shard: str | None) -> None:
         for writer in self.open.pop(shard).values():
             writer.metadata["sources"] = self.sources[shard][:1000]
             writer.metadata["skipped"] = dict(self.skipped[shard])
@@ -343,7 +349,7 @@ class _Outputs:
         self.open.clear()
 
 
-def preprocess(config: PreprocessConfig, report: Optional[Report] = None) -> PreprocessSummary:
+def preprocess(config: PreprocessConfig, report: Report | None = None) -> PreprocessSummary:
     """Tokenizes `config.input` into indexed datasets; returns what was done (and reports progress)."""
     if not config.json_keys:
         raise PreprocessError("no --json-keys given")

@@ -13,8 +13,9 @@ import gzip
 import io
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Optional, Sequence
+from typing import BinaryIO
 
 FORMATS = ("jsonl", "text", "parquet")
 _FORMAT_OF_SUFFIX = {
@@ -60,9 +61,9 @@ class Chunk:
     fmt: str
     index: int  # position among the chunks of its file
     start: int = 0  # byte range [start, end) for uncompressed text formats
-    end: Optional[int] = None
-    row_groups: Optional[list] = None  # parquet only
-    line_base: Optional[int] = 0  # lines before the chunk; None = known only after earlier chunks
+    end: int | None = None
+    row_groups: list | None = None  # parquet only
+    line_base: int | None = 0  # lines before the chunk; None = known only after earlier chunks
     raw_bytes: int = 0  # on-disk bytes this chunk covers (for the ETA)
 
 
@@ -77,14 +78,14 @@ class Batch:
     lines: int = 0  # lines/rows consumed (records and skips)
 
 
-def strip_compression(path: str) -> tuple[str, Optional[str]]:
+def strip_compression(path: str) -> tuple[str, str | None]:
     for suffix in COMPRESSIONS:
         if path.endswith(suffix):
             return path[: -len(suffix)], suffix
     return path, None
 
 
-def detect_format(path: str, forced: Optional[str] = None) -> str:
+def detect_format(path: str, forced: str | None = None) -> str:
     if forced:
         if forced not in FORMATS:
             raise InputError(f"unknown input format {forced!r}; expected one of {FORMATS}")
@@ -142,7 +143,7 @@ def open_binary(path: str) -> BinaryIO:
     return raw
 
 
-def plan_chunks(paths: Sequence[str], chunk_bytes: int = 16 << 20, forced_format: Optional[str] = None) -> list[Chunk]:
+def plan_chunks(paths: Sequence[str], chunk_bytes: int = 16 << 20, forced_format: str | None = None) -> list[Chunk]:
     """Chunks covering every input in order."""
     chunks: list[Chunk] = []
     for path in paths:

@@ -44,4 +44,4 @@ def load_tokenizer(tokenizer_type: str, model_path: str) -> Tokenizer:
     raise ValueError(f"unknown tokenizer type {tokenizer_type!r}; expected one of {TOKENIZER_TYPES}")
 
 
-__all__ = ["Tokenizer", "TOKENIZER_TYPES", "load_tokenizer"]
+__all__ = ["TOKENIZER_TYPES", "Tokenizer", "load_tokenizer"]

@@ -15,7 +15,7 @@ Implementations wrap SentencePiece (`sentencepiece.py`) and Hugging Face `tokeni
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 class Tokenizer(ABC):
@@ -42,7 +42,7 @@ class Tokenizer(ABC):
         """Number of ids the tokenizer can produce (max id + 1)."""
 
     @abstractmethod
-    def token_to_id(self, piece: str) -> Optional[int]:
+    def token_to_id(self, piece: str) -> int | None:
         """Id of a piece (e.g. '<|im_start|>'), or None when it is not in the vocabulary."""
 
     @abstractmethod
@@ -56,12 +56,12 @@ class Tokenizer(ABC):
 
     @property
     @abstractmethod
-    def bos_id(self) -> Optional[int]:
+    def bos_id(self) -> int | None:
         """Beginning-of-sequence id, or None."""
 
     @property
     @abstractmethod
-    def pad_id(self) -> Optional[int]:
+    def pad_id(self) -> int | None:
         """Padding id, or None (callers then usually pad with eod_id and mask)."""
 
     def describe(self) -> dict:
@@ -79,7 +79,7 @@ class Tokenizer(ABC):
         return f"{type(self).__name__}({self.model_path!r}, vocab_size={self.vocab_size})"
 
 
-def first_known(tokenizer: Tokenizer, candidates: Sequence[str]) -> Optional[int]:
+def first_known(tokenizer: Tokenizer, candidates: Sequence[str]) -> int | None:
     """Id of the first of `candidates` present in the vocabulary."""
     for piece in candidates:
         token_id = tokenizer.token_to_id(piece)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
@@ -89,7 +89,7 @@ def extend_sentencepiece(
     pieces: Iterable[str] = (),
     user_defined: Iterable[str] = (),
     control: Iterable[str] = (),
-    output_path: Optional[str] = None,
+    output_path: str | None = None,
 ) -> ExtendResult:
     """Appends pieces to `model_path` and writes the extended model (default `<stem>.extended.model`)."""
     proto = load_model_proto(model_path)

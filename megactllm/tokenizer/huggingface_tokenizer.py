@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from tokenizers import Tokenizer as _HFTokenizer
 
 from .base import BOS_CANDIDATES, EOD_CANDIDATES, PAD_CANDIDATES, Tokenizer, first_known
 
 
-def _token_string(value) -> Optional[str]:
+def _token_string(value) -> str | None:
     # tokenizer_config.json stores specials either as "</s>" or as {"content": "</s>", ...}.
     if isinstance(value, dict):
         return value.get("content")
@@ -62,7 +62,7 @@ class HuggingFaceTokenizer(Tokenizer):
                         named[key] = token
         return named
 
-    def _resolve(self, named: Optional[str], candidates: Sequence[str]) -> Optional[int]:
+    def _resolve(self, named: str | None, candidates: Sequence[str]) -> int | None:
         if named is not None and self.token_to_id(named) is not None:
             return self.token_to_id(named)
         return first_known(self, candidates)
@@ -80,7 +80,7 @@ class HuggingFaceTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return self._vocab_size
 
-    def token_to_id(self, piece: str) -> Optional[int]:
+    def token_to_id(self, piece: str) -> int | None:
         return self.hf.token_to_id(piece)
 
     def id_to_token(self, token_id: int) -> str:
@@ -94,9 +94,9 @@ class HuggingFaceTokenizer(Tokenizer):
         return self._eod
 
     @property
-    def bos_id(self) -> Optional[int]:
+    def bos_id(self) -> int | None:
         return self._bos
 
     @property
-    def pad_id(self) -> Optional[int]:
+    def pad_id(self) -> int | None:
         return self._pad

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import sentencepiece as spm
 
@@ -33,7 +33,7 @@ class SentencePieceTokenizer(Tokenizer):
         self._bos = self._special(self.sp.bos_id(), BOS_CANDIDATES)
         self._pad = self._special(self.sp.pad_id(), PAD_CANDIDATES)
 
-    def _special(self, native_id: int, candidates: Sequence[str]) -> Optional[int]:
+    def _special(self, native_id: int, candidates: Sequence[str]) -> int | None:
         if 0 <= native_id < self._vocab_size:
             return native_id
         return first_known(self, candidates)
@@ -51,7 +51,7 @@ class SentencePieceTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return self._vocab_size
 
-    def token_to_id(self, piece: str) -> Optional[int]:
+    def token_to_id(self, piece: str) -> int | None:
         token_id = self.sp.PieceToId(piece)
         # PieceToId answers unk_id for unknown pieces; only an exact round trip counts.
         if 0 <= token_id < self._vocab_size and self.sp.IdToPiece(token_id) == piece:
@@ -68,9 +68,9 @@ class SentencePieceTokenizer(Tokenizer):
         return self._eod
 
     @property
-    def bos_id(self) -> Optional[int]:
+    def bos_id(self) -> int | None:
         return self._bos
 
     @property
-    def pad_id(self) -> Optional[int]:
+    def pad_id(self) -> int | None:
         return self._pad

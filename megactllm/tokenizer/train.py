@@ -12,8 +12,8 @@ special pieces:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
 
 import sentencepiece as spm
 
@@ -28,7 +28,7 @@ class TrainConfig:
     model_prefix: str
     vocab_size: int = 32000
     json_keys: Sequence[str] = ("text",)
-    input_format: Optional[str] = None
+    input_format: str | None = None
     eod_piece: str = "</s>"
     bos_piece: str = "<s>"
     pad_piece: str = "<pad>"
@@ -42,7 +42,7 @@ class TrainConfig:
     hard_vocab_limit: bool = False  # a small corpus yields a smaller vocabulary instead of failing
 
 
-def iter_training_text(inputs: Sequence[str], keys: Sequence[str], input_format: Optional[str], max_bytes: int) -> Iterator[str]:
+def iter_training_text(inputs: Sequence[str], keys: Sequence[str], input_format: str | None, max_bytes: int) -> Iterator[str]:
     """Non-empty paragraphs of every document: SentencePiece learns from lines, not whole documents."""
     for chunk in plan_chunks(expand_inputs(inputs), forced_format=input_format):
         for batch in read_batches(chunk, keys):
