@@ -274,3 +274,17 @@ def test_prefetch_stops_cleanly_and_passes_errors_on():
 
     with pytest.raises(ValueError, match="line 2"):
         list(_prefetch(broken()))
+
+
+def _die(task):
+    os.kill(os.getpid(), 9)  # what the OOM killer does to a worker
+
+
+def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, docs, sp_model_path, monkeypatch):
+    import megactllm.data.preprocess as pre
+
+    write_jsonl(tmp_path / "a.jsonl", docs[:50])
+    monkeypatch.setattr(pre, "_work", _die)  # forked workers inherit the patched module
+    with pytest.raises(PreprocessError, match="worker died"):
+        run(tmp_path, [tmp_path / "a.jsonl"], sp_model_path, workers=2)
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob("*part*"))

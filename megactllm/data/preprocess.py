@@ -20,7 +20,10 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -460,30 +463,48 @@ def _run_workers(config, chunks, outputs, progress, summary) -> None:
     # Objects that exist now are never collected in the workers: without this, each forked worker's
     # garbage collector walks (and so copies) the whole parent heap, e.g. torch when imported.
     gc.freeze()
+    # ProcessPoolExecutor, not Pool: a worker killed by the OOM killer breaks the executor (an error)
+    # instead of losing its task and leaving the parent waiting forever.
+    pool = ProcessPoolExecutor(
+        config.workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(config.tokenizer_type, config.tokenizer_model, progress_queue),
+    )
+    pending: deque = deque()
+    submitted = 0
     try:
-        with ctx.Pool(
-            config.workers, initializer=_init_worker,
-            initargs=(config.tokenizer_type, config.tokenizer_model, progress_queue),
-        ) as pool:
-            results = pool.imap(_work, tasks)
-            for i, chunk in enumerate(chunks):
-                base = _line_base(chunk, lines_seen)
-                while True:
-                    try:
-                        stats = results.next(timeout=0.2)
-                        break
-                    except mp.TimeoutError:
-                        drain()
-                    except _StrictFailure as failure:
-                        raise _strict_error(failure.skip, base) from None
-                drain()
-                lines_seen[chunk.path] = base + stats.lines
-                writers = outputs.writers(chunk.path)
-                for key in config.json_keys:
-                    writers[key].add_dataset(parts[i][key])
-                    _remove_dataset(parts[i][key])
-                _absorb(summary, stats, base, config.max_reported_skips)
-                _after_chunk(chunk, chunks, i, outputs, stats)
+        for i, chunk in enumerate(chunks):
+            # A bounded window of tasks keeps every worker busy without queueing the whole input.
+            while submitted < len(tasks) and len(pending) < 2 * config.workers:
+                pending.append(pool.submit(_work, tasks[submitted]))
+                submitted += 1
+            future = pending.popleft()
+            base = _line_base(chunk, lines_seen)
+            while True:
+                try:
+                    stats = future.result(timeout=0.2)
+                    break
+                except FutureTimeout:
+                    drain()
+                except _StrictFailure as failure:
+                    raise _strict_error(failure.skip, base) from None
+                except BrokenProcessPool as exc:
+                    raise PreprocessError(
+                        f"a tokenizer worker died while reading {chunk.path} (killed, or out of memory?); "
+                        "rerun with fewer --workers or a smaller --chunk-mb"
+                    ) from exc
+            drain()
+            lines_seen[chunk.path] = base + stats.lines
+            writers = outputs.writers(chunk.path)
+            for key in config.json_keys:
+                writers[key].add_dataset(parts[i][key])
+                _remove_dataset(parts[i][key])
+            _absorb(summary, stats, base, config.max_reported_skips)
+            _after_chunk(chunk, chunks, i, outputs, stats)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # running chunks finish; their parts are removed below
+        raise
+    else:
+        pool.shutdown(wait=True)
     finally:
         for part in parts:
             for prefix in part.values():
