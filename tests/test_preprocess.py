@@ -185,6 +185,12 @@ def test_directory_per_shard_and_several_keys(tmp_path, docs, tok, sp_model_path
 def test_missing_input_is_a_clear_error(tmp_path, sp_model_path):
     with pytest.raises(InputError, match="no such file"):
         run(tmp_path, [tmp_path / "nope*.jsonl"], sp_model_path)
+    (tmp_path / "array.json").write_text('[\n {"text": "a"},\n {"text": "b"}\n]\n')
+    with pytest.raises(InputError, match="one JSON array, not JSON lines"):
+        run(tmp_path, [tmp_path / "array.json"], sp_model_path)
+    (tmp_path / "notes.md").write_text("# not a corpus")
+    with pytest.raises(InputError, match="cannot tell the format"):
+        run(tmp_path, [tmp_path / "notes.md"], sp_model_path)
 
 
 def test_cli_end_to_end(tmp_path, docs, sp_model_path):

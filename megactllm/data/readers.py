@@ -150,6 +150,8 @@ def plan_chunks(paths: Sequence[str], chunk_bytes: int = 16 << 20, forced_format
         fmt = detect_format(path, forced_format)
         size = os.path.getsize(path)
         compressed = strip_compression(path)[1] is not None
+        if fmt == "jsonl":
+            _refuse_json_array(path)
         if fmt == "parquet":
             chunks.extend(_parquet_chunks(path, chunk_bytes))
         elif compressed:
@@ -162,6 +164,15 @@ def plan_chunks(paths: Sequence[str], chunk_bytes: int = 16 << 20, forced_format
                 end = min(start + chunk_bytes, size)
                 chunks.append(Chunk(path, fmt, i, start, end, line_base=0 if i == 0 else None, raw_bytes=end - start))
     return chunks
+
+
+def _refuse_json_array(path: str) -> None:
+    # A .json file holding one big array (as many instruction sets do) would otherwise count every
+    # line as malformed; say what it is instead.
+    with open_binary(path) as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        raise InputError(f"{path} is one JSON array, not JSON lines (one object per line); convert it to .jsonl first")
 
 
 def _parquet_chunks(path: str, chunk_bytes: int) -> list[Chunk]:
