@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Show a tokenized dataset: document and token counts, a length histogram, decoded samples.
 
-    python tools/inspect_dataset.py work_dirs/data/sample_text_document --samples 3
+    python tools/inspect_dataset.py runs/data/sample_text_document --samples 3
 The tokenizer is taken from the dataset's .json sidecar unless --tokenizer-model is given.
 """
 import argparse

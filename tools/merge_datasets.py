@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Merge Megatron indexed datasets (same tokenizer/dtype) into one, streaming.
+r"""Merge Megatron indexed datasets (same tokenizer/dtype) into one, streaming.
 
     python tools/merge_datasets.py --input data/shard_a_text_document data/shard_b_text_document \
         --output-prefix data/all_text_document

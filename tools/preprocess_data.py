@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Tokenize a corpus into Megatron indexed datasets ({prefix}_{key}_document.bin/.idx).
+r"""Tokenize a corpus into Megatron indexed datasets ({prefix}_{key}_document.bin/.idx).
 
 Flag names follow Megatron-LM's tools/preprocess_data.py where they exist. Example:
 
     python tools/preprocess_data.py --input examples/data/sample_corpus.jsonl \
-        --output-prefix data/sample --tokenizer-type sentencepiece \
-        --tokenizer-model tokenizer/sample.model --append-eod --workers 2
+        --output-prefix runs/data/sample --tokenizer-type sentencepiece \
+        --tokenizer-model runs/tokenizer/sample.model --append-eod --workers 2
 """
 import argparse
 import sys

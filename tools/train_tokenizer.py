@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Train a SentencePiece BPE tokenizer, or extend an existing one's vocabulary.
+r"""Train a SentencePiece BPE tokenizer, or extend an existing one's vocabulary.
 
 Train (CT-LLM settings: byte fallback, split digits, <unk>=0 <s>=1 </s>=2 <pad>=3, chat pieces):
     python tools/train_tokenizer.py train --input examples/data/sample_corpus.jsonl \
-        --model-prefix work_dirs/tokenizer/sample --vocab-size 4000
+        --model-prefix runs/tokenizer/sample --vocab-size 1200
 
 Extend (Linly route: old ids unchanged, each new piece one token, new model beside the old):
     python tools/train_tokenizer.py extend --model map_neo_sp.model --pieces-file new_words.txt \
