@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compute the DPO reference model's sequence log-probs once and store them, so that DPO training
+r"""Compute the DPO reference model's sequence log-probs once and store them, so that DPO training
 (train.dpo_reference_logprobs=<output>) keeps no reference model in memory.
 
 Run with the training recipe and layout, under torchrun (or SLURM) like training:

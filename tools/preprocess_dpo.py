@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tokenize preference pairs (prompt or conversation + chosen + rejected, json/jsonl) with the
+r"""Tokenize preference pairs (prompt or conversation + chosen + rejected, json/jsonl) with the
 megactllm chat template into an indexed DPO dataset; each pair is one sample holding both halves.
 
     python tools/preprocess_dpo.py --input ../shared/data/dpo/dpo_zh_demo.json \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tokenize instruction data (alpaca or conversation records, json/jsonl) with the megactllm chat
+r"""Tokenize instruction data (alpaca or conversation records, json/jsonl) with the megactllm chat
 template into an indexed SFT dataset that carries the loss mask (assistant tokens only).
 
 One output per language or source, mixed at training time by ratio in the recipe, e.g.
