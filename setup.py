@@ -50,6 +50,8 @@ setup(
         "opencc-python-reimplemented",
         # Offline language identification for corpus cleaning; the model ships inside the package.
         "langid",
+        # SentencePiece model editing (vocabulary extension) and transformers' tokenizer conversion.
+        "protobuf",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "datasketch"]},
 )
