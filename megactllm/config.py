@@ -162,6 +162,9 @@ class TrainConfig:
     # Resuming at another TP/PP/DP layout: also let megatron-core reshard the optimizer state
     # (its model-space format); false loads weights, schedule and counters with fresh Adam moments.
     reshard_optimizer: bool = False
+    # Distributed optimizer on disk: dp_reshardable (parallel, fast; reshards over DP only) or
+    # fully_reshardable (gathered per parameter; reshards over TP/PP/DP). See training/checkpoint.py.
+    optimizer_checkpoint_format: str = "dp_reshardable"
     # DPO
     dpo_beta: float = 0.5
     dpo_label_smoothing: float = 0.0

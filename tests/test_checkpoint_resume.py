@@ -1,7 +1,7 @@
 """A run killed with SIGKILL and relaunched with the same command continues exactly.
 
-Two torchrun processes (PP=2, so the checkpoint is written by two ranks through megatron-core
-dist_checkpointing) train 16 iterations and save every 4. The run is killed (SIGKILL to the whole
+Two torchrun processes (PP=2 with the distributed optimizer, so the checkpoint is written by two
+ranks through megatron-core dist_checkpointing) train 16 iterations and save every 4. The run is killed (SIGKILL to the whole
 process group) as soon as its first checkpoint is published, then launched again with the
 identical command: it resumes from the latest pointer (model, Adam state, LR schedule, consumed
 samples, RNG) and its per-iteration losses equal those of an uninterrupted run. Equality is
@@ -29,6 +29,7 @@ def _overrides(data, run_dir):
             "train.load": f"{run_dir}/ckpt",
             "train.save_interval": 4,
             "parallel.pipeline_model_parallel_size": 2,
+            "parallel.use_distributed_optimizer": "true",
         },
     )
 

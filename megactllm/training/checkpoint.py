@@ -62,6 +62,7 @@ class CheckpointMetadata:
     has_optimizer: bool = False
     stage: str = "pretrain"
     world_size: Optional[int] = None
+    optimizer_format: Optional[str] = None
 
     @property
     def tokenizer_file(self) -> Optional[Path]:
@@ -134,6 +135,7 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         has_optimizer=bool(raw.get("has_optimizer", False)),
         stage=raw.get("stage", "pretrain"),
         world_size=raw.get("world_size"),
+        optimizer_format=raw.get("optimizer_format"),
     )
 
 
@@ -203,8 +205,12 @@ def save_checkpoint(
 
     model_sd = model_sharded_state_dict(model_chunks)
     dist_checkpointing.save(model_sd, str(partial / "model"))
+    optimizer_format = None
     if optimizer is not None:
-        optim_sd = optimizer.sharded_state_dict(model_sharded_state_dict(model_chunks))
+        optimizer_format = optimizer_checkpoint_format(cfg)
+        optim_sd = optimizer.sharded_state_dict(
+            model_sharded_state_dict(model_chunks), metadata=_optimizer_metadata(optimizer_format)
+        )
         dist_checkpointing.save({"optimizer": optim_sd}, str(partial / "optimizer"))
     _barrier()
 
@@ -228,6 +234,7 @@ def save_checkpoint(
                 "parallel": asdict(cfg.parallel),
                 "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
                 "has_optimizer": optimizer is not None,
+                "optimizer_format": optimizer_format,
                 "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                 "train_state": state,
             },
@@ -247,6 +254,82 @@ def _write_json_atomic_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _materialize_adam_state(optimizer) -> None:
+    """Give a fresh (never stepped) optimizer zero Adam moments and step 0.
+
+    megatron-core builds the loading state dict from the optimizer's current state, and without
+    Apex/TE its distributed optimizer reads a 'step' that torch's Adam creates only on its first
+    step. The loaded values replace these placeholders.
+    """
+    for leaf in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(leaf, "optimizer", None)
+        if inner is None or not isinstance(inner, torch.optim.Adam):
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                state = inner.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p.data)
+                    state["exp_avg_sq"] = torch.zeros_like(p.data)
+                state.setdefault("step", torch.tensor(0.0))
+
+
+def _load_optimizer_state(optimizer, state_dict) -> None:
+    """optimizer.load_state_dict, around a megatron-core 0.16 gap for fully_reshardable states.
+
+    Without Apex/TE, DistributedOptimizer.load_state_dict first gives every torch Adam state a
+    'step' and then copies the fully_reshardable per-parameter states key by key over
+    {param, **state}: the saved states carry no 'step' (kept in the param groups), so the copy
+    fails on it. We load the common part, then the parameter states with 'step' set aside.
+    """
+    leaves = list(getattr(optimizer, "chained_optimizers", [optimizer]))
+    # no_grad: with fp32 params the distributed optimizer's main params are views of the model's
+    # leaf parameters, and its dp_reshardable loader copies into them outside no_grad.
+    with torch.no_grad():
+        _load_leaf_states(leaves, state_dict)
+        _unshare_adam_steps(leaves)
+
+
+def _unshare_adam_steps(leaves) -> None:
+    """Give every Adam state its own, correct 'step' after a load (megatron-core 0.16 without Apex/TE).
+
+    The distributed optimizer keeps the step in its param groups and hands one shared tensor to
+    every parameter's state (torch's Adam increments it in place per parameter, so it would advance
+    by the number of parameters each iteration); its dp_reshardable loader may also copy back the
+    placeholder step of the state it loaded into. The param group's step is the saved value.
+    """
+    for leaf in leaves:
+        inner = getattr(leaf, "optimizer", None)
+        if inner is None:
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                state = inner.state.get(p)
+                if not state or not isinstance(state.get("step"), torch.Tensor):
+                    continue
+                if "step" in group:
+                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
+                else:
+                    state["step"] = state["step"].clone()
+
+
+def _load_leaf_states(leaves, state_dict) -> None:
+    leaf_states = [state_dict] if len(leaves) == 1 else [state_dict[i] for i in range(len(leaves))]
+    for leaf, leaf_state in zip(leaves, leaf_states):
+        if not (isinstance(leaf_state, dict) and leaf_state.get("param_state_sharding_type") == "fully_reshardable"):
+            leaf.load_state_dict(leaf_state)
+            continue
+        common = {k: v for k, v in leaf_state.items() if k not in ("param_state", "param_state_sharding_type")}
+        leaf.load_state_dict(common)
+        inner_states = leaf.optimizer.state
+        steps = {p: st.pop("step") for p, st in inner_states.items() if "step" in st}
+        try:
+            leaf.load_parameter_state_from_fully_reshardable(leaf_state["param_state"])
+        finally:
+            for p, step in steps.items():
+                inner_states[p]["step"] = step
 
 
 def load_model_weights(path: str | os.PathLike, model_chunks: list, model_config: Optional[ModelConfig] = None) -> CheckpointMetadata:
@@ -273,13 +356,71 @@ def load_checkpoint(path: str | os.PathLike, model_chunks: list, optimizer=None,
     if optimizer is not None:
         if not meta.has_optimizer:
             raise CheckpointError(f"{meta.path} holds no optimizer state; start with train.pretrained_checkpoint instead")
-        optim_sd = optimizer.sharded_state_dict(model_sharded_state_dict(model_chunks), is_loading=True)
+        _materialize_adam_state(optimizer)
+        optim_sd = optimizer.sharded_state_dict(
+            model_sharded_state_dict(model_chunks), is_loading=True, metadata=_optimizer_metadata(meta.optimizer_format)
+        )
         loaded = dist_checkpointing.load({"optimizer": optim_sd}, str(meta.path / "optimizer"))
-        optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(optimizer, loaded["optimizer"])
     state = dict(meta.train_state)
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     return meta, state
+
+
+# How the optimizer state is laid out on disk (megatron-core's names, see
+# DistributedOptimizer.sharded_state_dict):
+#   "model_space"       the plain (non-distributed) optimizer: states keyed like the model's global
+#                       tensors, so they reshard over TP, PP and DP like the weights.
+#   "dp_reshardable"    distributed optimizer, each rank writes its own flat buffers in parallel
+#                       (fast, megatron's default); reshards over DP only.
+#   "fully_reshardable" distributed optimizer gathered per parameter on DP rank 0 at save time
+#                       (slower, memory on rank 0); reshards over TP, PP and DP.
+OPTIMIZER_FORMATS = ("model_space", "dp_reshardable", "fully_reshardable")
+
+
+def optimizer_checkpoint_format(cfg: Config) -> str:
+    if not cfg.parallel.use_distributed_optimizer:
+        return "model_space"
+    fmt = cfg.train.optimizer_checkpoint_format
+    if fmt not in ("dp_reshardable", "fully_reshardable"):
+        raise CheckpointError(
+            f"train.optimizer_checkpoint_format={fmt!r}; the distributed optimizer saves as dp_reshardable or fully_reshardable"
+        )
+    return fmt
+
+
+def _optimizer_metadata(fmt: Optional[str]) -> Optional[dict]:
+    if fmt in (None, "model_space"):
+        return None
+    return {"distrib_optim_sharding_type": fmt}
+
+
+def same_model_parallel(meta: CheckpointMetadata, parallel) -> bool:
+    keys = (
+        "tensor_model_parallel_size",
+        "pipeline_model_parallel_size",
+        "virtual_pipeline_model_parallel_size",
+        "context_parallel_size",
+    )
+    current = asdict(parallel)
+    return all(meta.parallel.get(k) == current[k] for k in keys)
+
+
+def optimizer_loadable(meta: CheckpointMetadata, parallel) -> tuple[bool, str]:
+    """Whether megatron-core can load this checkpoint's optimizer state at the current layout, and why not."""
+    if not meta.has_optimizer:
+        return False, "the checkpoint holds no optimizer state"
+    saved_dist = bool(meta.parallel.get("use_distributed_optimizer"))
+    if saved_dist != parallel.use_distributed_optimizer:
+        return False, "the distributed optimizer was switched on or off since the save"
+    fmt = meta.optimizer_format or ("dp_reshardable" if saved_dist else "model_space")
+    if same_model_parallel(meta, parallel) or fmt in ("model_space", "fully_reshardable"):
+        return True, ""
+    return False, (
+        f"its optimizer state was saved as {fmt}, which megatron-core reshards over data-parallel ranks only "
+        "(save with train.optimizer_checkpoint_format=fully_reshardable to change TP/PP with the optimizer state)"
+    )
 
 
 def same_layout(meta: CheckpointMetadata, parallel, world_size: int) -> bool:

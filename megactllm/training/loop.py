@@ -142,13 +142,17 @@ class Trainer:
     def _resume(self, path: str) -> None:
         meta = ckpt.read_metadata(path)
         same = ckpt.same_layout(meta, self.cfg.parallel, self.world_size)
-        load_optimizer = meta.has_optimizer
-        if load_optimizer and not same and not self.cfg.train.reshard_optimizer:
-            load_optimizer = False
+        loadable, why_not = ckpt.optimizer_loadable(meta, self.cfg.parallel)
+        # A data-parallel change is routine (megatron reshards over DP); a TP/PP change is opt-in.
+        tp_pp_changed = not ckpt.same_model_parallel(meta, self.cfg.parallel)
+        load_optimizer = loadable and (not tp_pp_changed or self.cfg.train.reshard_optimizer)
+        if not load_optimizer:
+            if loadable:
+                why_not = "the TP/PP layout changed and train.reshard_optimizer is false"
             self.log.warning(
-                f"{meta.path} was written with another parallel layout ({_layout_text(meta.parallel, meta.world_size)}); "
-                "its model weights are resharded, but the optimizer state is NOT loaded: Adam moments start from zero "
-                "(set train.reshard_optimizer=true to let megatron-core reshard it)"
+                f"{meta.path} was written at {_layout_text(meta.parallel, meta.world_size)}; this run is "
+                f"{_layout_text(asdict(self.cfg.parallel), self.world_size)}. Model weights, LR schedule and counters are "
+                f"loaded, but the optimizer state is NOT: {why_not}. Adam moments start from zero."
             )
         if load_optimizer:
             _, state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.cfg.model)
