@@ -5,8 +5,9 @@ A DPO step over P pairs runs the policy forward+backward over 2P sequences (chos
 plus the frozen reference forward over the same 2P sequences. The yardstick is two SFT steps of the
 same batch: one over the P chosen sequences, one over the P rejected ones (same micro-batch shape).
 Expected: DPO / (2 x SFT) near (3 + 1) / 3 with the live reference (a forward is about a third of
-forward+backward), near 1 with precomputed reference log-probs. All three are timed in one run
-through the real training loop (megactllm.training.loop.Trainer.train_step), on real pairs.
+forward+backward), near 1 with precomputed reference log-probs. All three are timed in one run,
+in alternation, through the real training loop (megactllm.training.loop.Trainer.train_step), on
+real pairs; the three models are in memory together (use TP/PP to fit a large one).
 
     python bench/dpo_step.py                                     # tiny model, one CPU process
     torchrun --nproc-per-node 2 bench/dpo_step.py parallel.tensor_model_parallel_size=2
@@ -15,7 +16,6 @@ through the real training loop (megactllm.training.loop.Trainer.train_step), on 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=8, help="pairs per step (the DPO global batch)")
     p.add_argument("--micro-batch-size", type=int, default=2, help="pairs per micro-batch")
     p.add_argument("--seq-length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=3, help="timed steps of each kind")
+    p.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--workdir", default=None, help="where data and the reference checkpoint go (default: a temp dir)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.arch=ctllm-2b optim.bf16=true")
@@ -103,27 +103,16 @@ def sft_task_on_halves(pairs_per_step: int):
     return HalvesSFTTask()
 
 
-def time_steps(trainer, warmup: int, steps: int) -> list[float]:
-    times = []
-    for i in range(warmup + steps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        trainer.train_step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-        trainer.state.consumed_samples += trainer.cfg.train.global_batch_size
-    return times
-
-
-def release(trainer) -> None:
-    trainer.log.close()
-    del trainer
-    gc.collect()
+def time_step(trainer) -> float:
+    """Seconds of one training step of `trainer` (the loop's own train_step), then advance its data."""
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    trainer.train_step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    trainer.state.consumed_samples += trainer.cfg.train.global_batch_size
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -152,7 +141,7 @@ def main(argv=None) -> int:
         if dist.is_initialized():
             dist.broadcast_object_list(names, src=0)
         work = Path(names[0])
-    tok, prefix = prepare_data(work, args.pairs * (2 * steps_total + 1), args.seq_length)
+    tok, prefix = prepare_data(work, args.pairs * (2 * steps_total + 2), args.seq_length)
     common = base + [
         f"data.tokenizer_model={tok}", f"data.data_path=['{prefix}']", "data.split='100,0,0'",
         f"train.global_batch_size={args.pairs}", f"train.micro_batch_size={args.micro_batch_size}",
@@ -161,57 +150,62 @@ def main(argv=None) -> int:
     ]
     results = {}
 
-    # 1. DPO with the live reference (a frozen copy of the initial policy, built at the first step).
-    dpo = Trainer(load_config(None, common + ["train.stage=dpo"] + args.overrides))
-    results["dpo_live"] = time_steps(dpo, args.warmup, args.steps)
-    ckpt_dir = str(work / "reference")
-    save_checkpoint(ckpt_dir, 0, dpo.task.reference_chunks, dpo.cfg)
-    # The reference forward alone, on one step's micro-batches.
     from megactllm.training.dpo import forward_only_pair_logps
 
-    mbs = dpo.train_reader.step(0)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        forward_only_pair_logps(dpo.task.reference_chunks, mbs, dpo.cfg.model.seq_length)
-    results["reference_forward"] = [(time.perf_counter() - start) / args.steps]
-    release(dpo)
-
-    # 2. DPO with reference log-probs precomputed once (policy from the saved reference weights).
+    # The three runs live side by side and their steps are timed in alternation, so that on a
+    # shared machine each kind of step sees the same background load.
+    # 1. DPO with the live reference (a frozen copy of the initial policy, built at its first step).
+    dpo = Trainer(load_config(None, common + ["train.stage=dpo"] + args.overrides))
+    time_step(dpo)
+    ckpt_dir = str(work / "reference")
+    save_checkpoint(ckpt_dir, 0, dpo.task.reference_chunks, dpo.cfg)
+    # 2. DPO with reference log-probs precomputed once for the whole set.
     ref_file = str(work / "reference_logps.npz")
     pre_cfg = load_config(None, common + ["train.stage=dpo", f"train.pretrained_checkpoint={ckpt_dir}"] + args.overrides)
     start = time.perf_counter()
     precompute_reference_logps(pre_cfg, load_tokenizer_for(pre_cfg), ref_file)
-    results["precompute_total"] = [time.perf_counter() - start]
+    results = {"precompute_total": [time.perf_counter() - start]}
     dpo_pre = Trainer(load_config(None, common + ["train.stage=dpo", f"train.dpo_reference_logprobs={ref_file}"] + args.overrides))
-    results["dpo_precomputed"] = time_steps(dpo_pre, args.warmup, args.steps)
-    release(dpo_pre)
-
     # 3. Two SFT steps of the same batch: the chosen rows, then the rejected rows.
     sft_cfg = load_config(None, common + [
         "train.stage=sft", f"train.micro_batch_size={2 * args.micro_batch_size}",
         f"train.train_iters={2 * steps_total}"] + args.overrides)
     sft = Trainer(sft_cfg, task=sft_task_on_halves(args.pairs))
-    sft_times = time_steps(sft, 2 * args.warmup, 2 * args.steps)
-    results["two_sft"] = [a + b for a, b in zip(sft_times[0::2], sft_times[1::2])]
-    release(sft)
+    sft.state.consumed_samples = 2 * args.pairs  # align with the live run, one step ahead
+
+    for key in ("dpo_live", "dpo_precomputed", "two_sft", "reference_forward"):
+        results[key] = []
+    for r in range(steps_total):
+        batch = dpo.train_reader.step(dpo.state.consumed_samples)
+        start = time.perf_counter()
+        forward_only_pair_logps(dpo.task.reference_chunks, batch, dpo.cfg.model.seq_length)
+        ref_time = time.perf_counter() - start
+        times = (time_step(dpo), time_step(dpo_pre), time_step(sft) + time_step(sft), ref_time)
+        if r >= args.warmup:
+            for key, t in zip(("dpo_live", "dpo_precomputed", "two_sft", "reference_forward"), times):
+                results[key].append(t)
+    for trainer in (dpo, dpo_pre, sft):
+        trainer.log.close()
 
     if rank0():
         med = {k: statistics.median(v) for k, v in results.items()}
+        low = {k: min(v) for k, v in results.items()}
         world = dist.get_world_size() if dist.is_initialized() else 1
         layout = (f"TP={probe.parallel.tensor_model_parallel_size} PP={probe.parallel.pipeline_model_parallel_size} "
                   f"world={world}")
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads/rank)"
         print(f"dpo_step: {probe.model.arch} seq {args.seq_length}, {args.pairs} pairs/step "
-              f"({2 * args.pairs} sequences), micro-batch {args.micro_batch_size} pairs, {layout}, {device}")
-        print(f"  two SFT steps (P chosen + P rejected rows)  {med['two_sft'] * 1e3:9.1f} ms   1.00")
-        print(f"  DPO step, live reference model              {med['dpo_live'] * 1e3:9.1f} ms   "
-              f"{med['dpo_live'] / med['two_sft']:.2f}")
-        print(f"  DPO step, precomputed reference log-probs   {med['dpo_precomputed'] * 1e3:9.1f} ms   "
-              f"{med['dpo_precomputed'] / med['two_sft']:.2f}")
-        print(f"  reference forward of one step (inside live) {med['reference_forward'] * 1e3:9.1f} ms   "
-              f"{med['reference_forward'] / med['two_sft']:.2f}")
-        print(f"  precompute, once for the {args.pairs * (2 * steps_total + 1)} pairs of the set  "
-              f"{med['precompute_total']:9.2f} s")
+              f"({2 * args.pairs} sequences), micro-batch {args.micro_batch_size} pairs, {layout}, {device}; "
+              f"{args.steps} alternating rounds")
+        print(f"  {'':44s} {'median ms':>10s} {'ratio':>6s} {'min ms':>10s} {'ratio':>6s}")
+        rows = [("two SFT steps (P chosen + P rejected rows)", "two_sft"), ("DPO step, live reference model", "dpo_live"),
+                ("DPO step, precomputed reference log-probs", "dpo_precomputed"),
+                ("reference forward of one step (in live)", "reference_forward")]
+        for label, key in rows:
+            print(f"  {label:44s} {med[key] * 1e3:10.1f} {med[key] / med['two_sft']:6.2f} "
+                  f"{low[key] * 1e3:10.1f} {low[key] / low['two_sft']:6.2f}")
+        print(f"  precompute, once for the {args.pairs * (2 * steps_total + 2)} pairs of the set: "
+              f"{med['precompute_total']:.2f} s")
     destroy_parallel()
     if tmp is not None:
         tmp.cleanup()
