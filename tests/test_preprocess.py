@@ -147,19 +147,31 @@ def test_parquet_nulls_and_missing_column(tmp_path, sp_model_path):
         run(tmp_path, [tmp_path / "n.parquet"], sp_model_path, name="o2", json_keys=["body"])
 
 
-def test_workers_and_chunks_match_one_worker(tmp_path, docs, sp_model_path):
+def test_workers_and_chunks_match_one_worker(tmp_path, docs, sp_model_path, monkeypatch):
+    import megactllm.data.preprocess as pre
+
     # Bad lines sit in later chunks: their reported line numbers must still be absolute.
     lines = [json.dumps({"text": t}, ensure_ascii=False).encode() for t in docs]
     lines[250] = b"{not json"
     (tmp_path / "big.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     one = run(tmp_path, [tmp_path / "big.jsonl"], sp_model_path, name="one", append_eod=True, chunk_bytes=16 << 10)
+    # Two workers as two encode threads in this process (SentencePiece's native batch threads) ...
+    threads = run(tmp_path, [tmp_path / "big.jsonl"], sp_model_path, name="threads", append_eod=True, workers=2,
+                  chunk_bytes=16 << 10)
+    # ... as two worker processes (one thread each) ...
+    monkeypatch.setattr(pre, "THREADS_PER_PROCESS", 1)
     two = run(tmp_path, [tmp_path / "big.jsonl"], sp_model_path, name="two", append_eod=True, workers=2,
               chunk_bytes=16 << 10)
-    for ext in (".bin", ".idx"):
-        a = Path(output_prefix_for(str(tmp_path / "one"), "text") + ext).read_bytes()
-        b = Path(output_prefix_for(str(tmp_path / "two"), "text") + ext).read_bytes()
-        assert a == b
-    for s in (one, two):
+    # ... and as processes of several threads each.
+    monkeypatch.setattr(pre, "THREADS_PER_PROCESS", 2)
+    mixed = run(tmp_path, [tmp_path / "big.jsonl"], sp_model_path, name="mixed", append_eod=True, workers=4,
+                chunk_bytes=16 << 10)
+    for name in ("two", "threads", "mixed"):
+        for ext in (".bin", ".idx"):
+            a = Path(output_prefix_for(str(tmp_path / "one"), "text") + ext).read_bytes()
+            b = Path(output_prefix_for(str(tmp_path / name), "text") + ext).read_bytes()
+            assert a == b, name
+    for s in (one, two, threads, mixed):
         assert s.documents == len(docs) - 1
         assert s.first_skips == [f"{tmp_path / 'big.jsonl'}:251 malformed_json (Expecting property name enclosed in double quotes at column 2)"]
     assert not list(tmp_path.glob("*part*")), "worker parts are cleaned up"
@@ -291,6 +303,22 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, docs, sp_model_path, m
 
     write_jsonl(tmp_path / "a.jsonl", docs[:50])
     monkeypatch.setattr(pre, "_work", _die)  # forked workers inherit the patched module
+    monkeypatch.setattr(pre, "THREADS_PER_PROCESS", 1)  # two workers are two processes, not threads
     with pytest.raises(PreprocessError, match="worker died"):
         run(tmp_path, [tmp_path / "a.jsonl"], sp_model_path, workers=2)
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob("*part*"))
+
+
+def test_plan_workers(tok):
+    import megactllm.data.preprocess as pre
+
+    assert pre.plan_workers(1, tok) == (1, 1)
+    assert pre.plan_workers(2, tok) == (1, 2)
+    assert pre.plan_workers(pre.THREADS_PER_PROCESS, tok) == (1, pre.THREADS_PER_PROCESS)
+    processes, threads = pre.plan_workers(4 * pre.THREADS_PER_PROCESS + 1, tok)
+    assert processes == 5 and processes * threads >= 4 * pre.THREADS_PER_PROCESS + 1 and threads <= pre.THREADS_PER_PROCESS
+
+    class SingleThreaded:  # a tokenizer without native batch threads: one process per worker
+        pass
+
+    assert pre.plan_workers(3, SingleThreaded()) == (3, 1)

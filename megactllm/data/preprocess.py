@@ -7,10 +7,13 @@
 Outputs are `{output_prefix}_{key}_document.{bin,idx,json}` (merged), or with `per_shard`
 `{output_prefix}_{input stem}_{key}_document.*`, one per input file.
 
-With one worker everything runs in this process: a reader thread parses the next batch while the
-tokenizer (which releases the GIL) encodes the current one, and token lists go straight into the
-C++ builder. With N workers each chunk of input is tokenized in a worker process into a temporary
-dataset that the parent appends (a streaming copy) in input order, so no token crosses a pipe.
+In one process a reader thread parses the next batch while the tokenizer (which releases the GIL)
+encodes the current one, and token lists go straight into the C++ builder. `workers` are tokenizer
+threads first: a tokenizer that encodes a batch on several native threads (SentencePiece) runs up
+to THREADS_PER_PROCESS workers in this one process, with no fork, no temporary datasets and no
+copy. Beyond that, or with a single-threaded tokenizer, each chunk of input is tokenized in a worker
+process (itself using up to THREADS_PER_PROCESS threads) into a temporary dataset that the parent
+appends (a streaming copy) in input order, so no token crosses a pipe.
 """
 from __future__ import annotations
 
@@ -44,6 +47,18 @@ from megactllm.data.readers import (
 from megactllm.tokenizer import Tokenizer, load_tokenizer
 
 Report = Callable[[str], None]
+
+# Native encode threads per process. The GIL-bound share of the work (reading, JSON, handing token
+# lists to the builder) is about a tenth of encoding, so one process keeps a few threads busy.
+THREADS_PER_PROCESS = 4
+
+
+def plan_workers(workers: int, tokenizer: Tokenizer) -> tuple[int, int]:
+    """(processes, encode threads per process) for `workers` parallel tokenizer workers."""
+    if not hasattr(tokenizer, "num_threads"):  # no native batch threads: one process per worker
+        return workers, 1
+    processes = -(-workers // THREADS_PER_PROCESS)
+    return processes, -(-workers // processes)
 
 
 class PreprocessError(RuntimeError):
@@ -255,9 +270,11 @@ _worker_tokenizer: Tokenizer | None = None
 _worker_progress = None
 
 
-def _init_worker(tokenizer_type: str, tokenizer_model: str, progress_queue) -> None:
+def _init_worker(tokenizer_type: str, tokenizer_model: str, progress_queue, threads: int = 1) -> None:
     global _worker_tokenizer, _worker_progress
     _worker_tokenizer = load_tokenizer(tokenizer_type, tokenizer_model)
+    if threads > 1:
+        _worker_tokenizer.num_threads = threads
     _worker_progress = progress_queue
 
 
@@ -359,12 +376,13 @@ def preprocess(config: PreprocessConfig, report: Report | None = None) -> Prepro
     if config.workers < 1:
         raise PreprocessError(f"--workers must be at least 1, got {config.workers}")
     paths = expand_inputs(config.input)
-    chunk_bytes = config.chunk_bytes
-    if config.workers > 1:  # enough chunks to keep every worker busy until the end
-        total = sum(os.path.getsize(p) for p in paths)
-        chunk_bytes = min(chunk_bytes, max(1 << 20, total // (4 * config.workers)))
-    chunks = plan_chunks(paths, chunk_bytes, config.input_format)
     tokenizer = load_tokenizer(config.tokenizer_type, config.tokenizer_model)
+    processes, threads = plan_workers(config.workers, tokenizer)
+    chunk_bytes = config.chunk_bytes
+    if processes > 1:  # enough chunks to keep every worker process busy until the end
+        total = sum(os.path.getsize(p) for p in paths)
+        chunk_bytes = min(chunk_bytes, max(1 << 20, total // (4 * processes)))
+    chunks = plan_chunks(paths, chunk_bytes, config.input_format)
     outputs = _Outputs(config, tokenizer, paths)
     progress = Progress(sum(c.raw_bytes for c in chunks), report, config.log_interval)
     summary = PreprocessSummary()
@@ -372,13 +390,15 @@ def preprocess(config: PreprocessConfig, report: Report | None = None) -> Prepro
         report(
             f"[preprocess] {len(paths)} input file(s), {len(chunks)} chunk(s), {progress.total / 1e6:,.1f} MB, "
             f"tokenizer {tokenizer.model_path} (vocab {tokenizer.vocab_size:,}, dtype {outputs.dtype}), "
-            f"{config.workers} worker(s)"
+            f"{config.workers} worker(s): {processes} process(es) x {threads} encode thread(s)"
         )
     try:
-        if config.workers == 1:
+        if processes == 1:
+            if threads > 1:
+                tokenizer.num_threads = threads
             _run_in_process(config, chunks, tokenizer, outputs, progress, summary)
         else:
-            _run_workers(config, chunks, outputs, progress, summary)
+            _run_workers(config, chunks, outputs, progress, summary, processes, threads)
         outputs.finish_all()
     except BaseException:
         outputs.abort()
@@ -438,7 +458,7 @@ def _run_in_process(config, chunks, tokenizer, outputs, progress, summary) -> No
         _after_chunk(chunk, chunks, i, outputs, stats)
 
 
-def _run_workers(config, chunks, outputs, progress, summary) -> None:
+def _run_workers(config, chunks, outputs, progress, summary, processes: int, threads: int) -> None:
     # fork: workers start at once and need no importable __main__; the parent holds no threads here.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     progress_queue = ctx.Queue()
@@ -466,15 +486,15 @@ def _run_workers(config, chunks, outputs, progress, summary) -> None:
     # ProcessPoolExecutor, not Pool: a worker killed by the OOM killer breaks the executor (an error)
     # instead of losing its task and leaving the parent waiting forever.
     pool = ProcessPoolExecutor(
-        config.workers, mp_context=ctx, initializer=_init_worker,
-        initargs=(config.tokenizer_type, config.tokenizer_model, progress_queue),
+        processes, mp_context=ctx, initializer=_init_worker,
+        initargs=(config.tokenizer_type, config.tokenizer_model, progress_queue, threads),
     )
     pending: deque = deque()
     submitted = 0
     try:
         for i, chunk in enumerate(chunks):
             # A bounded window of tasks keeps every worker busy without queueing the whole input.
-            while submitted < len(tasks) and len(pending) < 2 * config.workers:
+            while submitted < len(tasks) and len(pending) < 2 * processes:
                 pending.append(pool.submit(_work, tasks[submitted]))
                 submitted += 1
             future = pending.popleft()

@@ -17,6 +17,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+try:  # a hard dependency (setup.py); the fallback keeps a bare environment working, only slower
+    import orjson
+
+    _fast_loads = orjson.loads
+    _FastDecodeError = orjson.JSONDecodeError
+except ImportError:  # pragma: no cover
+    _fast_loads = None
+    _FastDecodeError = ValueError
+
 FORMATS = ("jsonl", "text", "parquet")
 _FORMAT_OF_SUFFIX = {
     ".jsonl": "jsonl",
@@ -231,6 +240,9 @@ def read_batches(
         return
     if chunk.fmt == "text" and len(keys) != 1:
         raise InputError(f"{chunk.path}: a plain-text file has one document per line, so give one --json-keys name")
+    if chunk.fmt == "jsonl" and _fast_loads is not None:
+        yield from _jsonl_batches(chunk, keys, batch_bytes, batch_docs)
+        return
     batch = _new_batch(keys)
     raw_size = chunk.raw_bytes
     consumed = 0
@@ -244,6 +256,61 @@ def read_batches(
             consumed = 0
             yield batch
             batch = _new_batch(keys)
+    batch.raw_bytes = raw_size  # whatever is left of the chunk, so the totals add up exactly
+    yield batch
+
+
+def _jsonl_batches(chunk: Chunk, keys: Sequence[str], batch_bytes: int, batch_docs: int) -> Iterator[Batch]:
+    """read_batches for jsonl with orjson on the raw bytes (no separate UTF-8 decode).
+
+    The fast path takes a record only when orjson parses the line into an object whose every key
+    holds a non-blank string; anything else (a parse error, invalid UTF-8, a lone surrogate escape,
+    NaN, a missing/null/non-string/blank value) goes through `_parse_line`, the json.loads path, so
+    records, texts, skip reasons and details are exactly what json.loads gives. orjson is strict
+    RFC 8259 and never accepts a line json.loads rejects; on what both accept they agree on strings
+    (duplicate keys included: the last wins in both).
+    """
+    loads, decode_error, parse_line = _fast_loads, _FastDecodeError, _parse_line
+    single = keys[0] if len(keys) == 1 else None
+    batch = _new_batch(keys)
+    texts = batch.texts[keys[0]]
+    raw_size = chunk.raw_bytes
+    consumed = text_bytes = lines = 0
+    for number, line in enumerate(_chunk_lines(chunk), start=1):
+        n = len(line)
+        consumed += n + 1
+        lines += 1
+        try:
+            record = loads(line)
+        except decode_error:
+            record = None
+        if type(record) is dict:
+            if single is not None:
+                value = record.get(single)
+                if type(value) is str and value and not value.isspace():
+                    texts.append(value)
+                    text_bytes += n - 1 if line.endswith(b"\r") else n
+                    record = True
+            else:
+                values = [record.get(k) for k in keys]
+                if all(type(v) is str and v and not v.isspace() for v in values):
+                    for k, v in zip(keys, values):
+                        batch.texts[k].append(v)
+                    text_bytes += n - 1 if line.endswith(b"\r") else n
+                    record = True
+        if record is not True:  # the exact json.loads path decides (and classifies any skip)
+            batch.text_bytes = text_bytes
+            parse_line(chunk, number, line, keys, batch)
+            text_bytes = batch.text_bytes
+        if text_bytes >= batch_bytes or len(texts) >= batch_docs:
+            batch.text_bytes, batch.lines = text_bytes, lines
+            batch.raw_bytes = _raw_progress(chunk, consumed, raw_size)
+            raw_size -= batch.raw_bytes
+            consumed = text_bytes = lines = 0
+            yield batch
+            batch = _new_batch(keys)
+            texts = batch.texts[keys[0]]
+    batch.text_bytes, batch.lines = text_bytes, lines
     batch.raw_bytes = raw_size  # whatever is left of the chunk, so the totals add up exactly
     yield batch
 
