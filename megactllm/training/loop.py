@@ -56,7 +56,7 @@ class TrainResult:
 class Trainer:
     """Holds the built pieces of a run; `fit()` runs it."""
 
-    def __init__(self, cfg: Config, task=None):
+    def __init__(self, cfg: Config, task=None, use_transformer_engine: Optional[bool] = None):
         from megatron.core import parallel_state as ps
 
         from megactllm.model import build_model
@@ -74,7 +74,8 @@ class Trainer:
         self.tokenizer, self.tokenizer_path = self._load_tokenizer()
         self.log = RunLogger(self._log_dir(), cfg.train.tensorboard_dir, enabled=self.rank == 0)
 
-        self.model = wrap_model_chunks(cfg, build_model(cfg.model, cfg.parallel, cfg.optim))
+        # use_transformer_engine None: TE's layer spec when it imports on CUDA (the bench compares both).
+        self.model = wrap_model_chunks(cfg, build_model(cfg.model, cfg.parallel, cfg.optim, use_transformer_engine))
         self.optimizer = build_optimizer(cfg, self.model)
         install_schedule_hooks(cfg, self.model, self.optimizer)
 
