@@ -130,6 +130,10 @@ def main(argv=None) -> int:
     base = ["model.arch=tiny", "model.vocab_size=64002", f"model.seq_length={args.seq_length}",
             f"model.max_position_embeddings={args.seq_length}"]
     probe = load_config(None, base + args.overrides)
+    if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" not in os.environ:
+        from megactllm.testing.distributed import free_port
+
+        os.environ.setdefault("MASTER_PORT", str(free_port()))  # a lone process: any free port, not 29500
     initialize_parallel(probe.parallel, seed=1234, num_layers=probe.model.num_layers)
     tmp = None
     if args.workdir:
