@@ -484,6 +484,123 @@ class Builder {
   bool finalized_ = false;
 };
 
+// Strict UTF-8 check with the rules of Python's decoder (no overlong forms, no surrogates, nothing
+// above U+10FFFF); `first` gets the first code point. False for invalid bytes.
+bool valid_utf8(const unsigned char* s, size_t n, uint32_t* first) {
+  size_t i = 0;
+  bool have_first = false;
+  while (i < n) {
+    const unsigned char c = s[i];
+    uint32_t cp;
+    if (c < 0x80) {
+      cp = c;
+      i += 1;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return false;
+      cp = ((c & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu);
+      i += 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      if (i + 2 >= n) return false;
+      const unsigned char c1 = s[i + 1], c2 = s[i + 2];
+      const unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+      if (c1 < lo || c1 > hi || (c2 & 0xC0) != 0x80) return false;
+      cp = ((c & 0x0Fu) << 12) | ((c1 & 0x3Fu) << 6) | (c2 & 0x3Fu);
+      i += 3;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      if (i + 3 >= n) return false;
+      const unsigned char c1 = s[i + 1], c2 = s[i + 2], c3 = s[i + 3];
+      const unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+      if (c1 < lo || c1 > hi || (c2 & 0xC0) != 0x80 || (c3 & 0xC0) != 0x80) return false;
+      cp = ((c & 0x07u) << 18) | ((c1 & 0x3Fu) << 12) | ((c2 & 0x3Fu) << 6) | (c3 & 0x3Fu);
+      i += 4;
+    } else {
+      return false;
+    }
+    if (!have_first) {
+      *first = cp;
+      have_first = true;
+    }
+  }
+  return have_first;
+}
+
+// The jsonl lines whose text can be taken without a JSON parser: exactly `prefix` (`{"key": "` or
+// `{"key":"`), a value with no '"', no '\\' and no control byte, then `"}`, optionally followed by
+// one '\r'. Such a line is a valid JSON object with that one key whose string value is the raw
+// bytes, so json.loads would give the same text; it is taken when the bytes are valid UTF-8 (the
+// strict decoder, as bytes.decode) and the text does not start with whitespace (str.isspace
+// cannot be true then). Scanning starts at `pos` and stops at the end of `data`, at the first
+// line of any other shape (for the caller's full parser), or once `docs`/`text_bytes` reach the
+// batch limits. Texts are appended to `texts`: str, or with `as_bytes` the checked UTF-8 bytes
+// themselves (for a tokenizer that takes UTF-8, which saves decoding here and encoding there). Returns (pos, lines, consumed, text_bytes):
+// consumed counts each line's bytes plus one for its newline, as the line reader does.
+py::tuple scan_simple_jsonl(const py::bytes& data, size_t pos, const py::bytes& prefix1, const py::bytes& prefix2,
+                            const py::list& texts, size_t docs, size_t max_docs, size_t text_bytes,
+                            size_t max_text_bytes, bool as_bytes) {
+  char* base;
+  Py_ssize_t size;
+  if (PyBytes_AsStringAndSize(data.ptr(), &base, &size) < 0) throw py::error_already_set();
+  char *p1, *p2;
+  Py_ssize_t n1, n2;
+  if (PyBytes_AsStringAndSize(prefix1.ptr(), &p1, &n1) < 0) throw py::error_already_set();
+  if (PyBytes_AsStringAndSize(prefix2.ptr(), &p2, &n2) < 0) throw py::error_already_set();
+  const size_t end = static_cast<size_t>(size);
+  size_t lines = 0, consumed = 0;
+  while (pos < end && docs < max_docs && text_bytes < max_text_bytes) {
+    const char* line = base + pos;
+    const char* nl = static_cast<const char*>(std::memchr(line, '\n', end - pos));
+    const size_t n = nl ? static_cast<size_t>(nl - line) : end - pos;
+    size_t m = n;
+    if (m && line[m - 1] == '\r') --m;
+    size_t start;
+    if (m >= static_cast<size_t>(n1) + 3 && std::memcmp(line, p1, n1) == 0) {
+      start = n1;
+    } else if (m >= static_cast<size_t>(n2) + 3 && std::memcmp(line, p2, n2) == 0) {
+      start = n2;
+    } else {
+      break;
+    }
+    if (line[m - 2] != '"' || line[m - 1] != '}') break;
+    const unsigned char* v = reinterpret_cast<const unsigned char*>(line) + start;
+    const size_t vn = m - 2 - start;
+    bool plain = true;
+    for (size_t i = 0; i < vn; ++i) {
+      const unsigned char c = v[i];
+      if (c < 0x20 || c == '"' || c == '\\') {
+        plain = false;
+        break;
+      }
+    }
+    if (!plain) break;
+    PyObject* text;
+    if (as_bytes) {
+      uint32_t first = 0;
+      if (!valid_utf8(v, vn, &first) || Py_UNICODE_ISSPACE(first)) break;
+      text = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(v), static_cast<Py_ssize_t>(vn));
+      if (!text) throw py::error_already_set();
+    } else {
+      text = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(v), static_cast<Py_ssize_t>(vn), "strict");
+      if (!text) {
+        PyErr_Clear();
+        break;
+      }
+      if (Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(text, 0))) {
+        Py_DECREF(text);
+        break;
+      }
+    }
+    const int failed = PyList_Append(texts.ptr(), text);
+    Py_DECREF(text);
+    if (failed) throw py::error_already_set();
+    ++docs;
+    ++lines;
+    text_bytes += m;
+    consumed += n + 1;
+    pos += nl ? n + 1 : n;
+  }
+  return py::make_tuple(pos, lines, consumed, text_bytes);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_indexed_builder, m) {
@@ -503,4 +620,7 @@ PYBIND11_MODULE(_indexed_builder, m) {
       .def_property_readonly("num_tokens", &Builder::tokens)
       .def_property_readonly("dtype_code", &Builder::dtype_code)
       .def_property_readonly("prefix", &Builder::prefix);
+  m.def("scan_simple_jsonl", &scan_simple_jsonl, py::arg("data"), py::arg("pos"), py::arg("prefix1"),
+        py::arg("prefix2"), py::arg("texts"), py::arg("docs"), py::arg("max_docs"), py::arg("text_bytes"),
+        py::arg("max_text_bytes"), py::arg("as_bytes") = false);
 }

@@ -242,7 +242,8 @@ def tokenize_chunk(
     """Tokenizes every document of `chunk` into `writers[key]`; bad records are counted, or raised when strict."""
     stats = ChunkStats()
     eod = tokenizer.eod_id if append_eod else None
-    for batch in _prefetch(read_batches(chunk, keys)):
+    utf8_bytes = getattr(tokenizer, "accepts_utf8_bytes", False)
+    for batch in _prefetch(read_batches(chunk, keys, utf8_bytes=utf8_bytes)):
         if batch.skips:
             if strict:
                 raise _StrictFailure(batch.skips[0])

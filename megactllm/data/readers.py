@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from megactllm._indexed_builder import scan_simple_jsonl as _scan_simple_jsonl
+
 try:  # a hard dependency (setup.py); the fallback keeps a bare environment working, only slower
     import orjson
 
@@ -232,16 +234,20 @@ def _chunk_lines(chunk: Chunk) -> Iterator[bytes]:
 
 
 def read_batches(
-    chunk: Chunk, keys: Sequence[str], batch_bytes: int = 1 << 20, batch_docs: int = 4096
+    chunk: Chunk, keys: Sequence[str], batch_bytes: int = 1 << 20, batch_docs: int = 4096, utf8_bytes: bool = False
 ) -> Iterator[Batch]:
-    """Batches of documents of one chunk, with bad records as `Skip`s."""
+    """Batches of documents of one chunk, with bad records as `Skip`s.
+
+    With `utf8_bytes` a text may come as its UTF-8 bytes instead of str (only for a tokenizer whose
+    encode gives the same ids for both, see SentencePieceTokenizer.accepts_utf8_bytes).
+    """
     if chunk.fmt == "parquet":
         yield from _parquet_batches(chunk, keys, batch_docs)
         return
     if chunk.fmt == "text" and len(keys) != 1:
         raise InputError(f"{chunk.path}: a plain-text file has one document per line, so give one --json-keys name")
     if chunk.fmt == "jsonl" and _fast_loads is not None:
-        yield from _jsonl_batches(chunk, keys, batch_bytes, batch_docs)
+        yield from _jsonl_batches(chunk, keys, batch_bytes, batch_docs, utf8_bytes)
         return
     batch = _new_batch(keys)
     raw_size = chunk.raw_bytes
@@ -260,56 +266,123 @@ def read_batches(
     yield batch
 
 
-def _jsonl_batches(chunk: Chunk, keys: Sequence[str], batch_bytes: int, batch_docs: int) -> Iterator[Batch]:
-    """read_batches for jsonl with orjson on the raw bytes (no separate UTF-8 decode).
+def _chunk_blocks(chunk: Chunk, block_bytes: int = 4 << 20) -> Iterator[tuple[bytes, int]]:
+    """(data, start): the chunk's lines as large blocks of bytes, lines starting at data[start:].
 
-    The fast path takes a record only when orjson parses the line into an object whose every key
-    holds a non-blank string; anything else (a parse error, invalid UTF-8, a lone surrogate escape,
-    NaN, a missing/null/non-string/blank value) goes through `_parse_line`, the json.loads path, so
-    records, texts, skip reasons and details are exactly what json.loads gives. orjson is strict
-    RFC 8259 and never accepts a line json.loads rejects; on what both accept they agree on strings
-    (duplicate keys included: the last wins in both).
+    Each block holds whole lines (the last one may lack its newline at the end of the input), with
+    the same line ownership as `_chunk_lines`: a line belongs to the chunk where its first byte lies.
+    """
+    if chunk.end is None:
+        with open_binary(chunk.path) as f:
+            rest = b""
+            while True:
+                block = f.read(block_bytes)
+                if not block:
+                    break
+                if rest:
+                    block = rest + block
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    rest = block
+                    continue
+                rest = block[cut:]
+                yield (block if cut == len(block) else block[:cut]), 0
+            if rest:
+                yield rest, 0
+        return
+    with open(chunk.path, "rb") as f:
+        skip_first = False
+        if chunk.start > 0:
+            f.seek(chunk.start - 1)
+            skip_first = f.read(1) != b"\n"
+        data = f.read(chunk.end - chunk.start)
+        if data and not data.endswith(b"\n"):
+            data += f.readline()
+    start = 0
+    if skip_first:
+        start = data.find(b"\n") + 1
+        if start == 0:
+            return
+    yield data, start
+
+
+def _jsonl_batches(
+    chunk: Chunk, keys: Sequence[str], batch_bytes: int, batch_docs: int, utf8_bytes: bool = False
+) -> Iterator[Batch]:
+    """read_batches for jsonl: large blocks, the text of plain one-key lines taken by the C++ scanner,
+    every other line parsed by orjson on its raw bytes (no separate UTF-8 decode).
+
+    The scanner takes only lines that are exactly `{"key": "<value>"}` (`{"key":"..."}` too) whose
+    value has no escape, no quote and no control byte, is valid UTF-8 and does not start with
+    whitespace: json.loads gives that same text. orjson takes a record only when it parses the line
+    into an object whose every key holds a non-blank string; anything else (a parse error, invalid
+    UTF-8, a lone surrogate escape, NaN, a missing/null/non-string/blank value) goes through
+    `_parse_line`, the json.loads path, so records, texts, skip reasons and details are exactly
+    what json.loads gives. orjson is strict RFC 8259 and never accepts a line json.loads rejects; on
+    what both accept they agree on strings (duplicate keys included: the last wins in both).
+    With `utf8_bytes` the scanner's texts are their UTF-8 bytes (checked as strictly as
+    bytes.decode), not str: for a tokenizer that encodes UTF-8 bytes as it encodes the text.
     """
     loads, decode_error, parse_line = _fast_loads, _FastDecodeError, _parse_line
     single = keys[0] if len(keys) == 1 else None
+    if single is not None:
+        literal = json.dumps(single, ensure_ascii=False).encode("utf-8")
+        prefix1, prefix2 = b"{" + literal + b': "', b"{" + literal + b':"'
     batch = _new_batch(keys)
     texts = batch.texts[keys[0]]
     raw_size = chunk.raw_bytes
-    consumed = text_bytes = lines = 0
-    for number, line in enumerate(_chunk_lines(chunk), start=1):
-        n = len(line)
-        consumed += n + 1
-        lines += 1
-        try:
-            record = loads(line)
-        except decode_error:
-            record = None
-        if type(record) is dict:
+    consumed = text_bytes = lines = number = 0
+    for data, pos in _chunk_blocks(chunk):
+        size = len(data)
+        while pos < size:
             if single is not None:
-                value = record.get(single)
-                if type(value) is str and value and not value.isspace():
-                    texts.append(value)
-                    text_bytes += n - 1 if line.endswith(b"\r") else n
-                    record = True
-            else:
-                values = [record.get(k) for k in keys]
-                if all(type(v) is str and v and not v.isspace() for v in values):
-                    for k, v in zip(keys, values):
-                        batch.texts[k].append(v)
-                    text_bytes += n - 1 if line.endswith(b"\r") else n
-                    record = True
-        if record is not True:  # the exact json.loads path decides (and classifies any skip)
-            batch.text_bytes = text_bytes
-            parse_line(chunk, number, line, keys, batch)
-            text_bytes = batch.text_bytes
-        if text_bytes >= batch_bytes or len(texts) >= batch_docs:
-            batch.text_bytes, batch.lines = text_bytes, lines
-            batch.raw_bytes = _raw_progress(chunk, consumed, raw_size)
-            raw_size -= batch.raw_bytes
-            consumed = text_bytes = lines = 0
-            yield batch
-            batch = _new_batch(keys)
-            texts = batch.texts[keys[0]]
+                pos, n_lines, n_consumed, text_bytes = _scan_simple_jsonl(
+                    data, pos, prefix1, prefix2, texts, len(texts), batch_docs, text_bytes, batch_bytes, utf8_bytes
+                )
+                number += n_lines
+                lines += n_lines
+                consumed += n_consumed
+            if pos < size and text_bytes < batch_bytes and len(texts) < batch_docs:
+                # One line the scanner left: orjson, or the exact json.loads path.
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    nl = size
+                line = data[pos:nl]
+                pos = nl + 1
+                n = len(line)
+                number += 1
+                consumed += n + 1
+                lines += 1
+                try:
+                    record = loads(line)
+                except decode_error:
+                    record = None
+                if type(record) is dict:
+                    if single is not None:
+                        value = record.get(single)
+                        if type(value) is str and value and not value.isspace():
+                            texts.append(value)
+                            text_bytes += n - 1 if line.endswith(b"\r") else n
+                            record = True
+                    else:
+                        values = [record.get(k) for k in keys]
+                        if all(type(v) is str and v and not v.isspace() for v in values):
+                            for k, v in zip(keys, values):
+                                batch.texts[k].append(v)
+                            text_bytes += n - 1 if line.endswith(b"\r") else n
+                            record = True
+                if record is not True:  # the exact json.loads path decides (and classifies any skip)
+                    batch.text_bytes = text_bytes
+                    parse_line(chunk, number, line, keys, batch)
+                    text_bytes = batch.text_bytes
+            if text_bytes >= batch_bytes or len(texts) >= batch_docs:
+                batch.text_bytes, batch.lines = text_bytes, lines
+                batch.raw_bytes = _raw_progress(chunk, consumed, raw_size)
+                raw_size -= batch.raw_bytes
+                consumed = text_bytes = lines = 0
+                yield batch
+                batch = _new_batch(keys)
+                texts = batch.texts[keys[0]]
     batch.text_bytes, batch.lines = text_bytes, lines
     batch.raw_bytes = raw_size  # whatever is left of the chunk, so the totals add up exactly
     yield batch

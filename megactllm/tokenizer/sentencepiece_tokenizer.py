@@ -11,6 +11,9 @@ from .base import BOS_CANDIDATES, EOD_CANDIDATES, PAD_CANDIDATES, Tokenizer, fir
 
 class SentencePieceTokenizer(Tokenizer):
     tokenizer_type = "sentencepiece"
+    # encode_batch takes UTF-8 bytes as well as str, with the same ids (SentencePiece works on UTF-8):
+    # preprocess hands it the raw bytes of plain jsonl texts without decoding them.
+    accepts_utf8_bytes = True
 
     def __init__(self, model_path: str, num_threads: int = 1) -> None:
         super().__init__(model_path)
@@ -41,7 +44,7 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str | bytes]) -> list[list[int]]:
         return self.sp.Encode(list(texts), num_threads=self.num_threads)
 
     def decode(self, ids: Sequence[int]) -> str:
