@@ -265,6 +265,7 @@ class Trainer:
         for chunk in self.model:
             chunk.train()
         window_start, window_tokens = time.perf_counter(), 0
+        first_iteration = self.state.iteration
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -323,7 +324,8 @@ class Trainer:
             finished = self.state.iteration >= self.train_iters
             if finished and self.valid_reader is not None and t.eval_interval and self.state.iteration % t.eval_interval:
                 result.valid.append(self._log_validation())
-            if t.save and (not t.save_interval or self.state.iteration % t.save_interval) and self.guard.in_a_row == 0:
+            ran = self.state.iteration > first_iteration
+            if ran and t.save and (not t.save_interval or self.state.iteration % t.save_interval) and self.guard.in_a_row == 0:
                 self.save()
         finally:
             if self.rank == 0 and self.log.log_dir is not None:
