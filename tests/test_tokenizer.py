@@ -28,6 +28,15 @@ def test_sentencepiece_interface(sp_model_path):
     assert tok.bos_id not in ids and tok.eod_id not in ids
     assert tok.decode(ids) == MIXED
     assert tok.encode_batch([MIXED, "你好"]) == [ids, tok.encode("你好")]
+    # UTF-8 bytes encode as their text does (preprocess hands plain jsonl texts over undecoded),
+    # on one native thread or several.
+    assert tok.accepts_utf8_bytes
+    texts = [MIXED, "你好", " leading space", "emoji 😀 and \u3000 ideographic space", "x"] * 7
+    for threads in (1, 3):
+        tok.num_threads = threads
+        assert tok.encode_batch([t.encode("utf-8") for t in texts]) == [tok.encode(t) for t in texts]
+        assert tok.encode_batch([t.encode("utf-8") if i % 2 else t for i, t in enumerate(texts)]) == tok.encode_batch(texts)
+    tok.num_threads = 1
     assert tok.token_to_id("</s>") == 2 and tok.id_to_token(2) == "</s>"
     assert tok.token_to_id("<|im_start|>") is None  # absent pieces are None, not <unk>
     with pytest.raises(IndexError):
