@@ -225,6 +225,10 @@ def main():
         *args.overrides,
     ]
     cfg = load_config(None, overrides)
+    if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" not in os.environ:
+        from megactllm.testing.distributed import free_port
+
+        os.environ.setdefault("MASTER_PORT", str(free_port()))  # a lone process: any free port
     env = initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
     tokens_needed = (2 * (args.warmup + args.steps) + 4) * gbs * (seq + 1) * 2
     if env.rank == 0:

@@ -6,6 +6,7 @@ Also runs under `srun` (one task per GPU; rank and world size from SLURM) and as
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from megactllm.config import ConfigError, load_config
@@ -30,12 +31,27 @@ def main(argv=None) -> int:
     from megactllm.training.loop import run_training
     from megactllm.training.nonfinite import NonFiniteLossError
 
+    if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" not in os.environ:
+        from megactllm.testing.distributed import free_port
+
+        # A lone process (no torchrun/srun): any free rendezvous port, so two runs can coexist.
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     initialize_parallel(cfg.parallel, seed=cfg.train.seed, num_layers=cfg.model.num_layers)
+    from megactllm.data.gpt_dataset import BlendError
+    from megactllm.data.indexed import DatasetFormatError
+    from megactllm.training.checkpoint import CheckpointError
+    from megactllm.training.schedule import ScheduleError
+    from megactllm.training.stages import UnknownStageError
+
     try:
         result = run_training(cfg)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except (BlendError, DatasetFormatError, CheckpointError, ScheduleError, UnknownStageError) as e:
+        # A user's mistake with a message that names what to fix: no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         destroy_parallel()
     return 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
