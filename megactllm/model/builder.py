@@ -125,7 +125,7 @@ def build_model_chunk(model: ModelConfig, config, vp_stage: Optional[int] = None
     from megatron.core.models.gpt import GPTModel
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    return GPTModel(
+    chunk = GPTModel(
         config=config,
         transformer_layer_spec=block_spec(config, spec if spec is not None else layer_spec(), vp_stage),
         vocab_size=model.padded_vocab_size(tp),
@@ -138,6 +138,38 @@ def build_model_chunk(model: ModelConfig, config, vp_stage: Optional[int] = None
         rotary_base=int(model.rotary_base),
         vp_stage=vp_stage,
     )
+    if chunk.post_process:
+        mask_padded_vocab_logits(chunk.output_layer, model.vocab_size, model.padded_vocab_size(tp))
+    return chunk
+
+
+def mask_padded_vocab_logits(output_layer, vocab_size: int, padded_vocab_size: int) -> None:
+    """Give the padding rows of the vocabulary a logit of -inf.
+
+    The embedding is padded to a multiple of 128 x TP, so the padding differs between layouts and
+    does not exist in a Hugging Face export. Left in the softmax (as Megatron-LM does), padding logits
+    change the loss when a checkpoint moves to another TP size and make it differ from the exported
+    model's. Masked, they take no probability and get no gradient: the loss depends on the true
+    vocabulary only, at every layout.
+    """
+    from megatron.core import parallel_state
+
+    if padded_vocab_size == vocab_size:
+        return
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    shard = padded_vocab_size // tp
+    start = parallel_state.get_tensor_model_parallel_rank() * shard
+    first_padded = max(vocab_size - start, 0)  # local column where padding begins on this rank
+    if first_padded >= shard:
+        return
+
+    def hook(module, args, output):
+        logits, bias = output
+        # Not in place: the logits may be a view that autograd still needs.
+        keep = torch.arange(logits.shape[-1], device=logits.device) < first_padded
+        return logits.masked_fill(~keep, float("-inf")), bias
+
+    output_layer.register_forward_hook(hook)
 
 
 def build_model(

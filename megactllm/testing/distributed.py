@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import traceback
@@ -37,7 +38,9 @@ def _rank_main(fn, rank, world_size, port, args, kwargs, results, env):
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         value = fn(*args, **kwargs)
-        results.put((rank, True, value))
+        # Plain pickle copies tensors into the message; the queue's own pickler would share them
+        # through file descriptors that vanish when this process exits before the parent reads.
+        results.put((rank, True, pickle.dumps(value)))
     except BaseException:  # report every failure, including SystemExit, to the parent
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -77,7 +80,7 @@ def run_distributed(
             except queue.Empty:
                 raise TimeoutError(f"distributed run of {fn.__name__} timed out after {timeout}s") from None
             if ok:
-                collected[rank] = value
+                collected[rank] = pickle.loads(value)
             else:
                 errors.append(f"rank {rank} failed:\n{value}")
                 break  # the other ranks are likely blocked in a collective
