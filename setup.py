@@ -52,6 +52,8 @@ setup(
         "langid",
         # SentencePiece model editing (vocabulary extension) and transformers' tokenizer conversion.
         "protobuf",
+        # The chat template is Jinja, rendered by transformers' apply_chat_template for exported models.
+        "jinja2",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "datasketch"]},
 )
