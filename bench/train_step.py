@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from megactllm.config import load_config  # noqa: E402
+from megactllm.config import load_config
 
 
 def write_random_corpus(prefix: str, vocab: int, tokens: int, seed: int = 0) -> None:
@@ -56,7 +56,11 @@ class BareLoop:
     """The minimal megatron-core training step, for reference."""
 
     def __init__(self, cfg, dataset, use_te):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
         from megatron.core.transformer.module import Float16Module

@@ -10,10 +10,10 @@ format reshards over DP only, so a TP/PP change loads weights, LR schedule and c
 starts the Adam moments from zero, with a warning; that path is tested too.
 """
 import pytest
+from train_utils import SEQ, VOCAB, tiny_overrides, train_in_process, write_corpus
 
 from megactllm.config import load_config
 from megactllm.testing import run_distributed
-from train_utils import SEQ, VOCAB, tiny_overrides, train_in_process, write_corpus
 
 TP2PP2 = {"parallel.tensor_model_parallel_size": 2, "parallel.pipeline_model_parallel_size": 2,
           "parallel.use_distributed_optimizer": "true"}

@@ -14,8 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from train_utils import read_losses, tiny_overrides, torchrun_command, torchrun_env, write_corpus
+from train_utils import (
+    read_losses,
+    tiny_overrides,
+    torchrun_command,
+    torchrun_env,
+    write_corpus,
+)
 
 ITERS = 16
 

@@ -1,14 +1,13 @@
 """Pretraining data wiring: blend parsing, blend proportions, EOD loss mask, document resets, errors."""
 import numpy as np
 import pytest
-import torch
+from train_utils import EOD, VOCAB, write_corpus
 
 from megactllm.config import load_config
 from megactllm.data.gpt_dataset import BlendError, build_gpt_datasets, parse_blend
 from megactllm.data.indexed import DatasetFormatError
 from megactllm.testing import run_distributed
 from megactllm.training.batches import microbatch_indices
-from train_utils import EOD, VOCAB, write_corpus
 
 
 def test_parse_blend_forms():

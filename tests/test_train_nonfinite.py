@@ -7,9 +7,9 @@ make it). A skipped step must leave the weights, Adam state and LR schedule unto
 import math
 
 import pytest
+from train_utils import tiny_overrides, write_corpus
 
 from megactllm.testing import run_distributed
-from train_utils import tiny_overrides, write_corpus
 
 
 class PoisonedPretrainTask:

@@ -6,9 +6,14 @@ Adam, warmup + cosine, clipping). Losses are global per-token means; the layouts
 floating-point sums, so they agree to 1e-5 absolute (observed: ~1e-7).
 """
 import pytest
+from train_utils import (
+    save_initial_checkpoint,
+    tiny_overrides,
+    train_in_process,
+    write_corpus,
+)
 
 from megactllm.testing import run_distributed
-from train_utils import save_initial_checkpoint, tiny_overrides, train_in_process, write_corpus
 
 TOLERANCE = 1e-5
 

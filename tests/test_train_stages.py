@@ -4,8 +4,18 @@ from pathlib import Path
 import pytest
 
 from megactllm.config import load_config
-from megactllm.training.schedule import ScheduleError, num_microbatches, resolve_train_iters
-from megactllm.training.stages import UnknownStageError, available_stages, build_task, get_task_factory, register_stage
+from megactllm.training.schedule import (
+    ScheduleError,
+    num_microbatches,
+    resolve_train_iters,
+)
+from megactllm.training.stages import (
+    UnknownStageError,
+    available_stages,
+    build_task,
+    get_task_factory,
+    register_stage,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 

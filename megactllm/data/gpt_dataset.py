@@ -20,7 +20,12 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from megactllm.data.indexed import DatasetFormatError, IndexedDatasetReader, dataset_exists, read_metadata
+from megactllm.data.indexed import (
+    DatasetFormatError,
+    IndexedDatasetReader,
+    dataset_exists,
+    read_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +193,9 @@ def build_gpt_datasets(
     Items are dicts of tensors: tokens, labels, loss_mask, position_ids (and attention_mask when
     `data_cfg.reset_attention_mask` is on).
     """
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     blend, per_split = _blends_per_split(data_cfg)

@@ -23,12 +23,23 @@ import torch.distributed as dist
 from megactllm.config import Config
 from megactllm.training import checkpoint as ckpt
 from megactllm.training.batches import GlobalBatchReader
-from megactllm.training.metrics import RunLogger, device_peak_tflops, peak_memory_gib, perplexity, plot_loss_curve, throughput
+from megactllm.training.metrics import (
+    RunLogger,
+    device_peak_tflops,
+    peak_memory_gib,
+    perplexity,
+    plot_loss_curve,
+    throughput,
+)
 from megactllm.training.model_setup import install_schedule_hooks, wrap_model_chunks
 from megactllm.training.nonfinite import NonFiniteGuard
 from megactllm.training.optimizer import build_optimizer, guarded_step
 from megactllm.training.rng import capture_rng_state, restore_rng_state
-from megactllm.training.schedule import build_lr_scheduler, num_microbatches, resolve_train_iters
+from megactllm.training.schedule import (
+    build_lr_scheduler,
+    num_microbatches,
+    resolve_train_iters,
+)
 
 
 @dataclass

@@ -13,7 +13,10 @@ from megactllm.config import Config
 
 def wrap_model_chunks(cfg: Config, chunks: list) -> list:
     """DDP(Float16Module(chunk)) per virtual stage; grads reduced in fp32."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+    )
     from megatron.core.transformer.module import Float16Module
 
     config = chunks[0].config
