@@ -93,7 +93,8 @@ class Trainer:
         self.train_ds, self.valid_ds, _ = self.task.build_datasets(cfg, self.tokenizer)
         if self.train_ds is None:
             raise ValueError(f"stage {cfg.train.stage!r} built no training dataset; check the data section")
-        self.train_iters = resolve_train_iters(cfg, len(self.train_ds))
+        # An epoch-wrapped dataset's length already spans all epochs; the schedule counts one epoch.
+        self.train_iters = resolve_train_iters(cfg, getattr(self.train_ds, "samples_per_epoch", len(self.train_ds)))
         self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.train_iters)
         self.num_microbatches = num_microbatches(cfg, self.dp_size)
         # DPO feeds chosen and rejected rows together: the schedule's micro-batch is that much taller.
@@ -285,8 +286,10 @@ class Trainer:
                 s = self.state
                 s.iteration += 1
                 s.consumed_samples += t.global_batch_size
-                s.consumed_tokens += t.global_batch_size * seq
-                window_tokens += t.global_batch_size * seq
+                # DPO feeds two rows (chosen, rejected) per sample: count every row the model processes.
+                step_tokens = t.global_batch_size * seq * getattr(self.task, "sequences_per_sample", 1)
+                s.consumed_tokens += step_tokens
+                window_tokens += step_tokens
                 loss = metrics[self.metric_names[0]]
                 if not outcome.updated:
                     s.skipped_iterations += 1
@@ -356,8 +359,9 @@ class Trainer:
             "consumed_tokens": self.state.consumed_tokens,
             "loss_name": self.metric_names[0],
             "metrics": metrics,
-            "ppl": perplexity(metrics[self.metric_names[0]]),
         }
+        if self.metric_names[0] == "lm loss":  # perplexity means nothing for a DPO loss
+            record["ppl"] = perplexity(metrics["lm loss"])
         self.log.validation(record)
         return record
 

@@ -125,13 +125,14 @@ class RunLogger:
             return
         line = f"validation at iter {record['iteration']} | " + " | ".join(
             f"{k} {v:.4f}" for k, v in record["metrics"].items()
-        ) + f" | ppl {record['ppl']:.3f}"
+        ) + (f" | ppl {record['ppl']:.3f}" if "ppl" in record else "")
         print(line, flush=True)
         self._write({"kind": "valid", **record})
         if self._tb:
             for name, value in record["metrics"].items():
                 self._tb.add_scalar(f"valid/{name}", value, record["iteration"])
-            self._tb.add_scalar("valid/ppl", record["ppl"], record["iteration"])
+            if "ppl" in record:
+                self._tb.add_scalar("valid/ppl", record["ppl"], record["iteration"])
             self._tb.flush()
 
     def close(self) -> None:
