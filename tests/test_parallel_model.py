@@ -93,3 +93,20 @@ def test_forward_backward_runs_on_gloo(tp, pp, vpp, sp):
         # CPU initialisation builds full weights then splits them, so TP ranks agree with TP=1.
         (single,) = run_distributed(_forward_backward_losses, 1, 1, 1, None, False, timeout=300)
         assert losses[0] == pytest.approx(single[0], abs=1e-5)
+
+
+def test_layout_errors_name_the_fix():
+    from megactllm.parallel import ParallelLayoutError, check_layout
+
+    cfg = load_config(None, ["parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2"])
+    assert check_layout(cfg.parallel, 8, num_layers=4) == 2
+    with pytest.raises(ParallelLayoutError, match="launch a multiple of 4"):
+        check_layout(cfg.parallel, 6)
+    with pytest.raises(ParallelLayoutError, match="cannot be split evenly"):
+        check_layout(cfg.parallel, 4, num_layers=3)
+    cfg = load_config(None, ["parallel.sequence_parallel=true"])
+    with pytest.raises(ParallelLayoutError, match="sequence_parallel needs"):
+        check_layout(cfg.parallel, 1)
+    cfg = load_config(None, ["parallel.context_parallel_size=2"])
+    with pytest.raises(ParallelLayoutError, match="not supported yet"):
+        check_layout(cfg.parallel, 2)

@@ -33,6 +33,10 @@ def check_layout(parallel: ParallelConfig, world_size: int, num_layers: int | No
             f"{parallel.tensor_model_parallel_size} x {parallel.pipeline_model_parallel_size} x "
             f"{parallel.context_parallel_size}; launch a multiple of {model_parallel} processes"
         )
+    if parallel.context_parallel_size != 1:
+        # Each CP rank must be fed its own slice of every sequence (and TE's attention); the data
+        # path does not split sequences yet, so CP would silently train on the wrong tokens.
+        raise ParallelLayoutError("context_parallel_size > 1 is not supported yet; use TP/SP, PP and DP")
     if parallel.sequence_parallel and parallel.tensor_model_parallel_size == 1:
         raise ParallelLayoutError("sequence_parallel needs tensor_model_parallel_size > 1")
     if num_layers is not None:
