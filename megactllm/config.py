@@ -105,7 +105,6 @@ class DataConfig:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = True
-    num_workers: int = 0
     # SFT / DPO: prefixes written by tools/preprocess_sft.py or tools/preprocess_dpo.py, blended by weight.
     packing: bool = True
 
