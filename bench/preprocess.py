@@ -11,7 +11,9 @@ Prints tokens/s and three ratios (higher is better for us):
       tools/preprocess_data.py does it: a Pool of workers (imap, 32 lines per task) that
       json.loads and encode each line, the parent writing each document through
       megatron-core's IndexedDatasetBuilder; --workers (default all CPUs) on both sides
-      (the 1-worker figure is printed too).                                             target >= 1.5
+      (the 1-worker figure is printed too). Megatron-style workers are processes; ours are
+      what preprocess plans for them (plan_workers: SentencePiece encode threads in one process
+      up to THREADS_PER_PROCESS, processes beyond).                                     target >= 1.5
   (c) the C++ builder over megatron-core's Python IndexedDatasetBuilder on the same token arrays
       cut into many small documents (per-document calls from Python for both).         target >= 5
 Each measurement is repeated --repeats times, interleaved, and the best time is kept; the CPU
@@ -304,7 +306,10 @@ def main(argv=None) -> int:
         row("megactllm preprocess, 1 worker", "ours", f"   {nbytes / 1e6 / times['ours']:.1f} MB/s")
         row("Megatron-LM style, 1 worker", "megatron_1")
         if w > 1:
-            row(f"megactllm preprocess, {w} workers", "ours_w")
+            from megactllm.data.preprocess import plan_workers
+
+            procs, threads = plan_workers(w, tok)
+            row(f"megactllm preprocess, {w} workers", "ours_w", f"   ({procs} process(es) x {threads} thread(s))")
             row(f"Megatron-LM style, {w} workers", "megatron")
         print(f"\nbuilder only: {len(docs):,} documents of 4-47 tokens ({n_small:,} tokens)")
         print(f"  megatron-core IndexedDatasetBuilder  {len(docs) / times['b_megatron']:>12,.0f} docs/s   {times['b_megatron']:6.2f} s")

@@ -274,21 +274,25 @@ def _chunk_blocks(chunk: Chunk, block_bytes: int = 4 << 20) -> Iterator[tuple[by
     """
     if chunk.end is None:
         with open_binary(chunk.path) as f:
-            rest = b""
+            pending: list[bytes] = []  # the start of a line longer than a block: joined once, not re-copied
             while True:
                 block = f.read(block_bytes)
                 if not block:
                     break
-                if rest:
-                    block = rest + block
                 cut = block.rfind(b"\n") + 1
                 if cut == 0:
-                    rest = block
+                    pending.append(block)
                     continue
-                rest = block[cut:]
-                yield (block if cut == len(block) else block[:cut]), 0
-            if rest:
-                yield rest, 0
+                head = block if cut == len(block) else block[:cut]
+                if pending:
+                    pending.append(head)
+                    head = b"".join(pending)
+                    pending = []
+                yield head, 0
+                if cut < len(block):
+                    pending.append(block[cut:])
+            if pending:
+                yield b"".join(pending), 0
         return
     with open(chunk.path, "rb") as f:
         skip_first = False
