@@ -145,8 +145,6 @@ class TrainConfig:
     log_interval: int = 10
     save: Optional[str] = None
     save_interval: Optional[int] = None
-    # Write checkpoints from a background process while training continues (megatron-core async).
-    async_save: bool = False
     load: Optional[str] = None
     # Initialise weights from this checkpoint with a fresh optimizer, schedule and counters
     # (continued pretraining, SFT from a pretrained model, DPO from an SFT model).

@@ -180,14 +180,10 @@ def save_checkpoint(
     train_state: Optional[dict] = None,
     tokenizer_path: Optional[str] = None,
     rng_state: Optional[dict] = None,
-    async_queue=None,
 ) -> Path:
     """Collectively save model (and optimizer/scheduler when given); returns the iteration dir.
 
     `rng_state` (each rank's own, see megactllm.training.rng) is written per rank under rng/.
-    With `async_queue` (megatron-core's AsyncCallsQueue) the tensors are written by a background
-    process while training goes on; the iteration is published (metadata, rename, latest pointer)
-    when the queue finalizes the request, so until then the previous checkpoint stays the latest.
     """
     from megatron.core import dist_checkpointing
 
@@ -207,60 +203,47 @@ def save_checkpoint(
     if rng_state is not None:
         torch.save(rng_state, partial / RNG_DIR / f"rank_{_rank():05d}.pt")
 
-    use_async = async_queue is not None
-    requests = []
     model_sd = model_sharded_state_dict(model_chunks)
-    requests.append(dist_checkpointing.save(model_sd, str(partial / "model"), async_sharded_save=use_async))
+    dist_checkpointing.save(model_sd, str(partial / "model"))
     optimizer_format = None
     if optimizer is not None:
         optimizer_format = optimizer_checkpoint_format(cfg)
         optim_sd = optimizer.sharded_state_dict(
             model_sharded_state_dict(model_chunks), metadata=_optimizer_metadata(optimizer_format)
         )
-        requests.append(
-            dist_checkpointing.save({"optimizer": optim_sd}, str(partial / "optimizer"), async_sharded_save=use_async)
+        dist_checkpointing.save({"optimizer": optim_sd}, str(partial / "optimizer"))
+    _barrier()
+
+    if _rank() == 0:
+        tokenizer_info: dict = {"type": cfg.data.tokenizer_type}
+        if tokenizer_path:
+            (partial / "tokenizer").mkdir(exist_ok=True)
+            shutil.copy2(tokenizer_path, partial / "tokenizer" / Path(tokenizer_path).name)
+            tokenizer_info["file"] = Path(tokenizer_path).name
+        state = dict(train_state or {})
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        _write_json_atomic(
+            partial / METADATA_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "iteration": iteration,
+                "stage": cfg.train.stage,
+                "model": asdict(cfg.model),
+                "tokenizer": tokenizer_info,
+                "parallel": asdict(cfg.parallel),
+                "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
+                "has_optimizer": optimizer is not None,
+                "optimizer_format": optimizer_format,
+                "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                "train_state": state,
+            },
         )
-
-    # Everything the metadata says is captured now: training moves on while an async save writes.
-    state = dict(train_state or {})
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "iteration": iteration,
-        "stage": cfg.train.stage,
-        "model": asdict(cfg.model),
-        "tokenizer": {"type": cfg.data.tokenizer_type},
-        "parallel": asdict(cfg.parallel),
-        "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
-        "has_optimizer": optimizer is not None,
-        "optimizer_format": optimizer_format,
-        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-        "train_state": state,
-    }
-
-    def publish() -> None:
-        """After every rank's tensors are on disk: metadata, rename, then the latest pointer."""
-        _barrier()
-        if _rank() == 0:
-            if tokenizer_path:
-                (partial / "tokenizer").mkdir(exist_ok=True)
-                shutil.copy2(tokenizer_path, partial / "tokenizer" / Path(tokenizer_path).name)
-                metadata["tokenizer"]["file"] = Path(tokenizer_path).name
-            _write_json_atomic(partial / METADATA_FILE, metadata)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
-            _write_json_atomic_text(save_dir / LATEST_FILE, str(iteration))
-        _barrier()
-
-    if not use_async:
-        publish()
-        return final
-    # The queue finalizes requests in order, so publishing with the last one waits for all.
-    requests[-1].add_finalize_fn(publish)
-    for request in requests:
-        async_queue.schedule_async_request(request)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _write_json_atomic_text(save_dir / LATEST_FILE, str(iteration))
+    _barrier()
     return final
 
 

@@ -115,11 +115,6 @@ class Trainer:
         self.guard = NonFiniteGuard(cfg.train.max_consecutive_nonfinite)
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
         self.last_checkpoint: Optional[str] = None
-        self.async_queue = None
-        if cfg.train.async_save:
-            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
-            self.async_queue = AsyncCallsQueue()
         self.resumed_from: Optional[str] = None
 
     # ----------------------------------------------------------------- setup helpers
@@ -191,16 +186,7 @@ class Trainer:
             f"{self.state.skipped_iterations} skipped"
         )
 
-    def _publish_finished_saves(self, blocking: bool) -> None:
-        """Publish asynchronous checkpoints whose writes finished (all of them when blocking)."""
-        if self.async_queue is not None:
-            # A save is one request for the model and one for the optimizer; at most one save is in flight.
-            if self.async_queue.maybe_finalize_async_calls(blocking=blocking) and self.async_queue.get_num_unfinalized_calls() == 0:
-                self.log.info(f"saved checkpoint {self.last_checkpoint} (written in the background)")
-
     def save(self) -> None:
-        # One save in flight at a time: the previous one is published before the next starts.
-        self._publish_finished_saves(blocking=True)
         path = ckpt.save_checkpoint(
             self.cfg.train.save,
             self.state.iteration,
@@ -211,11 +197,9 @@ class Trainer:
             train_state=asdict(self.state),
             tokenizer_path=self.tokenizer_path,
             rng_state=capture_rng_state(),
-            async_queue=self.async_queue,
         )
         self.last_checkpoint = str(path)
-        if self.async_queue is None:
-            self.log.info(f"saved checkpoint {path}")
+        self.log.info(f"saved checkpoint {path}")
 
     # ----------------------------------------------------------------- one step
     def _forward_backward(self, microbatches: list, forward_only: bool) -> list:
@@ -298,7 +282,6 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats()
         try:
             while self.state.iteration < self.train_iters:
-                self._publish_finished_saves(blocking=False)
                 metrics, outcome = self.train_step()
                 s = self.state
                 s.iteration += 1
@@ -359,7 +342,6 @@ class Trainer:
             if ran and t.save and (not t.save_interval or self.state.iteration % t.save_interval) and self.guard.in_a_row == 0:
                 self.save()
         finally:
-            self._publish_finished_saves(blocking=True)
             if self.rank == 0 and self.log.log_dir is not None:
                 try:
                     self.log.info(f"loss curve: {plot_loss_curve(self.log.log_dir)}")
