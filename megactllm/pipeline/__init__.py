@@ -1,0 +1,12 @@
+"""Stage chains: the whole CT-LLM path (clean -> tokenizer -> tokenize -> pretrain -> SFT -> DPO ->
+export) on the bundled sample, with done-markers so that a rerun skips finished stages.
+
+    from megactllm.pipeline import FullPath, FullPathSettings, run_stages
+    path = FullPath(repo, out, FullPathSettings.quick())
+    records = run_stages(path.stages(), out, path.settings_dict())
+"""
+from .full_path import FullPath, FullPathSettings
+from .runner import Stage, StageFailed, StageRecord, StageResult, format_table, run_stages
+
+__all__ = ["FullPath", "FullPathSettings", "Stage", "StageFailed", "StageRecord", "StageResult", "format_table",
+           "run_stages"]

@@ -1,0 +1,234 @@
+"""The whole CT-LLM path on the bundled sample, each stage starting from the previous one's output.
+
+    clean -> tokenizer (with the chat tokens) -> tokenize -> pretrain (TP=2 x PP=2, 4 processes)
+          -> sft (from the pretrained weights) -> dpo (from the SFT weights) -> export (HF)
+
+Every stage runs the same command a user would type (tools/*.py, torchrun -m megactllm.train), so
+a stage's log (`<out>/<stage>/log.txt`) starts with a command one can copy. One tokenizer, the one
+trained in stage 2, is used by every later stage, and the model shape is read back from each
+checkpoint (the vocabulary size passed to training is the tokenizer's own).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from .commands import PROGRESS, python_cmd, run_logged, torchrun_cmd
+from .figures import clean_summary, loss_summary
+from .runner import Stage, StageResult
+
+QUESTION = "怎样才能保持健康？"  # asked of the exported model through its chat template
+
+
+@dataclass
+class FullPathSettings:
+    """Sizes of the path. The defaults take a few minutes per training stage on 2 cores."""
+
+    raw: str = "examples/data/raw_sample.jsonl"
+    shared_data: str = "../shared/data"
+    vocab_size: int = 2000             # the cleaned sample (~100 KB) supports about this many pieces
+    pretrain_iters: int = 100
+    pretrain_seq: int = 128
+    sft_iters: int = 100               # about one epoch of the 4:1 zh:en alpaca mixture at 256 tokens
+    sft_seq: int = 256
+    dpo_iters: int = 36                # one epoch of the 600 preference pairs
+    dpo_seq: int = 128
+    chat_processes: int = 1            # SFT and DPO load the TP2 x PP2 weights at TP1 x PP1
+
+    @classmethod
+    def quick(cls, **overrides) -> "FullPathSettings":
+        """The shortened path the test runs: every stage, fewer iterations."""
+        return cls(**{"pretrain_iters": 30, "sft_iters": 10, "dpo_iters": 6, **overrides})
+
+
+class FullPath:
+    def __init__(self, repo: Path, out: Path, settings: FullPathSettings, verbose: bool = False,
+                 say: Callable[[str], None] = print):
+        self.repo = repo.resolve()
+        self.out = out.resolve()
+        self.s = settings
+        self.verbose = verbose
+        self.say = say
+        self.shared = (self.repo / settings.shared_data).resolve()
+
+    # Where each stage leaves what the next one reads.
+    @property
+    def clean_jsonl(self) -> Path:
+        return self.out / "clean" / "corpus" / "dedup" / "00000.jsonl"
+
+    @property
+    def tokenizer_model(self) -> Path:
+        return self.out / "tokenizer" / "zh_sample.model"
+
+    @property
+    def text_prefix(self) -> Path:
+        return self.out / "tokenize" / "sample_text_document"
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.out / stage / "checkpoints"
+
+    def settings_dict(self) -> dict:
+        return asdict(self.s)
+
+    def stages(self) -> list[Stage]:
+        return [
+            Stage("clean", "MAP-CC filters, exact and MinHash dedup of the raw sample", self.clean),
+            Stage("tokenizer", "SentencePiece BPE with the chat tokens", self.tokenizer),
+            Stage("tokenize", "cleaned text -> Megatron .bin/.idx", self.tokenize),
+            Stage("pretrain", "tiny model, TP=2 x PP=2 on 4 CPU processes", self.pretrain),
+            Stage("sft", "alpaca zh:en = 4:1 from the pretrained weights", self.sft),
+            Stage("dpo", "preference pairs from the SFT weights", self.dpo),
+            Stage("export", "Hugging Face LLaMA directory, loaded back with transformers", self.export),
+        ]
+
+    def _run(self, stage_dir: Path, cmd: list, env: Optional[dict] = None, progress: bool = False) -> None:
+        run_logged(cmd, stage_dir / "log.txt", cwd=self.repo, env=env, verbose=self.verbose, say=self.say,
+                   echo=PROGRESS if progress else None)
+
+    def _tool(self, name: str, *args) -> list[str]:
+        return python_cmd(str(self.repo / "tools" / name), *args)
+
+    def _need(self, path: Path, what: str) -> Path:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} ({what}) is absent")
+        return path
+
+    # 1. clean
+    def clean(self, d: Path) -> StageResult:
+        raw = self._need(self.repo / self.s.raw, "the raw sample; examples/data/make_raw_sample.py writes it")
+        self._run(d, self._tool(
+            "clean_corpus.py", self.repo / "examples" / "clean" / "mapcc.yaml", f"input.paths=[{raw}]",
+            f"run.output_dir={d / 'corpus'}",
+            # The sample is zh and en: keep both languages (MAP-CC itself kept only Chinese).
+            "filters.min_zh_char_ratio=null", "filters.languages=[zh,en]",
+            # The sample's documents are drawn from small sentence banks and share sentences;
+            # confirm each MinHash candidate pair so that only real copies count as near duplicates.
+            "dedup.verify_threshold=0.8", "--workers", "1"))
+        c = clean_summary(d / "corpus" / "report.json")
+        if not c["balanced"]:
+            raise ValueError(f"{d / 'corpus' / 'report.json'}: records do not add up")
+        figure = (f"{c['input']} records -> {c['kept']} kept: {c['exact_dup']} exact + {c['near_dup']} near dups, "
+                  f"{c['filtered']} junk, {c['bad_records']} bad records")
+        return StageResult(figure, str(self._need(self.clean_jsonl, "cleaned corpus")), c)
+
+    # 2. tokenizer
+    def tokenizer(self, d: Path) -> StageResult:
+        from megactllm.tokenizer import load_tokenizer
+        from megactllm.tokenizer.train import CHAT_PIECES
+
+        prefix = str(self.tokenizer_model)[: -len(".model")]
+        self._run(d, self._tool("train_tokenizer.py", "train", "--input", self.clean_jsonl, "--model-prefix", prefix,
+                                "--vocab-size", self.s.vocab_size, "--threads", 1))
+        tok = load_tokenizer("sentencepiece", str(self.tokenizer_model))
+        ids = {p: tok.encode(p) for p in CHAT_PIECES}
+        if any(len(v) != 1 for v in ids.values()):
+            raise ValueError(f"{self.tokenizer_model}: chat pieces do not encode as single tokens: {ids}")
+        figure = f"{tok.vocab_size:,} pieces, " + ", ".join(f"{p}={v[0]}" for p, v in ids.items())
+        return StageResult(figure, str(self.tokenizer_model), {"vocab_size": tok.vocab_size})
+
+    # 3. tokenize
+    def tokenize(self, d: Path) -> StageResult:
+        from megactllm.data.dataset_stats import dataset_stats
+
+        self._run(d, self._tool("preprocess_data.py", "--input", self.clean_jsonl, "--tokenizer-type", "sentencepiece",
+                                "--tokenizer-model", self.tokenizer_model, "--append-eod",
+                                "--output-prefix", d / "sample", "--workers", 1))
+        stats = dataset_stats(str(self.text_prefix))
+        chars = sum(len(line) for line in self.clean_jsonl.read_text(encoding="utf-8").splitlines())
+        figure = f"{stats.documents} documents, {stats.tokens:,} tokens"
+        return StageResult(figure, str(self.text_prefix), {"documents": stats.documents, "tokens": stats.tokens,
+                                                           "jsonl_chars": chars})
+
+    def _vocab(self) -> int:
+        from megactllm.tokenizer import load_tokenizer
+
+        return load_tokenizer("sentencepiece", str(self.tokenizer_model)).vocab_size
+
+    def _train(self, d: Path, nproc: int, config: str, overrides: list[str]) -> dict:
+        """One torchrun of megactllm.train; returns its loss summary from metrics.jsonl."""
+        common = [f"model.vocab_size={self._vocab()}", f"data.tokenizer_model={self.tokenizer_model}",
+                  f"train.save={d / 'checkpoints'}", "train.load=null", f"train.log_dir={d}",
+                  f"train.tensorboard_dir={d / 'tensorboard'}"]
+        # One intra-op thread per process unless the user says otherwise: on a small shared machine
+        # more threads than free cores make torch's thread pool spin (seen: 30x slower SFT steps).
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        self._run(d, torchrun_cmd(nproc, "-m", "megactllm.train", "--config",
+                                  self.repo / "examples" / "configs" / config, *common, *overrides),
+                  env=env, progress=True)
+        self._need(d / "checkpoints" / "latest_checkpointed_iteration.txt", "the run's final checkpoint")
+        return loss_summary(d)
+
+    # 4. pretrain
+    def pretrain(self, d: Path) -> StageResult:
+        n = self.s.pretrain_iters
+        summary = self._train(d, 4, "tiny_cpu.yaml", [
+            f"data.data_path=[{self.text_prefix}]", f"data.data_cache_path={d / 'data_cache'}",
+            "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2",
+            f"model.seq_length={self.s.pretrain_seq}", f"model.max_position_embeddings={self.s.pretrain_seq}",
+            f"train.train_iters={n}", f"train.save_interval={n}", f"train.eval_interval={max(1, n // 2)}",
+            f"train.log_interval={max(1, min(10, n // 3))}"])
+        figure = f"loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {n} iters"
+        if "valid_ppl" in summary:
+            figure += f", valid ppl {summary['valid_ppl']:.1f}"
+        return StageResult(figure, str(d / "checkpoints"), summary)
+
+    def _chat_data(self, d: Path, kind: str, seq: int) -> list[str]:
+        """Tokenizes the shared zh and en SFT or DPO demo sets with the path's tokenizer."""
+        tool, sub, stem = (("preprocess_sft.py", "sft", "alpaca_{}_demo.json") if kind == "sft"
+                           else ("preprocess_dpo.py", "dpo", "dpo_{}_demo.json"))
+        prefixes = []
+        for lang in ("zh", "en"):
+            src = self._need(self.shared / sub / stem.format(lang), "shared demo data; set MEGACTLLM_SHARED_DATA")
+            prefix = d / "data" / f"{kind}_{lang}"
+            self._run(d, self._tool(tool, "--input", src, "--output-prefix", prefix, "--language", lang,
+                                    "--seq-length", seq, "--tokenizer-type", "sentencepiece",
+                                    "--tokenizer-model", self.tokenizer_model))
+            prefixes.append(str(prefix))
+        return prefixes
+
+    # 5. sft
+    def sft(self, d: Path) -> StageResult:
+        zh, en = self._chat_data(d, "sft", self.s.sft_seq)
+        n = self.s.sft_iters
+        summary = self._train(d, self.s.chat_processes, "tiny_sft.yaml", [
+            f"data.data_path=[4,{zh},1,{en}]", f"train.pretrained_checkpoint={self.checkpoints('pretrain')}",
+            f"model.seq_length={self.s.sft_seq}", f"model.max_position_embeddings={self.s.sft_seq}",
+            "train.train_epochs=null", f"train.train_iters={n}", f"train.save_interval={n}",
+            f"train.eval_interval={max(1, n // 2)}", f"train.log_interval={max(1, min(10, n // 3))}"])
+        figure = f"loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {n} iters"
+        if "valid_ppl" in summary:
+            figure += f", valid ppl {summary['valid_ppl']:.0f}"
+        return StageResult(figure, str(d / "checkpoints"), summary)
+
+    # 6. dpo
+    def dpo(self, d: Path) -> StageResult:
+        zh, en = self._chat_data(d, "dpo", self.s.dpo_seq)
+        n = self.s.dpo_iters
+        summary = self._train(d, self.s.chat_processes, "tiny_dpo.yaml", [
+            f"data.data_path=[{zh},{en}]", f"train.pretrained_checkpoint={self.checkpoints('sft')}",
+            f"model.seq_length={self.s.dpo_seq}", f"model.max_position_embeddings={self.s.dpo_seq}",
+            "train.train_epochs=null", f"train.train_iters={n}", f"train.save_interval={n}",
+            f"train.eval_interval={max(1, n // 2)}", f"train.log_interval={max(1, min(5, n // 3))}"])
+        valid = summary.get("valid", {})
+        figure = f"dpo loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {n} iters"
+        if "rewards/accuracy" in valid:
+            figure += f", valid reward accuracy {valid['rewards/accuracy']:.2f}, margin {valid['rewards/margin']:+.2f}"
+        return StageResult(figure, str(d / "checkpoints"), summary)
+
+    # 7. export
+    def export(self, d: Path) -> StageResult:
+        hf = d / "hf"
+        self._run(d, self._tool("convert_checkpoint.py", "export", self.checkpoints("dpo"), hf))
+        from .hf_check import ask_hf_model
+
+        answer = ask_hf_model(hf, QUESTION)
+        self.say(f"      {QUESTION} -> {answer['answer']!r}")
+        figure = f"{answer['architecture']}, {answer['parameters']:,} params, loads in transformers and answers"
+        return StageResult(figure, str(hf), answer)
+
+
+def default_out(repo: Path) -> Path:
+    return Path(os.environ.get("MEGACTLLM_FULL_PATH_OUT", repo / "runs" / "full_path"))
