@@ -27,9 +27,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer training iterations: a check that every stage chains")
     p.add_argument("--redo", nargs="*", default=[], help="stages to redo even if done (later stages follow)")
     p.add_argument("--verbose", action="store_true", help="print every stage's whole output")
+    p.add_argument("--raw", default=None, help="raw jsonl to clean (default examples/data/raw_sample.jsonl)")
     p.add_argument("--shared-data", default=None, help="the shared data directory (default ../shared/data)")
     args = p.parse_args(argv)
-    overrides = {"shared_data": args.shared_data} if args.shared_data else {}
+    # Paths given on the command line are relative to where the user stands, not to the repository.
+    overrides = {k: str(Path(v).resolve()) for k, v in (("shared_data", args.shared_data), ("raw", args.raw)) if v}
     settings = FullPathSettings.quick(**overrides) if args.quick else FullPathSettings(**overrides)
     out = args.out or default_out(REPO)
     path = FullPath(REPO, out, settings, verbose=args.verbose)

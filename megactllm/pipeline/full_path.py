@@ -32,9 +32,9 @@ class FullPathSettings:
     vocab_size: int = 2000             # the cleaned sample (~100 KB) supports about this many pieces
     pretrain_iters: int = 100
     pretrain_seq: int = 128
-    sft_iters: int = 100               # about one epoch of the 4:1 zh:en alpaca mixture at 256 tokens
+    sft_iters: Optional[int] = None    # None: one epoch of the 4:1 zh:en alpaca mixture (~60 iterations)
     sft_seq: int = 256
-    dpo_iters: int = 36                # one epoch of the 600 preference pairs
+    dpo_iters: Optional[int] = None    # None: one epoch of the 600 preference pairs (36 iterations)
     dpo_seq: int = 128
     chat_processes: int = 1            # SFT and DPO load the TP2 x PP2 weights at TP1 x PP1
 
@@ -71,16 +71,24 @@ class FullPath:
         return self.out / stage / "checkpoints"
 
     def settings_dict(self) -> dict:
-        return asdict(self.s)
+        """Settings every stage depends on (none: each stage names its own in stages())."""
+        return {}
 
     def stages(self) -> list[Stage]:
+        s = asdict(self.s)
+
+        def own(*keys):  # a stage is redone when one of these changes (and every stage after it)
+            return {k: s[k] for k in keys}
+
+        chat = ("shared_data", "chat_processes")
         return [
-            Stage("clean", "MAP-CC filters, exact and MinHash dedup of the raw sample", self.clean),
-            Stage("tokenizer", "SentencePiece BPE with the chat tokens", self.tokenizer),
+            Stage("clean", "MAP-CC filters, exact and MinHash dedup of the raw sample", self.clean, own("raw")),
+            Stage("tokenizer", "SentencePiece BPE with the chat tokens", self.tokenizer, own("vocab_size")),
             Stage("tokenize", "cleaned text -> Megatron .bin/.idx", self.tokenize),
-            Stage("pretrain", "tiny model, TP=2 x PP=2 on 4 CPU processes", self.pretrain),
-            Stage("sft", "alpaca zh:en = 4:1 from the pretrained weights", self.sft),
-            Stage("dpo", "preference pairs from the SFT weights", self.dpo),
+            Stage("pretrain", "tiny model, TP=2 x PP=2 on 4 CPU processes", self.pretrain,
+                  own("pretrain_iters", "pretrain_seq")),
+            Stage("sft", "alpaca zh:en = 4:1 from the pretrained weights", self.sft, own("sft_iters", "sft_seq", *chat)),
+            Stage("dpo", "preference pairs from the SFT weights", self.dpo, own("dpo_iters", "dpo_seq", *chat)),
             Stage("export", "Hugging Face LLaMA directory, loaded back with transformers", self.export),
         ]
 
@@ -192,13 +200,11 @@ class FullPath:
     # 5. sft
     def sft(self, d: Path) -> StageResult:
         zh, en = self._chat_data(d, "sft", self.s.sft_seq)
-        n = self.s.sft_iters
         summary = self._train(d, self.s.chat_processes, "tiny_sft.yaml", [
             f"data.data_path=[4,{zh},1,{en}]", f"train.pretrained_checkpoint={self.checkpoints('pretrain')}",
             f"model.seq_length={self.s.sft_seq}", f"model.max_position_embeddings={self.s.sft_seq}",
-            "train.train_epochs=null", f"train.train_iters={n}", f"train.save_interval={n}",
-            f"train.eval_interval={max(1, n // 2)}", f"train.log_interval={max(1, min(10, n // 3))}"])
-        figure = f"loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {n} iters"
+            *_length(self.s.sft_iters, log_every=10)])
+        figure = f"loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {summary['iterations']} iters"
         if "valid_ppl" in summary:
             figure += f", valid ppl {summary['valid_ppl']:.0f}"
         return StageResult(figure, str(d / "checkpoints"), summary)
@@ -206,14 +212,12 @@ class FullPath:
     # 6. dpo
     def dpo(self, d: Path) -> StageResult:
         zh, en = self._chat_data(d, "dpo", self.s.dpo_seq)
-        n = self.s.dpo_iters
         summary = self._train(d, self.s.chat_processes, "tiny_dpo.yaml", [
             f"data.data_path=[{zh},{en}]", f"train.pretrained_checkpoint={self.checkpoints('sft')}",
             f"model.seq_length={self.s.dpo_seq}", f"model.max_position_embeddings={self.s.dpo_seq}",
-            "train.train_epochs=null", f"train.train_iters={n}", f"train.save_interval={n}",
-            f"train.eval_interval={max(1, n // 2)}", f"train.log_interval={max(1, min(5, n // 3))}"])
+            *_length(self.s.dpo_iters, log_every=5)])
         valid = summary.get("valid", {})
-        figure = f"dpo loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {n} iters"
+        figure = f"dpo loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {summary['iterations']} iters"
         if "rewards/accuracy" in valid:
             figure += f", valid reward accuracy {valid['rewards/accuracy']:.2f}, margin {valid['rewards/margin']:+.2f}"
         return StageResult(figure, str(d / "checkpoints"), summary)
@@ -228,6 +232,15 @@ class FullPath:
         self.say(f"      {QUESTION} -> {answer['answer']!r}")
         figure = f"{answer['architecture']}, {answer['parameters']:,} params, loads in transformers and answers"
         return StageResult(figure, str(hf), answer)
+
+
+def _length(iters: Optional[int], log_every: int) -> list[str]:
+    """Overrides for a chat stage's length: a number of iterations, or one epoch (the recipe's)."""
+    if iters is None:
+        return ["train.train_epochs=1", "train.save_interval=100000", "train.eval_interval=20",
+                f"train.log_interval={log_every}"]
+    return ["train.train_epochs=null", f"train.train_iters={iters}", f"train.save_interval={iters}",
+            f"train.eval_interval={max(1, iters // 2)}", f"train.log_interval={max(1, min(log_every, iters // 3))}"]
 
 
 def default_out(repo: Path) -> Path:

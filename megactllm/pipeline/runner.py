@@ -4,7 +4,8 @@ A stage is finished when `<out>/<stage>/DONE.json` exists: it is written atomica
 the stage succeeded, and holds the stage's time, key figure and output path, so a rerun can print
 the closing table without redoing the work. A stage without its marker is redone from an empty
 directory (whatever a failed attempt left is removed first), and every stage after a redone one
-is redone too: its input changed. A marker written with other settings counts as absent.
+is redone too: its input changed. A marker written with other settings (the run's common ones and
+the stage's own) counts as absent.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Stage:
     name: str
     description: str
     run: Callable[[Path], StageResult]  # gets its own empty directory
+    settings: dict[str, Any] = field(default_factory=dict)  # what its output depends on besides its input
 
 
 @dataclass
@@ -76,7 +78,8 @@ def run_stages(stages: Sequence[Stage], out_dir: Path, settings: dict, say: Call
     width = max(len(s.name) for s in stages)
     for number, stage in enumerate(stages, 1):
         stage_dir = out_dir / stage.name
-        marker = None if (redo_rest or stage.name in force) else read_marker(stage_dir, settings)
+        own = {**settings, **stage.settings}
+        marker = None if (redo_rest or stage.name in force) else read_marker(stage_dir, own)
         tag = f"[{number}/{len(stages)}] {stage.name:<{width}}"
         if marker is not None:
             record = StageRecord(stage.name, marker["seconds"], marker["figure"], marker["output"], True,
@@ -98,7 +101,7 @@ def run_stages(stages: Sequence[Stage], out_dir: Path, settings: dict, say: Call
             raise StageFailed(f"stage {stage.name} failed: {type(exc).__name__}: {exc}") from exc
         seconds = time.monotonic() - start
         record = StageRecord(stage.name, seconds, result.figure, result.output, False, result.details)
-        write_marker(stage_dir, {"settings": settings, **asdict(record)})
+        write_marker(stage_dir, {"settings": own, **asdict(record)})
         say(f"{tag}  {seconds:.0f} s: {result.figure}  -> {result.output}")
         records.append(record)
     return records
