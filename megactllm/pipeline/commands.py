@@ -33,6 +33,7 @@ def run_logged(cmd: Sequence[str], log_path: Path, *, cwd: Optional[Path] = None
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # a user may follow the log with tail -f
             tail.append(line.rstrip("\n"))
             if verbose:
                 sys.stdout.write(line)
@@ -46,10 +47,12 @@ def run_logged(cmd: Sequence[str], log_path: Path, *, cwd: Optional[Path] = None
 
 
 def _shorten(line: str, keep: int = 5) -> str:
-    """A training log line cut to its first fields (iteration, tokens, loss, lr, grad norm)."""
+    """A training log line cut to its first fields (iteration, tokens, loss, lr, grad norm); a
+    validation line without the DPO log-probabilities (the rewards say it in fewer numbers)."""
+    fields = line.split(" | ")
     if line.startswith("iter"):
-        return " | ".join(line.split(" | ")[:keep])
-    return line
+        return " | ".join(fields[:keep])
+    return " | ".join(f for f in fields if not f.startswith("logps/"))
 
 
 def python_cmd(script: str, *args) -> list[str]:
