@@ -43,7 +43,8 @@ def test_one_line_per_stage_and_the_table(quick):
     table = [l for l in stdout.splitlines() if l.startswith("| ")]
     assert [row.split("|")[1].strip() for row in table] == ["stage", *STAGES, "total"]
     for stage in STAGES:
-        assert done[stage]["output"] in stdout and Path(done[stage]["output"]).exists()
+        output = done[stage]["output"]
+        assert output in stdout and (Path(output).exists() or Path(output + ".bin").exists()), output
 
 
 def test_cleaning_found_what_was_planted(quick):
@@ -177,3 +178,15 @@ def test_runner_redoes_from_the_stage_whose_own_settings_changed(tmp_path):
     calls.clear()
     run_stages(stages(2), tmp_path, {})
     assert calls == ["b", "c"]
+
+
+def test_a_failed_command_names_its_cause_and_keeps_its_log(tmp_path):
+    from megactllm.pipeline.commands import run_logged
+
+    script = "import sys; print('working'); print('[rank0]: ValueError: record 7 of x.jsonl is bad', flush=True); sys.exit(3)"
+    with pytest.raises(StageFailed) as info:
+        run_logged([sys.executable, "-c", script], tmp_path / "log.txt", say=lambda s: None)
+    message = str(info.value)
+    assert message.startswith("ValueError: record 7 of x.jsonl is bad") and "status 3" in message
+    assert str(tmp_path / "log.txt") in message
+    assert "working" in (tmp_path / "log.txt").read_text()

@@ -16,6 +16,8 @@ from .runner import StageFailed
 
 # Training progress and validation lines of megactllm.training.metrics (rank 0 only prints them).
 PROGRESS = re.compile(r"^(iter\s+\d+/\d+|validation at iter)")
+# A Python exception line, as a rank prints it ("[rank0]: pkg.Error: text") or a tool does.
+EXCEPTION = re.compile(r"^(\[rank\d+\]:\s*)?(?P<error>([\w.]*(Error|Exception)|error): .*)")
 
 
 def run_logged(cmd: Sequence[str], log_path: Path, *, cwd: Optional[Path] = None, env: Optional[dict] = None,
@@ -23,6 +25,7 @@ def run_logged(cmd: Sequence[str], log_path: Path, *, cwd: Optional[Path] = None
                say: Callable[[str], None] = print, tail_lines: int = 40) -> None:
     """Runs cmd to completion, appending its stdout+stderr to log_path."""
     full_env = {**os.environ, **(env or {})}
+    cause = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=tail_lines)
     with open(log_path, "a", encoding="utf-8") as log:
@@ -35,6 +38,9 @@ def run_logged(cmd: Sequence[str], log_path: Path, *, cwd: Optional[Path] = None
             log.write(line)
             log.flush()  # a user may follow the log with tail -f
             tail.append(line.rstrip("\n"))
+            found = EXCEPTION.match(line)
+            if found and "ChildFailedError" not in line:  # torchrun's wrapper names no cause
+                cause = found.group("error").strip()
             if verbose:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -43,7 +49,9 @@ def run_logged(cmd: Sequence[str], log_path: Path, *, cwd: Optional[Path] = None
         code = proc.wait()
     if code != 0:
         shown = "\n".join("    " + t for t in tail)
-        raise StageFailed(f"{Path(str(cmd[0])).name} exited with status {code}; the last lines of {log_path}:\n{shown}")
+        first = f"{cause}\n" if cause else ""
+        raise StageFailed(f"{first}{' '.join(map(str, cmd[:4]))} ... exited with status {code}; "
+                          f"the last lines of {log_path}:\n{shown}")
 
 
 def _shorten(line: str, keep: int = 5) -> str:

@@ -95,8 +95,8 @@ def run_stages(stages: Sequence[Stage], out_dir: Path, settings: dict, say: Call
         start = time.monotonic()
         try:
             result = stage.run(stage_dir)
-        except StageFailed:
-            raise
+        except StageFailed as exc:
+            raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
         except Exception as exc:  # a stage's own error, with the stage named
             raise StageFailed(f"stage {stage.name} failed: {type(exc).__name__}: {exc}") from exc
         seconds = time.monotonic() - start
