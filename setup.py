@@ -57,5 +57,5 @@ setup(
         # JSON-lines parsing on the tokenize hot path (several times faster than json.loads).
         "orjson",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "datasketch"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "datasketch", "lm-eval==0.4.13", "accelerate"]},
 )
