@@ -66,3 +66,33 @@ def lm_eval_task_yaml(out_dir: Path, benchmark: str, data_dir: Path, subject: st
         cfg.update(dataset_path="json", dataset_kwargs={"data_files": files})
     (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return name
+
+
+def parallel_eval_jobs(checkpoint: str, tokenizer: str, save_cfg, layouts: list, requests_text: list,
+                       gen_contexts: list) -> dict:
+    """Run on every rank: save a random model at save_cfg's layout with the real tokenizer, then for
+    each (name, ParallelConfig) layout load it through ParallelBackend.from_checkpoint and answer
+    `requests_text` [(context, continuation)] and greedy generations. Returns {name: (token requests,
+    answers, generations)} (the same on every rank)."""
+    from megactllm.eval.backends.parallel import ParallelBackend
+    from megactllm.eval.requests import encode_pair
+    from megactllm.model import build_model
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+    from megatron.core import parallel_state
+    from megactllm.training.checkpoint import save_checkpoint
+
+    initialize_parallel(save_cfg.parallel, seed=7, num_layers=save_cfg.model.num_layers)
+    chunks = build_model(save_cfg.model, save_cfg.parallel, save_cfg.optim)
+    save_checkpoint(checkpoint, 1, chunks, save_cfg, tokenizer_path=tokenizer)
+    parallel_state.destroy_model_parallel()
+    out = {}
+    for name, parallel in layouts:
+        initialize_parallel(parallel, seed=7, num_layers=save_cfg.model.num_layers)
+        backend = ParallelBackend.from_checkpoint(checkpoint, parallel, batch_size=3)
+        requests = [encode_pair(backend.encode, c, x) for c, x in requests_text]
+        answers = backend.loglikelihood(requests)
+        generations = backend.greedy_generate([backend.encode(c) for c in gen_contexts], max_new_tokens=4)
+        out[name] = (requests, answers, generations)
+        parallel_state.destroy_model_parallel()
+    destroy_parallel()
+    return out
