@@ -96,3 +96,23 @@ def parallel_eval_jobs(checkpoint: str, tokenizer: str, save_cfg, layouts: list,
         parallel_state.destroy_model_parallel()
     destroy_parallel()
     return out
+
+
+def train_then_score_checkpoints(overrides: list, run_dir: str, tp: int) -> list:
+    """Rank body: a tiny pretraining run whose recipe turns on in-loop evaluation, then (one spawn
+    for both) every saved checkpoint of it scored at TP=tp, as tools/evaluate.py --all-checkpoints does."""
+    from megatron.core import parallel_state
+    from train_utils import train_in_process
+
+    from megactllm.config import ParallelConfig, load_config
+    from megactllm.eval.inloop import evaluate_checkpoints
+    from megactllm.parallel import destroy_parallel, initialize_parallel
+
+    train_in_process(overrides)
+    parallel_state.destroy_model_parallel()
+    cfg = load_config(None, overrides)
+    parallel = ParallelConfig(tensor_model_parallel_size=tp)
+    initialize_parallel(parallel, num_layers=cfg.model.num_layers)
+    records = evaluate_checkpoints(run_dir, cfg.eval, parallel)
+    destroy_parallel()
+    return records
