@@ -6,7 +6,6 @@ Import into a test module with `from gguf_fixtures import *`.
 from pathlib import Path
 
 import pytest
-import torch
 from chat_fixtures import chat_sp_model, extend_with_chat_tokens  # noqa: F401
 from convert_testing import tiny_hf_llama
 
@@ -31,12 +30,7 @@ def tiny_hf_dir(chat_sp_model, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_hf") / "tiny-zh"
     vocab = load_tokenizer("sentencepiece", str(chat_sp_model)).vocab_size
-    model = tiny_hf_llama(vocab, **TINY)
-    with torch.no_grad():  # initializer_range only applies to fresh init: scale the random weights up
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.normal_(0.0, TINY["initializer_range"])
-    model.save_pretrained(out)
+    tiny_hf_llama(vocab, **TINY).save_pretrained(out)
     export_tokenizer("sentencepiece", chat_sp_model, out, chat_template=CHAT_TEMPLATE,
                      model_max_length=TINY["max_position_embeddings"])
     return out

@@ -29,6 +29,7 @@ from megactllm.serve.requests import (
 )
 
 log = logging.getLogger("megactllm.serve")
+_DRAIN_BYTES = 64 * 2**20
 
 
 class Scheduler:
@@ -90,15 +91,17 @@ def create_app(engine: Engine, limits: Optional[Limits] = None, api_key: Optiona
         return response
 
     async def read_body(request: Request) -> dict:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise RequestError(413, f"the request body is {declared} bytes; the limit is {limits.max_body_bytes}")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limits.max_body_bytes:
-                raise RequestError(413, f"the request body is over the limit of {limits.max_body_bytes} bytes")
-            chunks.append(chunk)
+            if size <= limits.max_body_bytes:
+                chunks.append(chunk)
+            elif size > _DRAIN_BYTES:
+                break  # a client this far over the limit gets its answer without being read further
+        if size > limits.max_body_bytes:
+            # Read (and dropped) up to _DRAIN_BYTES first, so an ordinary client that is still
+            # sending sees this answer instead of a reset connection.
+            raise RequestError(413, f"the request body is over the limit of {limits.max_body_bytes} bytes")
         body = parse_json(b"".join(chunks))
         model = body.get("model")
         if model is not None and model != model_name:

@@ -77,7 +77,12 @@ def _hf_chat_template(path: Path, tok_config: dict) -> Optional[str]:
     return template
 
 
-def _hf_added_tokens(path: Path) -> list[tuple[int, str, bool]]:
+def _hf_added_tokens(path: Path, tok_config: dict) -> list[tuple[int, str, bool]]:
+    """(id, content, special) of HF added tokens: tokenizer_config.json lists them (small to read);
+    tokenizer.json only where the config does not."""
+    decoder = tok_config.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        return [(int(i), t["content"], bool(t.get("special"))) for i, t in decoder.items()]
     tok_json = path / "tokenizer.json"
     if not tok_json.is_file():
         return []
@@ -136,5 +141,5 @@ def _hf_source(path: Path, tokenizer_file: Optional[str | Path]) -> ModelSource:
     tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     return ModelSource(
         path=path, model=model, dtype=dtype, tokenizer_file=tok, chat_template=_hf_chat_template(path, tok_config),
-        plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path),
+        plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path, tok_config),
     )
