@@ -44,8 +44,12 @@ def _digest(tokens) -> str:
     return hashlib.sha1(np.ascontiguousarray(tokens.numpy()).tobytes()).hexdigest()[:16]
 
 
-def train_recording_samples(overrides: list[str]) -> dict:
-    """Rank body: train, and return per step the digests and sources of the samples this rank read."""
+def train_recording_samples(overrides: list[str], stdout_path: str = None) -> dict:
+    """Rank body: train, and return per step the digests and sources of the samples this rank read.
+
+    With `stdout_path`, what the run prints (rank 0's log lines) is written there.
+    """
+    import contextlib
     from dataclasses import asdict
 
     from megactllm.config import load_config
@@ -62,5 +66,7 @@ def train_recording_samples(overrides: list[str]) -> dict:
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
-    result = run_training(cfg, Recording(cfg))
+    with open(stdout_path, "w") if stdout_path else contextlib.nullcontext() as out:
+        with contextlib.redirect_stdout(out) if out else contextlib.nullcontext():
+            result = run_training(cfg, Recording(cfg))
     return {"losses": result.losses, "state": asdict(result.state), "steps": seen}

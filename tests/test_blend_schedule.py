@@ -1,6 +1,7 @@
 """Blend schedules: parsing and errors, exact per-phase proportions, the boundary at the stated step,
 phases in the log/metrics/PNG, the same samples at TP=2 / PP=2 / DP=2, and the resume check."""
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -122,10 +123,18 @@ def test_each_phase_draws_its_exact_proportions(tmp_path):
     assert any((tmp_path / "data_cache").rglob("*BlendedDataset-train-dataset_index.npy"))
 
 
-def test_boundary_at_the_stated_step_and_phases_in_log_metrics_and_png(tmp_path, capfd):
-    corpora = write_corpora(str(tmp_path))
-    overrides = scheduled_overrides(corpora, str(tmp_path / "run"), 3, **{"train.train_iters": 6})
-    (result,) = run_distributed(train_recording_samples, 1, overrides, timeout=300)
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    """6 iterations, phase 'warm' for 1-3 and 'decay' for 4-6, in one process: the reference."""
+    work = tmp_path_factory.mktemp("scheduled")
+    corpora = write_corpora(str(work))
+    overrides = scheduled_overrides(corpora, str(work / "run"), 3, **{"train.train_iters": 6})
+    (result,) = run_distributed(train_recording_samples, 1, overrides, str(work / "out.txt"), timeout=300)
+    return work, corpora, result
+
+
+def test_boundary_at_the_stated_step_and_phases_in_log_metrics_and_png(single_process_run):
+    tmp_path, corpora, result = single_process_run
     steps = result["steps"]
     assert len(steps) == 6
     for i, step in enumerate(steps, start=1):
@@ -136,7 +145,32 @@ def test_boundary_at_the_stated_step_and_phases_in_log_metrics_and_png(tmp_path,
     train = [r for r in records if r["kind"] == "train"]
     assert [r["blend_phase"] for r in train] == [1, 1, 1, 2, 2, 2]
     assert train[3]["blend_phase_name"] == "decay" and train[3]["blend_weights"][corpora["c"]] == 0.25
-    out = capfd.readouterr().out
+    out = (tmp_path / "out.txt").read_text()
     assert "blend phase 2/2 decay begins at iteration 4 (sample 24" in out
     assert "phase 1 warm (0.30 a, 0.70 b)" in out
     assert (tmp_path / "run" / "log" / "loss_curve.png").stat().st_size > 0
+
+
+LAYOUTS = {
+    "tp2": {"parallel.tensor_model_parallel_size": 2},
+    "pp2": {"parallel.pipeline_model_parallel_size": 2},
+    "dp2": {},
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_layouts_read_the_same_samples_as_one_process(single_process_run, layout):
+    work, corpora, reference = single_process_run
+    overrides = scheduled_overrides(corpora, str(work / layout), 3, **{"train.train_iters": 6, **LAYOUTS[layout]})
+    results = run_distributed(train_recording_samples, 2, overrides, timeout=400)
+    for step, expected in enumerate(reference["steps"]):
+        expected = Counter(digest for digest, _ in expected)
+        union = Counter()
+        for rank, result in enumerate(results):
+            read = Counter(digest for digest, _ in result["steps"][step])
+            assert not read - expected, f"{layout} rank {rank} step {step + 1} read samples the single process did not"
+            union |= read
+        assert union == expected, f"{layout} step {step + 1}: the ranks together did not read the step's samples"
+    if layout == "dp2":  # same weights as one process: the losses agree too
+        for it, loss in reference["losses"].items():
+            assert results[0]["losses"][it] == pytest.approx(loss, abs=1e-5)
