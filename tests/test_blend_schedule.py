@@ -174,3 +174,23 @@ def test_parallel_layouts_read_the_same_samples_as_one_process(single_process_ru
     if layout == "dp2":  # same weights as one process: the losses agree too
         for it, loss in reference["losses"].items():
             assert results[0]["losses"][it] == pytest.approx(loss, abs=1e-5)
+
+
+def test_recipes_warm_start_and_decay_phase_line_up_with_the_wsd_decay():
+    from pathlib import Path
+
+    from megactllm.training.schedule import resolve_train_iters
+
+    recipes = Path(__file__).resolve().parents[1] / "examples" / "configs"
+    cfg = load_config(str(recipes / "llama2_7b_continue.yaml"))
+    iters = resolve_train_iters(cfg)
+    s = BlendSchedule.from_config(cfg, iters)
+    warm, stable, decay = s.resolved
+    assert any("parallel" in p for p in warm.phase.blend.prefixes)
+    assert not any("parallel" in p for p in stable.phase.blend.prefixes + decay.phase.blend.prefixes)
+    assert warm.end_iteration * cfg.train.global_batch_size * cfg.model.seq_length >= 10_000_000_000
+    assert cfg.optim.lr_decay_style == "WSD" and decay.start_iteration == iters - cfg.optim.lr_wsd_decay_iters
+    tiny = load_config(str(recipes / "tiny_blend_schedule.yaml"))
+    t = BlendSchedule.from_config(tiny, tiny.train.train_iters)
+    assert [(r.start_iteration, r.end_iteration) for r in t.resolved] == [(0, 30), (30, 70), (70, 100)]
+    assert t.resolved[2].start_iteration == tiny.train.train_iters - tiny.optim.lr_wsd_decay_iters
