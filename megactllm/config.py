@@ -105,6 +105,11 @@ class DataConfig:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = True
+    # Phases of the training mixture, replacing data_path (see megactllm/data/blend_schedule.py):
+    # [{name, end_iteration | end_tokens, blend: ["0.3", a, "0.7", b]}, ...]; the last may have no end.
+    blend_schedule: list = field(default_factory=list)
+    # Resume under a schedule other than the checkpoint's (else a clear error).
+    allow_blend_schedule_change: bool = False
     # SFT / DPO: prefixes written by tools/preprocess_sft.py or tools/preprocess_dpo.py, blended by weight.
     packing: bool = True
 

@@ -70,6 +70,9 @@ def format_log_line(record: dict) -> str:
         f"peak_mem {record['peak_mem_gib']:.2f} GiB",
     ]
     extra = [f"{k} {v:.4f}" for k, v in record.get("metrics", {}).items() if k != record.get("loss_name")]
+    if "blend_phase" in record:  # a blend schedule's active phase and its proportions
+        weights = ", ".join(f"{w:.2f} {Path(p).name}" for p, w in record["blend_weights"].items())
+        extra.append(f"phase {record['blend_phase']} {record['blend_phase_name']} ({weights})")
     return " | ".join(parts + extra)
 
 
@@ -117,6 +120,10 @@ class RunLogger:
                     self._tb.add_scalar(f"train/{key}", value, step)
             for name, value in record.get("metrics", {}).items():
                 self._tb.add_scalar(f"train/{name}", value, step)
+            if "blend_phase" in record:
+                self._tb.add_scalar("train/blend_phase", record["blend_phase"], step)
+                for prefix, weight in record["blend_weights"].items():
+                    self._tb.add_scalar(f"train/blend_weight/{Path(prefix).name}", weight, step)
             self._tb.add_scalar("train/loss_vs_tokens", record["loss"], record["consumed_tokens"])
             self._tb.flush()
 
@@ -222,6 +229,7 @@ def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Pa
     ax.plot([r["consumed_tokens"] for r in train], [r["loss"] for r in train], label="train loss")
     if valid:
         ax.plot([r["consumed_tokens"] for r in valid], [r["metrics"][r["loss_name"]] for r in valid], "o-", label="valid loss")
+    _mark_blend_phases(ax, train)
     ax.set_xlabel("consumed tokens")
     ax.set_ylabel("loss")
     ax.set_title(f"{Path(run_dir).resolve().name}: {len(train)} logged iterations")
@@ -231,6 +239,19 @@ def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Pa
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def _mark_blend_phases(ax, train: list[dict]) -> None:
+    """A dashed line where a blend schedule's phase changes, at the tokens consumed before it."""
+    previous = None
+    for r in train:
+        phase = r.get("blend_phase")
+        if phase is not None and previous is not None and phase != previous:
+            at = r["blend_phase_start_tokens"]
+            ax.axvline(at, color="gray", linestyle="--", linewidth=1)
+            ax.annotate(f"phase {phase}: {r['blend_phase_name']}", (at, 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=8, color="gray")
+        previous = phase if phase is not None else previous
 
 
 if __name__ == "__main__":
