@@ -11,7 +11,7 @@ import pytest
 from megactllm.pipeline.runner import DONE_FILE, Stage, StageFailed, StageResult, format_table, run_stages
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["clean", "tokenizer", "tokenize", "pretrain", "sft", "dpo", "export"]
+STAGES = ["clean", "tokenizer", "tokenize", "pretrain", "evaluate", "sft", "dpo", "export", "gguf", "serve"]
 sys.path.insert(0, str(REPO / "examples" / "data"))
 import make_raw_sample  # noqa: E402
 
@@ -38,7 +38,7 @@ def test_raw_sample_is_what_its_script_writes():
 def test_one_line_per_stage_and_the_table(quick):
     out, stdout, done, _ = quick
     for number, stage in enumerate(STAGES, 1):
-        finished = [l for l in stdout.splitlines() if l.startswith(f"[{number}/7] {stage}") and " s: " in l]
+        finished = [l for l in stdout.splitlines() if l.startswith(f"[{number}/{len(STAGES)}] {stage}") and " s: " in l]
         assert len(finished) == 1, stdout
     table = [l for l in stdout.splitlines() if l.startswith("| ")]
     assert [row.split("|")[1].strip() for row in table] == ["stage", *STAGES, "total"]
@@ -55,7 +55,8 @@ def test_cleaning_found_what_was_planted(quick):
     assert clean["bad_records"] == 2
     assert clean["balanced"] and clean["kept"] + clean["exact_dup"] + clean["near_dup"] + clean["filtered"] + 2 == clean["input"]
     kept = [json.loads(l)["text"] for l in Path(quick[2]["clean"]["output"]).read_text(encoding="utf-8").splitlines()]
-    assert len(kept) == clean["kept"] == quick[2]["tokenize"]["details"]["documents"]
+    tokenized = quick[2]["tokenize"]["details"]
+    assert len(kept) == clean["kept"] == tokenized["documents"] + tokenized["heldout_documents"]
     assert not any("Lorem ipsum" in t or "document.getElementById" in t for t in kept)
 
 
@@ -70,7 +71,7 @@ def test_one_tokenizer_throughout(quick):
     copies.append(out / "export" / "hf" / "tokenizer.model")
     for copy in copies:
         assert copy.read_bytes() == model.read_bytes(), copy
-    meta = json.loads(next((out / "tokenize").glob("*.json")).read_text(encoding="utf-8"))
+    meta = json.loads((out / "tokenize" / "sample_text_document.json").read_text(encoding="utf-8"))
     assert Path(meta["model_path"]).resolve() == model.resolve()
 
 
@@ -86,6 +87,39 @@ def test_training_chains_and_learns(quick):
         assert f"initialised weights from {out / parent / 'checkpoints'}/iter_" in log
     valid = done["dpo"]["details"]["valid"]
     assert 0.0 <= valid["rewards/accuracy"] <= 1.0 and valid["dpo loss"] == pytest.approx(valid["dpo loss"])
+
+
+def test_evaluation_of_the_pretrained_model(quick):
+    out, _, done, _ = quick
+    heldout = (out / "tokenize" / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    trained = set((out / "tokenize" / "train.jsonl").read_text(encoding="utf-8").splitlines())
+    assert heldout and not trained.intersection(heldout)
+    results = json.loads((out / "evaluate" / "results.json").read_text(encoding="utf-8"))
+    assert str(out / "pretrain" / "checkpoints") in results["config"]["model"]
+    bpb = results["results"]["bpb_heldout"]
+    assert 0 < bpb["bits_per_byte"] < 8 and bpb["bits_per_byte"] == done["evaluate"]["details"]["bits_per_byte"]
+    cmmlu = {k: v for k, v in results["results"].items() if k.startswith("cmmlu_")}
+    assert sorted(cmmlu) == ["cmmlu_chinese_food_culture", "cmmlu_elementary_chinese", "cmmlu_high_school_geography"]
+    assert all(v["n"] == 10 and 0 <= v["acc"] <= 1 for v in cmmlu.values())
+
+
+def test_gguf_and_the_server_answered(quick):
+    import socket
+    from urllib.parse import urlparse
+
+    from gguf import GGUFReader
+
+    out, _, done, _ = quick
+    reader = GGUFReader(str(out / "gguf" / "zh_sample-q4_0.gguf"))
+    assert "Q4_0" in {t.tensor_type.name for t in reader.tensors}
+    serve = done["serve"]["details"]
+    assert serve["question"] and isinstance(serve["answer"], str) and serve["completion_tokens"] >= 1
+    assert serve["finish_reason"] in ("stop", "length") and serve["server_exit"] is not None
+    log = (out / "serve" / "log.txt").read_text(encoding="utf-8")
+    assert "--port 0" in log and "listening on http://127.0.0.1:" in log
+    url = urlparse(serve["url"])
+    with pytest.raises(OSError):  # the server is gone
+        socket.create_connection((url.hostname, url.port), timeout=2).close()
 
 
 def test_hf_export_loads_in_transformers(quick):

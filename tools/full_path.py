@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The whole CT-LLM path on the bundled sample, one stage after another (README's third command):
 
-    clean -> tokenizer (chat tokens) -> tokenize -> pretrain (TP=2 x PP=2) -> SFT -> DPO -> export (HF)
+    clean -> tokenizer (chat tokens) -> tokenize -> pretrain (TP=2 x PP=2) -> evaluate (bits per byte,
+    CMMLU) -> SFT -> DPO -> export (HF) -> GGUF q4_0 -> serve (ask one Chinese question, stop)
 
     python tools/full_path.py                    # runs/full_path/<stage>/, about 10 minutes on 2 cores
     python tools/full_path.py --quick            # fewer iterations (what the test runs)

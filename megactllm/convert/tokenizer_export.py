@@ -40,10 +40,22 @@ def _hf_tokenizer(tokenizer: Tokenizer, source_file: Path, **settings):
     from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
     if tokenizer.tokenizer_type == "sentencepiece":
+        if not _adds_dummy_prefix(source_file):
+            # A model trained without the dummy "▁" (megactllm's own, see tokenizer/train.py):
+            # HF must not add one either, or every text gains a leading token the model never saw.
+            settings["add_prefix_space"] = False
         with tempfile.TemporaryDirectory(prefix="megactllm-tok-") as tmp:
             shutil.copy(source_file, Path(tmp) / "tokenizer.model")
             return LlamaTokenizer.from_pretrained(tmp, local_files_only=True, legacy=False, **settings)
     return PreTrainedTokenizerFast(tokenizer_file=str(source_file), **settings)
+
+
+def _adds_dummy_prefix(model_file: Path) -> bool:
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    return proto.normalizer_spec.add_dummy_prefix
 
 
 def export_tokenizer(

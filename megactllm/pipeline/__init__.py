@@ -1,5 +1,5 @@
-"""Stage chains: the whole CT-LLM path (clean -> tokenizer -> tokenize -> pretrain -> SFT -> DPO ->
-export) on the bundled sample, with done-markers so that a rerun skips finished stages.
+"""Stage chains: the whole CT-LLM path (clean -> tokenizer -> tokenize -> pretrain -> evaluate -> SFT ->
+DPO -> export -> GGUF -> serve) on the bundled sample, with done-markers so that a rerun skips finished stages.
 
     from megactllm.pipeline import FullPath, FullPathSettings, run_stages
     path = FullPath(repo, out, FullPathSettings.quick())

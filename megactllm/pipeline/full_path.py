@@ -1,7 +1,9 @@
 """The whole CT-LLM path on the bundled sample, each stage starting from the previous one's output.
 
     clean -> tokenizer (with the chat tokens) -> tokenize -> pretrain (TP=2 x PP=2, 4 processes)
-          -> sft (from the pretrained weights) -> dpo (from the SFT weights) -> export (HF)
+          -> evaluate (bits per byte on held-out documents, CMMLU subjects) -> sft (from the
+          pretrained weights) -> dpo (from the SFT weights) -> export (HF) -> gguf (q4_0)
+          -> serve (OpenAI-compatible server, one Chinese question through the openai client)
 
 Every stage runs the same command a user would type (tools/*.py, torchrun -m megactllm.train), so
 a stage's log (`<out>/<stage>/log.txt`) starts with a command one can copy. One tokenizer, the one
@@ -37,11 +39,15 @@ class FullPathSettings:
     dpo_iters: Optional[int] = None    # None: one epoch of the 600 preference pairs (36 iterations)
     dpo_seq: int = 128
     chat_processes: int = 1            # SFT and DPO load the TP2 x PP2 weights at TP1 x PP1
+    heldout_every: int = 20            # every 20th cleaned document is kept out of pretraining for bpb
+    cmmlu_subjects: tuple = ("chinese_food_culture", "elementary_chinese", "high_school_geography")
+    cmmlu_limit: Optional[int] = None  # questions per subject (None: all 509 of the three)
+    gguf_type: str = "q4_0"
 
     @classmethod
     def quick(cls, **overrides) -> "FullPathSettings":
         """The shortened path the test runs: every stage, fewer iterations."""
-        return cls(**{"pretrain_iters": 30, "sft_iters": 10, "dpo_iters": 6, **overrides})
+        return cls(**{"pretrain_iters": 30, "sft_iters": 10, "dpo_iters": 6, "cmmlu_limit": 10, **overrides})
 
 
 class FullPath:
@@ -67,6 +73,14 @@ class FullPath:
     def text_prefix(self) -> Path:
         return self.out / "tokenize" / "sample_text_document"
 
+    @property
+    def heldout_jsonl(self) -> Path:
+        return self.out / "tokenize" / "heldout.jsonl"
+
+    @property
+    def gguf_file(self) -> Path:
+        return self.out / "gguf" / f"zh_sample-{self.s.gguf_type}.gguf"
+
     def checkpoints(self, stage: str) -> Path:
         return self.out / stage / "checkpoints"
 
@@ -84,12 +98,17 @@ class FullPath:
         return [
             Stage("clean", "MAP-CC filters, exact and MinHash dedup of the raw sample", self.clean, own("raw")),
             Stage("tokenizer", "SentencePiece BPE with the chat tokens", self.tokenizer, own("vocab_size")),
-            Stage("tokenize", "cleaned text -> Megatron .bin/.idx", self.tokenize),
+            Stage("tokenize", "cleaned text -> Megatron .bin/.idx, a few documents held out", self.tokenize,
+                  own("heldout_every")),
             Stage("pretrain", "tiny model, TP=2 x PP=2 on 4 CPU processes", self.pretrain,
                   own("pretrain_iters", "pretrain_seq")),
+            Stage("evaluate", "bits per byte on held-out documents, CMMLU subjects", self.evaluate,
+                  own("shared_data", "cmmlu_subjects", "cmmlu_limit")),
             Stage("sft", "alpaca zh:en = 4:1 from the pretrained weights", self.sft, own("sft_iters", "sft_seq", *chat)),
             Stage("dpo", "preference pairs from the SFT weights", self.dpo, own("dpo_iters", "dpo_seq", *chat)),
             Stage("export", "Hugging Face LLaMA directory, loaded back with transformers", self.export),
+            Stage("gguf", "one GGUF file for llama.cpp, quantized", self.gguf, own("gguf_type")),
+            Stage("serve", "OpenAI-compatible server on the GGUF, one question, stop", self.serve),
         ]
 
     def _run(self, stage_dir: Path, cmd: list, env: Optional[dict] = None, progress: bool = False) -> None:
@@ -141,14 +160,18 @@ class FullPath:
     def tokenize(self, d: Path) -> StageResult:
         from megactllm.data.dataset_stats import dataset_stats
 
-        self._run(d, self._tool("preprocess_data.py", "--input", self.clean_jsonl, "--tokenizer-type", "sentencepiece",
+        lines = self.clean_jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
+        heldout = lines[self.s.heldout_every - 1::self.s.heldout_every]  # never seen in pretraining
+        train = [line for i, line in enumerate(lines) if (i + 1) % self.s.heldout_every]
+        (d / "train.jsonl").write_text("".join(train), encoding="utf-8")
+        self.heldout_jsonl.write_text("".join(heldout), encoding="utf-8")
+        self._run(d, self._tool("preprocess_data.py", "--input", d / "train.jsonl", "--tokenizer-type", "sentencepiece",
                                 "--tokenizer-model", self.tokenizer_model, "--append-eod",
                                 "--output-prefix", d / "sample", "--workers", 1))
         stats = dataset_stats(str(self.text_prefix))
-        chars = sum(len(line) for line in self.clean_jsonl.read_text(encoding="utf-8").splitlines())
-        figure = f"{stats.documents} documents, {stats.tokens:,} tokens"
+        figure = f"{stats.documents} documents, {stats.tokens:,} tokens ({len(heldout)} documents held out)"
         return StageResult(figure, str(self.text_prefix), {"documents": stats.documents, "tokens": stats.tokens,
-                                                           "jsonl_chars": chars})
+                                                           "heldout_documents": len(heldout)})
 
     def _vocab(self) -> int:
         from megactllm.tokenizer import load_tokenizer
@@ -183,6 +206,26 @@ class FullPath:
             figure += f", valid ppl {summary['valid_ppl']:.1f}"
         return StageResult(figure, str(d / "checkpoints"), summary)
 
+    # 5. evaluate
+    def evaluate(self, d: Path) -> StageResult:
+        import json
+
+        limit = ["--limit", self.s.cmmlu_limit] if self.s.cmmlu_limit else []
+        self._run(d, self._tool(
+            "evaluate.py", "--model", self.checkpoints("pretrain"), "--tasks", "cmmlu,bpb",
+            "--data-dir", self._need(self.shared / "eval", "shared evaluation data"),
+            "--subjects", ",".join(self.s.cmmlu_subjects), "--corpus", self.heldout_jsonl,
+            "--output", d / "results.json", *limit), env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        results = json.loads(self._need(d / "results.json", "evaluation results").read_text(encoding="utf-8"))["results"]
+        bpb = results["bpb_heldout"]["bits_per_byte"]
+        cmmlu = {k: v for k, v in results.items() if k.startswith("cmmlu_")}
+        n = sum(v["n"] for v in cmmlu.values())
+        acc = sum(v["acc"] * v["n"] for v in cmmlu.values()) / n
+        figure = (f"held-out bits per byte {bpb:.2f}; CMMLU acc {acc:.2f} on {n} questions of "
+                  f"{len(cmmlu)} subjects (chance 0.25)")
+        return StageResult(figure, str(d / "results.json"), {"bits_per_byte": bpb, "cmmlu_acc": acc,
+                                                             "cmmlu_questions": n, "subjects": sorted(cmmlu)})
+
     def _chat_data(self, d: Path, kind: str, seq: int) -> list[str]:
         """Tokenizes the shared zh and en SFT or DPO demo sets with the path's tokenizer."""
         tool, sub, stem = (("preprocess_sft.py", "sft", "alpaca_{}_demo.json") if kind == "sft"
@@ -197,7 +240,7 @@ class FullPath:
             prefixes.append(str(prefix))
         return prefixes
 
-    # 5. sft
+    # 6. sft
     def sft(self, d: Path) -> StageResult:
         zh, en = self._chat_data(d, "sft", self.s.sft_seq)
         summary = self._train(d, self.s.chat_processes, "tiny_sft.yaml", [
@@ -209,7 +252,7 @@ class FullPath:
             figure += f", valid ppl {summary['valid_ppl']:.0f}"
         return StageResult(figure, str(d / "checkpoints"), summary)
 
-    # 6. dpo
+    # 7. dpo
     def dpo(self, d: Path) -> StageResult:
         zh, en = self._chat_data(d, "dpo", self.s.dpo_seq)
         summary = self._train(d, self.s.chat_processes, "tiny_dpo.yaml", [
@@ -222,7 +265,7 @@ class FullPath:
             figure += f", valid reward accuracy {valid['rewards/accuracy']:.2f}, margin {valid['rewards/margin']:+.2f}"
         return StageResult(figure, str(d / "checkpoints"), summary)
 
-    # 7. export
+    # 8. export
     def export(self, d: Path) -> StageResult:
         hf = d / "hf"
         self._run(d, self._tool("convert_checkpoint.py", "export", self.checkpoints("dpo"), hf))
@@ -232,6 +275,34 @@ class FullPath:
         self.say(f"      {QUESTION} -> {answer['answer']!r}")
         figure = f"{answer['architecture']}, {answer['parameters']:,} params, loads in transformers and answers"
         return StageResult(figure, str(hf), answer)
+
+    # 9. gguf
+    def gguf(self, d: Path) -> StageResult:
+        self._run(d, self._tool("export_gguf.py", self.out / "export" / "hf", self.gguf_file,
+                                "--outtype", self.s.gguf_type, "--threads", 1))
+        types = _gguf_types(self._need(self.gguf_file, "the GGUF file"))
+        size = self.gguf_file.stat().st_size
+        figure = f"{self.s.gguf_type}, {size / 1024:.0f} KiB, tensors " + ", ".join(f"{n} {t}" for t, n in sorted(types.items()))
+        return StageResult(figure, str(self.gguf_file), {"bytes": size, "tensor_types": types})
+
+    # 10. serve
+    def serve(self, d: Path) -> StageResult:
+        from .serve_check import ask_server
+
+        reply = ask_server(self.gguf_file, QUESTION, d / "log.txt", self.repo)
+        self.say(f"      {QUESTION} -> {reply['answer']!r}")
+        figure = (f"{reply['completion_tokens']} tokens in {reply['seconds']:.1f} s from {reply['url']}"
+                  f"/v1/chat/completions, server stopped")
+        return StageResult(figure, str(d / "log.txt"), reply)
+
+
+def _gguf_types(path: Path) -> dict:
+    """How many tensors of each type the GGUF file holds (read with gguf, llama.cpp's own package)."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors))
 
 
 def _length(iters: Optional[int], log_every: int) -> list[str]:
