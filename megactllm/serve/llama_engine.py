@@ -75,6 +75,8 @@ class LlamaCppEngine(Engine):
         self.check_prompt(prompt, params.max_tokens)
         if (logprobs is not None) and not self.logits_all:
             raise EngineError("logprobs need the server started with --logits-all (prompt log-probabilities)")
+        if params.max_tokens == 0:  # llama-cpp-python reads 0 as "up to the context": score the prompt only
+            return self._prompt_only(prompt, params, echo, logprobs)
         out = self.llm.create_completion(prompt=list(prompt), echo=echo, logprobs=logprobs, **self._kwargs(params))
         choice = out["choices"][0]
         usage = out["usage"]
@@ -86,3 +88,13 @@ class LlamaCppEngine(Engine):
         for chunk in self.llm.create_completion(prompt=list(prompt), stream=True, **self._kwargs(params)):
             choice = chunk["choices"][0]
             yield StreamPiece(choice["text"], choice.get("finish_reason"))
+
+    def _prompt_only(self, prompt, params, echo, logprobs) -> Completion:
+        text = self.detokenize(prompt) if echo else ""
+        if logprobs is None:
+            return Completion(text, len(prompt), 0, "length")
+        one = SamplingParams(**{**params.__dict__, "max_tokens": 1})
+        out = self.llm.create_completion(prompt=list(prompt), echo=echo, logprobs=logprobs, **self._kwargs(one))
+        keep = len(prompt) if echo else 0  # drop the one generated token's entries
+        lp = {key: values[:keep] for key, values in out["choices"][0]["logprobs"].items()}
+        return Completion(text, len(prompt), 0, "length", lp)

@@ -16,6 +16,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from megactllm.serve.engine import Engine, EngineError, SamplingParams
 from megactllm.serve.requests import (
     Limits,
@@ -53,15 +56,10 @@ class Scheduler:
 
 
 def _error_response(err: RequestError):
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(err.body(), status_code=err.status)
 
 
 def create_app(engine: Engine, limits: Optional[Limits] = None, api_key: Optional[str] = None, model_name: Optional[str] = None):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     limits = limits or Limits()
     model_name = model_name or engine.info.name
     scheduler = Scheduler(limits.max_queue)
