@@ -47,6 +47,8 @@ class LlamaCppEngine(Engine):
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
     def tokenize(self, text: str) -> list[int]:
+        if not text:
+            return []
         text = (" " + text) if self.leading_space else text
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
