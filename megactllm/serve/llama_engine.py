@@ -52,14 +52,15 @@ class LlamaCppEngine(Engine):
         if not text:
             return []
         text = (" " + text) if self.leading_space else text
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
         special = dict(bos_token=self._piece(self.llm.token_bos()), eos_token=self._piece(self.llm.token_eos()))
         text = render_chat(self.info.chat_template, messages, special)
-        # special=False: control tokens typed by a user stay text; user-defined chat tokens are
-        # still single tokens (llama.cpp, like SentencePiece, always matches those).
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        # special=True: llama.cpp turns an end-of-turn token into a control token, which it matches
+        # in text only so. SentencePiece matches <|im_start|>/<|im_end|> (user-defined) in any text;
+        # the one difference left: llama.cpp also reads a typed "<s>"/"</s>" as that control token.
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _piece(self, token_id: int) -> str:
         return "" if token_id < 0 else self.llm._model.token_get_text(token_id)
