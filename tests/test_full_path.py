@@ -212,6 +212,11 @@ def test_runner_redoes_from_the_stage_whose_own_settings_changed(tmp_path):
     calls.clear()
     run_stages(stages(2), tmp_path, {})
     assert calls == ["b", "c"]
+    calls.clear()
+    run_stages(stages(("x", "y")), tmp_path, {})  # a tuple is stored as a JSON list: still equal on rerun
+    calls.clear()
+    run_stages(stages(("x", "y")), tmp_path, {})
+    assert calls == []
 
 
 def test_a_failed_command_names_its_cause_and_keeps_its_log(tmp_path):

@@ -78,7 +78,7 @@ def run_stages(stages: Sequence[Stage], out_dir: Path, settings: dict, say: Call
     width = max(len(s.name) for s in stages)
     for number, stage in enumerate(stages, 1):
         stage_dir = out_dir / stage.name
-        own = {**settings, **stage.settings}
+        own = json.loads(json.dumps({**settings, **stage.settings}))  # as the marker stores it (tuples -> lists)
         marker = None if (redo_rest or stage.name in force) else read_marker(stage_dir, own)
         tag = f"[{number}/{len(stages)}] {stage.name:<{width}}"
         if marker is not None:
