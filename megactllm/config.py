@@ -176,12 +176,27 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """In-loop benchmark evaluation (megactllm.eval.inloop): every `interval` iterations (0: off)."""
+
+    interval: int = 0
+    tasks: list = field(default_factory=lambda: ["cmmlu"])  # cmmlu, ceval, mmlu, jsonl
+    data_dir: Optional[str] = None  # benchmark root, e.g. ../shared/data/eval
+    subjects: list = field(default_factory=list)  # empty: every subject; "cmmlu:agronomy" names one task's
+    shots: int = 0
+    max_questions: Optional[int] = None  # per subject
+    batch_size: int = 8
+    max_length: Optional[int] = None  # default: model.max_position_embeddings or seq_length
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -197,6 +212,7 @@ _SECTION_CLASSES = {
     "data": DataConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "eval": EvalConfig,
 }
 
 

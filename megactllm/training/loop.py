@@ -120,6 +120,11 @@ class Trainer:
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
         self.last_checkpoint: Optional[str] = None
         self.resumed_from: Optional[str] = None
+        self.benchmarks = None
+        if cfg.eval.interval:  # in-loop benchmark accuracy (megactllm.eval.inloop)
+            from megactllm.eval.inloop import InLoopEvaluator
+
+            self.benchmarks = InLoopEvaluator(cfg.eval, self.model, cfg.model, self.tokenizer)
 
     # ----------------------------------------------------------------- setup helpers
     def _load_tokenizer(self):
@@ -342,6 +347,9 @@ class Trainer:
                 paused = time.perf_counter()
                 if self.valid_reader is not None and t.eval_interval and s.iteration % t.eval_interval == 0:
                     result.valid.append(self._log_validation())
+                if self.benchmarks is not None and self.benchmarks.due(s.iteration):
+                    self.log.benchmark({"iteration": s.iteration, "consumed_tokens": s.consumed_tokens,
+                                        "metrics": self.benchmarks.run()})
                 # No save while a non-finite streak runs: the last good checkpoint must stay the latest.
                 if t.save and t.save_interval and s.iteration % t.save_interval == 0 and self.guard.in_a_row == 0:
                     self.save()
