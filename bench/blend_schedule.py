@@ -11,7 +11,7 @@ interleaved with the order alternating each round:
 Prints the median and minimum per round and the ratio scheduled/fixed (target <= 1.01).
 
     python bench/blend_schedule.py                  # CPU, one process
-    python bench/blend_schedule.py --rounds 400 --seq 512
+    python bench/blend_schedule.py --rounds 1000 --step-rounds 100 --seq 512
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def _summary(name: str, fixed: list, sched: list) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=200, help="interleaved A/B rounds (one global batch each)")
+    p.add_argument("--rounds", type=int, default=500, help="interleaved A/B fetch rounds (one global batch each)")
+    p.add_argument("--step-rounds", type=int, default=40, help="interleaved A/B training-step rounds")
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--gbs", type=int, default=16)
     p.add_argument("--mbs", type=int, default=4)
@@ -123,14 +124,16 @@ def main() -> int:
 
         if not args.no_step:
             step = {"fixed": [], "scheduled": []}
-            for k in range(args.rounds):
+            for k in range(args.step_rounds):
                 order = ("fixed", "scheduled") if k % 2 == 0 else ("scheduled", "fixed")
                 for name in order:
                     trainer.train_reader = readers[name]
-                    trainer.state.consumed_samples = k * args.gbs
+                    # Strided over the run, so the steps visit every phase.
+                    trainer.state.consumed_samples = k * max(1, args.rounds // args.step_rounds) * args.gbs
                     t0 = time.perf_counter()
                     trainer.train_step()
                     step[name].append(time.perf_counter() - t0)
+            print(f"{args.step_rounds} interleaved training-step rounds")
             print(_summary("train step (tiny model, read + forward/backward + optimizer)", step["fixed"], step["scheduled"]))
     return 0
 
