@@ -78,6 +78,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
+# Schedule every 2 s (default 60): a requeued job starts again within seconds.
+SchedulerParameters=sched_interval=2
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
@@ -135,8 +137,23 @@ up() {
   wait_idle
 }
 
+cancel_jobs() {  # jobs still in the cluster end through SLURM, so no job processes outlive it
+  local jobs
+  jobs=$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null || true)
+  [ -n "$jobs" ] || return 0
+  log "cancelling jobs $(echo $jobs)"
+  # shellcheck disable=SC2086
+  SLURM_CONF="$CONF" scancel $jobs || true
+  for _ in $(seq 60); do
+    [ -z "$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null)" ] && return 0
+    sleep 0.5
+  done
+  log "jobs still ending after 30 s: $(SLURM_CONF="$CONF" squeue -h 2>/dev/null | tr '\n' ' ')"
+}
+
 down() {
   [ -s "$PIDS" ] || { log "nothing to stop ($PIDS is absent)"; return; }
+  if alive "$(awk '$1 == "slurmctld" {print $2}' "$PIDS")"; then cancel_jobs; fi
   # Daemons in reverse order of start; munged last.
   tac "$PIDS" | while read -r name pid; do
     if alive "$pid"; then

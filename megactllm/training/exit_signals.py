@@ -1,11 +1,14 @@
 """Stop a run cleanly when the scheduler asks: SIGTERM / SIGUSR1, or `train.exit_duration_minutes`.
 
-A signal handler only sets a flag. At every iteration boundary all ranks all-reduce their flags
-(and whether their wall-clock budget is spent), so every rank stops at the same iteration, the
-loop saves a checkpoint, and `megactllm.train` exits with EXIT_CODE_RESUME: "stopped early, resume
-me". A SLURM batch script cannot always see that code (torchrun reports any worker failure as 1),
-so rank 0 also writes it to the file named by $MEGACTLLM_EXIT_STATUS, which the script reads to
-decide on `scontrol requeue` (examples/slurm_step.sh).
+A signal handler only sets a flag; a launch script may also create the file named by
+$MEGACTLLM_STOP_FILE (a batch shell that got SLURM's warning signal: signalling the whole step
+would also hit helper processes, such as megatron-core's checkpoint writers). At every iteration
+boundary all ranks all-reduce their flags (and whether their wall-clock budget is spent), so every
+rank stops at the same iteration, the loop saves a checkpoint, and `megactllm.train` exits with
+EXIT_CODE_RESUME: "stopped early, resume me". A SLURM batch script cannot always see that code
+(torchrun reports any worker failure as 1), so rank 0 also writes it to the file named by
+$MEGACTLLM_EXIT_STATUS, which the script reads to decide on `scontrol requeue`
+(examples/slurm_step.sh). Both files must be on a file system every node sees.
 
     install()                       # first thing in a worker: before heavy imports
     watch = ExitWatch(cfg.train.exit_duration_minutes)
@@ -21,6 +24,7 @@ from typing import Optional
 EXIT_CODE_RESUME = 75  # sysexits' EX_TEMPFAIL: not finished, a checkpoint to resume from was saved
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_STATUS_ENV = "MEGACTLLM_EXIT_STATUS"
+STOP_FILE_ENV = "MEGACTLLM_STOP_FILE"
 
 _received: Optional[int] = None  # the first stop signal this process got
 _started_at = time.monotonic()   # exit_duration_minutes counts from here (process start, about)
@@ -52,8 +56,6 @@ def reset() -> None:
 class ExitWatch:
     """Asks every rank at an iteration boundary whether the run must stop now; all get one answer."""
 
-    REASONS = ("signal", "exit_duration_minutes")
-
     def __init__(self, exit_duration_minutes: Optional[float] = None):
         self.exit_duration_minutes = exit_duration_minutes
 
@@ -62,10 +64,13 @@ class ExitWatch:
             self.exit_duration_minutes is not None
             and time.monotonic() - _started_at >= self.exit_duration_minutes * 60
         )
-        return [float(_received or 0), float(over_time)]
+        stop_file = os.environ.get(STOP_FILE_ENV)
+        requested = _received or (signal.SIGUSR1 if stop_file and os.path.exists(stop_file) else 0)
+        return [float(requested), float(over_time)]
 
     def check(self) -> Optional[str]:
-        """None, or why to stop: `SIGTERM`/`SIGUSR1` (on some rank) or `exit_duration_minutes`.
+        """None, or why to stop: `SIGTERM`/`SIGUSR1` (on some rank; the stop file counts as SIGUSR1)
+        or `exit_duration_minutes`.
 
         A collective: every rank must call it at the same iteration.
         """
