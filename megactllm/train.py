@@ -20,8 +20,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from megactllm.parallel.parent_death import die_with_parent, launched_by_torchrun
     from megactllm.training import exit_signals
+    from megactllm.training.parent_death import die_with_parent, launched_by_torchrun
 
     # First, before heavy imports: a scheduler's SIGTERM/SIGUSR1 sets a flag; a torchrun worker dies with torchrun.
     exit_signals.install()
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     finally:
         destroy_parallel()
     code = 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
-    if result.stop_reason:
+    if result.stop_reason and cfg.train.save:
         code = exit_signals.EXIT_CODE_RESUME  # saved and stopped early: the launch script requeues
     exit_signals.write_exit_status(code, result.stop_reason, result.state.iteration)
     return code

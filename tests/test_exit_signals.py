@@ -82,3 +82,15 @@ def test_exit_duration_minutes_saves_and_exits_75(tmp_path):
     assert code == 75
     assert status.read_text().split() == ["75", "exit_duration_minutes", "1"]
     assert Path(tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+
+
+def test_stop_file_counts_as_sigusr1(tmp_path, monkeypatch):
+    """A batch shell that got SLURM's warning creates $MEGACTLLM_STOP_FILE instead of signalling the step."""
+    from megactllm.training import exit_signals
+
+    exit_signals.reset()
+    monkeypatch.setenv(exit_signals.STOP_FILE_ENV, str(tmp_path / "job.stop"))
+    watch = exit_signals.ExitWatch(exit_duration_minutes=60)
+    assert watch.check() is None
+    (tmp_path / "job.stop").touch()
+    assert watch.check() == "SIGUSR1"

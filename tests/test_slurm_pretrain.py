@@ -10,13 +10,11 @@ nodes x 2 ranks = DP 2 across the nodes, TP 2 with sequence parallel inside each
   3. iterations 1..m of the two runs have the losses of an uninterrupted local torchrun with the
      same recipe and overrides (stopping at m through train.exit_interval).
 """
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from slurm_utils import cluster_env, job_info, sbatch, wait_job
+from slurm_utils import cluster_env, sbatch, wait_job
 from train_utils import read_losses, tiny_overrides, write_corpus
 
 from megactllm.testing.distributed import free_port

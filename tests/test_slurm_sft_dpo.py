@@ -5,7 +5,6 @@ randomly initialised tiny checkpoint as train.pretrained_checkpoint, on 2 nodes 
 parallel across the nodes). Its losses equal those of the same recipe and overrides under a
 local torchrun. The two jobs and the two local runs go side by side (the cluster has room).
 """
-import os
 import subprocess
 import sys
 from pathlib import Path

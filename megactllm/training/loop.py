@@ -343,7 +343,8 @@ class Trainer:
                     break
                 stop = exit_watch.check()  # the same answer on every rank
                 if stop and s.iteration < self.train_iters:
-                    self.log.warning(f"{stop}: stopping at iteration {s.iteration} with a checkpoint, to be resumed")
+                    saving = "with a checkpoint, to be resumed" if t.save else "WITHOUT a checkpoint (no train.save)"
+                    self.log.warning(f"{stop}: stopping at iteration {s.iteration} {saving}")
                     result.stop_reason = stop
                     break
 
