@@ -9,10 +9,11 @@ import json
 
 import pytest
 import torch
-from eval_testing import lm_eval_task_yaml, save_tiny_llama
+from eval_testing import save_tiny_llama
 
 from megactllm.eval import evaluate_subjects, load_benchmark
 from megactllm.eval.backends.hf import HFBackend
+from megactllm.eval.lm_eval_compat import lm_eval_task_yaml
 from megactllm.eval.requests import encode_pair
 
 CASES = [("cmmlu", "agronomy"), ("ceval", "accountant"), ("mmlu", "business_ethics")]
