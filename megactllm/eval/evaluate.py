@@ -66,23 +66,29 @@ def subjects_for(task: str, names: list[str], n_tasks: int) -> Optional[list[str
     return (own + bare) or None
 
 
-def build_backend(opts: EvalOptions):
-    if is_hf_dir(opts.model):
-        from megactllm.eval.backends.hf import HFBackend
-
-        return HFBackend(opts.model, dtype=opts.dtype, batch_size=opts.batch_size, max_length=opts.max_length)
+def _init_parallel_for(opts: EvalOptions, num_layers: int):
     from megactllm.config import ParallelConfig
-    from megactllm.eval.backends.parallel import ParallelBackend
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.checkpoint import read_metadata
 
     if "RANK" not in os.environ and "MASTER_PORT" not in os.environ:
         from megactllm.testing.distributed import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())  # a single process must not collide with a neighbour's run
-    meta = read_metadata(opts.model)
     parallel = ParallelConfig(tensor_model_parallel_size=opts.tensor_parallel, pipeline_model_parallel_size=opts.pipeline_parallel)
-    initialize_parallel(parallel, num_layers=meta.model_config.num_layers)
+    initialize_parallel(parallel, num_layers=num_layers)
+    return parallel
+
+
+def build_backend(opts: EvalOptions):
+    if is_hf_dir(opts.model):
+        from megactllm.eval.backends.hf import HFBackend
+
+        return HFBackend(opts.model, dtype=opts.dtype, batch_size=opts.batch_size, max_length=opts.max_length)
+    from megactllm.eval.backends.parallel import ParallelBackend
+    from megactllm.training.checkpoint import read_metadata
+
+    meta = read_metadata(opts.model)
+    parallel = _init_parallel_for(opts, meta.model_config.num_layers)
     return ParallelBackend.from_checkpoint(meta.path, parallel, batch_size=opts.batch_size, max_length=opts.max_length)
 
 
@@ -146,3 +152,28 @@ def evaluate(opts: EvalOptions, stream=sys.stderr) -> dict:
             from megactllm.parallel import destroy_parallel
 
             destroy_parallel()
+
+
+def evaluate_all_checkpoints(opts: EvalOptions, stream=sys.stderr) -> list[dict]:
+    """Every iter_* checkpoint of the run directory opts.model, scored as in-loop evaluation does
+    (same records), written to opts.output or RUN/checkpoint_evals.jsonl; the metrics plot shows
+    them beside the in-loop curve."""
+    from megactllm.config import EvalConfig
+    from megactllm.eval.inloop import evaluate_checkpoints
+    from megactllm.parallel import destroy_parallel
+    from megactllm.training.checkpoint import read_metadata
+
+    run = Path(opts.model)
+    first = sorted(run.glob("iter_*"))
+    if not first:
+        raise FileNotFoundError(f"{run} holds no iter_* checkpoints")
+    tasks = [t for t in opts.tasks if t != "bpb"]
+    if len(tasks) != len(opts.tasks):
+        raise ValueError("--all-checkpoints scores benchmark tasks; run bpb per checkpoint with --model ITER_DIR")
+    cfg = EvalConfig(interval=1, tasks=tasks, data_dir=opts.data_dir, subjects=list(opts.subjects), shots=opts.shots,
+                     max_questions=opts.limit, batch_size=opts.batch_size, max_length=opts.max_length)
+    parallel = _init_parallel_for(opts, read_metadata(first[0]).model_config.num_layers)
+    try:
+        return evaluate_checkpoints(run, cfg, parallel, out=opts.output, stream=stream)
+    finally:
+        destroy_parallel()
