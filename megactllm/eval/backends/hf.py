@@ -8,6 +8,7 @@ scored (`logits_to_keep`), not over the whole prompt, which at 5-shot is most of
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -38,6 +39,8 @@ class HFBackend(Backend):
         self.max_length = max_length or getattr(config, "max_position_embeddings", None) or 2048
         self.batch_size, self.token_budget = batch_size, token_budget
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # transformers 5 renamed the key/value cache argument `past_key_values` -> `cache`.
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     # ------------------------------------------------------------------ text
     def encode(self, text: str) -> list[int]:
@@ -81,7 +84,7 @@ class HFBackend(Backend):
                     if len(cont) > 1:
                         longer.append((row, index, cont))
             if longer:
-                self._score_rest(out.past_key_values, mask, longer, results)
+                self._score_rest(getattr(out, self.cache_arg), mask, longer, results)
             if progress:
                 progress(sum(len(g.members) for g in batch))
         return [(ll, bool(greedy)) for ll, greedy in results]
@@ -101,7 +104,7 @@ class HFBackend(Backend):
         positions = start + torch.arange(width, device=self.device).unsqueeze(0)
         mask = torch.cat([prefix_mask[rows], cont_mask.to(self.device)], dim=1)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True).logits
+                            use_cache=True, **{self.cache_arg: cache}).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         for i, (_, index, cont) in enumerate(longer):
             targets = torch.tensor(cont[1:], device=self.device)

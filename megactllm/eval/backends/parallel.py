@@ -189,8 +189,6 @@ class ParallelBackend(Backend):
         return [(float(merged[i][0]), bool(merged[i][1])) for i in range(len(requests))]
 
     def _gather(self, answers: dict) -> dict:
-        from megatron.core import parallel_state as ps
-
         holds = self._holds()
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, answers if holds else {})
