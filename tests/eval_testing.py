@@ -74,3 +74,20 @@ def train_then_score_checkpoints(overrides: list, run_dir: str, tp: int) -> list
     records = evaluate_checkpoints(run_dir, cfg.eval, parallel)
     destroy_parallel()
     return records
+
+
+def add_chat_template(model_dir: Path) -> Path:
+    """Give a saved tiny LLaMA megactllm's chat format: <|im_start|>/<|im_end|> as special tokens
+    (embeddings grown to match) and the chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, CHAT_SPECIAL_TOKENS
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.add_special_tokens({"additional_special_tokens": list(CHAT_SPECIAL_TOKENS)})
+    tok.chat_template = CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model_dir

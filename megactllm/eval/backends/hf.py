@@ -28,7 +28,7 @@ class HFBackend(Backend):
                  device: Optional[str] = None, token_budget: int = 16384):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(model_dir)
+        self.path = path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -113,6 +113,24 @@ class HFBackend(Backend):
             results[index][1] = results[index][1] and bool((logprobs[i, : len(cont) - 1].argmax(-1) == targets).all())
 
     # ------------------------------------------------------------------ generation
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Prompt ids through the tokenizer's own chat template, ending with the open assistant turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.path}: the tokenizer has no chat template; generation tasks need a chat model")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def chat_stop_strings(self) -> list[str]:
+        return [t for t in ("<|im_end|>", self.tokenizer.eos_token) if t]
+
+    def _stop_ids(self) -> list[int]:
+        """Generation ends at EOS or at the chat turn's end token (a special token, gone once decoded)."""
+        ids = [self.tokenizer.eos_token_id]
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
+            ids.append(im_end)
+        return [i for i in ids if i is not None]
+
     @torch.no_grad()
     def greedy_generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
         out: list[str] = [""] * len(contexts)
@@ -122,7 +140,7 @@ class HFBackend(Backend):
             rows = [list(contexts[i])[-(self.max_length - max_new_tokens):] for i in chunk]
             ids, mask, _ = self._left_padded(rows)
             generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                            do_sample=False, pad_token_id=self.pad_id)
+                                            do_sample=False, pad_token_id=self.pad_id, eos_token_id=self._stop_ids())
             for i, seq in zip(chunk, generated[:, ids.shape[1]:].tolist()):
                 out[i] = cut_at_stop(self.decode(seq), stop)
         return out
