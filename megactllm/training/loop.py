@@ -119,6 +119,8 @@ class Trainer:
             )
         self.metric_names = list(self.task.metric_names())
         self.blend_schedule = getattr(self.train_ds, "schedule", None)
+        if cfg.data.blend_schedule and self.blend_schedule is None:
+            raise ValueError(f"data.blend_schedule is read by stage pretrain only; stage {cfg.train.stage!r} ignores it: remove it")
         self.state = TrainState(blend_schedule=self.blend_schedule.spec() if self.blend_schedule else None)
         self.guard = NonFiniteGuard(cfg.train.max_consecutive_nonfinite)
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
