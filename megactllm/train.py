@@ -20,6 +20,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    from megactllm.training import exit_signals
+    from megactllm.training.parent_death import die_with_parent, launched_by_torchrun
+
+    # First, before heavy imports: a scheduler's SIGTERM/SIGUSR1 sets a flag; a torchrun worker dies with torchrun.
+    exit_signals.install()
+    if launched_by_torchrun():
+        die_with_parent()
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -40,6 +47,7 @@ def main(argv=None) -> int:
     from megactllm.data.gpt_dataset import BlendError
     from megactllm.data.indexed import DatasetFormatError
     from megactllm.training.checkpoint import CheckpointError
+    from megactllm.training.run_lock import RunLockError
     from megactllm.training.schedule import ScheduleError
     from megactllm.training.stages import UnknownStageError
 
@@ -48,13 +56,17 @@ def main(argv=None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (BlendError, DatasetFormatError, CheckpointError, ScheduleError, UnknownStageError) as e:
+    except (BlendError, DatasetFormatError, CheckpointError, ScheduleError, UnknownStageError, RunLockError) as e:
         # A user's mistake with a message that names what to fix: no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         destroy_parallel()
-    return 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
+    code = 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
+    if result.stop_reason and cfg.train.save:
+        code = exit_signals.EXIT_CODE_RESUME  # saved and stopped early: the launch script requeues
+    exit_signals.write_exit_status(code, result.stop_reason, result.state.iteration)
+    return code
 
 
 if __name__ == "__main__":
