@@ -91,7 +91,16 @@ def agree_on_error(error: Optional[BaseException], code: int = EXIT_USER_ERROR) 
     if dist.get_rank() == 0:
         rank, first = failed[0]
         print_error(first if rank == 0 else f"(rank {rank}) {first}")
+    dist.barrier()  # nobody exits before rank 0 has printed (torchrun stops the rest at the first exit)
     return code
+
+
+def exit_now(code: int) -> None:
+    """Leave at once with `code`: every rank of a failed run exits within moments of the others,
+    before torchrun, seeing the first exit, signals the rest (which would then report -15)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def report_error_in_run(error: BaseException, code: int = EXIT_USER_ERROR) -> int:

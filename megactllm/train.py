@@ -112,4 +112,9 @@ def _destroy_process_group() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if exit_code:
+        from megactllm.errors import exit_now
+
+        exit_now(exit_code)
+    sys.exit(0)

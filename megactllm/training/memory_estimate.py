@@ -17,8 +17,9 @@ keys/values expanded to all heads by the local attention, softmax in fp32, dropo
 when dropout > 0. TP divides the tensor-parallel parts, sequence parallelism the rest;
 selective recompute drops the s^2 terms, full recompute keeps one input per recompute group.
 Pipeline schedules hold min(PP, micro-batches) micro-batches on the first stage (x(1 + (PP-1)/
-(PP*VPP)) interleaved). The last stage adds the logits and the vocabulary-parallel cross entropy
-(fp32 softmax kept for backward) and the output layer's weight-gradient temporary.
+(PP*VPP)) interleaved). The last stage adds the logits (the cross entropy's softmax, computed in
+place and kept for backward; a second copy when padded vocabulary rows are masked) and the output
+layer's weight-gradient temporary.
 
 Not counted: the Python/torch/megatron baseline of the process (already resident when the check
 runs, so not in the available figure either), communication buffers, allocator fragmentation.
@@ -151,13 +152,15 @@ def _activations(cfg: Config, dp: int, first: bool, last: bool) -> int:
         in_flight = min(pp, m_count)
     total = int(kept * in_flight) + working
     if last:
-        # Logits and the vocabulary-parallel cross entropy: (half-precision logits,) their fp32
-        # copy, logits minus max (exp'd in place into the softmax kept for backward); in
-        # backward the softmax becomes the logits' gradient, then the output layer's weight grad.
+        # Logits and megatron-core's vocabulary-parallel cross entropy, which works in place (logits
+        # -> minus max -> exp -> softmax kept for backward -> gradient). Masking the padded vocabulary
+        # rows (model.builder.mask_padded_vocab_logits) makes one out-of-place copy each way. In
+        # backward the output layer's weight gradient is one more vocabulary-sized temporary.
         v = m.padded_vocab_size(t) // t
-        logits = s * b * v
-        forward_peak = logits * (e + 4 + (4 if e < 4 else 0))
-        backward_peak = logits * (4 + e) + 4 * v * h
+        copies = 2 if m.padded_vocab_size(t) != m.vocab_size else 1
+        logits = e * s * b * v
+        forward_peak = copies * logits
+        backward_peak = copies * logits + e * v * h
         total += max(forward_peak, backward_peak)
     return total
 
