@@ -88,11 +88,22 @@ def agree_on_error(error: Optional[BaseException], code: int = EXIT_USER_ERROR) 
     failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
     if not failed:
         return 0
+    exit_with_on_sigterm(code)
     if dist.get_rank() == 0:
         rank, first = failed[0]
         print_error(first if rank == 0 else f"(rank {rank}) {first}")
     dist.barrier()  # nobody exits before rank 0 has printed (torchrun stops the rest at the first exit)
     return code
+
+
+def exit_with_on_sigterm(code: int) -> None:
+    """From here on, the launcher's SIGTERM (torchrun stops the other ranks at the first exit)
+    ends this failing rank with the run's exit code, not -15: one failure, one code."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: exit_now(code))
 
 
 def exit_now(code: int) -> None:
@@ -118,6 +129,7 @@ def report_error_in_run(error: BaseException, code: int = EXIT_USER_ERROR) -> in
         print_error(message)
         return code
     rank, world = dist.get_rank(), dist.get_world_size()
+    exit_with_on_sigterm(code)
     try:
         store = dist.distributed_c10d._get_default_store()
         store.set(f"megactllm/error/{rank}", message)
