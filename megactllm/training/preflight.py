@@ -75,6 +75,9 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     from megactllm.training.shape_from_checkpoint import resolve_model_from_checkpoint
 
     checkpoint = resolve_model_from_checkpoint(cfg)
+    if checkpoint is None:
+        _check_tokenizer_fits(cfg)
+    _check_stage_options(cfg)
     dp = check_layout(cfg.parallel, world_size, cfg.model.num_layers)
     _check_heads_split(cfg)
     microbatches = num_microbatches(cfg, dp)
@@ -95,6 +98,38 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
             if raise_if_unfit:
                 raise
     return Plan(cfg, world_size, dp, checkpoint, estimate, available, fits, train_iters, microbatches)
+
+
+def _check_tokenizer_fits(cfg: Config) -> None:
+    """A fresh model's vocabulary must hold every id of the tokenizer."""
+    from pathlib import Path
+
+    from megactllm.config import ConfigError
+    from megactllm.tokenizer import load_tokenizer
+
+    d = cfg.data
+    if not d.tokenizer_model:
+        return
+    if not Path(d.tokenizer_model).is_file():
+        raise ConfigError(f"data.tokenizer_model {d.tokenizer_model} does not exist")
+    pieces = load_tokenizer(d.tokenizer_type, d.tokenizer_model).vocab_size
+    if pieces > cfg.model.vocab_size:
+        raise ConfigError(
+            f"tokenizer {d.tokenizer_model} has {pieces} pieces but model.vocab_size is {cfg.model.vocab_size}: "
+            f"set model.vocab_size={pieces}"
+        )
+
+
+def _check_stage_options(cfg: Config) -> None:
+    from megactllm.config import ConfigError
+
+    if cfg.train.stage == "pretrain":
+        from megactllm.training.pretrain import check_document_resets
+
+        try:
+            check_document_resets(cfg)
+        except ValueError as e:  # a plain ValueError in the library; here it is the user's setting
+            raise ConfigError(str(e)) from None
 
 
 def _check_heads_split(cfg: Config) -> None:
