@@ -103,3 +103,35 @@ def test_estimate_within_25_percent_of_measured_peak(tmp_path):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = r["estimate_bytes"] / r["measured_bytes"]
     assert 0.75 <= ratio <= 1.25, r
+
+
+def test_llama_recipe_continues_an_imported_llama_without_model_overrides(tmp_path):
+    """The README's continued-pretraining route: import (with an extended vocabulary), then the
+    LLaMA-2 recipe with nothing but train.pretrained_checkpoint."""
+    import shutil
+
+    from convert_testing import REPO_ROOT, extend_sentencepiece_proto, tiny_hf_llama, train_tiny_sentencepiece
+
+    from megactllm.convert import import_from_hf
+    from megactllm.training.preflight import preflight
+
+    base = train_tiny_sentencepiece(tmp_path / "tiny.model", 300)
+    hf = tmp_path / "hf"
+    tiny_hf_llama(300).save_pretrained(hf)
+    shutil.copy(base, hf / "tokenizer.model")
+    extended = extend_sentencepiece_proto(base, tmp_path / "zh_extended.model", [("\u2581pipelineparallel", "normal")])
+    imported = import_from_hf(hf, tmp_path / "ckpt", tokenizer_file=extended, progress_stream=None)
+
+    recipe = str(REPO_ROOT / "examples" / "configs" / "llama2_7b_continue.yaml")
+    cfg = load_config(recipe, [f"train.pretrained_checkpoint={tmp_path / 'ckpt'}", f"train.load={tmp_path / 'none'}"])
+    plan = preflight(cfg, world_size=4)
+    m = cfg.model
+    assert (m.num_layers, m.hidden_size, m.num_kv_heads, m.vocab_size, m.rotary_base, m.norm_epsilon) == (
+        2, 64, 2, 301, 500000.0, 1e-6)
+    assert m == imported.model_config
+    assert cfg.data.tokenizer_model.endswith("tokenizer/zh_extended.model") and plan.fits
+    assert "from " + str(imported.checkpoint) in plan.report() and "TP 2 x PP 2" in plan.report()
+    # The original tokenizer (one id short) does not fit the extended checkpoint: refused by name.
+    with pytest.raises(VocabMismatchError, match="tiny.model has 300 ids"):
+        preflight(load_config(recipe, [f"train.pretrained_checkpoint={tmp_path / 'ckpt'}",
+                                       f"train.load={tmp_path / 'none'}", f"data.tokenizer_model={base}"]), 4)
