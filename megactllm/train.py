@@ -37,9 +37,7 @@ def _start_process_group(cfg) -> None:
     env = detect_launch_environment()
     if env.world_size == 1 or dist.is_initialized():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
-    else:
+    if not torch.cuda.is_available():
         enable_cpu_compat()
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
@@ -69,6 +67,10 @@ def main(argv=None) -> int:
         # A lone process (no torchrun/srun): any free rendezvous port, so two runs can coexist.
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     env = detect_launch_environment()
+    import torch
+
+    if torch.cuda.is_available():  # this rank's GPU, before the memory check reads its free memory
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
 
     # Every check before anything is built; every rank runs them, then all agree on one verdict.
     cfg, plan, error = None, None, None
