@@ -57,5 +57,10 @@ setup(
         # JSON-lines parsing on the tokenize hot path (several times faster than json.loads).
         "orjson",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "datasketch"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate"],
+        # Running and serving models: GGUF files (written with gguf, run and quantized by llama.cpp
+        # through llama-cpp-python, which builds from source) and the OpenAI-compatible server.
+        "serve": ["gguf>=0.17", "llama-cpp-python==0.3.36", "fastapi", "uvicorn"],
+    },
 )

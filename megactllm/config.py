@@ -105,6 +105,11 @@ class DataConfig:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = True
+    # Phases of the training mixture, replacing data_path (see megactllm/data/blend_schedule.py):
+    # [{name, end_iteration | end_tokens, blend: ["0.3", a, "0.7", b]}, ...]; the last may have no end.
+    blend_schedule: list = field(default_factory=list)
+    # Resume under a schedule other than the checkpoint's (else a clear error).
+    allow_blend_schedule_change: bool = False
     # SFT / DPO: prefixes written by tools/preprocess_sft.py or tools/preprocess_dpo.py, blended by weight.
     packing: bool = True
 
@@ -174,12 +179,27 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """In-loop benchmark evaluation (megactllm.eval.inloop): every `interval` iterations (0: off)."""
+
+    interval: int = 0
+    tasks: list = field(default_factory=lambda: ["cmmlu"])  # cmmlu, ceval, mmlu, jsonl
+    data_dir: Optional[str] = None  # benchmark root, e.g. ../shared/data/eval
+    subjects: list = field(default_factory=list)  # empty: every subject; "cmmlu:agronomy" names one task's
+    shots: int = 0
+    max_questions: Optional[int] = None  # per subject
+    batch_size: int = 8
+    max_length: Optional[int] = None  # default: model.max_position_embeddings or seq_length
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,6 +219,7 @@ _SECTION_CLASSES = {
     "data": DataConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "eval": EvalConfig,
 }
 
 

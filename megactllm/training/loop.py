@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from megactllm.config import Config
+from megactllm.data.blend_schedule import check_resumed_schedule
 from megactllm.training import checkpoint as ckpt
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.metrics import (
@@ -51,6 +52,8 @@ class TrainState:
     consumed_tokens: int = 0
     skipped_iterations: int = 0
     nonfinite_iterations: int = 0
+    # data.blend_schedule as written (None: a fixed blend); a resume under another one is refused.
+    blend_schedule: Optional[list] = None
 
 
 @dataclass
@@ -111,11 +114,17 @@ class Trainer:
                 self.dp_rank, self.dp_size, self.device, collate, "valid", wrap=True,
             )
         self.metric_names = list(self.task.metric_names())
-        self.state = TrainState()
+        self.blend_schedule = getattr(self.train_ds, "schedule", None)
+        self.state = TrainState(blend_schedule=self.blend_schedule.spec() if self.blend_schedule else None)
         self.guard = NonFiniteGuard(cfg.train.max_consecutive_nonfinite)
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
         self.last_checkpoint: Optional[str] = None
         self.resumed_from: Optional[str] = None
+        self.benchmarks = None
+        if cfg.eval.interval:  # in-loop benchmark accuracy (megactllm.eval.inloop)
+            from megactllm.eval.inloop import InLoopEvaluator
+
+            self.benchmarks = InLoopEvaluator(cfg.eval, self.model, cfg.model, self.tokenizer)
 
     # ----------------------------------------------------------------- setup helpers
     def _load_tokenizer(self):
@@ -173,7 +182,12 @@ class Trainer:
             _, state = ckpt.load_checkpoint(path, self.model, None, self.scheduler, self.cfg.model)
             self._reload_master_weights()
         known = {f for f in TrainState.__dataclass_fields__}
+        current_schedule = self.state.blend_schedule
+        check_resumed_schedule(
+            state.get("blend_schedule"), current_schedule, self.cfg.data.allow_blend_schedule_change, str(meta.path), self.log.warning
+        )
         self.state = TrainState(**{k: v for k, v in state.items() if k in known})
+        self.state.blend_schedule = current_schedule
         rng = ckpt.load_rng_state(meta) if same else None
         if rng is not None:
             restore_rng_state(rng)
@@ -274,6 +288,8 @@ class Trainer:
             f"VPP={cfg.parallel.virtual_pipeline_model_parallel_size or 1} DP={self.dp_size}, "
             f"{self.num_microbatches} micro-batches of {t.micro_batch_size} per step"
         )
+        if self.blend_schedule is not None:
+            self.log.info(self.blend_schedule.table())
         for chunk in self.model:
             chunk.train()
         window_start, window_tokens = time.perf_counter(), 0
@@ -282,6 +298,10 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats()
         try:
             while self.state.iteration < self.train_iters:
+                if self.blend_schedule is not None:
+                    note = self.blend_schedule.announcement(self.state.iteration + 1, self.state.iteration == first_iteration)
+                    if note:
+                        self.log.info(note)
                 metrics, outcome = self.train_step()
                 s = self.state
                 s.iteration += 1
@@ -320,12 +340,16 @@ class Trainer:
                         "tflops_per_device": tp.tflops_per_device,
                         "mfu": tp.mfu,
                         "peak_mem_gib": peak_memory_gib(),
+                        **(self.blend_schedule.log_fields(s.iteration) if self.blend_schedule is not None else {}),
                     })
                     window_start, window_tokens = time.perf_counter(), 0
 
                 paused = time.perf_counter()
                 if self.valid_reader is not None and t.eval_interval and s.iteration % t.eval_interval == 0:
                     result.valid.append(self._log_validation())
+                if self.benchmarks is not None and self.benchmarks.due(s.iteration):
+                    self.log.benchmark({"iteration": s.iteration, "consumed_tokens": s.consumed_tokens,
+                                        "metrics": self.benchmarks.run()})
                 # No save while a non-finite streak runs: the last good checkpoint must stay the latest.
                 if t.save and t.save_interval and s.iteration % t.save_interval == 0 and self.guard.in_a_row == 0:
                     self.save()

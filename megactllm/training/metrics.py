@@ -70,6 +70,9 @@ def format_log_line(record: dict) -> str:
         f"peak_mem {record['peak_mem_gib']:.2f} GiB",
     ]
     extra = [f"{k} {v:.4f}" for k, v in record.get("metrics", {}).items() if k != record.get("loss_name")]
+    if "blend_phase" in record:  # a blend schedule's active phase and its proportions
+        weights = ", ".join(f"{w:.2f} {Path(p).name}" for p, w in record["blend_weights"].items())
+        extra.append(f"phase {record['blend_phase']} {record['blend_phase_name']} ({weights})")
     return " | ".join(parts + extra)
 
 
@@ -117,6 +120,10 @@ class RunLogger:
                     self._tb.add_scalar(f"train/{key}", value, step)
             for name, value in record.get("metrics", {}).items():
                 self._tb.add_scalar(f"train/{name}", value, step)
+            if "blend_phase" in record:
+                self._tb.add_scalar("train/blend_phase", record["blend_phase"], step)
+                for prefix, weight in record["blend_weights"].items():
+                    self._tb.add_scalar(f"train/blend_weight/{Path(prefix).name}", weight, step)
             self._tb.add_scalar("train/loss_vs_tokens", record["loss"], record["consumed_tokens"])
             self._tb.flush()
 
@@ -135,6 +142,19 @@ class RunLogger:
                 self._tb.add_scalar("valid/ppl", record["ppl"], record["iteration"])
             self._tb.flush()
 
+    def benchmark(self, record: dict) -> None:
+        """In-loop benchmark accuracies (megactllm.eval.inloop): console, metrics.jsonl, TensorBoard."""
+        if not self.enabled:
+            return
+        shown = {k: v for k, v in record["metrics"].items() if k.endswith("acc_micro") or k.endswith("/acc")}
+        print(f"benchmarks at iter {record['iteration']} | " + " | ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
+        self._write({"kind": "bench", **record})
+        if self._tb:
+            for name, value in record["metrics"].items():
+                self._tb.add_scalar(f"bench/{name}", value, record["iteration"])
+                self._tb.add_scalar(f"bench_vs_tokens/{name}", value, record["consumed_tokens"])
+            self._tb.flush()
+
     def close(self) -> None:
         if self._jsonl:
             self._jsonl.close()
@@ -142,6 +162,20 @@ class RunLogger:
         if self._tb:
             self._tb.close()
             self._tb = None
+
+
+def _plot_benchmarks(ax, bench: dict) -> None:
+    """Benchmark-level micro accuracies (e.g. cmmlu/acc_micro) against consumed tokens."""
+    for source, records in bench.items():
+        names = sorted({k for r in records for k in r["metrics"] if k.count("/") == 1 and k.endswith("acc_micro")})
+        for name in names:
+            points = [(r["consumed_tokens"], r["metrics"][name]) for r in records if name in r["metrics"]]
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-" if source == "in-loop" else "x--",
+                    label=f"{name.split('/')[0]} acc ({source})")
+    ax.set_xlabel("consumed tokens")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def perplexity(loss: float) -> float:
@@ -158,12 +192,25 @@ def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
         for line in f:
             if line.strip():
                 r = json.loads(line)
-                (train if r.get("kind") == "train" else valid)[r["iteration"]] = r
+                if r.get("kind") in ("train", "valid"):  # "bench": read_benchmarks
+                    (train if r.get("kind") == "train" else valid)[r["iteration"]] = r
     return [train[k] for k in sorted(train)], [valid[k] for k in sorted(valid)]
 
 
+def read_benchmarks(path: str | os.PathLike) -> list[dict]:
+    """Benchmark records (kind "bench") of a metrics.jsonl or checkpoint_evals.jsonl, by iteration."""
+    records = {}
+    if Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip() and json.loads(line).get("kind") == "bench":
+                r = json.loads(line)
+                records[r["iteration"]] = r
+    return [records[k] for k in sorted(records)]
+
+
 def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Path:
-    """Training (and validation) loss against consumed tokens, written as a PNG."""
+    """Training (and validation) loss against consumed tokens, written as a PNG; beside it the
+    benchmark accuracy of in-loop evaluation and of checkpoint_evals.jsonl, when there is one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,10 +218,18 @@ def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Pa
 
     train, valid = read_metrics(run_dir)
     out_path = Path(out) if out else Path(run_dir) / LOSS_CURVE_FILE
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bench = {"in-loop": read_benchmarks(Path(run_dir) / METRICS_FILE),
+             "checkpoints": read_benchmarks(Path(run_dir) / "checkpoint_evals.jsonl")}
+    bench = {k: v for k, v in bench.items() if v}
+    if bench:
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5))
+        _plot_benchmarks(bx, bench)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot([r["consumed_tokens"] for r in train], [r["loss"] for r in train], label="train loss")
     if valid:
         ax.plot([r["consumed_tokens"] for r in valid], [r["metrics"][r["loss_name"]] for r in valid], "o-", label="valid loss")
+    _mark_blend_phases(ax, train)
     ax.set_xlabel("consumed tokens")
     ax.set_ylabel("loss")
     ax.set_title(f"{Path(run_dir).resolve().name}: {len(train)} logged iterations")
@@ -184,6 +239,19 @@ def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Pa
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def _mark_blend_phases(ax, train: list[dict]) -> None:
+    """A dashed line where a blend schedule's phase changes, at the tokens consumed before it."""
+    previous = None
+    for r in train:
+        phase = r.get("blend_phase")
+        if phase is not None and previous is not None and phase != previous:
+            at = r["blend_phase_start_tokens"]
+            ax.axvline(at, color="gray", linestyle="--", linewidth=1)
+            ax.annotate(f"phase {phase}: {r['blend_phase_name']}", (at, 1), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=8, color="gray")
+        previous = phase if phase is not None else previous
 
 
 if __name__ == "__main__":

@@ -62,7 +62,16 @@ class PretrainTask:
 
         self.cfg = cfg
         check_document_resets(cfg)
-        sizes = dataset_sample_counts(cfg, resolve_train_iters(cfg))
+        train_iters = resolve_train_iters(cfg)
+        sizes = dataset_sample_counts(cfg, train_iters)
+        if cfg.data.blend_schedule:
+            from megactllm.data.blend_schedule import BlendSchedule
+            from megactllm.data.scheduled_blend import build_scheduled_gpt_datasets
+
+            return build_scheduled_gpt_datasets(
+                cfg.data, BlendSchedule.from_config(cfg, train_iters), cfg.model.seq_length, cfg.train.seed,
+                sizes[1], tokenizer, parallel_state.get_data_parallel_world_size(),
+            )
         return build_gpt_datasets(
             cfg.data,
             seq_length=cfg.model.seq_length,

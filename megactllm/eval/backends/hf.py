@@ -1,0 +1,127 @@
+"""A Hugging Face model directory through transformers, answering requests in batches.
+
+Speed comes from three things lm-eval's HFLM does not do together: (1) each prefix (few-shot
+examples + question) is run once for all of its choices, its key/value cache reused for
+continuations longer than one token; (2) the output layer runs only at the positions that are
+scored (`logits_to_keep`), not over the whole prompt, which at 5-shot is most of the work;
+(3) prefixes are batched longest first with left padding, so a batch holds similar lengths.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from megactllm.eval.backends.base import Backend, Progress, batches_of_groups, cut_at_stop
+from megactllm.eval.requests import TokenRequest, group_by_prefix
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(self, model_dir, dtype: str = "fp32", batch_size: int = 8, max_length: Optional[int] = None,
+                 device: Optional[str] = None, token_budget: int = 16384):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], local_files_only=True)
+        self.model.to(self.device).eval()
+        config = self.model.config
+        self.max_length = max_length or getattr(config, "max_position_embeddings", None) or 2048
+        self.batch_size, self.token_budget = batch_size, token_budget
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    # ------------------------------------------------------------------ text
+    def encode(self, text: str) -> list[int]:
+        # The tokenizer's own defaults (a LLaMA tokenizer adds BOS), as lm-eval's HFLM encodes.
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def prefix_token_id(self) -> int:
+        t = self.tokenizer
+        return t.bos_token_id if t.bos_token_id is not None else t.eos_token_id
+
+    # ------------------------------------------------------------------ scoring
+    def _left_padded(self, rows: list[Sequence[int]]):
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    @torch.no_grad()
+    def loglikelihood(self, requests: Sequence[TokenRequest], progress: Progress = None) -> list[tuple[float, bool]]:
+        results: list = [None] * len(requests)
+        groups = group_by_prefix(requests, self.max_length)
+        for batch in batches_of_groups(groups, self.batch_size, self.token_budget):
+            need_cache = not all(g.single_token for g in batch)
+            ids, mask, positions = self._left_padded([g.prefix for g in batch])
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             use_cache=need_cache, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each continuation's first token
+            longer = []
+            for row, group in enumerate(batch):
+                best = int(first[row].argmax())
+                for index, cont in group.members:
+                    results[index] = [float(first[row, cont[0]]), best == cont[0]]
+                    if len(cont) > 1:
+                        longer.append((row, index, cont))
+            if longer:
+                self._score_rest(out.past_key_values, mask, longer, results)
+            if progress:
+                progress(sum(len(g.members) for g in batch))
+        return [(ll, bool(greedy)) for ll, greedy in results]
+
+    def _score_rest(self, cache, prefix_mask, longer, results) -> None:
+        """Continuation tokens after the first: the prefix cache is copied per continuation
+        (index_select over the batch) and only continuation[:-1] is fed."""
+        rows = torch.tensor([row for row, _, _ in longer], device=self.device)
+        cache.reorder_cache(rows)
+        width = max(len(c) for _, _, c in longer) - 1
+        ids = torch.full((len(longer), width), self.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(longer), width), dtype=torch.long)
+        for i, (_, _, cont) in enumerate(longer):
+            ids[i, : len(cont) - 1] = torch.tensor(cont[:-1])
+            cont_mask[i, : len(cont) - 1] = 1
+        start = prefix_mask.sum(-1)[rows].unsqueeze(1)  # each row's prefix length: next position
+        positions = start + torch.arange(width, device=self.device).unsqueeze(0)
+        mask = torch.cat([prefix_mask[rows], cont_mask.to(self.device)], dim=1)
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for i, (_, index, cont) in enumerate(longer):
+            targets = torch.tensor(cont[1:], device=self.device)
+            picked = logprobs[i, : len(cont) - 1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            results[index][0] += float(picked.sum())
+            results[index][1] = results[index][1] and bool((logprobs[i, : len(cont) - 1].argmax(-1) == targets).all())
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def greedy_generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        out: list[str] = [""] * len(contexts)
+        order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+        for b in range(0, len(order), self.batch_size):
+            chunk = order[b: b + self.batch_size]
+            rows = [list(contexts[i])[-(self.max_length - max_new_tokens):] for i in chunk]
+            ids, mask, _ = self._left_padded(rows)
+            generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                            do_sample=False, pad_token_id=self.pad_id)
+            for i, seq in zip(chunk, generated[:, ids.shape[1]:].tolist()):
+                out[i] = cut_at_stop(self.decode(seq), stop)
+        return out
+
+

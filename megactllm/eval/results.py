@@ -1,0 +1,70 @@
+"""results.json (lm-eval task names as keys, plus group averages) and a Markdown table beside it.
+
+    {"results": {"cmmlu_agronomy": {"acc": 0.31, "acc_norm": 0.31, "n": 169, "category": "Other"}, ...,
+                 "bpb_clue_small_zh": {"bits_per_byte": 1.9, ...}},
+     "groups": {"cmmlu": {"acc_micro": .., "acc_macro": .., "n": .., "subjects": ..}, "cmmlu/STEM": {...}},
+     "config": {"model": .., "backend": .., "shots": .., "mode": .., ...},
+     "samples": {...}    # with --log-samples}
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from megactllm.eval.scoring import SubjectScore, aggregate
+
+
+def build_results(scores: list[SubjectScore], bpb: Optional[dict] = None, config: Optional[dict] = None,
+                  samples: Optional[dict] = None) -> dict:
+    results = {}
+    for s in scores:
+        results[s.task] = {**s.metrics, "n": s.n, "category": s.category}
+        if "acc_generate" in s.metrics:
+            results[s.task]["unparsed"] = s.unparsed
+    for name, value in (bpb or {}).items():
+        results[f"bpb_{name}"] = value
+    out = {"results": results, "groups": aggregate(scores) if scores else {}, "config": config or {}}
+    if samples:
+        out["samples"] = samples
+    return out
+
+
+def markdown_table(results: dict) -> str:
+    lines = []
+    tasks = {k: v for k, v in results["results"].items() if "n" in v and "bits_per_byte" not in v}
+    if tasks:
+        metrics = sorted({m for v in tasks.values() for m in v if m.startswith("acc")})
+        lines += ["| task | category | n | " + " | ".join(metrics) + " |", "|---|---|---:|" + "---:|" * len(metrics)]
+        for name, v in tasks.items():
+            lines.append(f"| {name} | {v['category']} | {v['n']} | " + " | ".join(_pct(v.get(m)) for m in metrics) + " |")
+    if results.get("groups"):
+        metrics = sorted({m for v in results["groups"].values() for m in v if m.startswith("acc")})
+        lines += ["", "| group | subjects | n | " + " | ".join(metrics) + " |", "|---|---:|---:|" + "---:|" * len(metrics)]
+        for name, v in results["groups"].items():
+            lines.append(f"| {name} | {v['subjects']} | {v['n']} | " + " | ".join(_pct(v.get(m)) for m in metrics) + " |")
+    corpora = {k: v for k, v in results["results"].items() if "bits_per_byte" in v}
+    if corpora:
+        lines += ["", "| corpus | documents | tokens | bytes | bits/byte | token ppl |", "|---|---:|---:|---:|---:|---:|"]
+        for name, v in corpora.items():
+            lines.append(f"| {name} | {v['documents']} | {v['tokens']} | {v['bytes']} | {v['bits_per_byte']:.4f} | {v['token_perplexity']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def write_results(results: dict, path) -> tuple[Path, Path]:
+    """results.json and results.md, each written to a temporary file and renamed (no half files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md = path.with_suffix(".md")
+    for target, text in ((path, json.dumps(results, indent=2, ensure_ascii=False)), (md, markdown_table(results))):
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    return path, md

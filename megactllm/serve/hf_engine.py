@@ -1,0 +1,147 @@
+"""HF LLaMA directories (and megactllm checkpoints, exported to one first) on transformers:
+its tokenizer, chat template, sampler (`generate`) and KV cache."""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from megactllm.serve.engine import (
+    Completion,
+    Engine,
+    EngineError,
+    EngineInfo,
+    SamplingParams,
+    StreamPiece,
+)
+
+
+def _hf_dir_of(path: Path) -> tuple[Path, Optional[tempfile.TemporaryDirectory]]:
+    if (path / "config.json").is_file():
+        return path, None
+    from megactllm.convert import export_to_hf
+
+    tmp = tempfile.TemporaryDirectory(prefix="megactllm-serve-")
+    export_to_hf(path, Path(tmp.name) / "hf")
+    return Path(tmp.name) / "hf", tmp
+
+
+class TransformersEngine(Engine):
+    def __init__(self, path: str | Path, threads: Optional[int] = None, name: Optional[str] = None, dtype: str = "float32", **_):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.hf_dir, self._tmp = _hf_dir_of(Path(path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.hf_dir), local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(str(self.hf_dir), dtype=getattr(torch, dtype), local_files_only=True).eval()
+        ctx = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.info = EngineInfo(name=name or Path(path).name, kind="transformers", context_length=ctx,
+                               chat_template=self.tokenizer.chat_template)
+        stop = [self.tokenizer.eos_token_id]
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
+            stop.append(im_end)
+        self.stop_ids = [i for i in stop if i is not None]
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
+        if not self.tokenizer.chat_template:
+            raise EngineError("this model has no chat template (a base model): use /v1/completions")
+        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def _generate_kwargs(self, prompt, params):
+        import torch
+
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sample = params.temperature > 0
+        kwargs = dict(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      max_new_tokens=min(params.max_tokens, self.info.context_length - len(prompt)),
+                      do_sample=sample, eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0],
+                      repetition_penalty=params.repeat_penalty)
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.cancel:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class Cancelled(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kw):
+                    return torch.full((input_ids.shape[0],), bool(params.cancel()), dtype=torch.bool)
+
+            kwargs.update(stopping_criteria=StoppingCriteriaList([Cancelled()]))
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def _finish(self, text: str, ids: list[int], params) -> tuple[str, str]:
+        for s in params.stop:
+            if s in text:
+                return text[: text.index(s)], "stop"
+        if ids and ids[-1] in self.stop_ids:
+            return text, "stop"
+        return text, ("length" if len(ids) >= params.max_tokens else "stop")
+
+    def complete(self, prompt, params, echo=False, logprobs=None) -> Completion:
+        import torch
+
+        self.check_prompt(prompt, params.max_tokens)
+        with torch.no_grad():
+            out = self.model.generate(**self._generate_kwargs(prompt, params))[0, len(prompt):].tolist()
+        text, reason = self._finish(self.tokenizer.decode(out, skip_special_tokens=True), out, params)
+        lp = self._prompt_logprobs(prompt, logprobs) if (echo and logprobs is not None) else None
+        if echo:
+            text = self.tokenizer.decode(prompt) + text
+        return Completion(text, len(prompt), len(out), reason, lp)
+
+    def _prompt_logprobs(self, prompt: list[int], top: int) -> dict:
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(torch.tensor([prompt])).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        tokens = [self.tokenizer.decode([t]) for t in prompt]
+        token_logprobs = [None] + [logp[i - 1, prompt[i]].item() for i in range(1, len(prompt))]
+        tops = [None]
+        for i in range(1, len(prompt)):
+            values, ids = logp[i - 1].topk(max(top, 1))
+            tops.append({self.tokenizer.decode([int(t)]): v.item() for v, t in zip(values, ids)})
+        offsets, pos = [], 0
+        for t in tokens:
+            offsets.append(pos)
+            pos += len(t)
+        return dict(tokens=tokens, token_logprobs=token_logprobs, top_logprobs=tops, text_offset=offsets)
+
+    def stream(self, prompt, params) -> Iterator[StreamPiece]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        self.check_prompt(prompt, params.max_tokens)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result = {}
+
+        def run():
+            with torch.no_grad():
+                result["ids"] = self.model.generate(**self._generate_kwargs(prompt, params), streamer=streamer)[0, len(prompt):].tolist()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        text, emitted = "", 0
+        hold = max((len(s) for s in params.stop), default=0)  # a stop string may still be forming
+        for piece in streamer:
+            text += piece
+            if any(s in text for s in params.stop):
+                continue  # generate stops itself at the stop string; drain the streamer
+            safe = len(text) - hold
+            if safe > emitted:
+                yield StreamPiece(text[emitted:safe])
+                emitted = safe
+        worker.join()
+        final, reason = self._finish(text, result.get("ids", []), params)
+        yield StreamPiece(final[emitted:], reason)

@@ -1,0 +1,63 @@
+"""Engines, multi-turn chat and jsonl generation on the tiny exported model (llama.cpp and transformers)."""
+import json
+
+import pytest
+from gguf_fixtures import *  # noqa: F401,F403
+
+from megactllm.serve import EngineError, SamplingParams, load_engine
+from megactllm.serve.chat import ChatSession
+from megactllm.serve.generate import GenerateError, generate_jsonl
+
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def gguf_engine(gguf_f32, llama_cpp):
+    return load_engine(str(gguf_f32), f32_kv_cache=True, threads=1)
+
+
+def test_llama_cpp_and_transformers_engines_agree(gguf_engine, tiny_hf_dir):
+    hf = load_engine(str(tiny_hf_dir), threads=1)
+    assert (gguf_engine.info.kind, hf.info.kind) == ("llama.cpp", "transformers")
+    messages = [{"role": "user", "content": "介绍一下长城。"}]
+    ids = gguf_engine.chat_tokens(messages)
+    assert hf.chat_tokens(messages) == ids
+    assert hf.tokenize("长城很长。") == gguf_engine.tokenize("长城很长。")
+    ours, theirs = gguf_engine.complete(ids, GREEDY), hf.complete(ids, GREEDY)
+    assert ours.text == theirs.text and ours.completion_tokens == theirs.completion_tokens
+    assert "".join(p.text for p in hf.stream(ids, GREEDY)) == theirs.text
+
+
+def test_chat_session_keeps_history_and_fits_context(gguf_engine):
+    session = ChatSession(gguf_engine, system="你是助手。", params=SamplingParams(max_tokens=8, temperature=0.0))
+    first = "".join(session.send("你好"))
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant"]
+    assert session.messages[-1]["content"] == first
+    "".join(session.send("再说一遍"))
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    for i in range(12):  # the 256-token context overflows: old exchanges are dropped, the system prompt kept
+        "".join(session.send(f"第{i}个问题：" + "北京" * 10))
+    assert session.messages[0]["role"] == "system" and len(session.messages) < 1 + 2 * 14
+    with pytest.raises(EngineError, match="context"):
+        "".join(session.send("上海" * 400))
+    session.reset()
+    assert session.messages == [{"role": "system", "content": "你是助手。"}]
+
+
+def test_generate_jsonl(gguf_engine, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"id": 1, "prompt": "中国的首都是"},
+        {"id": 2, "messages": [{"role": "user", "content": "你好"}]},
+    ]) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert generate_jsonl(gguf_engine, src, out, GREEDY, progress=None) == 2
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == [1, 2] and all(0 < r["completion_tokens"] <= 16 for r in rows)
+    assert rows[0]["completion"] == gguf_engine.complete(gguf_engine.tokenize("中国的首都是"), GREEDY).text
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": 3}\n', encoding="utf-8")
+    with pytest.raises(GenerateError, match=r"bad.jsonl:2: needs a string 'prompt'"):
+        generate_jsonl(gguf_engine, bad, tmp_path / "o.jsonl", GREEDY, progress=None)
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1  # the finished record is kept
