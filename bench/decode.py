@@ -8,7 +8,7 @@ Figures printed (ratios against references measured in this run):
   decode           forced one-token decode steps after a 32-token prompt, tokens/s, and the bound
                    tokens/s = bandwidth / (weight bytes read per token: every matrix once, the
                    embedding one row); "of bound" = achieved / bound
-  export           tools' export_gguf (HF dir -> f16 GGUF) seconds vs reading the source files and
+  export           export_gguf (bf16 HF dir -> f16 GGUF) seconds vs reading the source files and
                    writing as many bytes as the GGUF has ("x I/O")
   server           tokens/s through the OpenAI API (in-process uvicorn, q4_0 engine) vs direct
                    engine calls on the same prompts, interleaved; target >= 0.95x
@@ -68,7 +68,7 @@ def build_hf(out: Path, layers: int) -> Path:
     torch.manual_seed(0)
     with torch.device("cpu"):
         model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **CTLLM_2B))
-    model.save_pretrained(out)
+    model.to(torch.bfloat16).save_pretrained(out)  # as models ship; transformers runs it in f32 below
     shutil.copy(SHARED / "tokenizers" / "map_neo_sp.model", out / "tokenizer.model")
     return out
 

@@ -158,6 +158,10 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 3
     # Stop (after saving, when save_interval divides it) at the first iteration that is a multiple.
     exit_interval: Optional[int] = None
+    # Stop (save, exit 75 to be resumed) once this many minutes passed since the process started.
+    exit_duration_minutes: Optional[float] = None
+    # {save}/run.lock: a lock with no heartbeat for this long is taken over (training/run_lock.py).
+    lock_stale_minutes: float = 10.0
     # metrics.jsonl and loss_curve.png; default: the save dir, else tensorboard_dir, else runs/latest.
     log_dir: Optional[str] = None
     # Dense peak TFLOP/s of one device for MFU; None: 989 on H100/H200, no MFU elsewhere.

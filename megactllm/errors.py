@@ -49,13 +49,14 @@ def user_error_types() -> tuple:
     from megactllm.parallel.initialize import ParallelLayoutError
     from megactllm.tokenizer.chat_template import ChatFormatError, ChatTokenizationError
     from megactllm.training.checkpoint import CheckpointError
+    from megactllm.training.run_lock import RunLockError
     from megactllm.training.schedule import ScheduleError
     from megactllm.training.stages import UnknownStageError
 
     return (
         UserError, ConfigError, ConversionError, BlendError, SFTBlendError, RecordError, DatasetFormatError,
         ParallelLayoutError, ChatFormatError, ChatTokenizationError, CheckpointError, ScheduleError,
-        UnknownStageError,
+        UnknownStageError, RunLockError,
     )
 
 

@@ -48,6 +48,13 @@ def _start_process_group(cfg) -> None:
 
 
 def main(argv=None) -> int:
+    from megactllm.training import exit_signals
+    from megactllm.training.parent_death import die_with_parent, launched_by_torchrun
+
+    # First, before heavy imports: a scheduler's SIGTERM/SIGUSR1 sets a flag; a torchrun worker dies with torchrun.
+    exit_signals.install()
+    if launched_by_torchrun():
+        die_with_parent()
     args = parse_args(argv)
     from megactllm.output import configure_output
 
@@ -103,7 +110,11 @@ def main(argv=None) -> int:
         return report_error_in_run(e)
     finally:
         destroy_parallel()
-    return 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
+    code = 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
+    if result.stop_reason and cfg.train.save:
+        code = exit_signals.EXIT_CODE_RESUME  # saved and stopped early: the launch script requeues
+    exit_signals.write_exit_status(code, result.stop_reason, result.state.iteration)
+    return code
 
 
 def _destroy_process_group() -> None:
@@ -115,8 +126,8 @@ def _destroy_process_group() -> None:
 
 if __name__ == "__main__":
     exit_code = main()
-    if exit_code:
-        from megactllm.errors import exit_now
+    from megactllm.errors import EXIT_NONFINITE, EXIT_USER_ERROR, exit_now
 
-        exit_now(exit_code)
-    sys.exit(0)
+    if exit_code in (EXIT_USER_ERROR, EXIT_NONFINITE):
+        exit_now(exit_code)  # every failing rank leaves together (see megactllm.errors)
+    sys.exit(exit_code)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from gguf_fixtures import *  # noqa: F401,F403
 
-from megactllm.convert import ConversionError, import_from_hf
+from megactllm.convert import ConversionError
 from megactllm.convert.gguf import export_gguf
 from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, IM_END, IM_START, render, tokenize_conversation
 
@@ -150,17 +150,26 @@ def test_quantized_types_heldout_loss(gguf_f32, tiny_hf_dir, chat_sp_model, zh_d
     assert abs(losses["q4_k_m"] - losses["f32"]) < 0.1 * losses["f32"]
 
 
-def test_megactllm_tp2_checkpoint_to_gguf(tiny_hf_dir, tmp_path, zh_docs, chat_sp_model, llama_cpp):
-    from megactllm.tokenizer import load_tokenizer
-    from megactllm.training.checkpoint import read_metadata
+def test_megactllm_tp2_checkpoint_to_gguf(chat_sp_model, tmp_path, llama_cpp):
+    """A model saved by 2 ranks at TP=2 (GQA, non-default RoPE base and eps): llama.cpp on its GGUF
+    gives megatron-core's own logits."""
+    from convert_testing import layout_jobs, merge_rank_results, tiny_config
 
-    imported = import_from_hf(tiny_hf_dir, tmp_path / "ckpt", target_tp=2, progress_stream=None)
-    assert read_metadata(imported.checkpoint).parallel["tensor_model_parallel_size"] == 2
-    out = export_gguf(imported.checkpoint, tmp_path / "from-ckpt.gguf", "f32", progress_stream=None).path
-    ids = load_tokenizer("sentencepiece", str(chat_sp_model)).encode(zh_docs[1])[:32]
+    from megactllm.testing import run_distributed
+    from megactllm.tokenizer import load_tokenizer
+
+    vocab = load_tokenizer("sentencepiece", str(chat_sp_model)).vocab_size
+    cfg = tiny_config(vocab, tp=2, pp=1, num_query_groups=2, rotary_base=500000.0, norm_epsilon=1e-6)
+    tokens = torch.randint(0, vocab, (1, 16), generator=torch.Generator().manual_seed(0))
+    job = dict(name="tp2", cfg=cfg, save_to=str(tmp_path / "ckpt"), tokenizer=str(chat_sp_model), tokens=tokens)
+    ours = merge_rank_results(run_distributed(layout_jobs, 2, [job], timeout=300))["tp2"][0, :, :vocab].numpy()
+
+    out = export_gguf(tmp_path / "ckpt", tmp_path / "from-ckpt.gguf", "f32", progress_stream=None).path
     llm = _llama(out)
     assert llm.metadata["tokenizer.chat_template"] == CHAT_TEMPLATE
-    assert float(np.abs(_llama_logits(llm, ids) - _hf_logits(tiny_hf_dir, ids)[0]).max()) < 1e-3
+    diff = float(np.abs(_llama_logits(llm, tokens[0].tolist()) - ours).max())
+    print(f"TP=2 checkpoint -> GGUF: llama.cpp vs megatron-core max |logit diff| = {diff:.2e}")
+    assert diff < 1e-3
 
 
 def test_bad_inputs_are_clear_errors(tiny_hf_dir, gguf_f32, tmp_path, monkeypatch):

@@ -92,8 +92,10 @@ class TransformersEngine(Engine):
         import torch
 
         self.check_prompt(prompt, params.max_tokens)
-        with torch.no_grad():
-            out = self.model.generate(**self._generate_kwargs(prompt, params))[0, len(prompt):].tolist()
+        out = []
+        if params.max_tokens > 0:  # 0: score the prompt only (echo + logprobs)
+            with torch.no_grad():
+                out = self.model.generate(**self._generate_kwargs(prompt, params))[0, len(prompt):].tolist()
         text, reason = self._finish(self.tokenizer.decode(out, skip_special_tokens=True), out, params)
         lp = self._prompt_logprobs(prompt, logprobs) if (echo and logprobs is not None) else None
         if echo:
@@ -123,6 +125,9 @@ class TransformersEngine(Engine):
         from transformers import TextIteratorStreamer
 
         self.check_prompt(prompt, params.max_tokens)
+        if params.max_tokens == 0:
+            yield StreamPiece("", "length")
+            return
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result = {}
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import numpy as np
 from typing import Iterator, Optional, Sequence
 
 from megactllm.serve.engine import (
@@ -47,21 +49,26 @@ class LlamaCppEngine(Engine):
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
     def tokenize(self, text: str) -> list[int]:
+        if not text:
+            return []
         text = (" " + text) if self.leading_space else text
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
         special = dict(bos_token=self._piece(self.llm.token_bos()), eos_token=self._piece(self.llm.token_eos()))
         text = render_chat(self.info.chat_template, messages, special)
-        # special=False: control tokens typed by a user stay text; user-defined chat tokens are
-        # still single tokens (llama.cpp, like SentencePiece, always matches those).
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        # special=True: llama.cpp turns an end-of-turn token into a control token, which it matches
+        # in text only so. SentencePiece matches <|im_start|>/<|im_end|> (user-defined) in any text;
+        # the one difference left: llama.cpp also reads a typed "<s>"/"</s>" as that control token.
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _piece(self, token_id: int) -> str:
         return "" if token_id < 0 else self.llm._model.token_get_text(token_id)
 
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+    def detokenize(self, ids: Sequence[int], first: bool = False) -> str:
+        text = self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+        # Text that starts a prompt lost SentencePiece's leading space in tokenize(); drop it again.
+        return text[1:] if first and self.leading_space and text.startswith(" ") else text
 
     def _kwargs(self, params: SamplingParams) -> dict:
         from llama_cpp import StoppingCriteriaList
@@ -75,14 +82,46 @@ class LlamaCppEngine(Engine):
         self.check_prompt(prompt, params.max_tokens)
         if (logprobs is not None) and not self.logits_all:
             raise EngineError("logprobs need the server started with --logits-all (prompt log-probabilities)")
-        out = self.llm.create_completion(prompt=list(prompt), echo=echo, logprobs=logprobs, **self._kwargs(params))
-        choice = out["choices"][0]
-        usage = out["usage"]
-        return Completion(choice["text"], usage["prompt_tokens"], usage["completion_tokens"], choice["finish_reason"] or "stop",
-                          choice.get("logprobs"))
+        text, lp, used, reason = "", None, 0, "length"
+        if params.max_tokens > 0:  # (llama-cpp-python reads 0 as "up to the context")
+            out = self.llm.create_completion(prompt=list(prompt), logprobs=logprobs, **self._kwargs(params))
+            choice = out["choices"][0]
+            text, lp, used, reason = choice["text"], choice.get("logprobs"), out["usage"]["completion_tokens"], choice["finish_reason"]
+        if echo:
+            # llama-cpp-python's own echo fails on token-id prompts: echo the prompt from its ids
+            # and score it from llama.cpp's logits of every prompt position.
+            prompt_text = self.detokenize(prompt, first=True)
+            if logprobs is not None:
+                lp = _join_logprobs(self._prompt_logprobs(prompt, logprobs), lp, len(prompt_text))
+            text = prompt_text + text
+        return Completion(text, len(prompt), used, reason or "stop", lp)
+
+    def _prompt_logprobs(self, prompt: list[int], top: int) -> dict:
+        self.llm.reset()
+        self.llm.eval(list(prompt))
+        logits = np.asarray(self.llm.scores[: len(prompt)], dtype=np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        pieces = [self.detokenize([t], first=(i == 0)) for i, t in enumerate(prompt)]
+        token_logprobs, top_logprobs = [None], [None]
+        for i in range(1, len(prompt)):
+            token_logprobs.append(float(logp[i - 1, prompt[i]]))
+            best = np.argsort(-logp[i - 1])[: max(top, 1)]
+            top_logprobs.append({self.detokenize([int(t)]): float(logp[i - 1, t]) for t in best})
+        offsets = np.cumsum([0] + [len(p) for p in pieces[:-1]]).tolist()
+        self.llm.reset()
+        return dict(tokens=pieces, token_logprobs=token_logprobs, top_logprobs=top_logprobs, text_offset=offsets)
 
     def stream(self, prompt, params) -> Iterator[StreamPiece]:
         self.check_prompt(prompt, params.max_tokens)
         for chunk in self.llm.create_completion(prompt=list(prompt), stream=True, **self._kwargs(params)):
             choice = chunk["choices"][0]
             yield StreamPiece(choice["text"], choice.get("finish_reason"))
+
+
+def _join_logprobs(prompt_lp: dict, generated: Optional[dict], shift: int) -> dict:
+    if not generated:
+        return prompt_lp
+    joined = {key: prompt_lp[key] + list(generated.get(key) or []) for key in ("tokens", "token_logprobs", "top_logprobs")}
+    joined["text_offset"] = prompt_lp["text_offset"] + [o + shift for o in generated.get("text_offset") or []]
+    return joined

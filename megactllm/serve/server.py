@@ -16,6 +16,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
 from megactllm.serve.engine import Engine, EngineError, SamplingParams
 from megactllm.serve.requests import (
     Limits,
@@ -53,15 +57,10 @@ class Scheduler:
 
 
 def _error_response(err: RequestError):
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(err.body(), status_code=err.status)
 
 
 def create_app(engine: Engine, limits: Optional[Limits] = None, api_key: Optional[str] = None, model_name: Optional[str] = None):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     limits = limits or Limits()
     model_name = model_name or engine.info.name
     scheduler = Scheduler(limits.max_queue)
@@ -138,6 +137,12 @@ def create_app(engine: Engine, limits: Optional[Limits] = None, api_key: Optiona
         queue: asyncio.Queue = asyncio.Queue()
         gone = threading.Event()
         done = object()
+        released = []
+
+        def release_once():
+            if not released:
+                released.append(True)
+                scheduler.release()
 
         def produce():
             try:
@@ -163,9 +168,10 @@ def create_app(engine: Engine, limits: Optional[Limits] = None, api_key: Optiona
                 yield "data: [DONE]\n\n"
             finally:
                 gone.set()
-                scheduler.release()
+                release_once()
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        # The background task also frees the slot where a client left before the stream started.
+        return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(release_once))
 
     @app.get("/health")
     async def health():

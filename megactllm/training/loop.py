@@ -23,6 +23,8 @@ import torch.distributed as dist
 from megactllm.config import Config
 from megactllm.data.blend_schedule import check_resumed_schedule
 from megactllm.training import checkpoint as ckpt
+from megactllm.training import run_lock
+from megactllm.training.exit_signals import ExitWatch
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.metrics import (
     RunLogger,
@@ -65,6 +67,8 @@ class TrainResult:
     valid: list = field(default_factory=list)
     last_checkpoint: Optional[str] = None
     resumed_from: Optional[str] = None
+    # Why the run stopped before train_iters to be resumed (a signal, exit_duration_minutes), else None.
+    stop_reason: Optional[str] = None
 
 
 class Trainer:
@@ -115,6 +119,8 @@ class Trainer:
             )
         self.metric_names = list(self.task.metric_names())
         self.blend_schedule = getattr(self.train_ds, "schedule", None)
+        if cfg.data.blend_schedule and self.blend_schedule is None:
+            raise ValueError(f"data.blend_schedule is read by stage pretrain only; stage {cfg.train.stage!r} ignores it: remove it")
         self.state = TrainState(blend_schedule=self.blend_schedule.spec() if self.blend_schedule else None)
         self.guard = NonFiniteGuard(cfg.train.max_consecutive_nonfinite)
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
@@ -278,6 +284,7 @@ class Trainer:
     # ----------------------------------------------------------------- the run
     def fit(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
+        exit_watch = ExitWatch(t.exit_duration_minutes)
         self.resume_or_initialise()
         result = TrainResult(self.state, self.train_iters, resumed_from=self.resumed_from)
         seq = self.cfg.model.seq_length
@@ -296,6 +303,8 @@ class Trainer:
         first_iteration = self.state.iteration
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        # One writer per checkpoint directory; every rank raises if rank 0 cannot take the lock.
+        lock = run_lock.acquire_on_rank0(t.save, t.lock_stale_minutes * 60)
         try:
             while self.state.iteration < self.train_iters:
                 if self.blend_schedule is not None:
@@ -358,6 +367,12 @@ class Trainer:
                 if t.exit_interval and s.iteration % t.exit_interval == 0 and s.iteration < self.train_iters:
                     self.log.info(f"exit_interval reached at iteration {s.iteration}")
                     break
+                stop = exit_watch.check()  # the same answer on every rank
+                if stop and s.iteration < self.train_iters:
+                    saving = "with a checkpoint, to be resumed" if t.save else "WITHOUT a checkpoint (no train.save)"
+                    self.log.warning(f"{stop}: stopping at iteration {s.iteration} {saving}")
+                    result.stop_reason = stop
+                    break
 
             finished = self.state.iteration >= self.train_iters
             if finished and self.valid_reader is not None and t.eval_interval and self.state.iteration % t.eval_interval:
@@ -365,7 +380,11 @@ class Trainer:
             ran = self.state.iteration > first_iteration
             if ran and t.save and (not t.save_interval or self.state.iteration % t.save_interval) and self.guard.in_a_row == 0:
                 self.save()
+            if result.stop_reason and dist.is_initialized():
+                dist.barrier()  # no rank leaves (and ends its launcher) before rank 0 published the checkpoint
         finally:
+            if lock is not None:
+                lock.release()
             if self.rank == 0 and self.log.log_dir is not None:
                 try:
                     self.log.info(f"loss curve: {plot_loss_curve(self.log.log_dir)}")
