@@ -172,6 +172,9 @@ class TrainConfig:
     # Distributed optimizer on disk: dp_reshardable (parallel, fast; reshards over DP only) or
     # fully_reshardable (gathered per parameter; reshards over TP/PP/DP). See training/checkpoint.py.
     optimizer_checkpoint_format: str = "dp_reshardable"
+    # Refuse, before building, a run whose estimated per-rank memory exceeds the device's (or the
+    # machine's free RAM); see megactllm.training.memory_estimate. false skips the check.
+    check_memory: bool = True
     # DPO
     dpo_beta: float = 0.5
     dpo_label_smoothing: float = 0.0
@@ -207,6 +210,10 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def origin(self, section: str, key: str) -> Optional[str]:
+        """Where the user set section.key ("the recipe", "an override", "model.arch=NAME"), or None for a default."""
+        return getattr(self, "_origins", {}).get(f"{section}.{key}")
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -275,6 +282,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def _origins(raw: dict, overridden: set) -> dict:
+    """section.key -> who set it; a named architecture sets every model field it defines."""
+    origins = {}
+    model = raw.get("model") or {}
+    if model.get("arch"):
+        from megactllm.model.architectures import get_architecture
+
+        arch_fields = dataclasses.asdict(get_architecture(model["arch"]))
+        origins.update({f"model.{k}": f"model.arch={model['arch']}" for k in arch_fields if k != "arch"})
+    for section, values in raw.items():
+        for key in values or {}:
+            name = f"{section}.{key}"
+            origins[name] = "an override" if name in overridden else "the recipe"
+    return origins
+
+
 def config_from_dict(raw: dict, where: str = "config") -> Config:
     unknown = sorted(set(raw) - set(_SECTION_CLASSES))
     if unknown:
@@ -302,4 +325,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, where=path or "config")
+    cfg = config_from_dict(raw, where=path or "config")
+    # Which keys the user set (recipe or override) and which are defaults: a checkpoint's metadata
+    # fills the defaults and must agree with the rest (megactllm.training.shape_from_checkpoint).
+    overridden = {item.split("=", 1)[0] for item in overrides or []}
+    cfg._origins = _origins(raw, overridden)
+    return cfg

@@ -12,8 +12,6 @@ With a tokenizer that extends the model's (new rows = mean of their old sub-toke
 import argparse
 import sys
 
-from megactllm.convert import ConversionError, export_to_hf, import_from_hf
-
 
 def _size(text: str) -> int:
     units = {"K": 2**10, "M": 2**20, "G": 2**30}
@@ -25,6 +23,7 @@ def _size(text: str) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="show every third-party warning (also MEGACTLLM_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("export", help="megactllm checkpoint -> HF LlamaForCausalLM directory")
@@ -51,6 +50,11 @@ def main(argv=None) -> int:
     i.add_argument("--overwrite", action="store_true")
 
     args = p.parse_args(argv)
+    from megactllm.output import configure_output
+
+    configure_output(verbose=args.verbose)  # before megatron-core is imported: it warns at import
+    from megactllm.convert import ConversionError, export_to_hf, import_from_hf
+
     try:
         if args.command == "export":
             export_to_hf(

@@ -63,6 +63,7 @@ class CheckpointMetadata:
     stage: str = "pretrain"
     world_size: Optional[int] = None
     optimizer_format: Optional[str] = None
+    dtype: Optional[str] = None  # "bf16", "fp16" or "fp32": the precision the weights were trained in
 
     @property
     def tokenizer_file(self) -> Optional[Path]:
@@ -136,6 +137,7 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         stage=raw.get("stage", "pretrain"),
         world_size=raw.get("world_size"),
         optimizer_format=raw.get("optimizer_format"),
+        dtype=raw.get("dtype"),
     )
 
 
