@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from megactllm.config import Config
 from megactllm.training import checkpoint as ckpt
+from megactllm.training.async_checkpoint import AsyncCheckpointSaver
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.metrics import (
     RunLogger,
@@ -116,6 +117,7 @@ class Trainer:
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
         self.last_checkpoint: Optional[str] = None
         self.resumed_from: Optional[str] = None
+        self.async_saver = AsyncCheckpointSaver() if cfg.train.async_save else None
 
     # ----------------------------------------------------------------- setup helpers
     def _load_tokenizer(self):
@@ -186,7 +188,14 @@ class Trainer:
             f"{self.state.skipped_iterations} skipped"
         )
 
+    def _publish_async_save(self, blocking: bool) -> None:
+        published = self.async_saver.poll(blocking) if self.async_saver is not None else None
+        if published is not None:
+            self.last_checkpoint = published
+            self.log.info(f"saved checkpoint {published} (written in the background)")
+
     def save(self) -> None:
+        self._publish_async_save(blocking=True)  # one save in flight at a time
         path = ckpt.save_checkpoint(
             self.cfg.train.save,
             self.state.iteration,
@@ -197,7 +206,11 @@ class Trainer:
             train_state=asdict(self.state),
             tokenizer_path=self.tokenizer_path,
             rng_state=capture_rng_state(),
+            async_queue=self.async_saver.queue if self.async_saver is not None else None,
         )
+        if self.async_saver is not None:
+            self.async_saver.scheduled(path)
+            return
         self.last_checkpoint = str(path)
         self.log.info(f"saved checkpoint {path}")
 
@@ -282,6 +295,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats()
         try:
             while self.state.iteration < self.train_iters:
+                self._publish_async_save(blocking=False)
                 metrics, outcome = self.train_step()
                 s = self.state
                 s.iteration += 1
@@ -341,6 +355,7 @@ class Trainer:
             ran = self.state.iteration > first_iteration
             if ran and t.save and (not t.save_interval or self.state.iteration % t.save_interval) and self.guard.in_a_row == 0:
                 self.save()
+            self._publish_async_save(blocking=True)
         finally:
             if self.rank == 0 and self.log.log_dir is not None:
                 try:
