@@ -358,7 +358,7 @@ def _load_leaf_states(leaves, state_dict) -> None:
 
 def load_model_weights(path: str | os.PathLike, model_chunks: list, model_config: Optional[ModelConfig] = None) -> CheckpointMetadata:
     """Load only the model weights (any saved layout into the current one); returns the metadata."""
-    from megatron.core import dist_checkpointing
+    from megactllm.training import extra_state
 
     meta = read_metadata(path)
     if model_config is not None:
@@ -366,9 +366,14 @@ def load_model_weights(path: str | os.PathLike, model_chunks: list, model_config
     model_dir = meta.path / "model"
     if not model_dir.is_dir():
         raise CheckpointError(f"{meta.path} has no model/ directory")
-    loaded = dist_checkpointing.load(model_sharded_state_dict(model_chunks), str(model_dir))
+    # Either layer spec reads either spec's checkpoint: extra state the checkpoint lacks stays the module's.
+    try:
+        loaded, _ = extra_state.load_model_state(model_sharded_state_dict(model_chunks), model_dir)
+    except extra_state.MissingWeightsError as e:
+        raise CheckpointError(str(e)) from None
     for i, chunk in enumerate(model_chunks):
-        _unwrap(chunk).load_state_dict(loaded[f"chunk{i}"], strict=True)
+        module = _unwrap(chunk)
+        module.load_state_dict(extra_state.keep_own_extra_state(module, loaded[f"chunk{i}"]), strict=True)
     return meta
 
 
