@@ -251,9 +251,19 @@ def save_checkpoint(
     def publish() -> None:
         """After every rank's tensors are on disk: metadata, rename, then the latest pointer."""
         _barrier()
+        # Checked on rank 0, refused on every rank (no rank left waiting at a barrier).
+        problem = [None]
         if _rank() == 0:
-            for part in parts:
-                async_checkpoint.check_storage_index(partial / part)
+            try:
+                for part in parts:
+                    async_checkpoint.check_storage_index(partial / part)
+            except async_checkpoint.StorageIndexError as e:
+                problem = [str(e)]
+        if dist.is_initialized():
+            dist.broadcast_object_list(problem, src=0)
+        if problem[0]:
+            raise CheckpointError(f"iteration {iteration} not published, {partial} stays unloadable: {problem[0]}")
+        if _rank() == 0:
             if tokenizer_path:
                 (partial / "tokenizer").mkdir(exist_ok=True)
                 shutil.copy2(tokenizer_path, partial / "tokenizer" / Path(tokenizer_path).name)
