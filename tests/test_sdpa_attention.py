@@ -60,7 +60,9 @@ def _module_parity():
     mask = _document_mask(_tokens(0)[:, :-1])
     assert mask.any() and not mask[:, :, torch.arange(SEQ), torch.arange(SEQ)].any()
     report = {}
-    for name, m in (("causal", None), ("documents", mask)):
+    blocked = mask.clone()
+    blocked[0, :, 3, :] = True  # a query that may see nothing: megatron spreads it evenly
+    for name, m in (("causal", None), ("documents", mask), ("fully-blocked row", blocked)):
         outs, grads = [], []
         for module in (reference, sdpa):
             q, k, v = _qkv(config)

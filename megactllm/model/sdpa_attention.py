@@ -79,7 +79,14 @@ class SDPAttention(MegatronModule):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
         causal = attention_mask is None and mask_type == AttnMaskType.causal and sq > 1
-        allowed = None if attention_mask is None else ~attention_mask.bool()
+        allowed = None
+        if attention_mask is not None:
+            allowed = ~attention_mask.bool()
+            # A query with every key blocked: megatron's -10000 fill spreads it evenly over all keys,
+            # SDPA would give NaN. Open its row and zero its query: equal scores, the same mean.
+            blocked = ~allowed.any(dim=-1, keepdim=True)  # [b or 1, 1, s, 1]
+            allowed = allowed | blocked
+            q = q * ~blocked
         dropout_p = self.dropout_p if self.training else 0.0
 
         def attend():
