@@ -150,6 +150,9 @@ class TrainConfig:
     log_interval: int = 10
     save: Optional[str] = None
     save_interval: Optional[int] = None
+    # Write checkpoints in a background process while training goes on; the latest pointer moves
+    # once every rank's write is on disk (megactllm.training.async_checkpoint).
+    async_save: bool = False
     load: Optional[str] = None
     # Initialise weights from this checkpoint with a fresh optimizer, schedule and counters
     # (continued pretraining, SFT from a pretrained model, DPO from an SFT model).

@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     i.add_argument("out_dir", help="megactllm run directory to create")
     i.add_argument("--target-tp", type=int, default=1, help="tensor parallel size you will train at (checked)")
     i.add_argument("--target-pp", type=int, default=1, help="pipeline parallel size you will train at (checked)")
+    i.add_argument("--spec", choices=["local", "te"], default="local",
+                   help="layer spec to build while importing; either spec's checkpoint loads into either (te needs TE + GPU)")
     i.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: as in the HF files)")
     i.add_argument("--tokenizer", help="tokenizer to train with; a larger one that extends the model's own "
                                        "adds vocabulary rows (default: the HF directory's)")
@@ -67,6 +69,7 @@ def main(argv=None) -> int:
                 chat_template=None if args.no_chat_template else "default",
                 add_bos_token=args.add_bos_token,
                 overwrite=args.overwrite,
+                spec=args.spec,
             )
         else:
             import_from_hf(
@@ -78,6 +81,7 @@ def main(argv=None) -> int:
                 tokenizer_file=args.tokenizer,
                 tokenizer_type=args.tokenizer_type,
                 overwrite=args.overwrite,
+                spec=args.spec,
             )
     except (ConversionError, ValueError, OSError) as exc:
         print(f"convert_checkpoint.py {args.command}: error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from megactllm.data.blend_schedule import check_resumed_schedule
 from megactllm.training import checkpoint as ckpt
 from megactllm.training import run_lock
 from megactllm.training.exit_signals import ExitWatch
+from megactllm.training.async_checkpoint import AsyncCheckpointSaver
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.metrics import (
     RunLogger,
@@ -131,6 +132,7 @@ class Trainer:
             from megactllm.eval.inloop import InLoopEvaluator
 
             self.benchmarks = InLoopEvaluator(cfg.eval, self.model, cfg.model, self.tokenizer)
+        self.async_saver = AsyncCheckpointSaver() if cfg.train.async_save else None
 
     # ----------------------------------------------------------------- setup helpers
     def _load_tokenizer(self):
@@ -206,7 +208,14 @@ class Trainer:
             f"{self.state.skipped_iterations} skipped"
         )
 
+    def _publish_async_save(self, blocking: bool) -> None:
+        published = self.async_saver.poll(blocking) if self.async_saver is not None else None
+        if published is not None:
+            self.last_checkpoint = published
+            self.log.info(f"saved checkpoint {published} (written in the background)")
+
     def save(self) -> None:
+        self._publish_async_save(blocking=True)  # one save in flight at a time
         path = ckpt.save_checkpoint(
             self.cfg.train.save,
             self.state.iteration,
@@ -217,7 +226,11 @@ class Trainer:
             train_state=asdict(self.state),
             tokenizer_path=self.tokenizer_path,
             rng_state=capture_rng_state(),
+            async_queue=self.async_saver.queue if self.async_saver is not None else None,
         )
+        if self.async_saver is not None:
+            self.async_saver.scheduled(path)
+            return
         self.last_checkpoint = str(path)
         self.log.info(f"saved checkpoint {path}")
 
@@ -311,6 +324,7 @@ class Trainer:
                     note = self.blend_schedule.announcement(self.state.iteration + 1, self.state.iteration == first_iteration)
                     if note:
                         self.log.info(note)
+                self._publish_async_save(blocking=False)
                 metrics, outcome = self.train_step()
                 s = self.state
                 s.iteration += 1
@@ -380,6 +394,7 @@ class Trainer:
             ran = self.state.iteration > first_iteration
             if ran and t.save and (not t.save_interval or self.state.iteration % t.save_interval) and self.guard.in_a_row == 0:
                 self.save()
+            self._publish_async_save(blocking=True)
             if result.stop_reason and dist.is_initialized():
                 dist.barrier()  # no rank leaves (and ends its launcher) before rank 0 published the checkpoint
         finally:
