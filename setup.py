@@ -30,9 +30,10 @@ setup(
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
     install_requires=[
-        # A plain `torch` requirement would pull a multi-GB CUDA build on a CPU machine;
-        # the pin takes the local CPU wheel here and is satisfied by a site's own torch on GPUs.
-        "torch==2.13.0",
+        # A floor, not a pin: a site's own torch (NVIDIA's container, with TE and apex built on it)
+        # must stay. megatron-core 0.16.1 needs >= 2.6. scripts/setup_env.sh installs the CPU pin
+        # first, so this never pulls a multi-GB CUDA build here (tests/test_packaging.py).
+        "torch>=2.6",
         "megatron-core==0.16.1",
         # dist_checkpointing's writer subprocess dies without psutil and the parent then hangs.
         "psutil",

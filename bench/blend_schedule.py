@@ -6,11 +6,12 @@ Three random corpora; the fixed blend is megatron-core's BlendedDataset over the
 the scheduled one (data.blend_schedule) has three phases over the same datasets. Measured, A/B
 interleaved with the order alternating each round:
   fetch: GlobalBatchReader.step (read + collate one global batch), the part a schedule touches;
+  direct: the same samples through the schedule or straight from the phase's BlendedDataset;
   step:  Trainer.train_step of the tiny model on each reader's batch (what a run pays per step).
 Prints the median and minimum per round and the ratio scheduled/fixed (target <= 1.01).
 
     python bench/blend_schedule.py                  # CPU, one process
-    python bench/blend_schedule.py --rounds 400 --seq 512
+    python bench/blend_schedule.py --rounds 1000 --step-rounds 100 --seq 512
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def _summary(name: str, fixed: list, sched: list) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=150, help="interleaved A/B rounds (one global batch each)")
+    p.add_argument("--rounds", type=int, default=500, help="interleaved A/B fetch rounds (one global batch each)")
+    p.add_argument("--step-rounds", type=int, default=40, help="interleaved A/B training-step rounds")
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--gbs", type=int, default=16)
     p.add_argument("--mbs", type=int, default=4)
@@ -101,16 +103,37 @@ def main() -> int:
         print(f"{args.rounds} interleaved rounds, global batch {args.gbs} x seq {args.seq}, 3 phases vs a fixed 3-dataset blend")
         print(_summary("fetch (read + collate a global batch)", fetch["fixed"], fetch["scheduled"]))
 
+        # The schedule's own work, isolated: the same samples through ScheduledBlendDataset or
+        # straight from the phase's BlendedDataset (what is left is the phase lookup and the id map).
+        sched = trainer.train_ds
+        direct = {"fixed": [], "scheduled": []}  # "fixed": the phase dataset read directly
+        for k in range(args.rounds):
+            indices = range(k * args.gbs, (k + 1) * args.gbs)
+            located = [sched.locate(i) for i in indices]
+            order = ("fixed", "scheduled") if k % 2 == 0 else ("scheduled", "fixed")
+            for name in order:
+                t0 = time.perf_counter()
+                if name == "scheduled":
+                    for i in indices:
+                        sched[i]
+                else:
+                    for p, local in located:
+                        sched.phase_datasets[p][local]
+                direct[name].append(time.perf_counter() - t0)
+        print(_summary("samples via the schedule vs its phase's BlendedDataset directly", direct["fixed"], direct["scheduled"]))
+
         if not args.no_step:
             step = {"fixed": [], "scheduled": []}
-            for k in range(args.rounds):
+            for k in range(args.step_rounds):
                 order = ("fixed", "scheduled") if k % 2 == 0 else ("scheduled", "fixed")
                 for name in order:
                     trainer.train_reader = readers[name]
-                    trainer.state.consumed_samples = k * args.gbs
+                    # Strided over the run, so the steps visit every phase.
+                    trainer.state.consumed_samples = k * max(1, args.rounds // args.step_rounds) * args.gbs
                     t0 = time.perf_counter()
                     trainer.train_step()
                     step[name].append(time.perf_counter() - t0)
+            print(f"{args.step_rounds} interleaved training-step rounds")
             print(_summary("train step (tiny model, read + forward/backward + optimizer)", step["fixed"], step["scheduled"]))
     return 0
 

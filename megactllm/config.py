@@ -150,6 +150,9 @@ class TrainConfig:
     log_interval: int = 10
     save: Optional[str] = None
     save_interval: Optional[int] = None
+    # Write checkpoints in a background process while training goes on; the latest pointer moves
+    # once every rank's write is on disk (megactllm.training.async_checkpoint).
+    async_save: bool = False
     load: Optional[str] = None
     # Initialise weights from this checkpoint with a fresh optimizer, schedule and counters
     # (continued pretraining, SFT from a pretrained model, DPO from an SFT model).
@@ -158,6 +161,10 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 3
     # Stop (after saving, when save_interval divides it) at the first iteration that is a multiple.
     exit_interval: Optional[int] = None
+    # Stop (save, exit 75 to be resumed) once this many minutes passed since the process started.
+    exit_duration_minutes: Optional[float] = None
+    # {save}/run.lock: a lock with no heartbeat for this long is taken over (training/run_lock.py).
+    lock_stale_minutes: float = 10.0
     # metrics.jsonl and loss_curve.png; default: the save dir, else tensorboard_dir, else runs/latest.
     log_dir: Optional[str] = None
     # Dense peak TFLOP/s of one device for MFU; None: 989 on H100/H200, no MFU elsewhere.
@@ -168,6 +175,9 @@ class TrainConfig:
     # Distributed optimizer on disk: dp_reshardable (parallel, fast; reshards over DP only) or
     # fully_reshardable (gathered per parameter; reshards over TP/PP/DP). See training/checkpoint.py.
     optimizer_checkpoint_format: str = "dp_reshardable"
+    # Refuse, before building, a run whose estimated per-rank memory exceeds the device's (or the
+    # machine's free RAM); see megactllm.training.memory_estimate. false skips the check.
+    check_memory: bool = True
     # DPO
     dpo_beta: float = 0.5
     dpo_label_smoothing: float = 0.0
@@ -203,6 +213,10 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def origin(self, section: str, key: str) -> Optional[str]:
+        """Where the user set section.key ("the recipe", "an override", "model.arch=NAME"), or None for a default."""
+        return getattr(self, "_origins", {}).get(f"{section}.{key}")
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -271,6 +285,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def _origins(raw: dict, overridden: set) -> dict:
+    """section.key -> who set it; a named architecture sets every model field it defines."""
+    origins = {}
+    model = raw.get("model") or {}
+    if model.get("arch"):
+        from megactllm.model.architectures import get_architecture
+
+        arch_fields = dataclasses.asdict(get_architecture(model["arch"]))
+        origins.update({f"model.{k}": f"model.arch={model['arch']}" for k in arch_fields if k != "arch"})
+    for section, values in raw.items():
+        for key in values or {}:
+            name = f"{section}.{key}"
+            origins[name] = "an override" if name in overridden else "the recipe"
+    return origins
+
+
 def config_from_dict(raw: dict, where: str = "config") -> Config:
     unknown = sorted(set(raw) - set(_SECTION_CLASSES))
     if unknown:
@@ -298,4 +328,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, where=path or "config")
+    cfg = config_from_dict(raw, where=path or "config")
+    # Which keys the user set (recipe or override) and which are defaults: a checkpoint's metadata
+    # fills the defaults and must agree with the rest (megactllm.training.shape_from_checkpoint).
+    overridden = {item.split("=", 1)[0] for item in overrides or []}
+    cfg._origins = _origins(raw, overridden)
+    return cfg

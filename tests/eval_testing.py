@@ -2,13 +2,10 @@
 tokenizer, and lm-eval task YAMLs over the local CSV files (offline)."""
 from __future__ import annotations
 
-import csv
-import json
 import shutil
 from pathlib import Path
 
 import torch
-import yaml
 
 
 def save_tiny_llama(out: Path, sp_model: Path, seed: int = 0, **config) -> Path:
@@ -27,45 +24,6 @@ def save_tiny_llama(out: Path, sp_model: Path, seed: int = 0, **config) -> Path:
     model.save_pretrained(out)
     LlamaTokenizer.from_pretrained(str(out)).save_pretrained(out)
     return out
-
-
-def _installed_task_yaml(benchmark_dir: str, name: str) -> tuple[dict, dict]:
-    """lm-eval's own (template, subject) YAML for a task, read from the installed package."""
-    import lm_eval
-
-    root = Path(lm_eval.__file__).parent / "tasks" / benchmark_dir
-    subject = yaml.safe_load((root / f"{name}.yaml").read_text(encoding="utf-8"))
-    template = yaml.safe_load((root / subject["include"]).read_text(encoding="utf-8"))
-    return template, subject
-
-
-def lm_eval_task_yaml(out_dir: Path, benchmark: str, data_dir: Path, subject: str) -> str:
-    """A local lm-eval task equal to lm-eval's own (prompts, description, few-shot config taken
-    from the installed package) but reading our CSV files. Returns the local task's name."""
-    lm_name = {"cmmlu": f"cmmlu_{subject}", "ceval": f"ceval-valid_{subject}", "mmlu": f"mmlu_{subject}"}[benchmark]
-    template, subject_cfg = _installed_task_yaml({"cmmlu": "cmmlu", "ceval": "ceval", "mmlu": "mmlu/default"}[benchmark], lm_name)
-    cfg = {**template, **{k: v for k, v in subject_cfg.items() if k not in ("include", "tag", "group")}}
-    cfg.pop("group", None)
-    cfg.pop("tag", None)
-    name = f"local_{lm_name}"
-    cfg.update(task=name, dataset_name=None)
-    if benchmark == "cmmlu":
-        files = {"test": str(data_dir / "test" / f"{subject}.csv"), "dev": str(data_dir / "dev" / f"{subject}.csv")}
-        cfg.update(dataset_path="csv", dataset_kwargs={"data_files": files})
-    elif benchmark == "ceval":
-        files = {"val": str(data_dir / "val" / f"{subject}_val.csv"), "dev": str(data_dir / "dev" / f"{subject}_dev.csv")}
-        cfg.update(dataset_path="csv", dataset_kwargs={"data_files": files})
-    else:  # MMLU's CSVs are headerless: give lm-eval the records its template reads (question, choices, answer index)
-        files = {}
-        for split in ("test", "dev"):
-            path = out_dir / f"{subject}_{split}.json"
-            with open(data_dir / split / f"{subject}_{split}.csv", encoding="utf-8", newline="") as f:
-                records = [{"question": r[0], "choices": r[1:5], "answer": "ABCD".index(r[5])} for r in csv.reader(f)]
-            path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records), encoding="utf-8")
-            files[split] = str(path)
-        cfg.update(dataset_path="json", dataset_kwargs={"data_files": files})
-    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    return name
 
 
 def parallel_eval_jobs(checkpoint: str, tokenizer: str, save_cfg, layouts: list, requests_text: list,
@@ -116,3 +74,20 @@ def train_then_score_checkpoints(overrides: list, run_dir: str, tp: int) -> list
     records = evaluate_checkpoints(run_dir, cfg.eval, parallel)
     destroy_parallel()
     return records
+
+
+def add_chat_template(model_dir: Path) -> Path:
+    """Give a saved tiny LLaMA megactllm's chat format: <|im_start|>/<|im_end|> as special tokens
+    (embeddings grown to match) and the chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megactllm.tokenizer.chat_template import CHAT_TEMPLATE, CHAT_SPECIAL_TOKENS
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.add_special_tokens({"additional_special_tokens": list(CHAT_SPECIAL_TOKENS)})
+    tok.chat_template = CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model_dir

@@ -103,13 +103,26 @@ def _phase_samples(corpora, cache):
     # A second build reads megatron's index cache instead of building again.
     again, _, _ = build_scheduled_gpt_datasets(cfg.data, schedule, 32, 1234, 0)
     same = all(np.array_equal(train[i]["tokens"], again[i]["tokens"]) for i in range(0, len(train), 97))
-    return rows, schedule.prefixes, len(train), valid is None, same
+    # A one-dataset phase reads its window directly (no BlendedDataset); ids stay schedule-wide.
+    cfg.data.blend_schedule = [{"end_iteration": 10, "blend": [corpora["c"]]},
+                               {"blend": ["0.5", corpora["a"], "0.5", corpora["b"]]}]
+    single, _, _ = build_scheduled_gpt_datasets(cfg.data, BlendSchedule.from_config(cfg, 20), 32, 1234, 0)
+    single_rows = [(int(single[i]["dataset_id"]), source_of(single[i]["tokens"])) for i in range(len(single))]
+    try:
+        single[len(single)]
+        out_of_range = False
+    except IndexError:
+        out_of_range = True
+    return rows, schedule.prefixes, len(train), valid is None, same, single_rows, out_of_range
 
 
 def test_each_phase_draws_its_exact_proportions(tmp_path):
     corpora = write_corpora(str(tmp_path))
-    (rows, prefixes, n, no_valid, same), = run_distributed(_phase_samples, 1, corpora, str(tmp_path), timeout=300)
-    assert n == 4000 and no_valid and same
+    (rows, prefixes, n, no_valid, same, single_rows, out_of_range), = run_distributed(
+        _phase_samples, 1, corpora, str(tmp_path), timeout=300)
+    assert n == 4000 and no_valid and same and out_of_range
+    assert single_rows[:80] == [(0, "c")] * 80
+    assert {r for r in single_rows[80:]} == {(1, "a"), (2, "b")}
     names = {corpora[k]: k for k in corpora}
     assert [names[p] for p in prefixes] == ["a", "b", "c"]
     # dataset_id is the schedule-wide id, and the tokens really come from that dataset.

@@ -25,13 +25,13 @@ def runs(tmp_path_factory, shared_data, sp_model_path):
     root = tmp_path_factory.mktemp("eval_parallel")
     subject = load_benchmark("cmmlu", shared_data / "eval" / "cmmlu", ["agronomy"], shots=1)[0]
     texts = []
-    for q in subject.questions[:5]:
+    for q in subject.questions[:3]:
         context = prompts.context(subject, q, 1)
         texts += [(context, " " + letter) for letter in "ABCD"]
     # multi-token continuations: one row per choice on the parallel side, the cache path on HF's
     texts += [("下面哪个城市在南方？\n答案：", " 广州"), ("下面哪个城市在南方？\n答案：", " 哈尔滨和沈阳"), ("The quick brown fox", " jumps over the lazy dog")]
     gen_contexts = [texts[0][0], "北京是中国的"]
-    cfg = tiny_config(64000, 2, 2, num_layers=4, seq_length=512, max_position_embeddings=512,
+    cfg = tiny_config(64000, 2, 2, num_layers=2, seq_length=512, max_position_embeddings=512,
                       num_query_groups=2, init_method_std=0.3)
     checkpoint = str(root / "ckpt")
     results = run_distributed(parallel_eval_jobs, 4, checkpoint, str(sp_model_path), cfg, LAYOUTS, texts,

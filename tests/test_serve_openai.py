@@ -8,13 +8,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from gguf_fixtures import *  # noqa: F401,F403
 
-from megactllm.testing.distributed import free_port  # noqa: F401  (the server picks its own with --port 0)
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key"
 QUEUE = 2
 

@@ -36,7 +36,7 @@ def test_chat_session_keeps_history_and_fits_context(gguf_engine):
     "".join(session.send("再说一遍"))
     assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
     for i in range(12):  # the 256-token context overflows: old exchanges are dropped, the system prompt kept
-        "".join(session.send(f"第{i}个问题：" + "北京" * 10))
+        "".join(session.send(f"第{i}个问题：" + "请介绍一下中国的历史、地理、文化和经济。" * 2))
     assert session.messages[0]["role"] == "system" and len(session.messages) < 1 + 2 * 14
     with pytest.raises(EngineError, match="context"):
         "".join(session.send("上海" * 400))

@@ -12,8 +12,6 @@ With a tokenizer that extends the model's (new rows = mean of their old sub-toke
 import argparse
 import sys
 
-from megactllm.convert import ConversionError, export_to_hf, import_from_hf
-
 
 def _size(text: str) -> int:
     units = {"K": 2**10, "M": 2**20, "G": 2**30}
@@ -25,6 +23,7 @@ def _size(text: str) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="show every third-party warning (also MEGACTLLM_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("export", help="megactllm checkpoint -> HF LlamaForCausalLM directory")
@@ -44,6 +43,8 @@ def main(argv=None) -> int:
     i.add_argument("out_dir", help="megactllm run directory to create")
     i.add_argument("--target-tp", type=int, default=1, help="tensor parallel size you will train at (checked)")
     i.add_argument("--target-pp", type=int, default=1, help="pipeline parallel size you will train at (checked)")
+    i.add_argument("--spec", choices=["local", "te"], default="local",
+                   help="layer spec to build while importing; either spec's checkpoint loads into either (te needs TE + GPU)")
     i.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: as in the HF files)")
     i.add_argument("--tokenizer", help="tokenizer to train with; a larger one that extends the model's own "
                                        "adds vocabulary rows (default: the HF directory's)")
@@ -51,6 +52,11 @@ def main(argv=None) -> int:
     i.add_argument("--overwrite", action="store_true")
 
     args = p.parse_args(argv)
+    from megactllm.output import configure_output
+
+    configure_output(verbose=args.verbose)  # before megatron-core is imported: it warns at import
+    from megactllm.convert import ConversionError, export_to_hf, import_from_hf
+
     try:
         if args.command == "export":
             export_to_hf(
@@ -63,6 +69,7 @@ def main(argv=None) -> int:
                 chat_template=None if args.no_chat_template else "default",
                 add_bos_token=args.add_bos_token,
                 overwrite=args.overwrite,
+                spec=args.spec,
             )
         else:
             import_from_hf(
@@ -74,6 +81,7 @@ def main(argv=None) -> int:
                 tokenizer_file=args.tokenizer,
                 tokenizer_type=args.tokenizer_type,
                 overwrite=args.overwrite,
+                spec=args.spec,
             )
     except (ConversionError, ValueError, OSError) as exc:
         print(f"convert_checkpoint.py {args.command}: error: {exc}", file=sys.stderr)

@@ -126,8 +126,9 @@ def check_hf_tensors(weights: SafetensorsCheckpoint, model: ModelConfig) -> None
             )
 
 
-# Parameter names inside one layer of the local spec -> the checkpoint key they are saved under
-# (the local spec keeps its norms as separate modules; TE fuses them into the next linear layer).
+# Parameter names inside one layer of either spec -> the checkpoint key they are saved under
+# (the local spec keeps its norms as separate modules; TE fuses them into the next linear layer,
+# and the local spec saves them under TE's names).
 _LOCAL_SPEC_LAYER_KEYS = {
     "self_attention.linear_qkv.weight": layout.QKV,
     "self_attention.linear_proj.weight": layout.PROJ,
@@ -136,6 +137,13 @@ _LOCAL_SPEC_LAYER_KEYS = {
     "input_layernorm.weight": layout.INPUT_NORM,
     "pre_mlp_layernorm.weight": layout.PRE_MLP_NORM,
 }
+_TE_SPEC_LAYER_KEYS = {
+    **{k: v for k, v in _LOCAL_SPEC_LAYER_KEYS.items() if "layernorm" not in k},
+    "self_attention.linear_qkv.layer_norm_weight": layout.INPUT_NORM,
+    "mlp.linear_fc1.layer_norm_weight": layout.PRE_MLP_NORM,
+}
+_LAYER_KEYS = {**_LOCAL_SPEC_LAYER_KEYS, **_TE_SPEC_LAYER_KEYS}
+SPECS = ("local", "te")
 
 
 class _Filler:
@@ -160,8 +168,8 @@ class _Filler:
             return self.weights.read(layout.HF_FINAL_NORM)
         if param_name.startswith("decoder.layers."):
             _, _, index, rest = param_name.split(".", 3)
-            if rest in _LOCAL_SPEC_LAYER_KEYS:
-                return self._layer_tensor(int(index), _LOCAL_SPEC_LAYER_KEYS[rest])
+            if rest in _LAYER_KEYS:
+                return self._layer_tensor(int(index), _LAYER_KEYS[rest])
         raise ConversionError(f"megatron parameter {param_name} has no Hugging Face source (unsupported model part)")
 
     def fill(self, chunk) -> None:
@@ -174,10 +182,24 @@ class _Filler:
                 self.progress.update(source.numel() * source.element_size(), name)
 
 
-def _build_empty_model(model: ModelConfig, dtype: torch.dtype):
-    """One GPTModel chunk at TP1/PP1 on CPU with uninitialised weights (they are all overwritten)."""
-    from megactllm.model import build_model_chunk, build_transformer_config, layer_spec
+def _build_empty_model(model: ModelConfig, dtype: torch.dtype, spec: str = "local"):
+    """One GPTModel chunk at TP1/PP1 with uninitialised weights (they are all overwritten).
+
+    The local spec on CPU by default; "te" builds Transformer Engine's modules (needs TE and a
+    GPU) so the checkpoint also carries TE's extra state. Either loads into either spec.
+    """
+    from megactllm.model import (
+        build_model_chunk,
+        build_transformer_config,
+        layer_spec,
+        transformer_engine_available,
+    )
     from megactllm.parallel import initialize_parallel
+
+    if spec not in SPECS:
+        raise ConversionError(f"layer spec {spec!r}: choose one of {SPECS}")
+    if spec == "te" and not transformer_engine_available():
+        raise ConversionError("spec 'te' needs Transformer Engine on a CUDA machine; the local spec's checkpoint loads into TE too")
 
     parallel = ParallelConfig()
     initialize_parallel(parallel, seed=0, num_layers=model.num_layers)
@@ -185,6 +207,9 @@ def _build_empty_model(model: ModelConfig, dtype: torch.dtype):
     config = build_transformer_config(model, parallel, optim)
     config.use_cpu_initialization = True
     config.perform_initialization = False  # random init of billions of weights would only be overwritten
+    if spec == "te":
+        config.use_cpu_initialization = False
+        return build_model_chunk(model, config, spec=layer_spec(use_transformer_engine=True)).cuda()
     return build_model_chunk(model, config, spec=layer_spec(use_transformer_engine=False))
 
 
@@ -198,6 +223,7 @@ def import_from_hf(
     tokenizer_type: Optional[str] = None,
     overwrite: bool = False,
     progress_stream: Optional[TextIO] = sys.stderr,
+    spec: str = "local",
 ) -> ImportResult:
     """Convert an HF LlamaForCausalLM directory into a megactllm checkpoint run directory `out_dir`."""
     from megactllm.training.checkpoint import iteration_dir, save_checkpoint
@@ -224,7 +250,7 @@ def import_from_hf(
         progress.message(f"vocabulary extended {extension.old_vocab} -> {extension.new_vocab} from {tokenizer_plan.file} "
                          f"({extension.without_subtokens} new pieces without sub-tokens got the mean row)")
     with single_process_group(), atomic_output_dir(out_dir, overwrite=overwrite) as staging:
-        chunk = _build_empty_model(model, target_dtype)
+        chunk = _build_empty_model(model, target_dtype, spec)
         progress.total_bytes = sum(p.numel() * p.element_size() for p in chunk.parameters())
         _Filler(weights, model, model.padded_vocab_size(1), vocab_rows, progress).fill(chunk)
         cfg = Config(

@@ -62,9 +62,9 @@ class DatasetWindow:
         return self.length
 
     def __getitem__(self, idx: int) -> dict:
-        if not 0 <= idx < self.length:
-            raise IndexError(f"sample {idx} outside the window of {self.length}")
-        return self.base[self.offset + int(idx)]
+        # No bounds check on this hot path: BlendedDataset checks at build time that it draws at
+        # most len(window) samples, and ScheduledBlendDataset checks a single window's phase range.
+        return self.base[self.offset + idx]
 
 
 class ScheduledBlendDataset:
@@ -78,9 +78,13 @@ class ScheduledBlendDataset:
         self.schedule = schedule
         self.phase_datasets = phase_datasets
         self._starts = schedule.sample_starts()
-        # Phase-local dataset_id -> schedule-wide id.
-        self._ids = [np.asarray(ids, dtype=np.int16) for ids in phase_ids]
         self._length = schedule.train_iters * schedule.global_batch_size
+        self._ends = self._starts[1:] + [self._length]
+        # Phase-local dataset_id -> schedule-wide id; None where they already agree.
+        self._ids = [tuple(np.int16(i) for i in ids) for ids in phase_ids]
+        self._maps = [None if list(ids) == list(range(len(ids))) else ids for ids in self._ids]
+        # The phase of the last lookup: consecutive samples mostly share it, so no search is needed.
+        self._select(0)
 
     def __len__(self) -> int:
         return self._length
@@ -92,11 +96,19 @@ class ScheduledBlendDataset:
         p = bisect.bisect_right(self._starts, idx) - 1
         return p, idx - self._starts[p]
 
+    def _select(self, idx: int) -> None:
+        p, _ = self.locate(idx)
+        self._lo, self._hi = self._starts[p], self._ends[p]
+        self._dataset, self._map, self._only_id = self.phase_datasets[p], self._maps[p], self._ids[p][0]
+
     def __getitem__(self, idx: int) -> dict:
-        p, local = self.locate(idx)
-        item = self.phase_datasets[p][local]
-        ids = self._ids[p]
-        item["dataset_id"] = ids[item["dataset_id"]] if "dataset_id" in item else ids[0]
+        if not self._lo <= idx < self._hi:
+            self._select(idx)
+        item = self._dataset[idx - self._lo]
+        if "dataset_id" not in item:  # a one-dataset phase (no BlendedDataset)
+            item["dataset_id"] = self._only_id
+        elif self._map is not None:
+            item["dataset_id"] = self._map[item["dataset_id"]]
         return item
 
 

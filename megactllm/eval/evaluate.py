@@ -16,7 +16,7 @@ from typing import Optional
 
 from megactllm.eval.tasks import BENCHMARKS
 
-TASKS = tuple(b for b in BENCHMARKS) + ("bpb",)
+TASKS = tuple(b for b in BENCHMARKS) + ("bpb", "gen")
 
 
 @dataclass
@@ -39,6 +39,11 @@ class EvalOptions:
     dtype: str = "fp32"
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
+    # gen: open questions (jsonl), answered through the chat template, rated by an optional judge
+    questions_file: Optional[str] = None
+    judge_url: Optional[str] = None
+    judge_model: Optional[str] = None
+    max_new_tokens: int = 256
 
 
 def is_hf_dir(path) -> bool:
@@ -66,23 +71,29 @@ def subjects_for(task: str, names: list[str], n_tasks: int) -> Optional[list[str
     return (own + bare) or None
 
 
-def build_backend(opts: EvalOptions):
-    if is_hf_dir(opts.model):
-        from megactllm.eval.backends.hf import HFBackend
-
-        return HFBackend(opts.model, dtype=opts.dtype, batch_size=opts.batch_size, max_length=opts.max_length)
+def _init_parallel_for(opts: EvalOptions, num_layers: int):
     from megactllm.config import ParallelConfig
-    from megactllm.eval.backends.parallel import ParallelBackend
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.checkpoint import read_metadata
 
     if "RANK" not in os.environ and "MASTER_PORT" not in os.environ:
         from megactllm.testing.distributed import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())  # a single process must not collide with a neighbour's run
-    meta = read_metadata(opts.model)
     parallel = ParallelConfig(tensor_model_parallel_size=opts.tensor_parallel, pipeline_model_parallel_size=opts.pipeline_parallel)
-    initialize_parallel(parallel, num_layers=meta.model_config.num_layers)
+    initialize_parallel(parallel, num_layers=num_layers)
+    return parallel
+
+
+def build_backend(opts: EvalOptions):
+    if is_hf_dir(opts.model):
+        from megactllm.eval.backends.hf import HFBackend
+
+        return HFBackend(opts.model, dtype=opts.dtype, batch_size=opts.batch_size, max_length=opts.max_length)
+    from megactllm.eval.backends.parallel import ParallelBackend
+    from megactllm.training.checkpoint import read_metadata
+
+    meta = read_metadata(opts.model)
+    parallel = _init_parallel_for(opts, meta.model_config.num_layers)
     return ParallelBackend.from_checkpoint(meta.path, parallel, batch_size=opts.batch_size, max_length=opts.max_length)
 
 
@@ -99,7 +110,7 @@ def run_tasks(backend, opts: EvalOptions, stream=sys.stderr) -> dict:
     say = (lambda text: print(text, file=stream, flush=True)) if backend.is_reporting_rank and stream else (lambda text: None)
     started = time.perf_counter()
     scores, samples, bpb, throughput = [], {}, {}, {}
-    mc_tasks = [t for t in opts.tasks if t != "bpb"]
+    mc_tasks = [t for t in opts.tasks if t not in ("bpb", "gen")]
     for task in mc_tasks:
         if not opts.data_dir:
             raise ValueError(f"task {task} needs --data-dir")
@@ -123,10 +134,35 @@ def run_tasks(backend, opts: EvalOptions, stream=sys.stderr) -> dict:
         name = Path(opts.corpus[0]).stem.split(".")[0] if len(opts.corpus) == 1 else "corpus"
         bpb[name] = value.as_dict()
         say(f"bits per byte of {name}: {value.bits_per_byte:.4f} ({value.tokens} tokens, {value.bytes} bytes)")
+    if "gen" in opts.tasks:
+        name, summary = _generation(backend, opts)
+        bpb_or_gen = {f"gen_{name}": summary}
+        say(f"generation {name}: {summary['n']} answers in {summary['answers_file']}; judge: {summary['judge']}")
+    else:
+        bpb_or_gen = {}
     config = dict(model=str(opts.model), backend=backend.name, tasks=opts.tasks, shots=opts.shots, mode=opts.mode,
                   limit=opts.limit, dtype=opts.dtype, batch_size=opts.batch_size, max_length=backend.max_length,
                   stride=opts.stride, questions_per_s=throughput, seconds=round(time.perf_counter() - started, 2))
-    return build_results(scores, bpb, config, samples if opts.log_samples else None)
+    results = build_results(scores, bpb, config, samples if opts.log_samples else None)
+    results["results"].update(bpb_or_gen)
+    return results
+
+
+def _generation(backend, opts: EvalOptions) -> tuple[str, dict]:
+    from megactllm.eval.generation import OpenAIJudge, read_open_questions, run_generation_task
+
+    if not opts.questions_file:
+        raise ValueError("task gen needs --questions-file (jsonl of {question, id?, category?, reference?})")
+    if bool(opts.judge_url) != bool(opts.judge_model):
+        raise ValueError("--judge-url and --judge-model go together")
+    questions = read_open_questions(opts.questions_file)
+    name = Path(opts.questions_file).stem
+    out_dir = Path(opts.output).parent if opts.output else Path(".")
+    judge = None
+    if opts.judge_url:
+        judge = OpenAIJudge(opts.judge_url, opts.judge_model, api_key=os.environ.get("MEGACTLLM_JUDGE_API_KEY"))
+    summary = run_generation_task(backend, questions, out_dir / f"{name}_answers.jsonl", judge, opts.max_new_tokens)
+    return name, summary
 
 
 def evaluate(opts: EvalOptions, stream=sys.stderr) -> dict:
@@ -146,3 +182,28 @@ def evaluate(opts: EvalOptions, stream=sys.stderr) -> dict:
             from megactllm.parallel import destroy_parallel
 
             destroy_parallel()
+
+
+def evaluate_all_checkpoints(opts: EvalOptions, stream=sys.stderr) -> list[dict]:
+    """Every iter_* checkpoint of the run directory opts.model, scored as in-loop evaluation does
+    (same records), written to opts.output or RUN/checkpoint_evals.jsonl; the metrics plot shows
+    them beside the in-loop curve."""
+    from megactllm.config import EvalConfig
+    from megactllm.eval.inloop import evaluate_checkpoints
+    from megactllm.parallel import destroy_parallel
+    from megactllm.training.checkpoint import read_metadata
+
+    run = Path(opts.model)
+    first = sorted(run.glob("iter_*"))
+    if not first:
+        raise FileNotFoundError(f"{run} holds no iter_* checkpoints")
+    tasks = [t for t in opts.tasks if t not in ("bpb", "gen")]
+    if len(tasks) != len(opts.tasks):
+        raise ValueError("--all-checkpoints scores benchmark tasks; run bpb or gen per checkpoint with --model ITER_DIR")
+    cfg = EvalConfig(interval=1, tasks=tasks, data_dir=opts.data_dir, subjects=list(opts.subjects), shots=opts.shots,
+                     max_questions=opts.limit, batch_size=opts.batch_size, max_length=opts.max_length)
+    parallel = _init_parallel_for(opts, read_metadata(first[0]).model_config.num_layers)
+    try:
+        return evaluate_checkpoints(run, cfg, parallel, out=opts.output, stream=stream)
+    finally:
+        destroy_parallel()

@@ -34,7 +34,7 @@ def build_results(scores: list[SubjectScore], bpb: Optional[dict] = None, config
 
 def markdown_table(results: dict) -> str:
     lines = []
-    tasks = {k: v for k, v in results["results"].items() if "n" in v and "bits_per_byte" not in v}
+    tasks = {k: v for k, v in results["results"].items() if "category" in v}
     if tasks:
         metrics = sorted({m for v in tasks.values() for m in v if m.startswith("acc")})
         lines += ["| task | category | n | " + " | ".join(metrics) + " |", "|---|---|---:|" + "---:|" * len(metrics)]
@@ -50,6 +50,12 @@ def markdown_table(results: dict) -> str:
         lines += ["", "| corpus | documents | tokens | bytes | bits/byte | token ppl |", "|---|---:|---:|---:|---:|---:|"]
         for name, v in corpora.items():
             lines.append(f"| {name} | {v['documents']} | {v['tokens']} | {v['bytes']} | {v['bits_per_byte']:.4f} | {v['token_perplexity']:.2f} |")
+    generations = {k: v for k, v in results["results"].items() if "answers_file" in v}
+    if generations:
+        lines += ["", "| generation task | answers | mean rating | judge |", "|---|---:|---:|---|"]
+        for name, v in generations.items():
+            rating = "" if v.get("mean_rating") is None else f"{v['mean_rating']:.2f}"
+            lines.append(f"| {name} | {v['n']} | {rating} | {v['judge']} |")
     return "\n".join(lines) + "\n"
 
 

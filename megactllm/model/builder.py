@@ -2,7 +2,9 @@
 
 LLaMA-style blocks: RMSNorm, SwiGLU, RoPE, no linear biases, optional GQA and tied embeddings.
 The Transformer Engine layer spec is used when TE imports on a CUDA machine; otherwise the local
-(pure megatron-core) spec, which is what runs on CPU processes.
+(pure megatron-core) spec, which is what runs on CPU processes. The local spec's core attention is
+torch's fused scaled_dot_product_attention (megactllm.model.sdpa_attention) unless megatron's own
+DotProductAttention is asked for (`local_attention="megatron"`, the reference in tests and benches).
 """
 from __future__ import annotations
 
@@ -89,8 +91,15 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
     )
 
 
-def layer_spec(use_transformer_engine: Optional[bool] = None):
-    """One transformer layer's ModuleSpec: TE's fused modules, or megatron's local ones with our RMSNorm."""
+LOCAL_ATTENTION = ("sdpa", "megatron")
+
+
+def layer_spec(use_transformer_engine: Optional[bool] = None, local_attention: str = "sdpa"):
+    """One transformer layer's ModuleSpec: TE's fused modules, or megatron's local ones with our RMSNorm.
+
+    `local_attention` picks the local spec's core attention: "sdpa" (torch's fused kernel) or
+    "megatron" (DotProductAttention, which materialises the score matrix).
+    """
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
@@ -100,7 +109,13 @@ def layer_spec(use_transformer_engine: Optional[bool] = None):
         use_transformer_engine = transformer_engine_available()
     if use_transformer_engine:
         return get_gpt_layer_with_transformer_engine_spec()
+    if local_attention not in LOCAL_ATTENTION:
+        raise ValueError(f"local_attention={local_attention!r}; choose one of {LOCAL_ATTENTION}")
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if local_attention == "sdpa":
+        from megactllm.model.sdpa_attention import SDPAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     return spec
@@ -177,6 +192,7 @@ def build_model(
     parallel: ParallelConfig,
     optim: Optional[OptimConfig] = None,
     use_transformer_engine: Optional[bool] = None,
+    local_attention: str = "sdpa",
 ) -> list:
     """This rank's model chunks (one per virtual pipeline stage), on its device, unwrapped.
 
@@ -184,7 +200,7 @@ def build_model(
     Float16Module (bf16/fp16) and megatron-core's DistributedDataParallel.
     """
     config = build_transformer_config(model, parallel, optim)
-    spec = layer_spec(use_transformer_engine)
+    spec = layer_spec(use_transformer_engine, local_attention)
     vpp = parallel.virtual_pipeline_model_parallel_size
     stages = list(range(vpp)) if vpp and parallel.pipeline_model_parallel_size > 1 else [None]
     chunks = [build_model_chunk(model, config, vp_stage=stage, spec=spec) for stage in stages]

@@ -27,8 +27,7 @@ class ChatSession:
         When the history outgrows the context, the oldest exchanges are dropped (the system
         prompt stays); a single message too long for the context is an EngineError.
         """
-        turn = self.messages + [{"role": "user", "content": text}]
-        prompt = self._fit(turn)
+        turn, prompt = self._fit(self.messages + [{"role": "user", "content": text}])
         reply, params = [], copy.copy(self.params)
         params.max_tokens = min(params.max_tokens, self.engine.info.context_length - len(prompt))
         for piece in self.engine.stream(prompt, params):
@@ -36,12 +35,13 @@ class ChatSession:
             yield piece.text
         self.messages = turn + [{"role": "assistant", "content": "".join(reply)}]
 
-    def _fit(self, turn: list) -> list[int]:
+    def _fit(self, turn: list) -> tuple[list, list[int]]:
+        """The conversation less its oldest exchanges until it fits, and its prompt ids."""
         keep = 1 if self.system else 0
         while True:
             prompt = self.engine.chat_tokens(turn)
             if len(prompt) + 16 <= self.engine.info.context_length:
-                return prompt
+                return turn, prompt
             if len(turn) - keep <= 1:
                 raise EngineError(f"the message is {len(prompt)} tokens; the context holds {self.engine.info.context_length}")
             turn = turn[:keep] + turn[keep + 2:]  # drop the oldest user/assistant exchange

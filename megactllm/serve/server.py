@@ -110,8 +110,9 @@ def create_app(engine: Engine, limits: Optional[Limits] = None, api_key: Optiona
 
     def check_prompt(ids: list[int], params: SamplingParams) -> None:
         if len(ids) > max_prompt or len(ids) >= engine.info.context_length:
-            raise RequestError(400, f"the prompt is {len(ids)} tokens; this server accepts at most "
-                               f"{min(max_prompt, engine.info.context_length - 1)}", "messages", code="context_length_exceeded")
+            raise RequestError(400, f"the prompt is {len(ids)} tokens; the model's context is {engine.info.context_length} "
+                               f"and this server accepts prompts of at most {min(max_prompt, engine.info.context_length - 1)}",
+                               "messages", code="context_length_exceeded")
         room = engine.info.context_length - len(ids)
         params.max_tokens = min(params.max_tokens, room)
 

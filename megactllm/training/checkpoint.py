@@ -63,6 +63,7 @@ class CheckpointMetadata:
     stage: str = "pretrain"
     world_size: Optional[int] = None
     optimizer_format: Optional[str] = None
+    dtype: Optional[str] = None  # "bf16", "fp16" or "fp32": the precision the weights were trained in
 
     @property
     def tokenizer_file(self) -> Optional[Path]:
@@ -136,6 +137,7 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         stage=raw.get("stage", "pretrain"),
         world_size=raw.get("world_size"),
         optimizer_format=raw.get("optimizer_format"),
+        dtype=raw.get("dtype"),
     )
 
 
@@ -166,7 +168,10 @@ def _unwrap(module):
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(payload, indent=2, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())  # durable before the rename and the latest pointer that follow
     os.replace(tmp, path)
 
 
@@ -180,12 +185,19 @@ def save_checkpoint(
     train_state: Optional[dict] = None,
     tokenizer_path: Optional[str] = None,
     rng_state: Optional[dict] = None,
+    async_queue=None,
 ) -> Path:
     """Collectively save model (and optimizer/scheduler when given); returns the iteration dir.
 
     `rng_state` (each rank's own, see megactllm.training.rng) is written per rank under rng/.
+    With `async_queue` (megatron-core's AsyncCallsQueue) the tensors are written by a background
+    process while training goes on, and the iteration is published (metadata, rename, latest
+    pointer) when the queue finalizes the request, after every rank's write: until then the
+    previous checkpoint stays the latest. See megactllm.training.async_checkpoint.
     """
     from megatron.core import dist_checkpointing
+
+    from megactllm.training import async_checkpoint
 
     save_dir = Path(save_dir)
     final = iteration_dir(save_dir, iteration)
@@ -203,47 +215,71 @@ def save_checkpoint(
     if rng_state is not None:
         torch.save(rng_state, partial / RNG_DIR / f"rank_{_rank():05d}.pt")
 
-    model_sd = model_sharded_state_dict(model_chunks)
-    dist_checkpointing.save(model_sd, str(partial / "model"))
+    use_async = async_queue is not None
+    parts = ["model"]
+    requests = [dist_checkpointing.save(model_sharded_state_dict(model_chunks), str(partial / "model"), async_sharded_save=use_async)]
     optimizer_format = None
     if optimizer is not None:
         optimizer_format = optimizer_checkpoint_format(cfg)
         optim_sd = optimizer.sharded_state_dict(
             model_sharded_state_dict(model_chunks), metadata=_optimizer_metadata(optimizer_format)
         )
-        dist_checkpointing.save({"optimizer": optim_sd}, str(partial / "optimizer"))
-    _barrier()
-
-    if _rank() == 0:
-        tokenizer_info: dict = {"type": cfg.data.tokenizer_type}
-        if tokenizer_path:
-            (partial / "tokenizer").mkdir(exist_ok=True)
-            shutil.copy2(tokenizer_path, partial / "tokenizer" / Path(tokenizer_path).name)
-            tokenizer_info["file"] = Path(tokenizer_path).name
-        state = dict(train_state or {})
-        if scheduler is not None:
-            state["scheduler"] = scheduler.state_dict()
-        _write_json_atomic(
-            partial / METADATA_FILE,
-            {
-                "format_version": FORMAT_VERSION,
-                "iteration": iteration,
-                "stage": cfg.train.stage,
-                "model": asdict(cfg.model),
-                "tokenizer": tokenizer_info,
-                "parallel": asdict(cfg.parallel),
-                "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
-                "has_optimizer": optimizer is not None,
-                "optimizer_format": optimizer_format,
-                "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-                "train_state": state,
-            },
+        parts.append("optimizer")
+        requests.append(
+            dist_checkpointing.save({"optimizer": optim_sd}, str(partial / "optimizer"), async_sharded_save=use_async)
         )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        _write_json_atomic_text(save_dir / LATEST_FILE, str(iteration))
-    _barrier()
+
+    # Everything the metadata records is captured now: an async save's training moves on.
+    tokenizer_info: dict = {"type": cfg.data.tokenizer_type}
+    if tokenizer_path:
+        tokenizer_info["file"] = Path(tokenizer_path).name
+    state = dict(train_state or {})
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "iteration": iteration,
+        "stage": cfg.train.stage,
+        "model": asdict(cfg.model),
+        "tokenizer": tokenizer_info,
+        "parallel": asdict(cfg.parallel),
+        "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
+        "has_optimizer": optimizer is not None,
+        "optimizer_format": optimizer_format,
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "train_state": state,
+    }
+
+    def publish() -> None:
+        """After every rank's tensors are on disk: metadata, rename, then the latest pointer."""
+        _barrier()
+        # Checked on rank 0, refused on every rank (no rank left waiting at a barrier).
+        problem = [None]
+        if _rank() == 0:
+            try:
+                for part in parts:
+                    async_checkpoint.check_storage_index(partial / part)
+            except async_checkpoint.StorageIndexError as e:
+                problem = [str(e)]
+        if dist.is_initialized():
+            dist.broadcast_object_list(problem, src=0)
+        if problem[0]:
+            raise CheckpointError(f"iteration {iteration} not published, {partial} stays unloadable: {problem[0]}")
+        if _rank() == 0:
+            if tokenizer_path:
+                (partial / "tokenizer").mkdir(exist_ok=True)
+                shutil.copy2(tokenizer_path, partial / "tokenizer" / Path(tokenizer_path).name)
+            _write_json_atomic(partial / METADATA_FILE, metadata)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            _write_json_atomic_text(save_dir / LATEST_FILE, str(iteration))
+        _barrier()
+
+    if use_async:
+        async_queue.schedule_async_request(async_checkpoint.combine_requests(requests, publish, label=final.name))
+    else:
+        publish()
     return final
 
 
@@ -334,7 +370,7 @@ def _load_leaf_states(leaves, state_dict) -> None:
 
 def load_model_weights(path: str | os.PathLike, model_chunks: list, model_config: Optional[ModelConfig] = None) -> CheckpointMetadata:
     """Load only the model weights (any saved layout into the current one); returns the metadata."""
-    from megatron.core import dist_checkpointing
+    from megactllm.training import extra_state
 
     meta = read_metadata(path)
     if model_config is not None:
@@ -342,9 +378,14 @@ def load_model_weights(path: str | os.PathLike, model_chunks: list, model_config
     model_dir = meta.path / "model"
     if not model_dir.is_dir():
         raise CheckpointError(f"{meta.path} has no model/ directory")
-    loaded = dist_checkpointing.load(model_sharded_state_dict(model_chunks), str(model_dir))
+    # Either layer spec reads either spec's checkpoint: extra state the checkpoint lacks stays the module's.
+    try:
+        loaded, _ = extra_state.load_model_state(model_sharded_state_dict(model_chunks), model_dir)
+    except extra_state.MissingWeightsError as e:
+        raise CheckpointError(str(e)) from None
     for i, chunk in enumerate(model_chunks):
-        _unwrap(chunk).load_state_dict(loaded[f"chunk{i}"], strict=True)
+        module = _unwrap(chunk)
+        module.load_state_dict(extra_state.keep_own_extra_state(module, loaded[f"chunk{i}"]), strict=True)
     return meta
 
 

@@ -23,6 +23,9 @@ import torch.distributed as dist
 from megactllm.config import Config
 from megactllm.data.blend_schedule import check_resumed_schedule
 from megactllm.training import checkpoint as ckpt
+from megactllm.training import run_lock
+from megactllm.training.exit_signals import ExitWatch
+from megactllm.training.async_checkpoint import AsyncCheckpointSaver
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.metrics import (
     RunLogger,
@@ -65,6 +68,8 @@ class TrainResult:
     valid: list = field(default_factory=list)
     last_checkpoint: Optional[str] = None
     resumed_from: Optional[str] = None
+    # Why the run stopped before train_iters to be resumed (a signal, exit_duration_minutes), else None.
+    stop_reason: Optional[str] = None
 
 
 class Trainer:
@@ -115,6 +120,8 @@ class Trainer:
             )
         self.metric_names = list(self.task.metric_names())
         self.blend_schedule = getattr(self.train_ds, "schedule", None)
+        if cfg.data.blend_schedule and self.blend_schedule is None:
+            raise ValueError(f"data.blend_schedule is read by stage pretrain only; stage {cfg.train.stage!r} ignores it: remove it")
         self.state = TrainState(blend_schedule=self.blend_schedule.spec() if self.blend_schedule else None)
         self.guard = NonFiniteGuard(cfg.train.max_consecutive_nonfinite)
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
@@ -125,6 +132,7 @@ class Trainer:
             from megactllm.eval.inloop import InLoopEvaluator
 
             self.benchmarks = InLoopEvaluator(cfg.eval, self.model, cfg.model, self.tokenizer)
+        self.async_saver = AsyncCheckpointSaver() if cfg.train.async_save else None
 
     # ----------------------------------------------------------------- setup helpers
     def _load_tokenizer(self):
@@ -200,7 +208,14 @@ class Trainer:
             f"{self.state.skipped_iterations} skipped"
         )
 
+    def _publish_async_save(self, blocking: bool) -> None:
+        published = self.async_saver.poll(blocking) if self.async_saver is not None else None
+        if published is not None:
+            self.last_checkpoint = published
+            self.log.info(f"saved checkpoint {published} (written in the background)")
+
     def save(self) -> None:
+        self._publish_async_save(blocking=True)  # one save in flight at a time
         path = ckpt.save_checkpoint(
             self.cfg.train.save,
             self.state.iteration,
@@ -211,7 +226,11 @@ class Trainer:
             train_state=asdict(self.state),
             tokenizer_path=self.tokenizer_path,
             rng_state=capture_rng_state(),
+            async_queue=self.async_saver.queue if self.async_saver is not None else None,
         )
+        if self.async_saver is not None:
+            self.async_saver.scheduled(path)
+            return
         self.last_checkpoint = str(path)
         self.log.info(f"saved checkpoint {path}")
 
@@ -278,6 +297,7 @@ class Trainer:
     # ----------------------------------------------------------------- the run
     def fit(self) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
+        exit_watch = ExitWatch(t.exit_duration_minutes)
         self.resume_or_initialise()
         result = TrainResult(self.state, self.train_iters, resumed_from=self.resumed_from)
         seq = self.cfg.model.seq_length
@@ -296,12 +316,15 @@ class Trainer:
         first_iteration = self.state.iteration
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        # One writer per checkpoint directory; every rank raises if rank 0 cannot take the lock.
+        lock = run_lock.acquire_on_rank0(t.save, t.lock_stale_minutes * 60)
         try:
             while self.state.iteration < self.train_iters:
                 if self.blend_schedule is not None:
                     note = self.blend_schedule.announcement(self.state.iteration + 1, self.state.iteration == first_iteration)
                     if note:
                         self.log.info(note)
+                self._publish_async_save(blocking=False)
                 metrics, outcome = self.train_step()
                 s = self.state
                 s.iteration += 1
@@ -358,6 +381,12 @@ class Trainer:
                 if t.exit_interval and s.iteration % t.exit_interval == 0 and s.iteration < self.train_iters:
                     self.log.info(f"exit_interval reached at iteration {s.iteration}")
                     break
+                stop = exit_watch.check()  # the same answer on every rank
+                if stop and s.iteration < self.train_iters:
+                    saving = "with a checkpoint, to be resumed" if t.save else "WITHOUT a checkpoint (no train.save)"
+                    self.log.warning(f"{stop}: stopping at iteration {s.iteration} {saving}")
+                    result.stop_reason = stop
+                    break
 
             finished = self.state.iteration >= self.train_iters
             if finished and self.valid_reader is not None and t.eval_interval and self.state.iteration % t.eval_interval:
@@ -365,7 +394,12 @@ class Trainer:
             ran = self.state.iteration > first_iteration
             if ran and t.save and (not t.save_interval or self.state.iteration % t.save_interval) and self.guard.in_a_row == 0:
                 self.save()
+            self._publish_async_save(blocking=True)
+            if result.stop_reason and dist.is_initialized():
+                dist.barrier()  # no rank leaves (and ends its launcher) before rank 0 published the checkpoint
         finally:
+            if lock is not None:
+                lock.release()
             if self.rank == 0 and self.log.log_dir is not None:
                 try:
                     self.log.info(f"loss curve: {plot_loss_curve(self.log.log_dir)}")

@@ -37,6 +37,14 @@ class Backend(ABC):
                         stop: Sequence[str] = ()) -> list[str]:
         """Greedy continuation text of each context, cut at the first stop string."""
 
+    @abstractmethod
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Prompt ids of a conversation through the model's chat template (generation tasks)."""
+
+    @abstractmethod
+    def chat_stop_strings(self) -> list[str]:
+        """Strings that end a chat answer."""
+
     def gather_results(self, values: list) -> list:
         """A parallel backend answers its own shard; this restores the full list (identity here)."""
         return values

@@ -8,6 +8,7 @@ scored (`logits_to_keep`), not over the whole prompt, which at 5-shot is most of
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,7 +28,7 @@ class HFBackend(Backend):
                  device: Optional[str] = None, token_budget: int = 16384):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(model_dir)
+        self.path = path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -38,6 +39,8 @@ class HFBackend(Backend):
         self.max_length = max_length or getattr(config, "max_position_embeddings", None) or 2048
         self.batch_size, self.token_budget = batch_size, token_budget
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # transformers 5 renamed the key/value cache argument `past_key_values` -> `cache`.
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     # ------------------------------------------------------------------ text
     def encode(self, text: str) -> list[int]:
@@ -81,7 +84,7 @@ class HFBackend(Backend):
                     if len(cont) > 1:
                         longer.append((row, index, cont))
             if longer:
-                self._score_rest(out.past_key_values, mask, longer, results)
+                self._score_rest(getattr(out, self.cache_arg), mask, longer, results)
             if progress:
                 progress(sum(len(g.members) for g in batch))
         return [(ll, bool(greedy)) for ll, greedy in results]
@@ -101,7 +104,7 @@ class HFBackend(Backend):
         positions = start + torch.arange(width, device=self.device).unsqueeze(0)
         mask = torch.cat([prefix_mask[rows], cont_mask.to(self.device)], dim=1)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True).logits
+                            use_cache=True, **{self.cache_arg: cache}).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         for i, (_, index, cont) in enumerate(longer):
             targets = torch.tensor(cont[1:], device=self.device)
@@ -110,6 +113,24 @@ class HFBackend(Backend):
             results[index][1] = results[index][1] and bool((logprobs[i, : len(cont) - 1].argmax(-1) == targets).all())
 
     # ------------------------------------------------------------------ generation
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Prompt ids through the tokenizer's own chat template, ending with the open assistant turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.path}: the tokenizer has no chat template; generation tasks need a chat model")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def chat_stop_strings(self) -> list[str]:
+        return [t for t in ("<|im_end|>", self.tokenizer.eos_token) if t]
+
+    def _stop_ids(self) -> list[int]:
+        """Generation ends at EOS or at the chat turn's end token (a special token, gone once decoded)."""
+        ids = [self.tokenizer.eos_token_id]
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
+            ids.append(im_end)
+        return [i for i in ids if i is not None]
+
     @torch.no_grad()
     def greedy_generate(self, contexts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
         out: list[str] = [""] * len(contexts)
@@ -119,7 +140,7 @@ class HFBackend(Backend):
             rows = [list(contexts[i])[-(self.max_length - max_new_tokens):] for i in chunk]
             ids, mask, _ = self._left_padded(rows)
             generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                            do_sample=False, pad_token_id=self.pad_id)
+                                            do_sample=False, pad_token_id=self.pad_id, eos_token_id=self._stop_ids())
             for i, seq in zip(chunk, generated[:, ids.shape[1]:].tolist()):
                 out[i] = cut_at_stop(self.decode(seq), stop)
         return out

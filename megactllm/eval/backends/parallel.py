@@ -189,8 +189,6 @@ class ParallelBackend(Backend):
         return [(float(merged[i][0]), bool(merged[i][1])) for i in range(len(requests))]
 
     def _gather(self, answers: dict) -> dict:
-        from megatron.core import parallel_state as ps
-
         holds = self._holds()
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, answers if holds else {})
@@ -200,6 +198,15 @@ class ParallelBackend(Backend):
         return merged
 
     # ------------------------------------------------------------------ generation
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """megactllm's one chat format (the exported model's chat template gives the same ids)."""
+        from megactllm.tokenizer.chat_template import generation_prompt_tokens
+
+        return generation_prompt_tokens(self.tokenizer, messages)
+
+    def chat_stop_strings(self) -> list[str]:
+        return ["<|im_end|>"]
+
     def _argmax(self, logits: torch.Tensor, rows: list[_Row]) -> list[torch.Tensor]:
         """Vocabulary-parallel greedy next token at each row's first query position."""
         from megatron.core import parallel_state as ps

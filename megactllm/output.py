@@ -1,0 +1,76 @@
+"""What a run prints: the one place that decides which third-party messages a user sees.
+
+    configure_output(verbose=args.verbose)     # first thing in an entry point's main()
+
+By default:
+- third-party warnings that say nothing a user can act on are dropped, each by its exact
+  message (KNOWN_NOISE below), never by module or category: a new warning still shows;
+- rank 0 prints progress; every other rank prints only errors (its Python warnings and log
+  records below ERROR are dropped, since rank 0 prints the same ones).
+`--verbose` on the entry points, or MEGACTLLM_VERBOSE=1, shows everything. Errors (exceptions,
+`error: ...` lines, log records at ERROR and above) are never filtered.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+
+VERBOSE_ENV = "MEGACTLLM_VERBOSE"
+
+# (message regex, category, why it says nothing to the user). Matched at the start of the message.
+KNOWN_NOISE = [
+    # megatron-core without Apex/TE falls back to torch implementations: expected on every CPU run.
+    (r"Transformer Engine and Apex are not installed\. Falling back to ", UserWarning, "expected fallback"),
+    (r"Apex is not installed\. Falling back to Torch Norm", UserWarning, "expected fallback"),
+    # megatron-core's own TransformerConfig default triggers its deprecation note; we set no cuda_graph_scope.
+    (r"full scope is deprecated\. Use empty cuda_graph_scope", UserWarning, "megatron-internal default"),
+    # megatron-core calls torch's old collective names; nothing the user can change.
+    (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning, "megatron-internal call"),
+    (r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning, "megatron-internal call"),
+]
+# Only meaningful with CUDA streams: on CPU there is no device connection to set.
+_CPU_ONLY_NOISE = [
+    (r"When using sequence parallelism it is recommended to set the environment variable CUDA_DEVICE_MAX_CONNECTIONS",
+     UserWarning, "no CUDA streams on CPU"),
+]
+# megatron-core loggers whose INFO records repeat on every rank (dataset index building, ...).
+_CHATTY_LOGGERS = ("megatron.core",)
+
+
+def verbose_requested(verbose: bool = False) -> bool:
+    return verbose or os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _rank() -> int:
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def configure_output(verbose: bool = False, rank: int | None = None, cuda: bool | None = None) -> bool:
+    """Install the filters for this process; returns whether output is verbose (nothing filtered)."""
+    if verbose_requested(verbose):
+        os.environ[VERBOSE_ENV] = "1"  # child processes (dataloader workers, tools) follow
+        return True
+    rank = _rank() if rank is None else rank
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    noise = KNOWN_NOISE + ([] if cuda else _CPU_ONLY_NOISE)
+    for pattern, category, _why in noise:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    if rank != 0:
+        # Rank 0 prints the same warnings and progress; other ranks speak only on errors.
+        warnings.filterwarnings("ignore")
+        for name in ("", *_CHATTY_LOGGERS):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return False
+
+
+def noise_patterns(cuda: bool = False) -> list[re.Pattern]:
+    """The compiled messages configure_output drops (for tests and for documentation)."""
+    return [re.compile(p) for p, _c, _w in KNOWN_NOISE + ([] if cuda else _CPU_ONLY_NOISE)]
