@@ -69,7 +69,6 @@ def main(argv=None) -> int:
                 chat_template=None if args.no_chat_template else "default",
                 add_bos_token=args.add_bos_token,
                 overwrite=args.overwrite,
-                spec=args.spec,
             )
         else:
             import_from_hf(
