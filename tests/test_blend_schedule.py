@@ -195,7 +195,8 @@ def test_recipes_warm_start_and_decay_phase_line_up_with_the_wsd_decay():
     from megactllm.training.schedule import resolve_train_iters
 
     recipes = Path(__file__).resolve().parents[1] / "examples" / "configs"
-    cfg = load_config(str(recipes / "llama2_7b_continue.yaml"))
+    # The recipe has no model section: an imported LLaMA-2 checkpoint supplies seq_length 4096.
+    cfg = load_config(str(recipes / "llama2_7b_continue.yaml"), ["model.seq_length=4096"])
     iters = resolve_train_iters(cfg)
     s = BlendSchedule.from_config(cfg, iters)
     warm, stable, decay = s.resolved
