@@ -14,7 +14,8 @@ from pathlib import Path
 from megactllm.convert.errors import ConversionError
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (its entries), so a rename after it is durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -48,7 +49,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False):
     staging.mkdir()
     try:
         yield staging
-        _fsync_dir(staging)
+        fsync_path(staging)
         if final.exists():
             # Move the old one aside first so a crash between the two renames loses nothing.
             old = final.with_name(f"{final.name}.old-{os.getpid()}")
@@ -57,7 +58,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False):
             shutil.rmtree(old)
         else:
             os.replace(staging, final)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,7 +2,6 @@
 its tokenizer, chat template, sampler (`generate`) and KV cache."""
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 from pathlib import Path
@@ -13,7 +12,6 @@ from megactllm.serve.engine import (
     Engine,
     EngineError,
     EngineInfo,
-    SamplingParams,
     StreamPiece,
 )
 

@@ -30,7 +30,7 @@ class Plan:
     microbatches: int
 
     def report(self) -> str:
-        c, p, t, m, o = self.cfg, self.cfg.parallel, self.cfg.train, self.cfg.model, self.cfg.optim
+        p, t, m, o = self.cfg.parallel, self.cfg.train, self.cfg.model, self.cfg.optim
         pp, vpp = p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size or 1
         if pp == 1:
             schedule = "no pipelining (forward and backward per micro-batch)"

@@ -18,6 +18,7 @@ from typing import Optional, TextIO
 import numpy as np
 import torch
 
+from megactllm.convert.atomic import fsync_path
 from megactllm.convert.errors import ConversionError, VocabMismatchError
 from megactllm.convert.gguf.quantize import QUANT_TYPES, quantize_gguf
 from megactllm.convert.gguf.source import ModelSource, open_source
@@ -121,14 +122,6 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
     return vocab
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_gguf(
     src: str | Path,
     out: str | Path,
@@ -165,7 +158,7 @@ def export_gguf(
                     vocab = write_float_gguf(source, staged, float_type, progress)
                     progress.message(f"quantizing to {outtype} with llama.cpp")
                     quantize_gguf(staged, partial, outtype, threads)
-            _fsync(partial)
+            fsync_path(partial)
             os.replace(partial, out)
         except BaseException:
             partial.unlink(missing_ok=True)
