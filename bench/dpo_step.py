@@ -54,7 +54,7 @@ def barrier() -> None:
 
 def prepare_data(work: Path, pairs_needed: int, seq_length: int) -> tuple[str, str]:
     """Chat tokenizer and a DPO dataset of the first real pairs (zh and en alternating)."""
-    from megactllm.data.dpo_preprocess import preprocess_dpo
+    from megactllm.data.chat.dpo_preprocess import preprocess_dpo
     from megactllm.tokenizer import load_tokenizer
     from megactllm.tokenizer.chat_template import CHAT_SPECIAL_TOKENS
     from megactllm.tokenizer.extend import extend_sentencepiece
@@ -92,7 +92,7 @@ class HalvesDataset:
 
 
 def sft_task_on_halves(pairs_per_step: int):
-    from megactllm.data.dpo_dataset import build_dpo_datasets
+    from megactllm.data.chat.dpo_dataset import build_dpo_datasets
     from megactllm.training.sft import SFTTask
 
     class HalvesSFTTask(SFTTask):
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megactllm.config import load_config
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.checkpoint import save_checkpoint
+    from megactllm.checkpoint.save_load import save_checkpoint
     from megactllm.training.dpo_reference import precompute_reference_logps
     from megactllm.training.loop import Trainer
 

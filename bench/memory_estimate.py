@@ -44,7 +44,7 @@ def configs(workdir: str) -> dict:
     }
     tokenizer = SHARED / "tokenizers" / "map_neo_sp.model"
     if tokenizer.is_file():
-        from megactllm.data.preprocess import PreprocessConfig, preprocess
+        from megactllm.data.pretrain.preprocess import PreprocessConfig, preprocess
 
         prefix = f"{workdir}/zh"
         preprocess(PreprocessConfig(input=[str(REPO / "examples/data/sample_corpus.jsonl")], output_prefix=prefix,

@@ -100,7 +100,7 @@ def tokenizer_only(tok, texts: list, batch_docs: int = 4096, batch_bytes: int = 
 
 
 def ours(corpus: Path, model: str, prefix: str, workers: int) -> tuple:
-    from megactllm.data.preprocess import PreprocessConfig, preprocess
+    from megactllm.data.pretrain.preprocess import PreprocessConfig, preprocess
 
     start = time.perf_counter()
     summary = preprocess(PreprocessConfig(
@@ -158,7 +158,7 @@ def builders(docs: list, workdir: Path, times: dict, cpu: dict) -> None:
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from megactllm.data.indexed import IndexedDatasetWriter
+    from megactllm.data.pretrain.indexed import IndexedDatasetWriter
 
     tensors = [torch.from_numpy(d) for d in docs]
 
@@ -208,7 +208,7 @@ def child_measure(args) -> int:
     import megatron.core.datasets.indexed_dataset  # noqa: F401  (imports are not part of the work)
     import torch  # noqa: F401
 
-    import megactllm.data.preprocess  # noqa: F401
+    import megactllm.data.pretrain.preprocess  # noqa: F401
     from megactllm.tokenizer import load_tokenizer
 
     tok = load_tokenizer("sentencepiece", args.model)
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     import megatron.core.datasets.indexed_dataset  # noqa: F401
     import torch  # noqa: F401
 
-    import megactllm.data.preprocess  # noqa: F401
+    import megactllm.data.pretrain.preprocess  # noqa: F401
     from megactllm.tokenizer import load_tokenizer
 
     tok = load_tokenizer("sentencepiece", str(model))
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         row("megactllm preprocess, 1 worker", "ours", f"   {nbytes / 1e6 / times['ours']:.1f} MB/s")
         row("Megatron-LM style, 1 worker", "megatron_1")
         if w > 1:
-            from megactllm.data.preprocess import plan_workers
+            from megactllm.data.pretrain.preprocess import plan_workers
 
             procs, threads = plan_workers(w, tok)
             row(f"megactllm preprocess, {w} workers", "ours_w", f"   ({procs} process(es) x {threads} thread(s))")

@@ -39,25 +39,8 @@ class MemoryFitError(UserError):
 
 
 def user_error_types() -> tuple:
-    """Every exception type whose message names a user's mistake (imported lazily: light to import)."""
-    from megactllm.config import ConfigError
-    from megactllm.convert.errors import ConversionError
-    from megactllm.data.gpt_dataset import BlendError
-    from megactllm.data.indexed import DatasetFormatError
-    from megactllm.data.sft_mixture import BlendError as SFTBlendError
-    from megactllm.data.sft_records import RecordError
-    from megactllm.parallel.initialize import ParallelLayoutError
-    from megactllm.tokenizer.chat_template import ChatFormatError, ChatTokenizationError
-    from megactllm.training.checkpoint import CheckpointError
-    from megactllm.training.run_lock import RunLockError
-    from megactllm.training.schedule import ScheduleError
-    from megactllm.training.stages import UnknownStageError
-
-    return (
-        UserError, ConfigError, ConversionError, BlendError, SFTBlendError, RecordError, DatasetFormatError,
-        ParallelLayoutError, ChatFormatError, ChatTokenizationError, CheckpointError, ScheduleError,
-        UnknownStageError, RunLockError,
-    )
+    """Every exception type whose message names a user's mistake: all derive from UserError."""
+    return (UserError,)
 
 
 def launch_rank() -> int:

@@ -43,7 +43,7 @@ def sft_prefixes(shared_data, chat_tokenizer, tmp_path_factory):
     """{"zh": prefix, "en": prefix}: the first 40 records of each alpaca demo set, preprocessed."""
     import json
 
-    from megactllm.data.sft_preprocess import preprocess_sft
+    from megactllm.data.chat.sft_preprocess import preprocess_sft
 
     out = tmp_path_factory.mktemp("sft")
     prefixes = {}
@@ -61,7 +61,7 @@ def dpo_prefix(shared_data, chat_tokenizer, tmp_path_factory):
     """16 English and 16 Chinese real preference pairs, preprocessed for rows of SEQ positions."""
     import json
 
-    from megactllm.data.dpo_preprocess import preprocess_dpo
+    from megactllm.data.chat.dpo_preprocess import preprocess_dpo
 
     out = tmp_path_factory.mktemp("dpo")
     records = []
@@ -100,7 +100,7 @@ def policy_checkpoint(tmp_path_factory):
 def sft_batch(chat_tokenizer, sft_prefixes):
     """8 SFT rows of the zh:en = 4:1 mixture."""
     from megactllm.config import load_config
-    from megactllm.data.sft_dataset import build_sft_datasets
+    from megactllm.data.chat.sft_dataset import build_sft_datasets
 
     cfg = load_config(None, [f"model.seq_length={SEQ}",
                              f"data.train_data_path=['4', '{sft_prefixes['zh']}', '1', '{sft_prefixes['en']}']"])
@@ -112,7 +112,7 @@ def sft_batch(chat_tokenizer, sft_prefixes):
 def dpo_batch(chat_tokenizer, dpo_prefix):
     """8 real preference pairs."""
     from megactllm.config import load_config
-    from megactllm.data.dpo_dataset import build_dpo_datasets
+    from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 
     cfg = load_config(None, [f"model.seq_length={SEQ}", f"data.train_data_path=['{dpo_prefix}']"])
     train = build_dpo_datasets(cfg, chat_tokenizer)[0]

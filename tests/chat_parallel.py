@@ -23,7 +23,7 @@ def tiny_config(tp: int = 1, pp: int = 1, seq: int = 64, extra: tuple = ()):
 def save_tiny_checkpoint(path: str, seq: int, seed: int = 7) -> str:
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.checkpoint import save_checkpoint
+    from megactllm.checkpoint.save_load import save_checkpoint
 
     cfg = tiny_config(seq=seq)
     initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
@@ -48,7 +48,7 @@ def _report_on_current_layout(stage: str, cfg, checkpoint: str, items: list, mic
 
     from megactllm.model import build_model
     from megactllm.training.batches import collate
-    from megactllm.training.checkpoint import load_model_weights
+    from megactllm.checkpoint.save_load import load_model_weights
 
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
     load_model_weights(checkpoint, chunks, cfg.model)
@@ -95,7 +95,7 @@ def precompute_then_report(pp: int, policy: str, reference: str, tokenizer_model
     """Reference log-probs precomputed at PP=pp into `output`, then a DPO step at the same layout on
     the first `count` pairs read with those values (and no reference model: its checkpoint is absent)."""
     from megactllm.config import load_config
-    from megactllm.data.dpo_dataset import build_dpo_datasets
+    from megactllm.data.chat.dpo_dataset import build_dpo_datasets
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.tokenizer import load_tokenizer
     from megactllm.training.dpo_reference import precompute_reference_logps
@@ -124,7 +124,7 @@ def dpo_training_run(checkpoint: str, items: list, steps: int, lr: float, micro_
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.training.checkpoint import load_model_weights
+    from megactllm.checkpoint.save_load import load_model_weights
 
     cfg = tiny_config(1, 1, seq, ("train.stage=dpo", f"train.pretrained_checkpoint={checkpoint}", f"train.dpo_beta={beta}"))
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)

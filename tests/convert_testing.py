@@ -99,7 +99,7 @@ def layout_jobs(jobs: list[dict]) -> dict:
 
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.checkpoint import load_model_weights, save_checkpoint
+    from megactllm.checkpoint.save_load import load_model_weights, save_checkpoint
 
     results = {}
     for job in jobs:
@@ -201,7 +201,7 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
         TrainConfig,
     )
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.checkpoint import read_metadata
+    from megactllm.checkpoint.save_load import read_metadata
     from megactllm.training.loop import run_training
 
     model = dataclasses.replace(read_metadata(checkpoint).model_config, seq_length=seq)

@@ -12,7 +12,7 @@ def save_checkpoint_with_tokenizer(overrides: list[str], path: str, tokenizer: s
     from megactllm.config import load_config
     from megactllm.model import build_model
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.checkpoint import save_checkpoint
+    from megactllm.checkpoint.save_load import save_checkpoint
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)

@@ -37,7 +37,7 @@ def parallel_eval_jobs(checkpoint: str, tokenizer: str, save_cfg, layouts: list,
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megatron.core import parallel_state
-    from megactllm.training.checkpoint import save_checkpoint
+    from megactllm.checkpoint.save_load import save_checkpoint
 
     initialize_parallel(save_cfg.parallel, seed=7, num_layers=save_cfg.model.num_layers)
     chunks = build_model(save_cfg.model, save_cfg.parallel, save_cfg.optim)

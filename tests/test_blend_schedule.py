@@ -8,9 +8,9 @@ import pytest
 from blend_utils import scheduled_overrides, source_of, train_recording_samples, write_corpora
 
 from megactllm.config import load_config
-from megactllm.data.blend_schedule import BlendSchedule, BlendScheduleError, check_resumed_schedule, parse_schedule
-from megactllm.data.gpt_dataset import BlendError
-from megactllm.data.indexed import DatasetFormatError
+from megactllm.data.pretrain.blend_schedule import BlendSchedule, BlendScheduleError, check_resumed_schedule, parse_schedule
+from megactllm.data.pretrain.gpt_dataset import BlendError
+from megactllm.data.pretrain.indexed import DatasetFormatError
 from megactllm.testing import run_distributed
 
 
@@ -63,7 +63,7 @@ def test_bad_schedules_are_named_errors(raw, message):
 
 
 def test_missing_dataset_is_named_before_megatron_runs(tmp_path):
-    from megactllm.data.scheduled_blend import build_scheduled_gpt_datasets
+    from megactllm.data.pretrain.scheduled_blend import build_scheduled_gpt_datasets
 
     corpora = write_corpora(str(tmp_path))
     cfg = load_config(None, scheduled_overrides(corpora, str(tmp_path), 3))
@@ -92,7 +92,7 @@ def test_resume_check_refuses_a_changed_schedule_unless_allowed():
 
 def _phase_samples(corpora, cache):
     """Rank body: 2 x 2000 samples of a two-phase schedule -> per-sample (dataset_id, source)."""
-    from megactllm.data.scheduled_blend import build_scheduled_gpt_datasets
+    from megactllm.data.pretrain.scheduled_blend import build_scheduled_gpt_datasets
     from megactllm.parallel import initialize_parallel
 
     cfg = load_config(None, scheduled_overrides(corpora, cache, 250) + ["data.split=100,0,0"])

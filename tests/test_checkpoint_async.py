@@ -28,7 +28,7 @@ def _save_pair(root: str, combined: bool) -> dict:
     from megatron.core.dist_checkpointing import ShardedTensor
     from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
-    from megactllm.training.async_checkpoint import StorageIndexError, check_storage_index, combine_requests
+    from megactllm.checkpoint.async_save import StorageIndexError, check_storage_index, combine_requests
 
     first = {"embedding.word_embeddings.weight": torch.arange(12.0).reshape(3, 4)}
     second = {"optimizer.exp_avg": torch.full((5,), 7.0)}

@@ -31,7 +31,7 @@ def _per_token_losses(tp, pp, load_from=None, save_to=None, seed=1234):
 
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.checkpoint import load_model_weights, save_checkpoint
+    from megactllm.checkpoint.save_load import load_model_weights, save_checkpoint
 
     cfg = _config(tp, pp)
     initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
@@ -77,7 +77,7 @@ def test_save_tp1_load_tp2pp2_and_back(tmp_path):
 
 
 def test_shape_mismatch_and_missing_checkpoint_are_clear_errors(tmp_path):
-    from megactllm.training.checkpoint import CheckpointError, check_model_matches, read_metadata
+    from megactllm.checkpoint.save_load import CheckpointError, check_model_matches, read_metadata
 
     with pytest.raises(CheckpointError, match="does not exist"):
         read_metadata(tmp_path / "nowhere")
@@ -91,7 +91,7 @@ def test_shape_mismatch_and_missing_checkpoint_are_clear_errors(tmp_path):
 
 
 def test_partial_save_is_never_the_latest(tmp_path):
-    from megactllm.training.checkpoint import CheckpointError, resolve_checkpoint_dir
+    from megactllm.checkpoint.save_load import CheckpointError, resolve_checkpoint_dir
 
     (tmp_path / "iter_0000009.partial" / "model").mkdir(parents=True)
     with pytest.raises(CheckpointError):

@@ -28,7 +28,7 @@ def _logits(overrides, checkpoint):
 
     from megactllm.model import build_model
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.checkpoint import load_model_weights
+    from megactllm.checkpoint.save_load import load_model_weights
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)

@@ -25,7 +25,7 @@ from megactllm.convert import (
 )
 from megactllm.testing import run_distributed
 from megactllm.tokenizer import load_tokenizer
-from megactllm.training.checkpoint import read_metadata
+from megactllm.checkpoint.save_load import read_metadata
 
 VOCAB = 300
 
@@ -129,7 +129,7 @@ def test_extension_must_keep_old_ids(tmp_path, tokenizer_file):
 
 
 def test_continued_pretraining_starts_from_imported_weights(tmp_path, tokenizer_file):
-    from megactllm.data.indexed import IndexedDatasetWriter
+    from megactllm.data.pretrain.indexed import IndexedDatasetWriter
 
     source = _hf_dir(tmp_path / "hf_in", tokenizer_file)
     imported = import_from_hf(source, tmp_path / "ckpt", progress_stream=None)

@@ -80,8 +80,8 @@ def _ranks(root, tokens, imported, tokenizer):
     from megactllm.convert import layout
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training import extra_state
-    from megactllm.training.checkpoint import CheckpointError, load_model_weights, save_checkpoint
+    from megactllm.checkpoint import extra_state
+    from megactllm.checkpoint.save_load import CheckpointError, load_model_weights, save_checkpoint
 
     cfg = tiny_config(VOCAB, 2, 1, num_query_groups=2, rotary_base=500000.0, norm_epsilon=1e-6)
     initialize_parallel(cfg.parallel, seed=1234, num_layers=cfg.model.num_layers)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from chat_fixtures import SEQ
 
-from megactllm.data.dpo_preprocess import TokenizedPair, tokenize_pair, truncate_pair
-from megactllm.data.sft_indexed import ChatSampleReader
-from megactllm.data.sft_records import RecordError, dpo_pair
+from megactllm.data.chat.dpo_preprocess import TokenizedPair, tokenize_pair, truncate_pair
+from megactllm.data.chat.sft_indexed import ChatSampleReader
+from megactllm.data.chat.records import RecordError, dpo_pair
 from megactllm.tokenizer.chat_template import IM_END
 
 pytest_plugins = ["chat_fixtures"]

@@ -7,7 +7,7 @@ import torch
 from chat_fixtures import SEQ
 
 from megactllm.config import load_config
-from megactllm.data.dpo_dataset import build_dpo_datasets
+from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 from megactllm.testing import run_distributed
 from megactllm.training.dpo_loss import dpo_loss
 
@@ -62,7 +62,7 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.training.checkpoint import load_model_weights
+    from megactllm.checkpoint.save_load import load_model_weights
     from megactllm.training.dpo import DPOTask
 
     cfg = tiny_config(seq=SEQ)

@@ -5,7 +5,7 @@ import pytest
 from chat_fixtures import SEQ
 from chat_parallel import precompute_then_report
 
-from megactllm.data.dpo_dataset import ReferenceLogps
+from megactllm.data.chat.dpo_dataset import ReferenceLogps
 from megactllm.testing import run_distributed
 
 # Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).

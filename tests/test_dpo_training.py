@@ -4,7 +4,7 @@ from chat_fixtures import SEQ
 from chat_parallel import dpo_training_run
 
 from megactllm.config import load_config
-from megactllm.data.dpo_dataset import build_dpo_datasets
+from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 from megactllm.testing import run_distributed
 
 # Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).

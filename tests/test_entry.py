@@ -18,7 +18,7 @@ from megactllm.convert.errors import VocabMismatchError
 from megactllm.errors import MemoryFitError, ModelShapeError
 from megactllm.testing.distributed import run_distributed
 from megactllm.training.memory_estimate import GIB, Available, check_fits, estimate_memory
-from megactllm.training.shape_from_checkpoint import resolve_model_from_checkpoint
+from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
 SAVED = ["model.arch=tiny", "model.vocab_size=64000", "model.seq_length=32", "model.max_position_embeddings=32",
          "model.norm_epsilon=1e-6"]

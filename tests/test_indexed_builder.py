@@ -11,7 +11,7 @@ import pytest
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from megactllm.data.indexed import (
+from megactllm.data.pretrain.indexed import (
     DatasetFormatError,
     IndexedDatasetReader,
     IndexedDatasetWriter,
@@ -182,7 +182,7 @@ def test_exception_inside_writer_leaves_nothing(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np
-    from megactllm.data.indexed import IndexedDatasetWriter
+    from megactllm.data.pretrain.indexed import IndexedDatasetWriter
     w = IndexedDatasetWriter(sys.argv[1], dtype=np.uint16)
     doc = np.arange(1000, dtype=np.uint16)
     print("writing", flush=True)
@@ -227,7 +227,7 @@ def test_writer_killed_midway_keeps_previous_dataset(tmp_path):
 MERGER = textwrap.dedent(
     """
     import resource, sys
-    from megactllm.data.indexed import IndexedDatasetWriter
+    from megactllm.data.pretrain.indexed import IndexedDatasetWriter
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with IndexedDatasetWriter(sys.argv[2], dtype="uint16") as w:
         for _ in range(3):

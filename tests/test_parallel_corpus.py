@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from megactllm.data.parallel_corpus import ParallelConfig, ParallelCorpusError, write_parallel_documents
+from megactllm.data.pretrain.parallel_corpus import ParallelConfig, ParallelCorpusError, write_parallel_documents
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -93,7 +93,7 @@ def test_bad_input_or_options_are_named_errors_and_leave_no_output(tmp_path, inp
 
 
 def test_news_commentary_pairs_tokenized_through_the_preprocess_pipeline(tmp_path, shared_data, sp_model_path, capsys):
-    from megactllm.data.indexed import IndexedDatasetReader, read_metadata
+    from megactllm.data.pretrain.indexed import IndexedDatasetReader, read_metadata
 
     tsv = shared_data / "corpus" / "news_commentary_en_zh.tsv"
     n_lines = sum(1 for line in open(tsv, encoding="utf-8") if line.strip())

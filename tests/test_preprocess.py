@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megactllm.data.indexed import IndexedDatasetReader
-from megactllm.data.preprocess import (
+from megactllm.data.pretrain.indexed import IndexedDatasetReader
+from megactllm.data.pretrain.preprocess import (
     PreprocessConfig,
     PreprocessError,
     output_prefix_for,
     preprocess,
 )
-from megactllm.data.readers import InputError
+from megactllm.common.corpus import InputError
 from megactllm.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_parquet_nulls_and_missing_column(tmp_path, sp_model_path):
 
 
 def test_workers_and_chunks_match_one_worker(tmp_path, docs, sp_model_path, monkeypatch):
-    import megactllm.data.preprocess as pre
+    import megactllm.data.pretrain.preprocess as pre
 
     # Bad lines sit in later chunks: their reported line numbers must still be absolute.
     lines = [json.dumps({"text": t}, ensure_ascii=False).encode() for t in docs]
@@ -271,7 +271,7 @@ def test_sidecar_records_tokenizer_sources_and_skips(tmp_path, sp_model_path):
 
 
 def test_prefetch_stops_cleanly_and_passes_errors_on():
-    from megactllm.data.preprocess import _prefetch
+    from megactllm.data.pretrain.preprocess import _prefetch
 
     def endless():
         i = 0
@@ -299,7 +299,7 @@ def _die(task):
 
 
 def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, docs, sp_model_path, monkeypatch):
-    import megactllm.data.preprocess as pre
+    import megactllm.data.pretrain.preprocess as pre
 
     write_jsonl(tmp_path / "a.jsonl", docs[:50])
     monkeypatch.setattr(pre, "_work", _die)  # forked workers inherit the patched module
@@ -310,7 +310,7 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, docs, sp_model_path, m
 
 
 def test_plan_workers(tok):
-    import megactllm.data.preprocess as pre
+    import megactllm.data.pretrain.preprocess as pre
 
     assert pre.plan_workers(1, tok) == (1, 1)
     assert pre.plan_workers(2, tok) == (1, 2)

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-import megactllm.data.readers as readers
-from megactllm.data.preprocess import PreprocessConfig, output_prefix_for, preprocess
-from megactllm.data.readers import Chunk, read_batches
+import megactllm.common.corpus as readers
+from megactllm.data.pretrain.preprocess import PreprocessConfig, output_prefix_for, preprocess
+from megactllm.common.corpus import Chunk, read_batches
 from megactllm.tokenizer import load_tokenizer
 
 orjson = pytest.importorskip("orjson")
@@ -167,7 +167,7 @@ def test_fast_path_gives_identical_datasets(tmp_path, shared_data, sp_model_path
         b = (tmp_path / (output_prefix_for("slow", "text") + ext)).read_bytes()
         assert a == b
     tok = load_tokenizer("sentencepiece", str(sp_model_path))
-    from megactllm.data.indexed import IndexedDatasetReader
+    from megactllm.data.pretrain.indexed import IndexedDatasetReader
 
     r = IndexedDatasetReader(str(tmp_path / output_prefix_for("fast", "text")))
     assert r[0].tolist() == tok.encode(docs[0]) + [tok.eod_id]

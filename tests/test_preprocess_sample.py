@@ -6,7 +6,7 @@ from pathlib import Path
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megactllm.data.preprocess import PreprocessConfig, preprocess
+from megactllm.data.pretrain.preprocess import PreprocessConfig, preprocess
 from megactllm.tokenizer import load_tokenizer
 from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
 

@@ -101,7 +101,7 @@ def test_hf_apply_chat_template_gives_the_same_tokens(shared_data, chat_sp_model
     from transformers import AutoTokenizer
 
     from megactllm.convert.tokenizer_export import export_tokenizer
-    from megactllm.data.sft_records import dpo_pair, sft_conversation
+    from megactllm.data.chat.records import dpo_pair, sft_conversation
 
     export_tokenizer("sentencepiece", chat_sp_model, tmp_path, chat_template=CHAT_TEMPLATE)
     hf = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)

@@ -6,17 +6,17 @@ import pytest
 from chat_fixtures import SEQ
 
 from megactllm.config import load_config
-from megactllm.data.sft_dataset import SFTDataset, build_sft_datasets
-from megactllm.data.sft_indexed import ChatSampleReader
-from megactllm.data.sft_mixture import (
+from megactllm.data.chat.sft_dataset import SFTDataset, build_sft_datasets
+from megactllm.data.chat.sft_indexed import ChatSampleReader
+from megactllm.data.chat.mixture import (
     mixture_counts,
     mixture_samples,
     parse_blend,
     split_samples,
 )
-from megactllm.data.sft_packing import pack_rows
-from megactllm.data.sft_preprocess import preprocess_sft
-from megactllm.data.sft_records import RecordError, sft_conversation
+from megactllm.data.chat.packing import pack_rows
+from megactllm.data.chat.sft_preprocess import preprocess_sft
+from megactllm.data.chat.records import RecordError, sft_conversation
 from megactllm.tokenizer.chat_template import tokenize_conversation
 
 # Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
@@ -119,7 +119,7 @@ def test_sft_datasets_from_a_recipe_line(chat_tokenizer, sft_prefixes):
 
 
 def test_epochs_reshuffle_and_fill_whole_global_batches():
-    from megactllm.data.sft_dataset import EpochDataset
+    from megactllm.data.chat.sft_dataset import EpochDataset
 
     base = list(range(10))
     two = EpochDataset(base, 2, global_batch_size=4, seed=1)

@@ -6,7 +6,7 @@ from chat_fixtures import SEQ
 from chat_parallel import tiny_config
 
 from megactllm.config import load_config
-from megactllm.data.sft_dataset import SFTDataset, build_sft_datasets
+from megactllm.data.chat.sft_dataset import SFTDataset, build_sft_datasets
 from megactllm.testing import run_distributed
 
 # Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
@@ -25,7 +25,7 @@ def _per_sample_losses(checkpoint, rows_packed, rows_single):
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.training.checkpoint import load_model_weights
+    from megactllm.checkpoint.save_load import load_model_weights
     from megactllm.training.sft import model_forward
 
     cfg = tiny_config(seq=rows_packed[0]["tokens"].shape[-1])

@@ -4,8 +4,8 @@ import pytest
 from train_utils import EOD, VOCAB, write_corpus
 
 from megactllm.config import load_config
-from megactllm.data.gpt_dataset import BlendError, build_gpt_datasets, parse_blend
-from megactllm.data.indexed import DatasetFormatError
+from megactllm.data.pretrain.gpt_dataset import BlendError, build_gpt_datasets, parse_blend
+from megactllm.data.pretrain.indexed import DatasetFormatError
 from megactllm.testing import run_distributed
 from megactllm.training.batches import microbatch_indices
 

@@ -2,7 +2,7 @@
 import pytest
 
 from megactllm.config import load_config
-from megactllm.data.sft_dataset import EpochDataset
+from megactllm.data.chat.sft_dataset import EpochDataset
 from megactllm.training.schedule import resolve_train_iters
 
 

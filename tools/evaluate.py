@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megactllm.eval.evaluate import TASKS, EvalOptions, evaluate, evaluate_all_checkpoints  # noqa: E402
 from megactllm.eval.generation import JudgeError  # noqa: E402
 from megactllm.eval.scoring import MODES  # noqa: E402
-from megactllm.training.checkpoint import CheckpointError  # noqa: E402
+from megactllm.checkpoint.save_load import CheckpointError  # noqa: E402
 
 
 def _list(text: str) -> list[str]:

@@ -10,8 +10,8 @@ import json
 import os
 import sys
 
-from megactllm.data.dataset_stats import dataset_stats, format_stats
-from megactllm.data.indexed import DatasetFormatError
+from megactllm.data.pretrain.dataset_stats import dataset_stats, format_stats
+from megactllm.data.pretrain.indexed import DatasetFormatError
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ import argparse
 import glob
 import sys
 
-from megactllm.data.indexed import DatasetFormatError, merge_datasets
+from megactllm.data.pretrain.indexed import DatasetFormatError, merge_datasets
 
 
 def expand(specs):

@@ -10,8 +10,8 @@ Flag names follow Megatron-LM's tools/preprocess_data.py where they exist. Examp
 import argparse
 import sys
 
-from megactllm.data.preprocess import PreprocessConfig, PreprocessError, preprocess
-from megactllm.data.readers import FORMATS, InputError
+from megactllm.data.pretrain.preprocess import PreprocessConfig, PreprocessError, preprocess
+from megactllm.common.corpus import FORMATS, InputError
 
 
 def parse_args(argv=None):

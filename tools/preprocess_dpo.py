@@ -13,8 +13,8 @@ of that, then responses from the right; both halves keep the same prompt. Cuts a
 import argparse
 import sys
 
-from megactllm.data.dpo_preprocess import preprocess_dpo
-from megactllm.data.sft_records import RecordError
+from megactllm.data.chat.dpo_preprocess import preprocess_dpo
+from megactllm.data.chat.records import RecordError
 from megactllm.tokenizer import load_tokenizer
 from megactllm.tokenizer.chat_template import ChatTokenizationError
 

@@ -14,7 +14,7 @@ tools/preprocess_data.py into {output-prefix}_text_document.bin/.idx. Example:
 import argparse
 import sys
 
-from megactllm.data.parallel_corpus import (
+from megactllm.data.pretrain.parallel_corpus import (
     DEFAULT_LANGUAGE_NAMES,
     DEFAULT_TEMPLATE,
     ParallelConfig,
@@ -80,8 +80,8 @@ def main(argv=None) -> int:
     print(f"documents: {args.output}")
     if not tokenize:
         return 0
-    from megactllm.data.preprocess import PreprocessConfig, PreprocessError, preprocess
-    from megactllm.data.readers import InputError
+    from megactllm.data.pretrain.preprocess import PreprocessConfig, PreprocessError, preprocess
+    from megactllm.common.corpus import InputError
 
     try:
         tokenized = preprocess(

@@ -15,8 +15,8 @@ assistant token is dropped. Both are counted, and bad records are reported with 
 import argparse
 import sys
 
-from megactllm.data.sft_preprocess import preprocess_sft
-from megactllm.data.sft_records import RecordError
+from megactllm.data.chat.sft_preprocess import preprocess_sft
+from megactllm.data.chat.records import RecordError
 from megactllm.tokenizer import load_tokenizer
 from megactllm.tokenizer.chat_template import ChatTokenizationError
 

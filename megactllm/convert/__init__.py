@@ -10,6 +10,6 @@ Conversion needs no GPU and streams tensors (see export.py and importer.py for m
 from megactllm.convert.errors import ConversionError, VocabMismatchError
 from megactllm.convert.export import export_to_hf
 from megactllm.convert.importer import import_from_hf
-from megactllm.convert.vocab import check_vocab_matches
+from megactllm.tokenizer.vocab_fit import check_vocab_matches
 
 __all__ = ["ConversionError", "VocabMismatchError", "check_vocab_matches", "export_to_hf", "import_from_hf"]

@@ -1,10 +1,11 @@
-"""The one error type conversion raises: a message that names the file and says what to do."""
+"""The error conversion raises: a message that names the file and says what to do."""
 from __future__ import annotations
 
+from megactllm.errors import UserError
+from megactllm.tokenizer.vocab_fit import VocabMismatchError
 
-class ConversionError(ValueError):
+__all__ = ["ConversionError", "VocabMismatchError"]
+
+
+class ConversionError(UserError, ValueError):
     """Bad or unsupported input to a conversion (missing shard, wrong architecture, vocab mismatch)."""
-
-
-class VocabMismatchError(ConversionError):
-    """The model's vocabulary and the tokenizer disagree."""

@@ -28,7 +28,7 @@ from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpec
 from megactllm.convert.tokenizer_export import export_tokenizer
-from megactllm.convert.vocab import check_vocab_matches
+from megactllm.tokenizer.vocab_fit import check_vocab_matches
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 

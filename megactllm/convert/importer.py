@@ -40,7 +40,7 @@ from megactllm.convert.hf_config import (
 from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import SafetensorsCheckpoint
-from megactllm.convert.vocab import (
+from megactllm.tokenizer.vocab_fit import (
     ExtensionReport,
     check_vocab_matches,
     extend_rows,
@@ -226,7 +226,7 @@ def import_from_hf(
     spec: str = "local",
 ) -> ImportResult:
     """Convert an HF LlamaForCausalLM directory into a megactllm checkpoint run directory `out_dir`."""
-    from megactllm.training.checkpoint import iteration_dir, save_checkpoint
+    from megactllm.checkpoint.save_load import iteration_dir, save_checkpoint
 
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"

@@ -12,7 +12,7 @@ import torch
 
 from megactllm.convert import layout
 from megactllm.convert.errors import ConversionError
-from megactllm.training.checkpoint import (
+from megactllm.checkpoint.save_load import (
     CheckpointError,
     CheckpointMetadata,
     read_metadata,

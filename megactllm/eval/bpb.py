@@ -34,7 +34,7 @@ class BitsPerByte:
 def read_corpus(paths: Sequence[str] | str, text_key: str = "text", max_documents: Optional[int] = None):
     """(documents, skipped records) from jsonl/txt/parquet files, globs or directories, through
     the tokenizer's readers; bad records are counted (their first one is named in the warning)."""
-    from megactllm.data.readers import expand_inputs, plan_chunks, read_batches
+    from megactllm.common.corpus import expand_inputs, plan_chunks, read_batches
 
     documents, skips = [], []
     for chunk in plan_chunks(expand_inputs(paths)):

@@ -1,5 +1,5 @@
 """megatron-core GPTModel for a ModelConfig, and the named architectures."""
-from megactllm.model.architectures import ARCHITECTURES, get_architecture
+from megactllm.config.architectures import ARCHITECTURES, get_architecture
 from megactllm.model.builder import (
     build_model,
     build_model_chunk,

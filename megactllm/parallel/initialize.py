@@ -16,9 +16,10 @@ import torch.distributed as dist
 from megactllm.config import ParallelConfig
 from megactllm.parallel.cpu_compat import enable_cpu_compat
 from megactllm.parallel.environment import LaunchEnvironment, detect_launch_environment
+from megactllm.errors import UserError
 
 
-class ParallelLayoutError(ValueError):
+class ParallelLayoutError(UserError, ValueError):
     pass
 
 

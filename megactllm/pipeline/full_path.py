@@ -158,7 +158,7 @@ class FullPath:
 
     # 3. tokenize
     def tokenize(self, d: Path) -> StageResult:
-        from megactllm.data.dataset_stats import dataset_stats
+        from megactllm.data.pretrain.dataset_stats import dataset_stats
 
         lines = self.clean_jsonl.read_text(encoding="utf-8").splitlines(keepends=True)
         heldout = lines[self.s.heldout_every - 1::self.s.heldout_every]  # never seen in pretraining

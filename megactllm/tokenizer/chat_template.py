@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from megactllm.errors import UserError
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -46,11 +47,11 @@ CHAT_TEMPLATE = (
 )
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(UserError, ValueError):
     """A conversation that the template cannot render (unknown role, empty, no assistant turn...)."""
 
 
-class ChatTokenizationError(ValueError):
+class ChatTokenizationError(UserError, ValueError):
     """The tokenizer cannot carry the template (missing special tokens, merges across a boundary)."""
 
 

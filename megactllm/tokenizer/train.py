@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import sentencepiece as spm
 
-from megactllm.data.readers import expand_inputs, plan_chunks, read_batches
+from megactllm.common.corpus import expand_inputs, plan_chunks, read_batches
 
 CHAT_PIECES = ("<|im_start|>", "<|im_end|>")
 

@@ -21,7 +21,7 @@ from functools import partial
 
 import torch
 
-from megactllm.data.dpo_dataset import build_dpo_datasets
+from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 from megactllm.training.dpo_loss import dpo_loss
 from megactllm.training.sft import model_forward
 
@@ -70,7 +70,7 @@ def build_reference_model(cfg, policy_chunks: list | None = None) -> list:
         torch.set_rng_state(cpu_state)
         tensor_parallel.get_cuda_rng_tracker().set_states(tracker_states)
     if cfg.train.pretrained_checkpoint:
-        from megactllm.training.checkpoint import load_model_weights
+        from megactllm.checkpoint.save_load import load_model_weights
 
         load_model_weights(cfg.train.pretrained_checkpoint, chunks, cfg.model)
     elif cfg.train.load:

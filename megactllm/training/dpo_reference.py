@@ -2,7 +2,7 @@
 
 Runs the reference (train.pretrained_checkpoint) at the run's own TP/PP/DP layout over every pair
 of every DPO source named in the data config, forward only through the pipeline schedule, and
-writes one .npz (see megactllm.data.dpo_dataset.ReferenceLogps). Data-parallel replicas share the
+writes one .npz (see megactllm.data.chat.dpo_dataset.ReferenceLogps). Data-parallel replicas share the
 pairs; the last pipeline stage of TP rank 0 of each replica contributes its values to one
 all-reduce, and rank 0 writes the file. Train with train.dpo_reference_logprobs=<that file>.
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megactllm.data.dpo_dataset import DPODataset, save_reference_logps
-from megactllm.data.sft_dataset import open_sources, pad_id_of, split_blends
-from megactllm.data.sft_mixture import Blend
+from megactllm.data.chat.dpo_dataset import DPODataset, save_reference_logps
+from megactllm.data.chat.sft_dataset import open_sources, pad_id_of, split_blends
+from megactllm.data.chat.mixture import Blend
 from megactllm.training.batches import collate
 from megactllm.training.dpo import build_reference_model, forward_only_pair_logps
 

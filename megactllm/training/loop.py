@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 
 from megactllm.config import Config
-from megactllm.data.blend_schedule import check_resumed_schedule
-from megactllm.training import checkpoint as ckpt
+from megactllm.data.pretrain.blend_schedule import check_resumed_schedule
+from megactllm.checkpoint import save_load as ckpt
 from megactllm.training import run_lock
 from megactllm.training.exit_signals import ExitWatch
-from megactllm.training.async_checkpoint import AsyncCheckpointSaver
+from megactllm.checkpoint.async_save import AsyncCheckpointSaver
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.metrics import (
     RunLogger,

@@ -72,7 +72,7 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     from megactllm.parallel.initialize import check_layout
     from megactllm.training.memory_estimate import available_memory, check_fits, estimate_memory
     from megactllm.training.schedule import ScheduleError, num_microbatches, resolve_train_iters
-    from megactllm.training.shape_from_checkpoint import resolve_model_from_checkpoint
+    from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
     checkpoint = resolve_model_from_checkpoint(cfg)
     if checkpoint is None:

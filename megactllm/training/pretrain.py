@@ -11,7 +11,7 @@ from functools import partial
 import torch
 
 from megactllm.config import Config
-from megactllm.data.gpt_dataset import build_gpt_datasets
+from megactllm.data.pretrain.gpt_dataset import build_gpt_datasets
 from megactllm.training.schedule import dataset_sample_counts, resolve_train_iters
 
 LM_LOSS = "lm loss"
@@ -65,8 +65,8 @@ class PretrainTask:
         train_iters = resolve_train_iters(cfg)
         sizes = dataset_sample_counts(cfg, train_iters)
         if cfg.data.blend_schedule:
-            from megactllm.data.blend_schedule import BlendSchedule
-            from megactllm.data.scheduled_blend import build_scheduled_gpt_datasets
+            from megactllm.data.pretrain.blend_schedule import BlendSchedule
+            from megactllm.data.pretrain.scheduled_blend import build_scheduled_gpt_datasets
 
             return build_scheduled_gpt_datasets(
                 cfg.data, BlendSchedule.from_config(cfg, train_iters), cfg.model.seq_length, cfg.train.seed,

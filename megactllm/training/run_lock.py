@@ -18,12 +18,13 @@ import threading
 import time
 from pathlib import Path
 from typing import Optional
+from megactllm.errors import UserError
 
 LOCK_FILE = "run.lock"
 log = logging.getLogger(__name__)
 
 
-class RunLockError(RuntimeError):
+class RunLockError(UserError, RuntimeError):
     pass
 
 

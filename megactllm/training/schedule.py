@@ -11,9 +11,10 @@ import math
 from typing import Optional
 
 from megactllm.config import Config
+from megactllm.errors import UserError
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError, ValueError):
     pass
 
 

@@ -1,7 +1,7 @@
 """Stage `sft`: supervised fine-tuning on chat data, loss on assistant tokens only.
 
 The shared loop starts from train.pretrained_checkpoint and runs megatron-core's schedules; this
-task reads the SFT mixture (megactllm.data.sft_dataset) and turns a micro-batch into a per-token
+task reads the SFT mixture (megactllm.data.chat.sft_dataset) and turns a micro-batch into a per-token
 loss: `loss_func` returns (sum of masked token losses, number of masked tokens, report), so the
 loop's division by the global token count averages exactly as one process over the whole batch.
 
@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from megactllm.data.sft_dataset import build_sft_datasets
+from megactllm.data.chat.sft_dataset import build_sft_datasets
 
 
 def attention_mask_from_segments(segment_ids: torch.Tensor) -> torch.Tensor | None:

@@ -15,6 +15,7 @@ import importlib
 from typing import Callable
 
 from megactllm.config import Config
+from megactllm.errors import UserError
 
 TaskFactory = Callable[[Config], object]
 
@@ -27,7 +28,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
 _REGISTERED: dict[str, TaskFactory] = {}
 
 
-class UnknownStageError(ValueError):
+class UnknownStageError(UserError, ValueError):
     pass
 
 

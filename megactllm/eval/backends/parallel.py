@@ -66,7 +66,7 @@ class ParallelBackend(Backend):
         (any saved layout into the current one); the tokenizer is the checkpoint's copy."""
         from megactllm.model import build_model
         from megactllm.tokenizer import load_tokenizer
-        from megactllm.training.checkpoint import CheckpointError, load_model_weights, read_metadata
+        from megactllm.checkpoint.save_load import CheckpointError, load_model_weights, read_metadata
 
         meta = read_metadata(path)
         if meta.tokenizer_file is None or not meta.tokenizer_file.is_file():

@@ -13,8 +13,12 @@ from typing import Callable
 import torch
 
 from megactllm.config import ModelConfig
-from megactllm.convert.errors import ConversionError, VocabMismatchError
+from megactllm.errors import UserError
 from megactllm.tokenizer.base import Tokenizer
+
+class VocabMismatchError(UserError, ValueError):
+    """The model's vocabulary and the tokenizer disagree."""
+
 
 _WORD_BOUNDARY = "\u2581"  # SentencePiece's visible space
 
@@ -114,7 +118,7 @@ def extend_rows(rows: torch.Tensor, subtokens: list[list[int]]) -> torch.Tensor:
     new_rows = torch.empty((len(subtokens), rows.shape[1]), dtype=torch.float32)
     for i, ids in enumerate(subtokens):
         if any(not 0 <= t < old_vocab for t in ids):
-            raise ConversionError(f"sub-token ids {ids} of new piece {old_vocab + i} fall outside the old vocabulary")
+            raise VocabMismatchError(f"sub-token ids {ids} of new piece {old_vocab + i} fall outside the old vocabulary")
         new_rows[i] = rows[ids].float().mean(dim=0) if ids else fallback
     return torch.cat([rows, new_rows.to(rows.dtype)], dim=0)
 

@@ -30,11 +30,11 @@ from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from megactllm.data.indexed import (
+from megactllm.data.pretrain.indexed import (
     IndexedDatasetWriter,
     dtype_for_vocab,
 )
-from megactllm.data.readers import (
+from megactllm.common.corpus import (
     SKIP_REASONS,
     Batch,
     Chunk,

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from megactllm.errors import UserError
 
 ROLE_ALIASES = {
     "system": "system",
@@ -35,7 +36,7 @@ ROLE_ALIASES = {
 }
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """One record that cannot be used; the message says why."""
 
 

@@ -20,17 +20,18 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from megactllm.data.indexed import (
+from megactllm.data.pretrain.indexed import (
     DatasetFormatError,
     IndexedDatasetReader,
     dataset_exists,
     read_metadata,
 )
+from megactllm.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class BlendError(ValueError):
+class BlendError(UserError, ValueError):
     """A data blend that cannot be used as written."""
 
 

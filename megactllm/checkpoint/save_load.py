@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from megactllm.config import Config, ModelConfig, model_config_from_dict
+from megactllm.errors import UserError
 
 FORMAT_VERSION = 1
 METADATA_FILE = "megactllm.json"
@@ -46,7 +47,7 @@ SHAPE_FIELDS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 
@@ -193,11 +194,11 @@ def save_checkpoint(
     With `async_queue` (megatron-core's AsyncCallsQueue) the tensors are written by a background
     process while training goes on, and the iteration is published (metadata, rename, latest
     pointer) when the queue finalizes the request, after every rank's write: until then the
-    previous checkpoint stays the latest. See megactllm.training.async_checkpoint.
+    previous checkpoint stays the latest. See megactllm.checkpoint.async_save.
     """
     from megatron.core import dist_checkpointing
 
-    from megactllm.training import async_checkpoint
+    from megactllm.checkpoint import async_save as async_checkpoint
 
     save_dir = Path(save_dir)
     final = iteration_dir(save_dir, iteration)
@@ -370,7 +371,7 @@ def _load_leaf_states(leaves, state_dict) -> None:
 
 def load_model_weights(path: str | os.PathLike, model_chunks: list, model_config: Optional[ModelConfig] = None) -> CheckpointMetadata:
     """Load only the model weights (any saved layout into the current one); returns the metadata."""
-    from megactllm.training import extra_state
+    from megactllm.checkpoint import extra_state
 
     meta = read_metadata(path)
     if model_config is not None:

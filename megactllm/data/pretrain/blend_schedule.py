@@ -17,7 +17,7 @@ consecutive samples, phase p owns the global sample range [start_p, end_p) x glo
 and the loop's `consumed_samples` alone says which phase a step reads: resume is exact.
 
 This module parses and checks a schedule and compares it with the one a checkpoint was written
-under; megactllm.data.scheduled_blend builds the datasets.
+under; megactllm.data.pretrain.scheduled_blend builds the datasets.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from megactllm.data.gpt_dataset import Blend, BlendError, parse_blend
+from megactllm.data.pretrain.gpt_dataset import Blend, BlendError, parse_blend
 
 PHASE_KEYS = ("name", "end_iteration", "end_tokens", "blend")
 

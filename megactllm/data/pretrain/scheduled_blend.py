@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from megactllm.data.blend_schedule import BlendSchedule
-from megactllm.data.gpt_dataset import (
+from megactllm.data.pretrain.blend_schedule import BlendSchedule
+from megactllm.data.pretrain.gpt_dataset import (
     Blend,
     MegatronTokenizerView,
     _check_split_ranges,

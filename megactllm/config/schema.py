@@ -1,7 +1,7 @@
 """Run configuration: dataclasses loaded from a YAML recipe and overridden with `section.key=value`.
 
 A recipe has one mapping per section (model, parallel, data, optim, train). `model.arch` names a
-base architecture (see megactllm.model.architectures); the recipe's other model keys override it.
+base architecture (see megactllm.config.architectures); the recipe's other model keys override it.
 ModelConfig is the single source of truth for a model's shape: checkpoints store it and conversion,
 training and inference read it back from there.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
+from megactllm.errors import UserError
 
 
 @dataclass
@@ -105,7 +106,7 @@ class DataConfig:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     eod_mask_loss: bool = True
-    # Phases of the training mixture, replacing data_path (see megactllm/data/blend_schedule.py):
+    # Phases of the training mixture, replacing data_path (see megactllm/data/pretrain/blend_schedule.py):
     # [{name, end_iteration | end_tokens, blend: ["0.3", a, "0.7", b]}, ...]; the last may have no end.
     blend_schedule: list = field(default_factory=list)
     # Resume under a schedule other than the checkpoint's (else a clear error).
@@ -151,7 +152,7 @@ class TrainConfig:
     save: Optional[str] = None
     save_interval: Optional[int] = None
     # Write checkpoints in a background process while training goes on; the latest pointer moves
-    # once every rank's write is on disk (megactllm.training.async_checkpoint).
+    # once every rank's write is on disk (megactllm.checkpoint.async_save).
     async_save: bool = False
     load: Optional[str] = None
     # Initialise weights from this checkpoint with a fresh optimizer, schedule and counters
@@ -230,7 +231,7 @@ _SECTION_CLASSES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -260,7 +261,7 @@ def model_config_from_dict(values: dict, where: str = "model config") -> ModelCo
     values = dict(values)
     arch = values.get("arch")
     if arch:
-        from megactllm.model.architectures import get_architecture
+        from megactllm.config.architectures import get_architecture
 
         base = dataclasses.asdict(get_architecture(arch))
         base.update(values)
@@ -290,7 +291,7 @@ def _origins(raw: dict, overridden: set) -> dict:
     origins = {}
     model = raw.get("model") or {}
     if model.get("arch"):
-        from megactllm.model.architectures import get_architecture
+        from megactllm.config.architectures import get_architecture
 
         arch_fields = dataclasses.asdict(get_architecture(model["arch"]))
         origins.update({f"model.{k}": f"model.arch={model['arch']}" for k in arch_fields if k != "arch"})
@@ -330,7 +331,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     raw = apply_overrides(raw, overrides or [])
     cfg = config_from_dict(raw, where=path or "config")
     # Which keys the user set (recipe or override) and which are defaults: a checkpoint's metadata
-    # fills the defaults and must agree with the rest (megactllm.training.shape_from_checkpoint).
+    # fills the defaults and must agree with the rest (megactllm.checkpoint.shape).
     overridden = {item.split("=", 1)[0] for item in overrides or []}
     cfg._origins = _origins(raw, overridden)
     return cfg

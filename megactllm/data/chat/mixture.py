@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from megactllm.errors import UserError
 
 
-class BlendError(ValueError):
+class BlendError(UserError, ValueError):
     pass
 
 

@@ -51,7 +51,7 @@ RUN_FIELDS = (
 
 def checkpoint_to_start_from(cfg: Config) -> Optional[str]:
     """The checkpoint the Trainer will read the weights from: train.load when it holds one, else the pretrained one."""
-    from megactllm.training import checkpoint as ckpt
+    from megactllm.checkpoint import save_load as ckpt
 
     t = cfg.train
     if t.load and ((Path(t.load) / ckpt.LATEST_FILE).is_file() or (Path(t.load) / ckpt.METADATA_FILE).is_file()):
@@ -76,7 +76,7 @@ def resolve_model_from_checkpoint(cfg: Config) -> Optional[str]:
     Raises ModelShapeError for a user-set value that contradicts the checkpoint, CheckpointError
     for an unreadable checkpoint, VocabMismatchError for a tokenizer that does not fit it.
     """
-    from megactllm.training.checkpoint import read_metadata
+    from megactllm.checkpoint.save_load import read_metadata
 
     path = checkpoint_to_start_from(cfg)
     if not path:
@@ -115,7 +115,7 @@ def _dtype_from_checkpoint(cfg: Config, meta) -> None:
 
 def _tokenizer_from_checkpoint(cfg: Config, meta) -> None:
     """Default the tokenizer to the checkpoint's copy; refuse one that does not fit its vocabulary."""
-    from megactllm.convert.vocab import check_is_extension, check_vocab_matches
+    from megactllm.tokenizer.vocab_fit import check_is_extension, check_vocab_matches
     from megactllm.tokenizer import load_tokenizer
 
     d = cfg.data

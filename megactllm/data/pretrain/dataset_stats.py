@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megactllm.data.indexed import IndexedDatasetReader
+from megactllm.data.pretrain.indexed import IndexedDatasetReader
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The SFT training dataset: a ratio mixture of preprocessed sources, split, packed into rows.
 
 Items are dicts of equal-shaped numpy arrays [seq_length]: tokens, labels, loss_mask, position_ids,
-segment_ids (see megactllm.data.sft_packing). Everything is decided at construction from the seed,
+segment_ids (see megactllm.data.chat.packing). Everything is decided at construction from the seed,
 so every rank builds the same rows in the same order.
 """
 from __future__ import annotations
@@ -11,14 +11,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from megactllm.data.sft_indexed import ChatSampleReader
-from megactllm.data.sft_mixture import (
+from megactllm.data.chat.sft_indexed import ChatSampleReader
+from megactllm.data.chat.mixture import (
     Blend,
     mixture_samples,
     parse_blend,
     split_samples,
 )
-from megactllm.data.sft_packing import build_row, pack_rows
+from megactllm.data.chat.packing import build_row, pack_rows
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megactllm import _indexed_builder
+from megactllm.errors import UserError
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -47,7 +48,7 @@ UINT16_VOCAB_LIMIT = 65500
 METADATA_VERSION = 1
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A .bin/.idx pair that is missing, truncated or not in Megatron's format."""
 
 

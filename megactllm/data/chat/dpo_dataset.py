@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from megactllm.data.sft_dataset import build_split_samples, pad_id_of, with_epochs
-from megactllm.data.sft_indexed import ChatSampleReader
-from megactllm.data.sft_packing import build_row
+from megactllm.data.chat.sft_dataset import build_split_samples, pad_id_of, with_epochs
+from megactllm.data.chat.sft_indexed import ChatSampleReader
+from megactllm.data.chat.packing import build_row
 
 REFERENCE_FORMAT_VERSION = 1
 

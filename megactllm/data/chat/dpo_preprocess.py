@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from megactllm.data.sft_indexed import ChatSampleWriter
-from megactllm.data.sft_preprocess import _records
-from megactllm.data.sft_records import BadRecordLog, RecordError, dpo_pair
+from megactllm.data.chat.sft_indexed import ChatSampleWriter
+from megactllm.data.chat.sft_preprocess import _records
+from megactllm.data.chat.records import BadRecordLog, RecordError, dpo_pair
 from megactllm.tokenizer.chat_template import (
     TEMPLATE_NAME,
     ChatFormatError,

@@ -1,7 +1,7 @@
 """Named model shapes. A recipe's `model.arch` picks one; its other model keys override it."""
 from __future__ import annotations
 
-from megactllm.config import ModelConfig
+from megactllm.config.schema import ModelConfig
 
 ARCHITECTURES: dict[str, ModelConfig] = {
     # CT-LLM 2B (arXiv 2404.04167): Baichuan-2 vocabulary of 125,696 pieces, untied embeddings.

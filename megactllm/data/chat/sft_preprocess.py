@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from megactllm.data.sft_indexed import ChatSampleWriter
-from megactllm.data.sft_records import (
+from megactllm.data.chat.sft_indexed import ChatSampleWriter
+from megactllm.data.chat.records import (
     BadRecordLog,
     RecordError,
     input_files,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from megactllm.data.indexed import (
+from megactllm.data.pretrain.indexed import (
     DatasetFormatError,
     IndexedDatasetReader,
     IndexedDatasetWriter,
