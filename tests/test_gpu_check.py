@@ -1,0 +1,101 @@
+"""scripts/gpu_check.sh --cpu runs every stage it can with tiny shapes and names the rest; the wheel set
+for an offline node follows megactllm's requirements and stops at torch."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.gpu_check.report import Row, markdown, run_stage  # noqa: E402
+from bench.gpu_check.wheels import needed  # noqa: E402
+
+STAGES = [
+    "build C++ extensions", "environment", "bf16 vs fp32 losses", "throughput, selective recompute",
+    "throughput, no recompute", "SDPA kernels", "save and resume", "async vs sync save", "export to HF, logit parity",
+    "CMMLU speed, HF backend", "TE spec throughput (bf16)", "TE spec FP8", "context parallel, 2 ranks",
+]
+GPU_ONLY = {"TE spec throughput (bf16)", "TE spec FP8", "context parallel, 2 ranks"}
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--cpu", "--output", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    payload = json.loads((out / "gpu_check.json").read_text())
+    return out, {r["stage"]: r for r in payload["rows"]}, payload, done.stdout
+
+
+def test_cpu_run_has_a_row_per_stage_with_its_status(cpu_run):
+    out, rows, payload, stdout = cpu_run
+    assert list(rows) == STAGES
+    for name, row in rows.items():
+        if name in GPU_ONLY:
+            assert row["status"] == "skipped" and "needs" in row["note"] and "GPU" in row["note"], row
+        elif name == "CMMLU speed, HF backend" and row["status"] == "skipped":
+            assert "--cmmlu" in row["note"] or "--eval-tokenizer" in row["note"]
+        else:
+            assert row["status"] == "ok", row
+    assert payload["environment"]["torch"] and payload["environment"]["CUDA"] == "none"
+    table = (out / "gpu_check.md").read_text()
+    assert all(f"| {name} | {rows[name]['status']} |" in table for name in STAGES)
+    assert "10 ok" in stdout or "9 ok" in stdout
+
+
+def test_cpu_run_figures_are_measured(cpu_run):
+    _, rows, _, _ = cpu_run
+    parity = rows["bf16 vs fp32 losses"]["figures"]
+    assert 0 < parity["max relative difference"] <= parity["tolerance"]  # bf16 is not fp32, yet close
+    for name in ("throughput, selective recompute", "throughput, no recompute"):
+        f = rows[name]["figures"]
+        assert f["tokens/s"] > 0 and f["TFLOP/s"] > 0 and f["memory estimate GiB"] > 0
+    assert set(rows["SDPA kernels"]["figures"]) == {"causal", "document resets", "GQA", "GQA + document resets"}
+    assert not any(v.startswith("unknown") for v in rows["SDPA kernels"]["figures"].values())
+    assert rows["save and resume"]["figures"]["identical steps"] >= 2
+    saves = rows["async vs sync save"]["figures"]
+    assert saves["sync s/interval"] > 0 and saves["async s/interval"] > 0
+    export = rows["export to HF, logit parity"]["figures"]
+    assert export["max |logit diff|"] <= export["tolerance"] and export["argmax agreement"] == 1.0
+
+
+def test_a_failing_stage_is_a_row_and_the_next_stage_runs():
+    def broken():
+        raise RuntimeError("CUDA error: out of memory")
+
+    rows = [run_stage("broken", broken), run_stage("next", lambda: ({"x": 1.5}, "fine"))]
+    assert rows[0].status == "failed" and "RuntimeError: CUDA error: out of memory" in rows[0].note
+    assert rows[1] == Row("next", "ok", rows[1].seconds, {"x": 1.5}, "fine")
+    assert "| broken | failed |" in markdown(rows, "t")
+
+
+def _item(name, requires=()):
+    return {"metadata": {"name": name, "version": "1.0", "requires_dist": list(requires)},
+            "download_info": {"url": f"https://files.example/{name}-1.0-py3-none-any.whl"}}
+
+
+def test_wheel_set_stops_at_torch_and_follows_markers_and_extras():
+    report = {"install": [
+        _item("megatron-core", ["torch", "numpy", "packaging"]),
+        _item("torch", ["sympy", "nvidia-cublas-cu12; platform_system == 'Linux'", "filelock"]),
+        _item("sympy"), _item("nvidia-cublas-cu12"), _item("numpy"), _item("packaging"), _item("filelock"),
+        _item("huggingface-hub", ["filelock", "tqdm; python_version < '3.0'", "rich; extra == 'cli'"]),
+        _item("transformers", ["huggingface-hub[cli]", "regex"]), _item("regex"), _item("rich"), _item("tqdm"),
+    ]}
+    keep = needed(report, ["megatron-core==1.0", "torch>=2.6", "transformers"], "3.12")
+    # filelock stays (huggingface-hub needs it too); what only torch needs does not.
+    assert sorted(keep) == ["filelock", "huggingface-hub", "megatron-core", "numpy", "packaging", "regex", "rich",
+                            "transformers"]
+
+
+def test_offline_wheels_refuses_a_bad_python_version(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "offline_wheels.sh"), str(tmp_path), "--python", "312"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "give major.minor" in done.stderr
