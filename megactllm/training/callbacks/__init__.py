@@ -29,8 +29,8 @@ def default_callbacks(trainer) -> list[Callback]:
     if trainer.blend_schedule is not None:
         callbacks.append(BlendAnnouncements(trainer.blend_schedule))
     callbacks += [
+        NonFiniteStop(t.max_consecutive_nonfinite),  # raises before a diverged step is logged
         ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule),
-        NonFiniteStop(t.max_consecutive_nonfinite),
     ]
     if trainer.valid_reader is not None and t.eval_interval:
         callbacks.append(Validation(t.eval_interval, trainer.task.provides.perplexity))
