@@ -123,8 +123,11 @@ class OurLoop:
     def __init__(self, cfg, use_te):
         from megactllm.training.loop import Trainer
 
+        from megactllm.training.callbacks import NonFiniteStop
+
         self.trainer = Trainer(cfg, use_transformer_engine=use_te)
-        self.trainer.guard.max_consecutive = 0
+        self.guard = self.trainer.callbacks.of(NonFiniteStop).guard
+        self.guard.max_consecutive = 0
 
     def step(self):
         tr, t = self.trainer, self.trainer.cfg.train
@@ -133,7 +136,7 @@ class OurLoop:
         tr.state.iteration += 1
         tr.state.consumed_samples += t.global_batch_size
         tr.state.consumed_tokens += t.global_batch_size * tr.cfg.model.seq_length
-        tr.guard.record(tr.state.iteration, outcome.skip_reason == "non-finite", None)
+        self.guard.record(tr.state.iteration, outcome.skip_reason == "non-finite", None)
 
 
 def sync():

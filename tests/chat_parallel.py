@@ -67,7 +67,7 @@ def _report_on_current_layout(stage: str, cfg, checkpoint: str, items: list, mic
         model=chunks,
         num_microbatches=len(microbatches),
         seq_length=cfg.model.seq_length,
-        micro_batch_size=micro_batch_size * getattr(task, "sequences_per_sample", 1),
+        micro_batch_size=micro_batch_size * task.provides.sequences_per_sample,
         forward_only=False,  # the backward must run at every layout too
     )
     grads_finite = all(torch.isfinite(p.grad).all() for c in chunks for p in c.parameters() if p.grad is not None)

@@ -20,6 +20,7 @@ class PoisonedPretrainTask:
 
         self.inner = PretrainTask(cfg)
         self.name = "poisoned"
+        self.provides = self.inner.provides
         self.poisoned = set(poisoned)
         self.iteration = 0
 

@@ -56,3 +56,43 @@ def test_recipes_load_and_yaml_exponents_are_numbers():
     assert resolve_train_iters(cfg) == 149570
     for name in ("tiny_cpu", "llama2_7b_continue"):
         load_config(str(RECIPES / f"{name}.yaml"))
+
+
+def test_stages_declare_what_they_provide_and_the_loop_probes_nothing():
+    from megactllm.training.dpo import DPOTask
+    from megactllm.training.loop import StageError, Trainer
+    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.sft import SFTTask
+    from megactllm.training.task import StageCapabilities
+
+    assert PretrainTask.provides == StageCapabilities(perplexity=True, blend_schedule=True)
+    assert SFTTask.provides == StageCapabilities(perplexity=True)
+    assert DPOTask.provides == StageCapabilities(sequences_per_sample=2)
+
+    class Undeclared:
+        name = "undeclared"
+        sequences_per_sample = 2  # an attribute the old loop probed for: no longer read
+
+    with pytest.raises(StageError, match="must declare `provides = StageCapabilities"):
+        Trainer(load_config(None, []), task=Undeclared())
+
+
+def test_callbacks_close_all_even_when_one_raises():
+    from megactllm.training.callbacks import Callback, CallbackList
+
+    closed = []
+
+    class Failing(Callback):
+        def on_close(self, trainer):
+            closed.append("failing")
+            raise OSError("disk gone")
+
+    class Releasing(Callback):
+        def on_close(self, trainer):
+            closed.append("releasing")
+
+    callbacks = CallbackList([Failing(), Releasing()])
+    with pytest.raises(OSError, match="disk gone"):
+        callbacks.close(None)
+    assert closed == ["failing", "releasing"]
+    assert isinstance(callbacks.of(Releasing), Releasing)

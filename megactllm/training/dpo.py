@@ -24,6 +24,7 @@ import torch
 from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 from megactllm.training.dpo_loss import dpo_loss
 from megactllm.training.sft import model_forward
+from megactllm.training.task import StageCapabilities
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ def dpo_loss_func(train_cfg, loss_mask: torch.Tensor, reference_logps: torch.Ten
 
 class DPOTask:
     name = "dpo"
-    sequences_per_sample = 2  # schedule micro_batch_size = 2 x train.micro_batch_size
+    # Both rows of a pair in one micro-batch: the schedule's micro_batch_size = 2 x train.micro_batch_size.
+    provides = StageCapabilities(sequences_per_sample=2)
 
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg

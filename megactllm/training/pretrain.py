@@ -13,6 +13,7 @@ import torch
 from megactllm.config import Config
 from megactllm.data.pretrain.gpt_dataset import build_gpt_datasets
 from megactllm.training.schedule import dataset_sample_counts, resolve_train_iters
+from megactllm.training.task import StageCapabilities
 
 LM_LOSS = "lm loss"
 
@@ -53,6 +54,7 @@ def check_document_resets(cfg: Config) -> None:
 
 class PretrainTask:
     name = "pretrain"
+    provides = StageCapabilities(perplexity=True, blend_schedule=True)
 
     def __init__(self, cfg: Config | None = None) -> None:
         self.cfg = cfg

@@ -15,6 +15,7 @@ from functools import partial
 import torch
 
 from megactllm.data.chat.sft_dataset import build_sft_datasets
+from megactllm.training.task import StageCapabilities
 
 
 def attention_mask_from_segments(segment_ids: torch.Tensor) -> torch.Tensor | None:
@@ -56,6 +57,7 @@ def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 class SFTTask:
     name = "sft"
+    provides = StageCapabilities(perplexity=True)
 
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg

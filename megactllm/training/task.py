@@ -14,6 +14,7 @@ so a run at any TP/PP/DP layout averages exactly as a single process does.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
@@ -25,8 +26,24 @@ MicroBatch = dict
 LossFunc = Callable[[torch.Tensor], tuple]
 
 
+@dataclass(frozen=True)
+class StageCapabilities:
+    """What a stage declares to the loop, instead of the loop probing it for attributes."""
+
+    # Rows the model runs per dataset sample: DPO feeds chosen and rejected together (2), so the
+    # schedule's micro-batch is that much taller and every row counts in consumed_tokens.
+    sequences_per_sample: int = 1
+    # Turns a micro-batch's items into tensors; None: megactllm.training.batches.collate.
+    collate: Optional[Callable[[list], dict]] = None
+    # The first metric is a per-token NLL, so validation reports its perplexity (not DPO's loss).
+    perplexity: bool = False
+    # The training set may follow data.blend_schedule (its dataset then has a `schedule`).
+    blend_schedule: bool = False
+
+
 class Task(Protocol):
     name: str
+    provides: StageCapabilities
 
     def build_datasets(self, cfg: Config, tokenizer: Any) -> tuple[Optional[Sequence], Optional[Sequence], Optional[Sequence]]:
         """Train, valid and test datasets (map-style; items are dicts of numpy arrays of equal shapes).

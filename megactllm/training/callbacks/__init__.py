@@ -1,0 +1,48 @@
+"""The training loop's concerns, one callback each (OLMo-core's train/callbacks/ is the model).
+
+`default_callbacks(trainer)` is the list a run gets, in the order its hooks run; see base.py for
+the hooks and when the loop calls them.
+"""
+from __future__ import annotations
+
+from megactllm.training.callbacks.base import Callback, CallbackList, Step
+from megactllm.training.callbacks.blend import BlendAnnouncements
+from megactllm.training.callbacks.checkpointing import Checkpointing
+from megactllm.training.callbacks.exit import ExitConditions
+from megactllm.training.callbacks.inloop_eval import InLoopEvaluation
+from megactllm.training.callbacks.loss_plot import LossPlot
+from megactllm.training.callbacks.nonfinite import NonFiniteStop
+from megactllm.training.callbacks.run_lock import RunLockHolder
+from megactllm.training.callbacks.throughput import ThroughputLogger
+from megactllm.training.callbacks.validation import Validation
+
+__all__ = [
+    "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "InLoopEvaluation",
+    "LossPlot", "NonFiniteStop", "RunLockHolder", "Step", "ThroughputLogger", "Validation", "default_callbacks",
+]
+
+
+def default_callbacks(trainer) -> list[Callback]:
+    """The callbacks of a run of trainer.cfg; only the concerns its recipe switches on."""
+    cfg, t = trainer.cfg, trainer.cfg.train
+    callbacks: list[Callback] = []
+    if trainer.blend_schedule is not None:
+        callbacks.append(BlendAnnouncements(trainer.blend_schedule))
+    callbacks += [
+        NonFiniteStop(t.max_consecutive_nonfinite),  # raises before a diverged step is logged
+        ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule),
+    ]
+    if trainer.valid_reader is not None and t.eval_interval:
+        callbacks.append(Validation(t.eval_interval, trainer.task.provides.perplexity))
+    if cfg.eval.interval:  # in-loop benchmark accuracy (megactllm.eval.inloop)
+        from megactllm.eval.inloop import InLoopEvaluator
+
+        callbacks.append(InLoopEvaluation(InLoopEvaluator(cfg.eval, trainer.model, cfg.model, trainer.tokenizer)))
+    if t.save:
+        callbacks.append(RunLockHolder(t.save, t.lock_stale_minutes * 60))
+    callbacks += [
+        Checkpointing(t.save, t.save_interval, t.async_save),
+        ExitConditions(t.exit_interval, t.exit_duration_minutes, saving=bool(t.save)),
+        LossPlot(),
+    ]
+    return callbacks

@@ -1,0 +1,26 @@
+"""One writer per checkpoint directory (megactllm.training.run_lock): taken at the start, checked
+before every checkpoint write, released at the end."""
+from __future__ import annotations
+
+from megactllm.training import run_lock
+from megactllm.training.callbacks.base import Callback
+
+
+class RunLockHolder(Callback):
+    def __init__(self, directory: str, stale_after_s: float):
+        self.directory = directory
+        self.stale_after_s = stale_after_s
+        self.lock = None  # rank 0's RunLock; None on the other ranks
+
+    def on_train_start(self, trainer) -> None:
+        # Every rank raises RunLockError when rank 0 cannot take the lock.
+        self.lock = run_lock.acquire_on_rank0(self.directory, self.stale_after_s)
+
+    def before_save(self, trainer) -> None:
+        # A lost lock is fatal here, on every rank, before anything in the directory is touched.
+        run_lock.check_still_held(self.lock, self.directory)
+
+    def on_close(self, trainer) -> None:
+        if self.lock is not None:
+            self.lock.release()  # removes the file only while it is still ours
+            self.lock = None
