@@ -41,18 +41,25 @@ class LlamaCppEngine(Engine):
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                          logits_all=logits_all, seed=seed, verbose=False, **cache)
         md = self.llm.metadata
-        # GGUFs from megactllm tell llama.cpp not to add SentencePiece's leading space (so chat
-        # prompts tokenize as in training); plain text gets it back here (see convert/gguf/vocab.py).
-        self.leading_space = md.get("megactllm.tokenizer.dummy_prefix") == "true" and md.get("tokenizer.ggml.add_space_prefix") == "false"
+        # Plain text: llama.cpp as the file says (it tokenizes as the model's tokenizer does).
+        # Chat prompts: llama.cpp puts SentencePiece's space after every special token; where the
+        # model's own tokenizer does not (megactllm's, HF legacy=False; see convert/gguf/vocab.py),
+        # chat prompts are tokenized by the same vocabulary without that space.
+        self.space_prefix = md.get("tokenizer.ggml.add_space_prefix", "true") == "true"
+        self.chat_llm = self.llm
+        if self.space_prefix and md.get("megactllm.tokenizer.chat_space_prefix") == "false":
+            self.chat_llm = Llama(model_path=str(path), vocab_only=True, verbose=False,
+                                  kv_overrides={"tokenizer.ggml.add_space_prefix": False})
+        self.add_bos = llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab) and self.llm.token_bos() >= 0
         self.logits_all = logits_all
         self.info = EngineInfo(name=name or path.stem, kind="llama.cpp", context_length=n_ctx,
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
     def tokenize(self, text: str) -> list[int]:
+        bos = [self.llm.token_bos()] if self.add_bos else []
         if not text:
-            return []
-        text = (" " + text) if self.leading_space else text
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            return bos
+        return bos + self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
         special = dict(bos_token=self._piece(self.llm.token_bos()), eos_token=self._piece(self.llm.token_eos()))
@@ -60,7 +67,7 @@ class LlamaCppEngine(Engine):
         # special=True: llama.cpp turns an end-of-turn token into a control token, which it matches
         # in text only so. SentencePiece matches <|im_start|>/<|im_end|> (user-defined) in any text;
         # the one difference left: llama.cpp also reads a typed "<s>"/"</s>" as that control token.
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return self.chat_llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _piece(self, token_id: int) -> str:
         return "" if token_id < 0 else self.llm._model.token_get_text(token_id)

@@ -1,7 +1,8 @@
 """Where GGUF export reads a model from: a megactllm checkpoint (any TP/PP layout) or an HF LLaMA dir.
 
 Both give the same thing: the ModelConfig, the SentencePiece tokenizer file (plus tokens added on
-top of it), the chat template, and the weights as (HF LLaMA name, tensor) pairs streamed one at a
+top of it), the chat template, what the tokenizer adds around a text (BOS/EOS; whether text after a
+special token gets the dummy-prefix space), and the weights as (HF LLaMA name, tensor) pairs streamed one at a
 time in a known plan, so memory stays near one tensor stack, never the whole model.
 """
 from __future__ import annotations
@@ -32,6 +33,11 @@ class ModelSource:
     tensors: Callable[[], Iterator[tuple[str, torch.Tensor]]]
     added_tokens: list[tuple[int, str, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What the model's tokenizer does: megactllm's adds no BOS/EOS (documents end in EOD) and puts
+    # SentencePiece's dummy prefix only at the start of a text, not after each special token.
+    add_bos: bool = False
+    add_eos: bool = False
+    chat_space_prefix: bool = False
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -139,7 +145,23 @@ def _hf_source(path: Path, tokenizer_file: Optional[str | Path]) -> ModelSource:
 
     config_path = path / "tokenizer_config.json"
     tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    add_bos, add_eos = _hf_bos_eos(config_path, tok_config)
     return ModelSource(
         path=path, model=model, dtype=dtype, tokenizer_file=tok, chat_template=_hf_chat_template(path, tok_config),
-        plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path, tok_config),
+        plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path, tok_config), add_bos=add_bos, add_eos=add_eos,
+        # transformers' LlamaTokenizer: legacy (the default) encodes each text between special tokens
+        # as its own SentencePiece text, dummy prefix included; legacy=False only at the start.
+        chat_space_prefix=tok_config.get("legacy", True) is not False,
     )
+
+
+def _hf_bos_eos(config_path: Path, tok_config: dict) -> tuple[bool, bool]:
+    """(add_bos_token, add_eos_token) as the model's tokenizer_config.json says; where it is silent,
+    transformers' LlamaTokenizer defaults (BOS, no EOS)."""
+    values = []
+    for key, default in (("add_bos_token", True), ("add_eos_token", False)):
+        value = tok_config.get(key, default)
+        if not isinstance(value, bool):
+            raise ConversionError(f"{config_path}: {key} is {value!r}; expected true or false")
+        values.append(value)
+    return values[0], values[1]
