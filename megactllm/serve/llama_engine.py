@@ -74,8 +74,8 @@ class LlamaCppEngine(Engine):
 
     def detokenize(self, ids: Sequence[int], first: bool = False) -> str:
         text = self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
-        # Text that starts a prompt lost SentencePiece's leading space in tokenize(); drop it again.
-        return text[1:] if first and self.leading_space and text.startswith(" ") else text
+        # The space llama.cpp put before a prompt's text (SentencePiece's dummy prefix) is not the user's.
+        return text[1:] if first and self.space_prefix and text.startswith(" ") else text
 
     def _kwargs(self, params: SamplingParams) -> dict:
         from llama_cpp import StoppingCriteriaList
@@ -109,7 +109,8 @@ class LlamaCppEngine(Engine):
         logits = np.asarray(self.llm.scores[: len(prompt)], dtype=np.float64)
         logp = logits - logits.max(-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-        pieces = [self.detokenize([t], first=(i == 0)) for i, t in enumerate(prompt)]
+        start = 1 if prompt and prompt[0] == self.llm.token_bos() else 0  # BOS has no text: the prefix space follows it
+        pieces = [self.detokenize([t], first=(i == start)) for i, t in enumerate(prompt)]
         token_logprobs, top_logprobs = [None], [None]
         for i in range(1, len(prompt)):
             token_logprobs.append(float(logp[i - 1, prompt[i]]))
