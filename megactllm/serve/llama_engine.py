@@ -41,15 +41,16 @@ class LlamaCppEngine(Engine):
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                          logits_all=logits_all, seed=seed, verbose=False, **cache)
         md = self.llm.metadata
-        # Plain text: llama.cpp as the file says (it tokenizes as the model's tokenizer does).
-        # Chat prompts: llama.cpp puts SentencePiece's space after every special token; where the
-        # model's own tokenizer does not (megactllm's, HF legacy=False; see convert/gguf/vocab.py),
-        # chat prompts are tokenized by the same vocabulary without that space.
+        # llama.cpp as the file says tokenizes plain text as the model's tokenizer does, except that it
+        # also puts SentencePiece's space after every special token. Where the model's tokenizer puts
+        # it only at the start of a text (megactllm's, HF legacy=False; see convert/gguf/vocab.py),
+        # the same vocabulary without the automatic space is used, with that one space put in front
+        # of plain text: chat prompts and texts holding chat tokens then get training's ids too.
         self.space_prefix = md.get("tokenizer.ggml.add_space_prefix", "true") == "true"
-        self.chat_llm = self.llm
+        self.start_only = None
         if self.space_prefix and md.get("megactllm.tokenizer.chat_space_prefix") == "false":
-            self.chat_llm = Llama(model_path=str(path), vocab_only=True, verbose=False,
-                                  kv_overrides={"tokenizer.ggml.add_space_prefix": False})
+            self.start_only = Llama(model_path=str(path), vocab_only=True, verbose=False,
+                                    kv_overrides={"tokenizer.ggml.add_space_prefix": False})
         self.add_bos = llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab) and self.llm.token_bos() >= 0
         self.logits_all = logits_all
         self.info = EngineInfo(name=name or path.stem, kind="llama.cpp", context_length=n_ctx,
@@ -59,6 +60,8 @@ class LlamaCppEngine(Engine):
         bos = [self.llm.token_bos()] if self.add_bos else []
         if not text:
             return bos
+        if self.start_only is not None:
+            return bos + self.start_only.tokenize((" " + text).encode("utf-8"), add_bos=False, special=True)
         return bos + self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
@@ -67,7 +70,7 @@ class LlamaCppEngine(Engine):
         # special=True: llama.cpp turns an end-of-turn token into a control token, which it matches
         # in text only so. SentencePiece matches <|im_start|>/<|im_end|> (user-defined) in any text;
         # the one difference left: llama.cpp also reads a typed "<s>"/"</s>" as that control token.
-        return self.chat_llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return (self.start_only or self.llm).tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _piece(self, token_id: int) -> str:
         return "" if token_id < 0 else self.llm._model.token_get_text(token_id)
