@@ -26,6 +26,8 @@ setup(
     version="0.1.0",
     description="Chinese-centric LLM training on megatron-core: corpus to tokens to TP/PP/DP pretraining, SFT, DPO",
     packages=find_packages(include=["megactllm", "megactllm.*"]),
+    # The subjects of CMMLU, C-Eval and MMLU (display names and categories, equal to lm-eval's).
+    package_data={"megactllm.eval.tasks": ["subjects/*.json"]},
     ext_modules=extensions,
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",

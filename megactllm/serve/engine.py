@@ -57,7 +57,8 @@ class Engine(ABC):
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:
-        """Ids of plain text, as the training tokenizer gives them (no BOS/EOS)."""
+        """Prompt ids of plain text, as the model's tokenizer gives them: its BOS first where the
+        tokenizer (the GGUF file, tokenizer_config.json) adds one; never an EOS."""
 
     @abstractmethod
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:

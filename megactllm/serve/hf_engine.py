@@ -44,9 +44,15 @@ class TransformersEngine(Engine):
         if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
             stop.append(im_end)
         self.stop_ids = [i for i in stop if i is not None]
+        # What the tokenizer puts before a text (its BOS, where its config says so); an EOS it may
+        # append is no part of a prompt. transformers 5 keeps this in the post-processor only.
+        with_specials = self.tokenizer("a")["input_ids"]
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        at = next((i for i in range(len(with_specials)) if with_specials[i:i + len(plain)] == plain), 0)
+        self.prefix_ids = list(with_specials[:at])
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.prefix_ids + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
         if not self.tokenizer.chat_template:

@@ -41,18 +41,28 @@ class LlamaCppEngine(Engine):
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                          logits_all=logits_all, seed=seed, verbose=False, **cache)
         md = self.llm.metadata
-        # GGUFs from megactllm tell llama.cpp not to add SentencePiece's leading space (so chat
-        # prompts tokenize as in training); plain text gets it back here (see convert/gguf/vocab.py).
-        self.leading_space = md.get("megactllm.tokenizer.dummy_prefix") == "true" and md.get("tokenizer.ggml.add_space_prefix") == "false"
+        # llama.cpp as the file says tokenizes plain text as the model's tokenizer does, except that it
+        # also puts SentencePiece's space after every special token. Where the model's tokenizer puts
+        # it only at the start of a text (megactllm's, HF legacy=False; see convert/gguf/vocab.py),
+        # the same vocabulary without the automatic space is used, with that one space put in front
+        # of plain text: chat prompts and texts holding chat tokens then get training's ids too.
+        self.space_prefix = md.get("tokenizer.ggml.add_space_prefix", "true") == "true"
+        self.start_only = None
+        if self.space_prefix and md.get("megactllm.tokenizer.chat_space_prefix") == "false":
+            self.start_only = Llama(model_path=str(path), vocab_only=True, verbose=False,
+                                    kv_overrides={"tokenizer.ggml.add_space_prefix": False})
+        self.add_bos = llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab) and self.llm.token_bos() >= 0
         self.logits_all = logits_all
         self.info = EngineInfo(name=name or path.stem, kind="llama.cpp", context_length=n_ctx,
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
     def tokenize(self, text: str) -> list[int]:
+        bos = [self.llm.token_bos()] if self.add_bos else []
         if not text:
-            return []
-        text = (" " + text) if self.leading_space else text
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            return bos
+        if self.start_only is not None:
+            return bos + self.start_only.tokenize((" " + text).encode("utf-8"), add_bos=False, special=True)
+        return bos + self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
         special = dict(bos_token=self._piece(self.llm.token_bos()), eos_token=self._piece(self.llm.token_eos()))
@@ -60,15 +70,15 @@ class LlamaCppEngine(Engine):
         # special=True: llama.cpp turns an end-of-turn token into a control token, which it matches
         # in text only so. SentencePiece matches <|im_start|>/<|im_end|> (user-defined) in any text;
         # the one difference left: llama.cpp also reads a typed "<s>"/"</s>" as that control token.
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return (self.start_only or self.llm).tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _piece(self, token_id: int) -> str:
         return "" if token_id < 0 else self.llm._model.token_get_text(token_id)
 
     def detokenize(self, ids: Sequence[int], first: bool = False) -> str:
         text = self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
-        # Text that starts a prompt lost SentencePiece's leading space in tokenize(); drop it again.
-        return text[1:] if first and self.leading_space and text.startswith(" ") else text
+        # The space llama.cpp put before a prompt's text (SentencePiece's dummy prefix) is not the user's.
+        return text[1:] if first and self.space_prefix and text.startswith(" ") else text
 
     def _kwargs(self, params: SamplingParams) -> dict:
         from llama_cpp import StoppingCriteriaList
@@ -102,7 +112,8 @@ class LlamaCppEngine(Engine):
         logits = np.asarray(self.llm.scores[: len(prompt)], dtype=np.float64)
         logp = logits - logits.max(-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-        pieces = [self.detokenize([t], first=(i == 0)) for i, t in enumerate(prompt)]
+        start = 1 if prompt and prompt[0] == self.llm.token_bos() else 0  # BOS has no text: the prefix space follows it
+        pieces = [self.detokenize([t], first=(i == start)) for i, t in enumerate(prompt)]
         token_logprobs, top_logprobs = [None], [None]
         for i in range(1, len(prompt)):
             token_logprobs.append(float(logp[i - 1, prompt[i]]))

@@ -69,11 +69,12 @@ def _write_metadata(writer, source: ModelSource, vocab: GGUFVocab, outtype: str)
                           (writer.add_eot_token_id, vocab.eot_id)):
         if token_id is not None:
             add(token_id)
-    # megactllm models are trained without BOS (documents end in EOD) and never get an EOS appended.
-    writer.add_add_bos_token(False)
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(vocab.add_space_prefix)
-    writer.add_bool("megactllm.tokenizer.dummy_prefix", vocab.dummy_prefix)
+    # What the model's own tokenizer adds (megactllm's: nothing; an HF model: its tokenizer_config.json).
+    writer.add_add_bos_token(source.add_bos)
+    writer.add_add_eos_token(source.add_eos)
+    # Plain text as SentencePiece/HF tokenize it; how chat prompts differ: see vocab.py.
+    writer.add_add_space_prefix(vocab.dummy_prefix)
+    writer.add_bool("megactllm.tokenizer.chat_space_prefix", vocab.dummy_prefix and source.chat_space_prefix)
     if source.chat_template:
         writer.add_chat_template(source.chat_template)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
