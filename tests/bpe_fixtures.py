@@ -27,8 +27,9 @@ def corpus_lines(shared_data: Path, part: str) -> list[str]:
     return zh[: len(zh) // 2] + en + [p for line in pairs for p in line.split("\t")]
 
 
-def build_qwen_style_bpe(shared_data: Path, out_dir: Path, vocab_size: int = 12000) -> Path:
-    """Trains the tokenizer and writes out_dir/tokenizer.json and tokenizer_config.json."""
+def build_qwen_style_bpe(shared_data: Path, out_dir: Path, vocab_size: int = 12000, max_lines: int | None = None) -> Path:
+    """Trains the tokenizer (on the first max_lines training lines) and writes out_dir/tokenizer.json
+    and tokenizer_config.json."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -42,7 +43,8 @@ def build_qwen_style_bpe(shared_data: Path, out_dir: Path, vocab_size: int = 120
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(corpus_lines(shared_data, "train"), trainer)
+    lines = corpus_lines(shared_data, "train")
+    tok.train_from_iterator(lines[:max_lines] if max_lines else lines, trainer)
     tok.add_special_tokens(SPECIALS)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))

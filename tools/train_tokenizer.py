@@ -9,10 +9,16 @@ Extend (Linly route: old ids unchanged, each new piece one token, new model besi
     python tools/train_tokenizer.py extend --model map_neo_sp.model --pieces-file new_words.txt \
         --user-defined '<|im_start|>' '<|im_end|>'
     python tools/train_tokenizer.py extend --model map_neo_sp.model --from-corpus corpus.jsonl --top-k 2000
+
+Extend a byte-level BPE tokenizer (a directory holding tokenizer.json: Qwen2.5, Llama-3); the output
+is a directory AutoTokenizer loads:
+    python tools/train_tokenizer.py extend --model hf/qwen2.5-7b --output runs/qwen-zh-tok \
+        --from-corpus corpus.jsonl --top-k 2000
 """
 import argparse
 import sys
 
+from megactllm.errors import UserError
 from megactllm.tokenizer.train import CHAT_PIECES, TrainConfig, train_sentencepiece
 
 
@@ -33,8 +39,12 @@ def add_train(sub):
 
 def add_extend(sub):
     p = sub.add_parser("extend", help="append pieces to an existing SentencePiece model")
-    p.add_argument("--model", required=True, help="the SentencePiece model to extend (left untouched)")
-    p.add_argument("--output", default=None, help="default: <model stem>.extended.model beside the model")
+    p.add_argument("--model", required=True,
+                   help="the SentencePiece .model, or a directory holding a byte-level BPE tokenizer.json (left untouched)")
+    p.add_argument("--output", default=None,
+                   help="default: <model stem>.extended.model beside a SentencePiece model; required for a directory")
+    p.add_argument("--method", choices=["merges", "merges-last", "added"], default="merges",
+                   help="byte-level BPE only: how words become tokens (README section 5; default merges)")
     p.add_argument("--pieces", nargs="*", default=[], help="Chinese characters or words to add")
     p.add_argument("--pieces-file", default=None, help="a file with one piece per line")
     p.add_argument("--from-corpus", nargs="*", default=[],
@@ -64,7 +74,33 @@ def run_train(args) -> int:
     return 0
 
 
+def run_extend_bpe(args) -> int:
+    import os
+
+    from megactllm.tokenizer.extend_bpe import BPEExtensionError, extend_bpe, frequent_new_words, pieces_from_file
+
+    if not args.output:
+        raise BPEExtensionError("--output DIR is required when --model is a tokenizer directory")
+    pieces = list(args.pieces)
+    if args.pieces_file:
+        pieces.extend(pieces_from_file(args.pieces_file))
+    if args.from_corpus:
+        from megactllm.tokenizer.train import iter_training_text
+
+        texts = iter_training_text(args.from_corpus, ["text"], None, 1 << 20)
+        mined = frequent_new_words(texts, os.path.join(args.model, "tokenizer.json"), args.top_k, args.min_count)
+        print(f"{len(mined)} frequent words from the corpus are not tokens yet: {' '.join(mined[:20])} ...")
+        pieces.extend(mined)
+    result = extend_bpe(args.model, args.output, pieces, args.user_defined, args.method)
+    print(result.format())
+    return 0
+
+
 def run_extend(args) -> int:
+    import os
+
+    if os.path.isdir(args.model):
+        return run_extend_bpe(args)
     from megactllm.tokenizer import load_tokenizer
     from megactllm.tokenizer.extend import extend_sentencepiece, frequent_unsplit_words
 
@@ -94,6 +130,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_train(args) if args.command == "train" else run_extend(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
