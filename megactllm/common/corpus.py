@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from megactllm.errors import UserError
 from megactllm._indexed_builder import scan_simple_jsonl as _scan_simple_jsonl
 
 try:  # a hard dependency (setup.py); the fallback keeps a bare environment working, only slower
@@ -49,7 +50,7 @@ SKIP_REASONS = {
 }
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input that cannot be read at all (missing file, unknown format, missing parquet column)."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from megactllm.errors import UserError
 from megactllm.eval.errors import EvalDataError
 
 
@@ -61,7 +62,7 @@ JUDGE_PROMPT = (
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     pass
 
 

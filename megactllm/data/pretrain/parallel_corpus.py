@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
+from megactllm.errors import UserError
+
 SKIP_REASONS = {
     "wrong_fields": "a .tsv line does not hold exactly two tab-separated fields",
     "malformed_json": "a jsonl line is not a JSON object",
@@ -32,12 +34,12 @@ DEFAULT_TEMPLATE = "{src_lang}: {src}\n{tgt_lang}: {tgt}"
 DEFAULT_LANGUAGE_NAMES = {"en": "English", "zh": "中文"}
 
 
-class ParallelCorpusError(ValueError):
+class ParallelCorpusError(UserError, ValueError):
     """A parallel corpus or option that cannot be used (also: a bad line under strict)."""
 
 
 @dataclass
-class ParallelConfig:
+class ParallelCorpusSettings:
     inputs: Sequence[str]
     output: str  # jsonl of {"text": document}
     languages: tuple = ("en", "zh")  # (first column / key, second column / key)
@@ -74,7 +76,7 @@ class ParallelSummary:
         return "\n".join(lines)
 
 
-def _check_config(config: ParallelConfig) -> list[tuple[str, str]]:
+def _check_config(config: ParallelCorpusSettings) -> list[tuple[str, str]]:
     first, second = config.languages
     known = {f"{first}-{second}": (first, second), f"{second}-{first}": (second, first)}
     bad = [d for d in config.directions if d not in known]
@@ -125,7 +127,7 @@ def _parse_line(raw: bytes, jsonl: bool, languages: tuple) -> tuple[Optional[dic
     return pair, None, ""
 
 
-def read_pairs(config: ParallelConfig, summary: ParallelSummary) -> Iterator[dict]:
+def read_pairs(config: ParallelCorpusSettings, summary: ParallelSummary) -> Iterator[dict]:
     """Good pairs of every input in order; bad lines counted in `summary` (or raised under strict)."""
     for path in config.inputs:
         jsonl = path.endswith((".jsonl", ".json"))
@@ -147,7 +149,7 @@ def read_pairs(config: ParallelConfig, summary: ParallelSummary) -> Iterator[dic
                     summary.first_skips.append(where)
 
 
-def render(pairs: Sequence[dict], src: str, tgt: str, config: ParallelConfig) -> str:
+def render(pairs: Sequence[dict], src: str, tgt: str, config: ParallelCorpusSettings) -> str:
     names = config.language_names
     units = [
         config.template.format(src=p[src], tgt=p[tgt], src_lang=names.get(src, src), tgt_lang=names.get(tgt, tgt))
@@ -156,7 +158,7 @@ def render(pairs: Sequence[dict], src: str, tgt: str, config: ParallelConfig) ->
     return "\n\n".join(units)
 
 
-def write_parallel_documents(config: ParallelConfig, report: Optional[Callable[[str], None]] = None) -> ParallelSummary:
+def write_parallel_documents(config: ParallelCorpusSettings, report: Optional[Callable[[str], None]] = None) -> ParallelSummary:
     """Render every pair of the inputs into documents written to config.output; returns the counts."""
     directions = _check_config(config)
     summary = ParallelSummary()

@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from megactllm.errors import UserError
 from megactllm.data.pretrain.indexed import (
     IndexedDatasetWriter,
     dtype_for_vocab,
@@ -61,7 +62,7 @@ def plan_workers(workers: int, tokenizer: Tokenizer) -> tuple[int, int]:
     return processes, -(-workers // processes)
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(UserError, RuntimeError):
     """A record refused under --strict, or an input that cannot be processed."""
 
 
