@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -151,39 +150,6 @@ def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
             # Non-JSON column types (timestamps, bytes) are kept as their string form.
             fields = json.loads(json.dumps(obj, ensure_ascii=False, default=str))
             yield _from_dict(fields, "", f"{path}:row {row}", nbytes, cfg, f"{path.name}:{row}")
-
-
-class AtomicWriter:
-    """Text file written as <name>.<pid>.tmp and renamed on success; removed on failure."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.tmp, "w", encoding="utf-8")
-
-    def write_json(self, obj: Any) -> None:
-        self.f.write(json.dumps(obj, ensure_ascii=False))
-        self.f.write("\n")
-
-    def __enter__(self) -> "AtomicWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: array tasks may race
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

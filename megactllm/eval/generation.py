@@ -9,15 +9,14 @@ the task with JudgeError naming the question.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from megactllm.common.jsonl import write_jsonl_atomic
 from megactllm.errors import UserError
 from megactllm.eval.errors import EvalDataError
 
@@ -117,7 +116,7 @@ def run_generation_task(backend, questions: list[OpenQuestion], answers_path, ju
             record["rating"], record["judge_output"] = judge.rate(q, record["answer"])
         records.append(record)
     if backend.is_reporting_rank:
-        _write_jsonl(Path(answers_path), records)
+        write_jsonl_atomic(Path(answers_path), records)
     rated = [r for r in records if r["rating"] is not None]
     summary = {"n": len(records), "answers_file": str(answers_path)}
     if judge is None:
@@ -130,12 +129,3 @@ def run_generation_task(backend, questions: list[OpenQuestion], answers_path, ju
                    mean_rating=sum(r["rating"] for r in rated) / len(rated) if rated else None,
                    mean_rating_by_category={k: sum(v) / len(v) for k, v in by_category.items()})
     return summary
-
-
-def _write_jsonl(path: Path, records: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
+from megactllm.common.atomic import atomic_write
 from megactllm.errors import UserError
 
 SKIP_REASONS = {
@@ -162,9 +163,6 @@ def write_parallel_documents(config: ParallelCorpusSettings, report: Optional[Ca
     """Render every pair of the inputs into documents written to config.output; returns the counts."""
     directions = _check_config(config)
     summary = ParallelSummary()
-    out_dir = os.path.dirname(os.path.abspath(config.output))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = config.output + ".partial"
 
     def flush(group, out):
         for src, tgt in directions:
@@ -173,23 +171,18 @@ def write_parallel_documents(config: ParallelCorpusSettings, report: Optional[Ca
             summary.documents[f"{src}-{tgt}"] += 1
             summary.characters += len(text)
 
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            group: list = []
-            for pair in read_pairs(config, summary):
-                group.append(pair)
-                if len(group) == config.pairs_per_document:
-                    flush(group, out)
-                    group = []
-                    if report and summary.pairs % 100_000 < config.pairs_per_document:
-                        report(f"{summary.pairs:,} pairs, {sum(summary.documents.values()):,} documents")
-            if group:  # the last, shorter document
+    # A strict failure, an interrupt or an empty result leaves no half-written output.
+    with atomic_write(config.output) as out:
+        group: list = []
+        for pair in read_pairs(config, summary):
+            group.append(pair)
+            if len(group) == config.pairs_per_document:
                 flush(group, out)
-    except BaseException:
-        os.remove(tmp)  # a strict failure or an interrupt leaves no half-written output
-        raise
-    if not summary.pairs:
-        os.remove(tmp)
-        raise ParallelCorpusError(f"no usable pair in {list(config.inputs)}:\n{summary.format()}")
-    os.replace(tmp, config.output)
+                group = []
+                if report and summary.pairs % 100_000 < config.pairs_per_document:
+                    report(f"{summary.pairs:,} pairs, {sum(summary.documents.values()):,} documents")
+        if group:  # the last, shorter document
+            flush(group, out)
+        if not summary.pairs:
+            raise ParallelCorpusError(f"no usable pair in {list(config.inputs)}:\n{summary.format()}")
     return summary
