@@ -1,13 +1,16 @@
-"""Reading shards record by record without ever crashing on bad input, and writing outputs
-atomically (a finished file appears under its name only once it is complete)."""
+"""Reading shards record by record without ever crashing on bad input.
+
+Formats and decompression are megactllm.common.corpus's (the tokenizer's reader); clean keeps
+each record whole (id, url, every field) and turns a bad line into a BadRecord, not a skip count."""
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
+
+from megactllm.common import corpus
 
 from .config import InputConfig
 
@@ -33,31 +36,12 @@ class BadRecord:
     nbytes: int = 0
 
 
-def open_binary(path: Path) -> BinaryIO:
-    name = path.name
-    if name.endswith(".zst"):
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 def detect_format(path: Path, fmt: str) -> str:
+    """input.format, or the format megactllm.common.corpus reads from the name (txt for its text)."""
     if fmt != "auto":
         return fmt
-    name = path.name
-    for suffix in (".zst", ".gz"):
-        name = name.removesuffix(suffix)
-    ext = name.rsplit(".", 1)[-1].lower()
-    if ext in ("jsonl", "json", "ndjson"):
-        return "jsonl"
-    if ext == "parquet":
-        return "parquet"
-    if ext in ("txt", "text"):
-        return "txt"
-    raise ValueError(f"{path}: cannot tell the format from the extension; set input.format to jsonl, txt or parquet")
+    found = corpus.detect_format(str(path), hint="set input.format to jsonl, txt or parquet")
+    return "txt" if found == "text" else found
 
 
 def iter_lines(f: BinaryIO, limit: int) -> Iterator[tuple[bytes, int, bool]]:
@@ -94,7 +78,7 @@ def read_shard(path: str | Path, cfg: InputConfig) -> Iterator[Record | BadRecor
     if fmt == "parquet":
         yield from _read_parquet(path, cfg)
         return
-    with open_binary(path) as f:
+    with corpus.open_binary(str(path)) as f:
         for lineno, (raw, nbytes, giant) in enumerate(iter_lines(f, cfg.max_record_bytes), 1):
             where = f"{path}:{lineno}"
             if giant:
