@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from megactllm.common import corpus
+from megactllm.common.jsonl import iter_jsonl
 
 from .config import InputConfig
 
@@ -138,10 +139,6 @@ def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Our own outputs (always valid); errors here mean a corrupted work directory."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: corrupt intermediate file ({e}); delete it and its "
-                                 f".done marker to redo that shard") from e
+    hint = "; a corrupt intermediate file: delete it and its .done marker to redo that shard"
+    for _, obj in iter_jsonl(path, hint=hint):
+        yield obj

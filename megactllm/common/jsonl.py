@@ -13,24 +13,30 @@ from typing import IO, Any, Iterable, Iterator
 from megactllm.common.atomic import atomic_write
 
 
+def jsonl_lines(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) for every non-blank line: for readers that judge each record
+    themselves (a bad line skipped, or an error in their own words)."""
+    with open(path, encoding=encoding) as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                yield line_no, line
+
+
 def iter_jsonl(path: str | os.PathLike, error: type = ValueError, hint: str = "",
-               objects_only: bool = False) -> Iterator[tuple[int, Any]]:
+               objects_only: bool = False, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed value) for every non-blank line of `path`.
 
     A line that is not JSON (or, with `objects_only`, not a JSON object) raises `error` with
     "<path>:<line>: ..." and `hint` appended (what to do about it).
     """
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{line_no}: not valid JSON ({e}){hint}") from None
-            if objects_only and not isinstance(value, dict):
-                raise error(f"{path}:{line_no}: expected a JSON object, got {type(value).__name__}{hint}")
-            yield line_no, value
+    for line_no, line in jsonl_lines(path, encoding):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{line_no}: not valid JSON ({e}){hint}") from None
+        if objects_only and not isinstance(value, dict):
+            raise error(f"{path}:{line_no}: expected a JSON object, got {type(value).__name__}{hint}")
+        yield line_no, value
 
 
 class JsonlWriter:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from megactllm.common.jsonl import write_jsonl_atomic
+from megactllm.common.jsonl import jsonl_lines, write_jsonl_atomic
 from megactllm.errors import UserError
 from megactllm.eval.errors import EvalDataError
 
@@ -35,18 +35,15 @@ def read_open_questions(path) -> list[OpenQuestion]:
     if not path.is_file():
         raise EvalDataError(path, "generation question file does not exist")
     out = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                question = r["question"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise EvalDataError(path, f"expected a JSON object with a 'question' ({type(e).__name__}: {e})", row=number) from None
-            if not isinstance(question, str) or not question.strip():
-                raise EvalDataError(path, "'question' must be a non-empty string", row=number)
-            out.append(OpenQuestion(str(r.get("id", number)), question, str(r.get("category", "general")), r.get("reference")))
+    for number, line in jsonl_lines(path, encoding="utf-8-sig"):
+        try:
+            r = json.loads(line)
+            question = r["question"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise EvalDataError(path, f"expected a JSON object with a 'question' ({type(e).__name__}: {e})", row=number) from None
+        if not isinstance(question, str) or not question.strip():
+            raise EvalDataError(path, "'question' must be a non-empty string", row=number)
+        out.append(OpenQuestion(str(r.get("id", number)), question, str(r.get("category", "general")), r.get("reference")))
     if not out:
         raise EvalDataError(path, "holds no questions")
     return out
