@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from megactllm.common.atomic import write_json_atomic, write_text_atomic
+
 from .stats import merge, new_stats
 from .workdir import Workdir
 

@@ -13,6 +13,7 @@ import sys
 from typing import Callable
 
 from megactllm.errors import UserError
+
 from . import stages
 from .config import CleanConfig
 from .progress import Progress

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from megactllm.common.atomic import atomic_write, write_json_atomic
+from megactllm.common.jsonl import atomic_jsonl_writer
+
 from .dedup import bucket_edges, cluster_size_histogram, clusters, text_hash, verify_edges
 from .minhash import band_hashes, signatures
 from .pipeline import Cleaner
 from .progress import Progress
-from megactllm.common.atomic import atomic_write, write_json_atomic
-from megactllm.common.jsonl import atomic_jsonl_writer
-
 from .records import BadRecord, read_jsonl, read_shard
 from .stats import add_bad, add_line_removals, add_removed, new_stats
 from .workdir import Workdir
