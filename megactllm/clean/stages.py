@@ -186,8 +186,8 @@ def dedup_unit(wd: Workdir, unit: int) -> dict:
     stats = new_stats()
     text_key, id_key = cfg.input.text_key, cfg.input.id_key
     nbytes = 0
-    with AtomicWriter(wd.path("dedup", unit, ".jsonl")) as kept, \
-            AtomicWriter(wd.path("dedup", unit, ".removed.jsonl")) as removed:
+    with atomic_jsonl_writer(wd.path("dedup", unit, ".jsonl")) as kept, \
+            atomic_jsonl_writer(wd.path("dedup", unit, ".removed.jsonl")) as removed:
         for row, obj in enumerate(read_jsonl(wd.path("filter", unit, ".kept.jsonl"))):
             text = obj[text_key]
             stats["input_docs"] += 1
