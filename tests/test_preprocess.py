@@ -262,9 +262,9 @@ def test_sidecar_records_tokenizer_sources_and_skips(tmp_path, sp_model_path):
     reader = IndexedDatasetReader(output_prefix_for(str(tmp_path / "out"), "text", "good"))
     reader.check_tokenizer(load_tokenizer("sentencepiece", str(sp_model_path)))
     other = tmp_path / "other"
-    from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
+    from megactllm.tokenizer.train import TokenizerTrainingSettings, train_sentencepiece
 
-    small = train_sentencepiece(TrainConfig(input=[str(REPO / "examples" / "data" / "sample_corpus.jsonl")],
+    small = train_sentencepiece(TokenizerTrainingSettings(input=[str(REPO / "examples" / "data" / "sample_corpus.jsonl")],
                                             model_prefix=str(other), vocab_size=1200, num_threads=1))
     with pytest.raises(ValueError, match="vocabulary of 64000"):
         reader.check_tokenizer(load_tokenizer("sentencepiece", small))

@@ -17,7 +17,7 @@ import sys
 from megactllm.data.pretrain.parallel_corpus import (
     DEFAULT_LANGUAGE_NAMES,
     DEFAULT_TEMPLATE,
-    ParallelConfig,
+    ParallelCorpusSettings,
     ParallelCorpusError,
     write_parallel_documents,
 )
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             return 1
         names[code] = name
     first, second = args.languages
-    config = ParallelConfig(
+    config = ParallelCorpusSettings(
         inputs=args.input,
         output=args.output,
         languages=(first, second),

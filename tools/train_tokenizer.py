@@ -13,7 +13,7 @@ Extend (Linly route: old ids unchanged, each new piece one token, new model besi
 import argparse
 import sys
 
-from megactllm.tokenizer.train import CHAT_PIECES, TrainConfig, train_sentencepiece
+from megactllm.tokenizer.train import CHAT_PIECES, TokenizerTrainingSettings, train_sentencepiece
 
 
 def add_train(sub):
@@ -46,7 +46,7 @@ def add_extend(sub):
 
 
 def run_train(args) -> int:
-    config = TrainConfig(
+    config = TokenizerTrainingSettings(
         input=args.input, model_prefix=args.model_prefix, vocab_size=args.vocab_size, json_keys=args.json_keys,
         character_coverage=args.character_coverage, user_defined=args.user_defined, eod_piece=args.eod_piece,
         pad_piece=args.pad_piece, max_sentences=args.max_sentences,

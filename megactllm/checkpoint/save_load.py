@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from megactllm.common.atomic import write_text_atomic
 from megactllm.config import Config, ModelConfig, model_config_from_dict
 from megactllm.errors import UserError
 
@@ -168,12 +169,8 @@ def _unwrap(module):
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(payload, indent=2, sort_keys=True))
-        f.flush()
-        os.fsync(f.fileno())  # durable before the rename and the latest pointer that follow
-    os.replace(tmp, path)
+    # durable (fsync) before the rename and the latest pointer that follow
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def save_checkpoint(
@@ -274,7 +271,7 @@ def save_checkpoint(
             if final.exists():
                 shutil.rmtree(final)
             os.replace(partial, final)
-            _write_json_atomic_text(save_dir / LATEST_FILE, str(iteration))
+            write_text_atomic(save_dir / LATEST_FILE, str(iteration))
         _barrier()
 
     if use_async:
@@ -282,15 +279,6 @@ def save_checkpoint(
     else:
         publish()
     return final
-
-
-def _write_json_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _materialize_adam_state(optimizer) -> None:

@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from .records import write_json_atomic
+from megactllm.common.atomic import write_json_atomic, write_text_atomic
+
 from .stats import merge, new_stats
 from .workdir import Workdir
 
@@ -189,18 +190,12 @@ def markdown_to_html(md: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(wd: Workdir) -> dict[str, str]:
     summary = build_summary(wd)
-    write_json_atomic(wd.root / "report.json", summary)
+    write_json_atomic(wd.root / "report.json", summary, indent=1)
     plots = _plots(summary, wd.root)
     markdown = render_markdown(summary, plots)
-    _write_text(wd.root / "report.md", markdown)
-    _write_text(wd.root / "report.html", markdown_to_html(markdown))
+    write_text_atomic(wd.root / "report.md", markdown)
+    write_text_atomic(wd.root / "report.html", markdown_to_html(markdown))
     return {"json": str(wd.root / "report.json"), "markdown": str(wd.root / "report.md"),
             "html": str(wd.root / "report.html")}

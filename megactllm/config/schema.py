@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-import yaml
+from megactllm.common import recipe
 from megactllm.errors import UserError
 
 
@@ -269,21 +269,11 @@ def model_config_from_dict(values: dict, where: str = "model config") -> ModelCo
     return _build_section(ModelConfig, values, where)
 
 
-def _parse_value(text: str) -> Any:
-    # YAML scalars give ints, floats, bools, null and lists ([a, b]) the way a user expects.
-    return yaml.safe_load(text)
+_OVERRIDE_EXAMPLE = "train.train_iters=100"
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.train_iters=100")
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        if section not in _SECTION_CLASSES:
-            raise ConfigError(f"override {item!r}: unknown section {section!r}; sections: {sorted(_SECTION_CLASSES)}")
-        raw.setdefault(section, {})[name] = _parse_value(value)
-    return raw
+    return recipe.apply_overrides(raw, overrides, _SECTION_CLASSES, ConfigError, _OVERRIDE_EXAMPLE)
 
 
 def _origins(raw: dict, overridden: set) -> dict:
@@ -317,18 +307,7 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    raw: dict = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
+    raw = recipe.load_recipe(path, overrides or [], _SECTION_CLASSES, ConfigError, "config file", _OVERRIDE_EXAMPLE)
     cfg = config_from_dict(raw, where=path or "config")
     # Which keys the user set (recipe or override) and which are defaults: a checkpoint's metadata
     # fills the defaults and must agree with the rest (megactllm.checkpoint.shape).

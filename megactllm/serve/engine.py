@@ -9,8 +9,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
+from megactllm.errors import UserError
 
-class EngineError(ValueError):
+
+class EngineError(UserError, ValueError):
     """A request the model cannot serve (prompt too long, no chat template...): the client's fault."""
 
 

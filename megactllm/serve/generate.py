@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
+from megactllm.errors import UserError
 from megactllm.serve.engine import Engine, EngineError, SamplingParams
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError, ValueError):
     pass
 
 

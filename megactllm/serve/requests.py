@@ -5,10 +5,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from megactllm.errors import UserError
 from megactllm.serve.engine import SamplingParams
 
 
-class RequestError(Exception):
+class RequestError(UserError):
     """A bad request, answered in OpenAI's error shape with `status`."""
 
     def __init__(self, status: int, message: str, param: Optional[str] = None, kind: str = "invalid_request_error",

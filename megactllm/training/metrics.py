@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from megactllm.common.jsonl import iter_jsonl
+
 H100_BF16_PEAK_TFLOPS = 989.0
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -188,12 +190,9 @@ def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a megactllm run directory (train.log_dir)?")
     train, valid = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                if r.get("kind") in ("train", "valid"):  # "bench": read_benchmarks
-                    (train if r.get("kind") == "train" else valid)[r["iteration"]] = r
+    for _, r in iter_jsonl(path):
+        if r.get("kind") in ("train", "valid"):  # "bench": read_benchmarks
+            (train if r.get("kind") == "train" else valid)[r["iteration"]] = r
     return [train[k] for k in sorted(train)], [valid[k] for k in sorted(valid)]
 
 
@@ -201,9 +200,8 @@ def read_benchmarks(path: str | os.PathLike) -> list[dict]:
     """Benchmark records (kind "bench") of a metrics.jsonl or checkpoint_evals.jsonl, by iteration."""
     records = {}
     if Path(path).is_file():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            if line.strip() and json.loads(line).get("kind") == "bench":
-                r = json.loads(line)
+        for _, r in iter_jsonl(path):
+            if r.get("kind") == "bench":
                 records[r["iteration"]] = r
     return [records[k] for k in sorted(records)]
 

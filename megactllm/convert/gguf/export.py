@@ -18,7 +18,7 @@ from typing import Optional, TextIO
 import numpy as np
 import torch
 
-from megactllm.convert.atomic import fsync_path
+from megactllm.common.atomic import fsync_path
 from megactllm.convert.errors import ConversionError, VocabMismatchError
 from megactllm.convert.gguf.quantize import QUANT_TYPES, quantize_gguf
 from megactllm.convert.gguf.source import ModelSource, open_source
