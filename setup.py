@@ -43,16 +43,9 @@ setup(
         "pyyaml",
         "sentencepiece",
         "tokenizers",
-        "tensorboard",
-        "matplotlib",
         "zstandard",
-        "pyarrow",
         "safetensors",
         "transformers",
-        "jieba",
-        "opencc-python-reimplemented",
-        # Offline language identification for corpus cleaning; the model ships inside the package.
-        "langid",
         # SentencePiece model editing (vocabulary extension) and transformers' tokenizer conversion.
         "protobuf",
         # The chat template is Jinja, rendered by transformers' apply_chat_template for exported models.
@@ -61,6 +54,12 @@ setup(
         "orjson",
     ],
     extras_require={
+        # Corpus work: parquet input, Chinese word segmentation (cleaning, vocabulary mining),
+        # traditional -> simplified, offline language identification (its model ships in the package).
+        # Kept out of the core so the core's wheels fit an offline GPU node (scripts/offline_wheels.sh).
+        "corpus": ["pyarrow", "jieba", "opencc-python-reimplemented", "langid"],
+        # TensorBoard logs (train.tensorboard_dir) and plots (loss curves, cleaning report).
+        "monitor": ["tensorboard", "matplotlib"],
         "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate"],
         # Running and serving models: GGUF files (written with gguf, run and quantized by llama.cpp
         # through llama-cpp-python, which builds from source) and the OpenAI-compatible server.

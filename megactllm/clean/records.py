@@ -12,6 +12,7 @@ from typing import Any, BinaryIO, Iterator
 
 from megactllm.common import corpus
 from megactllm.common.jsonl import iter_jsonl
+from megactllm.common.optional import require
 
 from .config import InputConfig
 
@@ -120,7 +121,7 @@ def _from_dict(obj: dict, line: str, where: str, nbytes: int, cfg: InputConfig, 
 
 
 def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading parquet files")
 
     row = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):

@@ -2,15 +2,20 @@
 plots), report_*.png."""
 from __future__ import annotations
 
+import logging
+
 import html
 import json
 import re
 from pathlib import Path
 
 from megactllm.common.atomic import write_json_atomic, write_text_atomic
+from megactllm.common.optional import MissingDependencyError, require
 
 from .stats import merge, new_stats
 from .workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 def _sum_stats(wd: Workdir, stage: str, n: int, max_examples: int) -> dict:
@@ -50,7 +55,7 @@ def build_summary(wd: Workdir) -> dict:
 
 
 def _plots(summary: dict, out: Path) -> dict[str, str]:
-    import matplotlib
+    matplotlib = require("matplotlib", "the cleaning report's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -193,7 +198,11 @@ def markdown_to_html(md: str) -> str:
 def write_report(wd: Workdir) -> dict[str, str]:
     summary = build_summary(wd)
     write_json_atomic(wd.root / "report.json", summary, indent=1)
-    plots = _plots(summary, wd.root)
+    try:
+        plots = _plots(summary, wd.root)
+    except MissingDependencyError as e:  # the tables are the report; the plots are a view of them
+        log.warning(f"report without plots: {e}")
+        plots = {}
     markdown = render_markdown(summary, plots)
     write_text_atomic(wd.root / "report.md", markdown)
     write_text_atomic(wd.root / "report.html", markdown_to_html(markdown))

@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from megactllm.errors import UserError
 from megactllm._indexed_builder import scan_simple_jsonl as _scan_simple_jsonl
+from megactllm.common.optional import require
 
 try:  # a hard dependency (setup.py); the fallback keeps a bare environment working, only slower
     import orjson
@@ -192,7 +193,7 @@ def _refuse_json_array(path: str) -> None:
 
 
 def _parquet_chunks(path: str, chunk_bytes: int) -> list[Chunk]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading parquet files")
 
     try:
         meta = pq.ParquetFile(path).metadata
@@ -463,7 +464,7 @@ def _add_record(path: str, number: int, record: dict, keys: Sequence[str], batch
 
 
 def _parquet_batches(chunk: Chunk, keys: Sequence[str], batch_docs: int) -> Iterator[Batch]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading parquet files")
 
     pf = pq.ParquetFile(chunk.path)
     missing = [k for k in keys if k not in pf.schema_arrow.names]

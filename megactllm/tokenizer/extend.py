@@ -24,6 +24,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from megactllm.common.atomic import write_bytes_atomic
+from megactllm.common.optional import require
 
 Piece = model_pb2.ModelProto.SentencePiece
 
@@ -148,7 +149,7 @@ def frequent_unsplit_words(texts: Iterable[str], tokenizer, top_k: int = 1000, m
     the candidates worth adding as single pieces."""
     import logging
 
-    import jieba
+    jieba = require("jieba", "mining Chinese words from a corpus")
 
     jieba.setLogLevel(logging.WARNING)
     counts: Counter = Counter()

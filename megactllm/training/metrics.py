@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from megactllm.common.jsonl import iter_jsonl
+from megactllm.common.optional import require
 
 H100_BF16_PEAK_TFLOPS = 989.0
 METRICS_FILE = "metrics.jsonl"
@@ -92,6 +93,7 @@ class RunLogger:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(self.log_dir / METRICS_FILE, "a", encoding="utf-8")
         if tensorboard_dir:
+            require("tensorboard", "train.tensorboard_dir")
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(tensorboard_dir)
@@ -209,7 +211,7 @@ def read_benchmarks(path: str | os.PathLike) -> list[dict]:
 def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Path:
     """Training (and validation) loss against consumed tokens, written as a PNG; beside it the
     benchmark accuracy of in-loop evaluation and of checkpoint_evals.jsonl, when there is one."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the loss curve")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
