@@ -27,6 +27,8 @@ setup(
     description="Chinese-centric LLM training on megatron-core: corpus to tokens to TP/PP/DP pretraining, SFT, DPO",
     packages=find_packages(include=["megactllm", "megactllm.*"]),
     ext_modules=extensions,
+    # One command for every stage (megactllm.cli); tools/*.py are the same mains, run from a checkout.
+    entry_points={"console_scripts": ["megactllm=megactllm.cli:console_main"]},
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
     install_requires=[
