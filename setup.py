@@ -29,6 +29,8 @@ setup(
     # The subjects of CMMLU, C-Eval and MMLU (display names and categories, equal to lm-eval's).
     package_data={"megactllm.eval.tasks": ["subjects/*.json"]},
     ext_modules=extensions,
+    # One command for every stage (megactllm.cli); tools/*.py are the same mains, run from a checkout.
+    entry_points={"console_scripts": ["megactllm=megactllm.cli:console_main"]},
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
     install_requires=[

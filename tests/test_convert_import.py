@@ -166,7 +166,7 @@ def test_bad_hf_input_is_named(tmp_path, tokenizer_file):
         import_from_hf(source, tmp_path / "out", progress_stream=None)
     shards[-1].unlink()
     done = _cli("import", str(source), str(tmp_path / "out"))
-    assert done.returncode == 1 and f"safetensors shard {shards[-1]} is missing" in done.stderr
+    assert done.returncode == 2 and f"safetensors shard {shards[-1]} is missing" in done.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -112,4 +112,4 @@ def test_news_commentary_pairs_tokenized_through_the_preprocess_pipeline(tmp_pat
     first = _docs(tmp_path / "parallel.jsonl")[0]
     assert first.startswith("English: 1929 or 1989?\n中文: 1929年还是1989年?\n\nEnglish: ")
     # A bad option is an error with a message, not a traceback.
-    assert preprocess_parallel.main(["--input", str(tsv), "--output", str(tmp_path / "x.jsonl"), "--output-prefix", "p"]) == 1
+    assert preprocess_parallel.main(["--input", str(tsv), "--output", str(tmp_path / "x.jsonl"), "--output-prefix", "p"]) == 2

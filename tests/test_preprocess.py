@@ -218,7 +218,7 @@ def test_cli_end_to_end(tmp_path, docs, sp_model_path):
     assert os.path.exists(str(tmp_path / "cli_text_document.idx"))
     strict = subprocess.run(cmd + ["--strict", "--output-prefix", str(tmp_path / "strict")], capture_output=True,
                             text=True, timeout=120)
-    assert strict.returncode == 1 and "b.jsonl:2: malformed_json" in strict.stderr
+    assert strict.returncode == 2 and "b.jsonl:2: malformed_json" in strict.stderr
     merged = subprocess.run(
         [sys.executable, str(REPO / "tools" / "merge_datasets.py"), "--input", str(tmp_path / "cli_text_document"),
          str(tmp_path / "cli_text_document.idx"), "--output-prefix", str(tmp_path / "twice")],
@@ -247,7 +247,7 @@ def test_inspect_dataset_cli(tmp_path, docs, tok, sp_model_path):
     assert stats["tokens"] == total and sum(c for _, _, c in stats["histogram"]) == 40
     bad = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_dataset.py"), str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
 def test_sidecar_records_tokenizer_sources_and_skips(tmp_path, sp_model_path):
