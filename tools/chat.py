@@ -8,7 +8,8 @@ Commands: /reset (new conversation), /exit.
 import argparse
 import sys
 
-from megactllm.serve import EngineError, SamplingParams, load_engine
+from megactllm.errors import EXIT_USER_ERROR, UserError, print_error
+from megactllm.serve import EngineError, SamplingError, SamplingParams, check_sampling, load_engine
 from megactllm.serve.chat import ChatSession
 
 
@@ -24,13 +25,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
-    try:
-        engine = load_engine(args.model, threads=args.threads)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             repeat_penalty=args.repetition_penalty, seed=args.seed)
+    try:
+        check_sampling(params)
+        engine = load_engine(args.model, threads=args.threads)
+    except SamplingError as e:
+        print_error(f"--{e.field.replace('_', '-')}: {e}")
+        return EXIT_USER_ERROR
+    except UserError as e:
+        print_error(str(e))
+        return EXIT_USER_ERROR
     session = ChatSession(engine, args.system, params)
     print(f"{engine.info.name} ({engine.info.kind}, context {engine.info.context_length}); /reset, /exit", file=sys.stderr)
     while True:

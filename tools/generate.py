@@ -6,8 +6,9 @@
 import argparse
 import sys
 
-from megactllm.serve import EngineError, SamplingParams, load_engine
-from megactllm.serve.generate import GenerateError, generate_jsonl
+from megactllm.errors import EXIT_USER_ERROR, UserError, print_error
+from megactllm.serve import SamplingError, SamplingParams, check_sampling, load_engine
+from megactllm.serve.generate import generate_jsonl
 
 
 def main(argv=None) -> int:
@@ -27,10 +28,14 @@ def main(argv=None) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             repeat_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
     try:
+        check_sampling(params)
         generate_jsonl(load_engine(args.model, threads=args.threads), args.input, args.output, params)
-    except (EngineError, GenerateError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except SamplingError as e:
+        print_error(f"--{e.field.replace('_', '-')}: {e}")
+        return EXIT_USER_ERROR
+    except UserError as e:
+        print_error(str(e))
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -10,9 +10,8 @@ once ready (--port 0 picks a free port); GET /health answers when it serves.
 import argparse
 import sys
 
-from megactllm.serve import EngineError, load_engine
+from megactllm.errors import EXIT_USER_ERROR, UserError, print_error
 from megactllm.serve.requests import Limits
-from megactllm.serve.run import serve
 
 
 def main(argv=None) -> int:
@@ -36,10 +35,13 @@ def main(argv=None) -> int:
     if args.model.endswith(".gguf"):
         options.update(n_ctx=args.ctx, logits_all=args.logits_all)
     try:
+        from megactllm.serve import load_engine
+        from megactllm.serve.run import serve  # the server's packages, asked for before a model loads
+
         engine = load_engine(args.model, **options)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except UserError as e:
+        print_error(str(e))
+        return EXIT_USER_ERROR
     limits = Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens_cap, args.max_queue, args.timeout)
     serve(engine, args.host, args.port, limits, args.api_key, args.model_name)
     return 0
