@@ -58,7 +58,7 @@ def test_api_key_on_every_route_whatever_the_host_header(engine):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("repetition_penalty", 0), ("repetition_penalty", -1.0), ("repetition_penalty", 11),
+    ("repetition_penalty", 0), ("repetition_penalty", -1.0), ("repetition_penalty", 11), ("repetition_penalty", 1e-300),
     ("top_k", -2), ("top_k", 2**40), ("top_k", 1.5),
     ("seed", 2**70), ("seed", -1), ("seed", 1.0),
     ("temperature", -0.1), ("temperature", 2.5), ("temperature", "NaN"), ("temperature", "Infinity"),

@@ -31,6 +31,7 @@ class SamplingError(EngineError):
 SEED_MAX = 2**63 - 1
 TOP_K_MAX = 2**31 - 1
 STOP_MAX = 4
+REPETITION_PENALTY_MIN = 0.01
 STOP_CHARS_MAX = 256
 
 
@@ -75,7 +76,8 @@ def check_sampling(params: "SamplingParams", allow_zero_tokens: bool = False) ->
     integer("top_k", params.top_k, -1, TOP_K_MAX)
     if params.top_k == -1:
         params.top_k = 0
-    number("repetition_penalty", params.repeat_penalty, 0.0, 10.0, low_open=True)
+    # > 0, and not so near 0 that dividing the logits by it overflows them to inf (NaN probabilities).
+    number("repetition_penalty", params.repeat_penalty, REPETITION_PENALTY_MIN, 10.0)
     if params.seed is not None:
         integer("seed", params.seed, 0, SEED_MAX)
     stop = params.stop

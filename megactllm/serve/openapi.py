@@ -5,7 +5,7 @@ their description for clients and for the API fuzzer in the tests).
 """
 from __future__ import annotations
 
-from megactllm.serve.engine import SEED_MAX, STOP_CHARS_MAX, STOP_MAX, TOP_K_MAX
+from megactllm.serve.engine import REPETITION_PENALTY_MIN, SEED_MAX, STOP_CHARS_MAX, STOP_MAX, TOP_K_MAX
 
 
 def _sampling(limits) -> dict:
@@ -16,7 +16,7 @@ def _sampling(limits) -> dict:
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
         "top_k": {"type": "integer", "minimum": -1, "maximum": TOP_K_MAX, "description": "0 or -1: off"},
-        "repetition_penalty": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+        "repetition_penalty": {"type": "number", "minimum": REPETITION_PENALTY_MIN, "maximum": 10},
         "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
         "stop": {"anyOf": [stop_string, {"type": "array", "items": stop_string, "maxItems": STOP_MAX}]},
         "n": {"type": "integer", "minimum": 1, "maximum": 1},
