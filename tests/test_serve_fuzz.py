@@ -12,7 +12,7 @@ from serve_fixtures import *  # noqa: F401,F403
 
 KEY = "fuzz-key"
 EXAMPLES = 40  # per generation mode (schema-conforming, schema-breaking) and engine
-BUDGET_S = 12.0  # per engine; hypothesis stops drawing past it
+BUDGET_S = 10.0  # per engine; hypothesis stops drawing past it
 
 
 def _fuzz(engine, label: str) -> collections.Counter:

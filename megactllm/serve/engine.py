@@ -58,11 +58,11 @@ def check_sampling(params: "SamplingParams", allow_zero_tokens: bool = False) ->
     def bad(field, message):
         raise SamplingError(field, f"'{field}' {message}")
 
-    def number(field, value, low, high, low_open=False):
+    def number(field, value, low, high):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             bad(field, f"must be a finite number, got {value!r}")
-        if value > high or value < low or (low_open and value == low):
-            bad(field, f"must be {'>' if low_open else '>='} {low} and <= {high}, got {value}")
+        if not low <= value <= high:
+            bad(field, f"must be between {low} and {high}, got {value}")
 
     def integer(field, value, low, high):
         if isinstance(value, bool) or not isinstance(value, int):
