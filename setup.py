@@ -62,9 +62,11 @@ setup(
         "corpus": ["pyarrow", "jieba", "opencc-python-reimplemented", "langid"],
         # TensorBoard logs (train.tensorboard_dir) and plots (loss curves, cleaning report).
         "monitor": ["tensorboard", "matplotlib"],
-        "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate"],
+        "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate", "schemathesis>=4.0"],
         # Running and serving models: GGUF files (written with gguf, run and quantized by llama.cpp
         # through llama-cpp-python, which builds from source) and the OpenAI-compatible server.
-        "serve": ["gguf>=0.17", "llama-cpp-python==0.3.36", "fastapi", "uvicorn"],
+        # The API key is checked on the routed path (the ASGI scope), so no starlette version's URL
+        # rebuilding from the Host header matters; tested with fastapi 0.165 / starlette 1.10.
+        "serve": ["gguf>=0.17", "llama-cpp-python==0.3.36", "fastapi>=0.115", "starlette>=0.40", "uvicorn"],
     },
 )

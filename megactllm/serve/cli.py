@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from megactllm.common.command import CommandParser, entry_point, need_path, user_errors
+from megactllm.errors import UserError
 
 CHAT = """Chat with a model in the terminal: a GGUF file (llama.cpp), an HF directory or a megactllm
 checkpoint (transformers). Multi-turn with the model's chat template; replies stream.
@@ -26,6 +27,21 @@ once ready (--port 0 picks a free port); GET /health answers when it serves.
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"messages": [{"role": "user", "content": "你好"}]}'
 """
+
+
+class SamplingFlagError(UserError):
+    """A sampling flag outside what every engine accepts, named by its flag."""
+
+
+def _checked(params):
+    """The sampling values the server would refuse, refused here by flag (--max-tokens 0, ...)."""
+    from megactllm.serve import SamplingError, check_sampling
+
+    try:
+        check_sampling(params)
+    except SamplingError as e:
+        raise SamplingFlagError(f"--{e.field.replace('_', '-')}: {e}") from None
+    return params
 
 
 def _load(model: str, flag: str, **options):
@@ -51,9 +67,9 @@ def chat_main(argv=None, prog=None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
+    params = _checked(SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                     top_k=args.top_k, repeat_penalty=args.repetition_penalty, seed=args.seed))
     engine = _load(args.model, "model", threads=args.threads)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            repeat_penalty=args.repetition_penalty, seed=args.seed)
     session = ChatSession(engine, args.system, params)
     print(f"{engine.info.name} ({engine.info.kind}, context {engine.info.context_length}); /reset, /exit", file=sys.stderr)
     while True:
@@ -98,8 +114,9 @@ def generate_main(argv=None, prog=None) -> int:
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     need_path(args.input, "input", "file")
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            repeat_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
+    params = _checked(SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                     top_k=args.top_k, repeat_penalty=args.repetition_penalty, stop=args.stop,
+                                     seed=args.seed))
     engine = _load(args.model, "model", threads=args.threads)
     from megactllm.serve import EngineError
 

@@ -18,7 +18,7 @@ from megactllm.serve.engine import Engine, EngineError, SamplingParams
 
 
 class GenerateError(UserError, ValueError):
-    pass
+    """A record of the input file that cannot be generated for (named by file and line)."""
 
 
 def _prompt_ids(engine: Engine, record, where: str) -> list[int]:

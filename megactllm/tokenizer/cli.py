@@ -47,9 +47,9 @@ def _add_extend(sub) -> None:
 
 def _train(args) -> int:
     from megactllm.tokenizer import load_tokenizer
-    from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
+    from megactllm.tokenizer.train import TokenizerTrainingSettings, train_sentencepiece
 
-    config = TrainConfig(
+    config = TokenizerTrainingSettings(
         input=args.input, model_prefix=args.model_prefix, vocab_size=args.vocab_size, json_keys=args.json_keys,
         character_coverage=args.character_coverage, user_defined=args.user_defined, eod_piece=args.eod_piece,
         pad_piece=args.pad_piece, max_sentences=args.max_sentences,

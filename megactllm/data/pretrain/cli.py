@@ -170,7 +170,7 @@ def parallel_main(argv=None, prog=None) -> int:
         ParallelCorpusError,
         write_parallel_documents,
     )
-    from megactllm.data.pretrain.parallel_corpus import ParallelConfig as ParallelCorpusConfig
+    from megactllm.data.pretrain.parallel_corpus import ParallelCorpusSettings
 
     p = CommandParser(prog=prog, description=PARALLEL)
     p.add_argument("--input", required=True, nargs="+", help=".tsv/.txt (en<TAB>zh per line) or .jsonl pair files")
@@ -201,7 +201,7 @@ def parallel_main(argv=None, prog=None) -> int:
     for path in args.input:
         need_path(path, "--input")
     first, second = args.languages
-    config = ParallelCorpusConfig(
+    config = ParallelCorpusSettings(
         inputs=args.input, output=args.output, languages=(first, second),
         directions=args.directions or [f"{first}-{second}", f"{second}-{first}"],
         template=args.template.replace("\\n", "\n"), language_names=names,
