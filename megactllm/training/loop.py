@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from megactllm.config import Config
+from megactllm.model.families import family_of
 from megactllm.data.pretrain.blend_schedule import check_resumed_schedule
 from megactllm.checkpoint import save_load as ckpt
 from megactllm.training import run_lock
@@ -301,7 +302,7 @@ class Trainer:
         self.resume_or_initialise()
         result = TrainResult(self.state, self.train_iters, resumed_from=self.resumed_from)
         seq = self.cfg.model.seq_length
-        flops_per_token = cfg.model.flops_per_token(seq)
+        flops_per_token = family_of(cfg.model).flops_per_token(cfg.model, seq)
         self.log.info(
             f"training {cfg.train.stage}: {self.train_iters} iterations x {t.global_batch_size} samples x {seq} tokens; "
             f"TP={cfg.parallel.tensor_model_parallel_size} PP={cfg.parallel.pipeline_model_parallel_size} "
