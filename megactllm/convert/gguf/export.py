@@ -90,6 +90,8 @@ def _planned_tensors(source: ModelSource, outtype: str):
         raw = None if floats or outtype == "f16" else gguf.GGMLQuantizationType.BF16
         nbytes = int(np.prod(spec.shape)) * np.dtype(dtype).itemsize
         yield gguf_name(spec.name, source.model), tuple(spec.shape), dtype, nbytes, raw
+    for name, tensor in family_of(source.model).gguf_extra_tensors(source.model).items():
+        yield name, tuple(tensor.shape), np.float32, tensor.numel() * 4, None
 
 
 def _vocab_for(source: ModelSource) -> GGUFVocab:
@@ -119,6 +121,9 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
         _, array, _ = to_gguf(hf_name, tensor, source.model, outtype)
         writer.write_tensor_data(array)
         progress.update(array.nbytes, hf_name)
+    for name, tensor in family_of(source.model).gguf_extra_tensors(source.model).items():
+        writer.write_tensor_data(tensor.to(torch.float32).contiguous().numpy())
+        progress.update(tensor.numel() * 4, name)
     writer.close()
     return vocab
 

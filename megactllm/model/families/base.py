@@ -222,6 +222,10 @@ class ModelFamily:
         """Why llama.cpp cannot run this model as this family's GGUF architecture, or None."""
         return None if model.rope_scaling is None else f"RoPE scaling {model.rope_scaling!r}"
 
+    def gguf_extra_tensors(self, model: ModelConfig) -> dict:
+        """GGUF tensors with no HF counterpart (name -> fp32 tensor), computed from the config."""
+        return {}
+
     # --- counts ----------------------------------------------------------------------------------
     def layer_parameters(self, model: ModelConfig) -> tuple[int, int]:
         """(tensor-parallel-split, replicated) parameters of one transformer layer."""

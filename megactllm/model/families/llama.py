@@ -7,6 +7,8 @@ field rather than converted into a model with different frequencies.
 """
 from __future__ import annotations
 
+import torch
+
 from megactllm.config import ModelConfig
 from megactllm.model.families.base import ModelFamily, ModelFamilyError, rope_fields
 
@@ -67,3 +69,20 @@ class LlamaFamily(ModelFamily):
 
     def hf_config_from_model(self, model: ModelConfig) -> dict:
         return {**self._common_to_hf(model), "attention_bias": False, "mlp_bias": False, **rope_to_hf(model)}
+
+    def gguf_problem(self, model: ModelConfig):
+        return None  # llama3 scaling travels as the rope_freqs tensor
+
+    def gguf_extra_tensors(self, model: ModelConfig) -> dict:
+        """llama.cpp takes llama3 scaling as per-frequency divisors (rope_freqs): plain / scaled
+        inverse frequencies, computed by megatron-core's own RotaryEmbedding so they are what training used."""
+        if model.rope_scaling != "llama3":
+            return {}
+        from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+        kwargs = self.gpt_model_kwargs(model)
+        rotary = dict(kv_channels=model.head_dim, rotary_percent=1.0, rotary_base=kwargs["rotary_base"],
+                      use_cpu_initialization=True)
+        plain = RotaryEmbedding(**rotary).inv_freq
+        scaled = RotaryEmbedding(**rotary, rope_scaling=True, rope_scaling_factor=kwargs["rope_scaling_factor"]).inv_freq
+        return {"rope_freqs.weight": (plain / scaled).to(torch.float32)}
