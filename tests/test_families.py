@@ -146,3 +146,32 @@ def test_export_after_tp2_pp2_gives_every_tensor_back(round_trip, family):
     assert not different, f"{family}: {different[:5]} differ"
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [FAMILY_MODELS[family][1]]
+
+
+def test_named_shapes_count_the_published_parameters():
+    from megactllm.config import get_architecture
+
+    # Hugging Face's safetensors totals of Qwen2.5-7B and Llama-3.1-8B.
+    for arch, published in (("qwen2.5-7b", 7_615_616_512), ("llama3.1-8b", 8_030_261_248)):
+        model = get_architecture(arch)
+        assert family_of(model).num_parameters(model) == published
+
+
+@pytest.mark.parametrize("recipe,arch", [("qwen2.5_7b_continue", "qwen2.5-7b"), ("llama3.1_8b_continue", "llama3.1-8b")])
+def test_recipe_layout_is_the_least_model_parallelism_that_fits_80gb(recipe, arch):
+    """The recipes' TP/PP come from the memory estimate on 8 GPUs (what --dry-run prints)."""
+    import dataclasses
+
+    from convert_testing import REPO_ROOT
+
+    from megactllm.config import load_config
+    from megactllm.training.memory_estimate import GIB, estimate_memory
+    from megactllm.training.preflight import preflight
+
+    overrides = [f"model.arch={arch}", "train.pretrained_checkpoint=null", "train.load=null"]
+    cfg = load_config(str(REPO_ROOT / "examples" / "configs" / f"{recipe}.yaml"), overrides)
+    plan = preflight(cfg, 8, check_memory=False, raise_if_unfit=False)
+    assert plan.estimate.total < 70 * GIB  # 80 GB GPUs, with room for what the estimate leaves out
+    tp = cfg.parallel.tensor_model_parallel_size
+    less = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=tp // 2))
+    assert estimate_memory(less, 8).total > 70 * GIB
