@@ -1,13 +1,12 @@
 """GGUF export of the Qwen2, Qwen3 and Llama-3 (llama3 RoPE scaling) families loads in llama.cpp and
 gives transformers' f32 logits: Q/K biases (qwen2), per-head Q/K norms (qwen3, head_dim != hidden/heads)
 and the rope_freqs tensor (llama3) all reach llama.cpp's graphs."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from convert_testing import train_tiny_sentencepiece
 from family_testing import tiny_hf_model
-
-VOCAB = 300
 # Narrow enough for CPU, wide enough that llama.cpp's kernels run their real paths.
 SHAPES = {
     "qwen2": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2),
@@ -17,15 +16,18 @@ SHAPES = {
 
 
 @pytest.mark.parametrize("family", list(SHAPES))
-def test_family_gguf_logits_match_transformers(family, tmp_path):
+def test_family_gguf_logits_match_transformers(family, tmp_path, sp_model_path):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[serve]')")
     import gguf
 
     from megactllm.convert.gguf import export_gguf
+    from megactllm.tokenizer import load_tokenizer
 
-    tokenizer = train_tiny_sentencepiece(tmp_path / "tiny.model", VOCAB)
+    # The real MAP-NEO SentencePiece model (identity normalizer, as llama.cpp tokenizes).
+    tokenizer = Path(sp_model_path)
+    vocab = load_tokenizer("sentencepiece", str(tokenizer)).vocab_size
     hf_dir = tmp_path / "hf"
-    model = tiny_hf_model(family, VOCAB, initializer_range=0.1, max_position_embeddings=256, **SHAPES[family])
+    model = tiny_hf_model(family, vocab, initializer_range=0.1, max_position_embeddings=256, **SHAPES[family])
     model.save_pretrained(hf_dir)
     (hf_dir / "tokenizer.model").write_bytes(tokenizer.read_bytes())
     out = tmp_path / f"{family}.gguf"
@@ -39,7 +41,7 @@ def test_family_gguf_logits_match_transformers(family, tmp_path):
     assert ("blk.0.attn_q_norm.weight" in names) == (family == "qwen3")
     assert ("rope_freqs.weight" in names) == (family == "llama3")
 
-    ids = torch.randint(3, VOCAB, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = torch.randint(3, vocab, (40,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].numpy()
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
