@@ -27,7 +27,7 @@ def test_family_gguf_logits_match_transformers(family, tmp_path, sp_model_path):
     tokenizer = Path(sp_model_path)
     vocab = load_tokenizer("sentencepiece", str(tokenizer)).vocab_size
     hf_dir = tmp_path / "hf"
-    model = tiny_hf_model(family, vocab, initializer_range=0.1, max_position_embeddings=256, **SHAPES[family])
+    model = tiny_hf_model(family, vocab, initializer_range=0.1, max_position_embeddings=512, **SHAPES[family])
     model.save_pretrained(hf_dir)
     (hf_dir / "tokenizer.model").write_bytes(tokenizer.read_bytes())
     out = tmp_path / f"{family}.gguf"
@@ -41,10 +41,12 @@ def test_family_gguf_logits_match_transformers(family, tmp_path, sp_model_path):
     assert ("blk.0.attn_q_norm.weight" in names) == (family == "qwen3")
     assert ("rope_freqs.weight" in names) == (family == "llama3")
 
-    ids = torch.randint(3, vocab, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    # 300 positions: llama3's scaling changes the rotation of the low and medium frequencies by
+    # tenths of a radian there, so a GGUF without its rope_freqs would show in the logits.
+    ids = torch.randint(3, vocab, (300,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].numpy()
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=512, logits_all=True, verbose=False, n_threads=2,
                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     llm.eval(ids)
     ours = np.array(llm.scores[: len(ids)], dtype=np.float32)
