@@ -45,6 +45,9 @@ SHAPE_FIELDS = (
     "vocab_size",
     "tie_word_embeddings",
     "add_bias_linear",
+    "family",
+    "add_qkv_bias",
+    "qk_layernorm",
 )
 
 

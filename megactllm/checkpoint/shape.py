@@ -36,6 +36,12 @@ FIXED_FIELDS = (
     "norm_epsilon",
     "tie_word_embeddings",
     "add_bias_linear",
+    "family",
+    "add_qkv_bias",
+    "qk_layernorm",
+    "rope_scaling",
+    "rope_scaling_factor",
+    "sliding_window",
 )
 # Fields a run may set differently from the checkpoint it starts from.
 RUN_FIELDS = (

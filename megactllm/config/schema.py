@@ -39,6 +39,17 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     add_bias_linear: bool = False
+    # The model family (megactllm.model.families): llama, qwen2, qwen3, mistral. Metadata written
+    # before families existed has none of the fields below, which is LLaMA's defaults.
+    family: str = "llama"
+    add_qkv_bias: bool = False  # biases on Q, K and V only (Qwen2)
+    qk_layernorm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3)
+    # RoPE frequency scaling: None or "llama3" (with its factor; megatron-core's fixed low/high
+    # frequency factors 1 and 4 and original length 8192, which the importer checks).
+    rope_scaling: Optional[str] = None
+    rope_scaling_factor: Optional[float] = None
+    # Attention window of the HF model (Mistral); training refuses sequences longer than it.
+    sliding_window: Optional[int] = None
 
     @property
     def head_dim(self) -> int:
@@ -52,25 +63,6 @@ class ModelConfig:
         """Vocabulary rounded up to a multiple of make_vocab_size_divisible_by x TP (Megatron's rule)."""
         multiple = self.make_vocab_size_divisible_by * tensor_parallel_size
         return ((self.vocab_size + multiple - 1) // multiple) * multiple
-
-    def num_parameters(self, tensor_parallel_size: int = 1) -> int:
-        """Parameter count of the unpadded model (embedding counted once if tied)."""
-        h, f, v = self.hidden_size, self.ffn_hidden_size, self.vocab_size
-        q = self.num_attention_heads * self.head_dim
-        kv = self.num_kv_heads * self.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h
-        embeddings = v * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embeddings + h
-
-    def flops_per_token(self, seq_length: Optional[int] = None) -> float:
-        """Training FLOPs per token (forward + backward = 3x forward), attention included."""
-        s = seq_length or self.seq_length
-        h, f, l = self.hidden_size, self.ffn_hidden_size, self.num_layers
-        q = self.num_attention_heads * self.head_dim
-        kv = self.num_kv_heads * self.head_dim
-        dense = l * (h * (q + 2 * kv) + q * h + 3 * h * f) + self.vocab_size * h
-        attention = l * 2 * s * q  # QK^T and AV, per token (causal halving ignored, as Megatron does)
-        return 3 * 2 * (dense + attention)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megactllm.config import Config
+from megactllm.model.families import family_of
 from megactllm.training.memory_estimate import GIB, Available, MemoryEstimate
 
 
@@ -45,7 +46,7 @@ class Plan:
             f"model: {m.arch or 'custom'} from {self.checkpoint or 'the recipe'}: {m.num_layers} layers, hidden "
             f"{m.hidden_size}, FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads ({m.num_kv_heads} key-value), "
             f"vocabulary {m.vocab_size:,} (padded {m.padded_vocab_size(p.tensor_model_parallel_size):,}), "
-            f"sequence {m.seq_length}, {m.num_parameters():,} parameters, {dtype}",
+            f"sequence {m.seq_length}, {family_of(m).num_parameters(m):,} parameters, {dtype}",
             f"layout: world {self.world_size} = TP {p.tensor_model_parallel_size} x PP {pp} x CP "
             f"{p.context_parallel_size} x DP {self.data_parallel_size}; VPP {vpp}, "
             f"{m.num_layers // (pp * vpp)} layers per model chunk; sequence parallel "

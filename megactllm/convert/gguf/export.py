@@ -25,6 +25,7 @@ from megactllm.convert.gguf.source import ModelSource, open_source
 from megactllm.convert.gguf.tensors import FLOAT_TYPES, check_runnable, gguf_name, to_gguf
 from megactllm.convert.gguf.vocab import GGUFVocab, pad_vocab, read_sentencepiece_vocab
 from megactllm.convert.progress import ConversionProgress
+from megactllm.model.families import family_of
 
 OUTTYPES = FLOAT_TYPES + tuple(QUANT_TYPES)
 # llama.cpp's llama_ftype numbers for the float files (general.file_type).
@@ -89,7 +90,9 @@ def _planned_tensors(source: ModelSource, outtype: str):
         dtype = np.float32 if floats else (np.float16 if outtype == "f16" else np.int16)
         raw = None if floats or outtype == "f16" else gguf.GGMLQuantizationType.BF16
         nbytes = int(np.prod(spec.shape)) * np.dtype(dtype).itemsize
-        yield gguf_name(spec.name), tuple(spec.shape), dtype, nbytes, raw
+        yield gguf_name(spec.name, source.model), tuple(spec.shape), dtype, nbytes, raw
+    for name, tensor in family_of(source.model).gguf_extra_tensors(source.model).items():
+        yield name, tuple(tensor.shape), np.float32, tensor.numel() * 4, None
 
 
 def _vocab_for(source: ModelSource) -> GGUFVocab:
@@ -108,7 +111,7 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
     import gguf
 
     vocab = _vocab_for(source)
-    writer = gguf.GGUFWriter(str(out), "llama")
+    writer = gguf.GGUFWriter(str(out), family_of(source.model).gguf_architecture)
     _write_metadata(writer, source, vocab, outtype)
     for name, shape, dtype, nbytes, raw in _planned_tensors(source, outtype):
         writer.add_tensor_info(name, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
@@ -119,6 +122,9 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
         _, array, _ = to_gguf(hf_name, tensor, source.model, outtype)
         writer.write_tensor_data(array)
         progress.update(array.nbytes, hf_name)
+    for name, tensor in family_of(source.model).gguf_extra_tensors(source.model).items():
+        writer.write_tensor_data(tensor.to(torch.float32).contiguous().numpy())
+        progress.update(tensor.numel() * 4, name)
     writer.close()
     return vocab
 
@@ -147,7 +153,7 @@ def export_gguf(
         check_runnable(source.model, str(source.path))
         float_type = outtype if outtype in FLOAT_TYPES else _SOURCE_FLOAT.get(source.dtype, "f32")
         progress = ConversionProgress("gguf", sum(n for *_, n, _ in _planned_tensors(source, float_type)), progress_stream)
-        progress.message(f"{source.path} -> {out} ({source.model.num_parameters() / 1e6:.1f}M parameters, {outtype})")
+        progress.message(f"{source.path} -> {out} ({family_of(source.model).num_parameters(source.model) / 1e6:.1f}M parameters, {outtype})")
         for note in source.notes:
             progress.message(note)
         try:
