@@ -57,7 +57,8 @@ def main(argv=None, prog=None) -> int:
     exit_signals.install()
     if launched_by_torchrun():
         die_with_parent()
-    from megactllm.errors import EXIT_USER_ERROR, UserError, launch_rank, print_error
+    from megactllm.common.env import launch_rank
+    from megactllm.errors import EXIT_USER_ERROR, UserError, print_error
 
     try:
         args = parse_args(argv, prog)
