@@ -101,23 +101,19 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
 
 
 def _check_tokenizer_fits(cfg: Config) -> None:
-    """A fresh model's vocabulary must hold every id of the tokenizer."""
+    """A fresh model's rows hold every id of the tokenizer (model.make_vocab_size_divisible_by may set them)."""
     from pathlib import Path
 
     from megactllm.config import ConfigError
     from megactllm.tokenizer import load_tokenizer
+    from megactllm.tokenizer.vocab_fit import fit_model_to_tokenizer
 
     d = cfg.data
     if not d.tokenizer_model:
         return
     if not Path(d.tokenizer_model).is_file():
         raise ConfigError(f"data.tokenizer_model {d.tokenizer_model} does not exist")
-    pieces = load_tokenizer(d.tokenizer_type, d.tokenizer_model).vocab_size
-    if pieces > cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer {d.tokenizer_model} has {pieces} pieces but model.vocab_size is {cfg.model.vocab_size}: "
-            f"set model.vocab_size={pieces}"
-        )
+    fit_model_to_tokenizer(cfg, load_tokenizer(d.tokenizer_type, d.tokenizer_model))
 
 
 def _check_stage_options(cfg: Config) -> None:
