@@ -45,6 +45,9 @@ class LlamaCppEngine(Engine):
         # prompts tokenize as in training); plain text gets it back here (see convert/gguf/vocab.py).
         self.leading_space = md.get("megactllm.tokenizer.dummy_prefix") == "true" and md.get("tokenizer.ggml.add_space_prefix") == "false"
         self.logits_all = logits_all
+        # Token ids from here on are the embedding's padding rows (convert/gguf/vocab.py): never sampled or scored.
+        self.padding_start = int(md.get("megactllm.tokenizer.padding_start", self.llm.n_vocab()))
+        self.padding_bias = {i: float("-inf") for i in range(self.padding_start, self.llm.n_vocab())}
         self.info = EngineInfo(name=name or path.stem, kind="llama.cpp", context_length=n_ctx,
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
@@ -76,7 +79,8 @@ class LlamaCppEngine(Engine):
         cancel = params.cancel
         criteria = StoppingCriteriaList([lambda ids, logits: cancel()]) if cancel else None
         return dict(stopping_criteria=criteria, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                    min_p=0.0, repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=params.seed)
+                    min_p=0.0, repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=params.seed,
+                    logit_bias=self.padding_bias or None)
 
     def complete(self, prompt, params, echo=False, logprobs=None) -> Completion:
         self.check_prompt(prompt, params.max_tokens)
@@ -100,6 +104,7 @@ class LlamaCppEngine(Engine):
         self.llm.reset()
         self.llm.eval(list(prompt))
         logits = np.asarray(self.llm.scores[: len(prompt)], dtype=np.float64)
+        logits[:, self.padding_start:] = -np.inf
         logp = logits - logits.max(-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
         pieces = [self.detokenize([t], first=(i == 0)) for i, t in enumerate(prompt)]
