@@ -6,10 +6,12 @@ Both on the command line (or both in one recipe) is one `error:` line before any
 and the checks that follow (the 7B memory refusal) still run in the preflight.
 """
 import shutil
+import subprocess
+import sys
 
 import pytest
 from convert_testing import REPO_ROOT, tiny_hf_llama, train_tiny_sentencepiece
-from entry_utils import launch
+from train_utils import torchrun_env
 
 from megactllm.config import ConfigError, load_config
 from megactllm.training.preflight import preflight
@@ -38,13 +40,13 @@ def test_command_line_data_path_replaces_the_recipes_schedule_with_a_note(import
     plan = preflight(cfg, world_size=4, check_memory=False)
     assert cfg.data.blend_schedule == [] and cfg.data.data_path == ["my_zh_text_document"]
     assert len(plan.notes) == 1 and "replaces the recipe's data.blend_schedule" in plan.notes[0]
-    # Without an override the recipe's schedule stands, and nothing is noted.
-    cfg = load_config(RECIPE, _start(imported, tmp_path))
+    # Without an override the recipe's schedule stands (its phases are sized for 4,096-token samples), unnoted.
+    cfg = load_config(RECIPE, _start(imported, tmp_path) + ["model.seq_length=4096"])
     assert not preflight(cfg, world_size=4, check_memory=False).notes and len(cfg.data.blend_schedule) == 3
     # A schedule on the command line replaces a recipe's data paths the same way.
     recipe = tmp_path / "paths.yaml"
     recipe.write_text("data:\n  data_path: [recipe_text_document]\n")
-    cfg = load_config(str(recipe), _start(imported, tmp_path) + [MY_SCHEDULE])
+    cfg = load_config(str(recipe), _start(imported, tmp_path) + [MY_SCHEDULE, "train.train_iters=10"])
     notes = preflight(cfg, world_size=1, check_memory=False).notes
     assert cfg.data.data_path == [] and len(notes) == 1 and "replaces the recipe's data.data_path" in notes[0]
 
@@ -68,20 +70,29 @@ def test_a_schedule_that_cannot_run_is_refused_in_the_preflight(imported, tmp_pa
             "data.blend_schedule=[{name: mine, blend: [a]}, {name: next, blend: [b]}]"]), world_size=4,
             check_memory=False)
     with pytest.raises(ConfigError, match="read by stage pretrain only"):
-        preflight(load_config(RECIPE, _start(imported, tmp_path) + ["train.stage=sft"]), world_size=4,
+        preflight(load_config(RECIPE, _start(imported, tmp_path) + ["train.stage=sft", "model.seq_length=4096"]), world_size=4,
                   check_memory=False)
+
+
+def _train(args):
+    """`python -m megactllm.train ARGS` as one process (the checks are the same on every rank)."""
+    env = torchrun_env()
+    env.pop("MEGACTLLM_VERBOSE", None)
+    return subprocess.run([sys.executable, "-m", "megactllm.train", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env, timeout=240)
 
 
 def test_the_readme_command_reaches_the_memory_check_and_errors_in_one_line(tmp_path):
     """The 7B recipe with one's own data: the memory refusal shows (one line, exit 2), no traceback."""
     seven_b = ["model.arch=llama2-7b", "train.pretrained_checkpoint=null", f"train.load={tmp_path / 'none'}",
-               "parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1"]
-    done = launch(["--config", RECIPE, *seven_b, MY_DATA], nproc=1, timeout=240)
+               "parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1",
+               "parallel.sequence_parallel=false"]
+    done = _train(["--config", RECIPE, *seven_b, MY_DATA])
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert done.returncode == 2, done.stdout
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and "GiB" in errors[0] and "Traceback" not in done.stdout, done.stdout
-    both = launch(["--config", RECIPE, *seven_b, MY_DATA, MY_SCHEDULE], nproc=1, timeout=240)
+    both = _train(["--config", RECIPE, *seven_b, MY_DATA, MY_SCHEDULE])
     errors = [line for line in both.stdout.splitlines() if line.startswith("error:")]
     assert both.returncode == 2 and len(errors) == 1 and "both name the training data" in errors[0], both.stdout
     assert "Traceback" not in both.stdout
