@@ -105,7 +105,7 @@ def test_a_wrong_tokenizer_is_still_refused_by_what_it_is(trained, tmp_path):
 def test_make_vocab_size_divisible_by_sets_the_rows_and_refuses_a_contradiction(corpus, tokenizer, tmp_path):
     from megactllm.training.preflight import preflight
 
-    base = [f"data.data_path=[{corpus}]", f"data.tokenizer_model={tokenizer}", "model.arch=tiny"]
+    base = [f"data.data_path=[{corpus}]", f"data.tokenizer_model={tokenizer}", "model.arch=tiny", "train.train_iters=4"]
     cfg = load_config(None, base + [f"model.make_vocab_size_divisible_by={MULTIPLE}"])
     preflight(cfg, 1, check_memory=False)
     assert cfg.model.vocab_size == ROWS
