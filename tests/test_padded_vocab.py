@@ -53,14 +53,14 @@ def _overrides(corpus, tokenizer, run_dir) -> list[str]:
 
 def _train(overrides):
     """Rank body: what megactllm.train does (the preflight, then the loop)."""
-    import torch.distributed as dist
+    import os
 
     from megactllm.parallel import initialize_parallel
     from megactllm.training.loop import run_training
     from megactllm.training.preflight import preflight
 
     cfg = load_config(None, overrides)
-    preflight(cfg, dist.get_world_size(), check_memory=False)
+    preflight(cfg, int(os.environ["WORLD_SIZE"]), check_memory=False)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
     result = run_training(cfg)
     return {"losses": result.losses, "rows": cfg.model.vocab_size}

@@ -70,6 +70,15 @@ def _same(field: str, a, b, saved: ModelConfig, user: ModelConfig) -> bool:
     return a == b
 
 
+def _set_by_user(cfg: Config, name: str) -> bool:
+    origin = cfg.origin("model", name)
+    if name == "vocab_size" and cfg.model.make_vocab_size_divisible_by:
+        # The option derives the rows (from the tokenizer) unless the recipe names them: a relaunch
+        # of the run that made this checkpoint must not compare an architecture's default with them.
+        return (origin or "").startswith(("the recipe", "an override"))
+    return bool(origin)
+
+
 def resolve_model_from_checkpoint(cfg: Config) -> Optional[str]:
     """Fill cfg.model (and the dtype, and the tokenizer when unset) from the checkpoint; returns its path.
 
@@ -87,7 +96,7 @@ def resolve_model_from_checkpoint(cfg: Config) -> Optional[str]:
     conflicts = [
         f"model.{name}={getattr(user, name)} (set by {cfg.origin('model', name)}) but the {where} has {getattr(saved, name)}"
         for name in FIXED_FIELDS
-        if cfg.origin("model", name) and not _same(name, getattr(saved, name), getattr(user, name), saved, user)
+        if _set_by_user(cfg, name) and not _same(name, getattr(saved, name), getattr(user, name), saved, user)
     ]
     if conflicts:
         raise ModelShapeError(
