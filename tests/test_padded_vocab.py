@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from convert_testing import read_hf_weights, tiny_hf_llama, train_tiny_sentencepiece
+from convert_testing import extend_sentencepiece_proto, read_hf_weights, tiny_hf_llama, train_tiny_sentencepiece
 from entry_utils import save_checkpoint_with_tokenizer
 from train_utils import EOD, tiny_overrides, write_corpus
 
@@ -94,12 +94,25 @@ def test_a_wrong_tokenizer_is_still_refused_by_what_it_is(trained, tmp_path):
         return resolve_model_from_checkpoint(load_config(None, [f"train.load={trained['checkpoint']}",
                                                                 f"data.tokenizer_model={tok}"]))
 
-    larger = train_tiny_sentencepiece(tmp_path / "larger.model", ROWS + 20)  # more ids than rows
-    with pytest.raises(UserError, match=rf"larger\.model has {ROWS + 20} ids but .* has a vocabulary of {ROWS}"):
+    own = trained["checkpoint"] / "iter_0000004" / "tokenizer" / "tiny.model"
+    pieces = [(f"\u2581extra{i}", "normal") for i in range(ROWS + 1 - IDS)]
+    larger = extend_sentencepiece_proto(own, tmp_path / "larger.model", pieces)  # more ids than rows
+    with pytest.raises(UserError, match=rf"larger\.model has {ROWS + 1} ids but .* has a vocabulary of {ROWS}"):
         resolve(larger)
-    other = train_tiny_sentencepiece(tmp_path / "other.model", IDS + 10)  # fits the rows, other pieces
-    with pytest.raises(UserError, match=r"other\.model is not an extension of .*tokenizer/tiny\.model"):
+    other = _swap_pieces(own, tmp_path / "other.model", 100, 101)  # fits the rows, other pieces
+    with pytest.raises(UserError, match=r"other\.model is not an extension of .*tokenizer/tiny\.model: id 100"):
         resolve(other)
+    resolve(extend_sentencepiece_proto(own, tmp_path / "ext.model", pieces[:5]))  # an extension within the rows fits
+
+
+def _swap_pieces(source: Path, target: Path, a: int, b: int) -> Path:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(source.read_bytes())
+    proto.pieces[a].piece, proto.pieces[b].piece = proto.pieces[b].piece, proto.pieces[a].piece
+    target.write_bytes(proto.SerializeToString())
+    return target
 
 
 def test_make_vocab_size_divisible_by_sets_the_rows_and_refuses_a_contradiction(corpus, tokenizer, tmp_path):
