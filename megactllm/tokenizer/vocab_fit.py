@@ -57,9 +57,20 @@ def check_tokenizer_fits(
     check_is_extension(reference, tokenizer)
 
 
-def padding_ids(model_config: ModelConfig, tokenizer: Tokenizer) -> range:
-    """The ids of the embedding's padding rows: past the tokenizer's last id, never produced."""
-    return range(tokenizer.vocab_size, model_config.vocab_size)
+def check_is_extension(old: Tokenizer, new: Tokenizer) -> None:
+    """The new tokenizer must keep every old piece at its old id and only append."""
+    if new.vocab_size < old.vocab_size:
+        raise VocabMismatchError(
+            f"tokenizer {_name(new)} ({new.vocab_size} ids) is smaller than {_name(old)} ({old.vocab_size} ids): "
+            "not an extension of it"
+        )
+    for token_id in range(old.vocab_size):
+        if old.id_to_token(token_id) != new.id_to_token(token_id):
+            raise VocabMismatchError(
+                f"tokenizer {_name(new)} is not an extension of {_name(old)}: id {token_id} is "
+                f"{new.id_to_token(token_id)!r} in the first and {old.id_to_token(token_id)!r} in the second; "
+                "an extension must keep every old id and only append new pieces"
+            )
 
 
 def _sentencepiece_piece_encoder(old) -> Callable[[str], list[int]]:
