@@ -100,6 +100,9 @@ def main(argv=None, prog=None) -> int:
         error = e
     _start_process_group(cfg)
     code = agree_on_error(error)
+    if not code and env.rank == 0:
+        for note in plan.notes:
+            print(note, flush=True)
     if code or args.dry_run:
         if not code and env.rank == 0:
             print(plan.report(), flush=True)

@@ -120,6 +120,17 @@ def find_latest_iteration(save_dir: str | os.PathLike) -> Optional[int]:
     return int(latest.read_text().strip())
 
 
+def _model_fields(saved: dict) -> dict:
+    """The saved ModelConfig; an earlier megactllm wrote make_vocab_size_divisible_by=128 as the
+    layout's padding (now LAYOUT_VOCAB_MULTIPLE): a value that does not divide the rows is that, not
+    the option (which always yields a multiple), and reads as unset."""
+    fields = dict(saved)
+    multiple = fields.get("make_vocab_size_divisible_by")
+    if multiple and int(fields.get("vocab_size", 0)) % int(multiple):
+        fields["make_vocab_size_divisible_by"] = None
+    return fields
+
+
 def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
     ckpt = resolve_checkpoint_dir(path)
     meta_path = ckpt / METADATA_FILE
@@ -134,7 +145,7 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         path=ckpt,
         format_version=version,
         iteration=int(raw["iteration"]),
-        model_config=model_config_from_dict({k: v for k, v in raw["model"].items()}, str(meta_path)),
+        model_config=model_config_from_dict(_model_fields(raw["model"]), str(meta_path)),
         tokenizer=raw.get("tokenizer", {}),
         parallel=raw.get("parallel", {}),
         train_state=raw.get("train_state", {}),

@@ -16,6 +16,14 @@ from megactllm.common import recipe
 from megactllm.errors import UserError
 
 
+# Rows the built embedding is padded to (times TP), beyond vocab_size; masked, never saved in exports.
+LAYOUT_VOCAB_MULTIPLE = 128
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return ((n + multiple - 1) // multiple) * multiple
+
+
 @dataclass
 class ModelConfig:
     arch: Optional[str] = None
@@ -29,9 +37,13 @@ class ModelConfig:
     kv_channels: Optional[int] = None
     seq_length: int = 128
     max_position_embeddings: Optional[int] = None
-    # The tokenizer's true vocabulary; the embedding is padded (see padded_vocab_size).
+    # The embedding's rows (exported as HF config vocab_size). The tokenizer may have fewer ids:
+    # rows past its last id are padding, never produced, sampled or scored.
     vocab_size: int = 32000
-    make_vocab_size_divisible_by: int = 128
+    # Megatron's option: a fresh model's rows are the tokenizer's ids rounded up to this multiple
+    # (the multiple alone, not times TP: the rows, and so checkpoints and exports, do not depend on
+    # the layout). None: the rows are vocab_size as given. A checkpoint's rows are its own.
+    make_vocab_size_divisible_by: Optional[int] = None
     rotary_base: float = 10000.0
     norm_epsilon: float = 1e-5
     tie_word_embeddings: bool = False
@@ -60,9 +72,19 @@ class ModelConfig:
         return self.num_query_groups or self.num_attention_heads
 
     def padded_vocab_size(self, tensor_parallel_size: int = 1) -> int:
-        """Vocabulary rounded up to a multiple of make_vocab_size_divisible_by x TP (Megatron's rule)."""
-        multiple = self.make_vocab_size_divisible_by * tensor_parallel_size
-        return ((self.vocab_size + multiple - 1) // multiple) * multiple
+        """The rows as built at a layout: vocab_size rounded up to LAYOUT_VOCAB_MULTIPLE x TP.
+
+        A layout detail (the vocabulary-parallel split wants equal shards): these extra rows get a
+        logit of -inf in the model and are never exported.
+        """
+        multiple = LAYOUT_VOCAB_MULTIPLE * tensor_parallel_size
+        return _round_up(self.vocab_size, multiple)
+
+    def rows_for_tokenizer(self, tokenizer_ids: int) -> int:
+        """A fresh model's rows for a tokenizer: its ids rounded up to make_vocab_size_divisible_by, if set."""
+        if not self.make_vocab_size_divisible_by:
+            return self.vocab_size
+        return _round_up(tokenizer_ids, self.make_vocab_size_divisible_by)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpec
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.model.families import family_of
-from megactllm.tokenizer.vocab_fit import check_vocab_matches
+from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
@@ -95,6 +95,18 @@ def default_chat_template(tokenizer_type: str, tokenizer_file: Path) -> tuple[Op
     return CHAT_TEMPLATE, "chat template: megactllm ChatML"
 
 
+def _own_tokenizer(meta, tokenizer_file: Path):
+    """The checkpoint's copy of its tokenizer when another file is exported with it, else None."""
+    import filecmp
+
+    from megactllm.tokenizer import load_tokenizer
+
+    own = meta.tokenizer_file
+    if own is None or not own.is_file() or filecmp.cmp(own, tokenizer_file, shallow=False):
+        return None
+    return load_tokenizer(meta.tokenizer.get("type") or "sentencepiece", str(own))
+
+
 def export_to_hf(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -109,8 +121,9 @@ def export_to_hf(
 ) -> ExportResult:
     """Convert `checkpoint` (an iteration dir, or a run dir with a latest pointer) into `out_dir`.
 
-    The tokenizer is the one saved in the checkpoint unless `tokenizer_file` is given; its vocabulary
-    must match the model's. chat_template="default" uses megactllm's chat format when the tokenizer
+    The tokenizer is the one saved in the checkpoint unless `tokenizer_file` is given; it must fit
+    the model's vocabulary (rows past its ids are padding, exported as they are: config vocab_size
+    is the rows, as Qwen2.5's). chat_template="default" uses megactllm's chat format when the tokenizer
     has its special tokens; None leaves it out; any other string is used as the template.
     """
     with single_process_group():
@@ -141,7 +154,8 @@ def export_to_hf(
                 model_max_length=model.max_position_embeddings or model.seq_length,
                 add_bos_token=add_bos_token,
             )
-            check_vocab_matches(model, tokenizer, where=f"checkpoint {meta.path}")
+            check_tokenizer_fits(model, tokenizer, where=f"checkpoint {meta.path}",
+                                 reference=_own_tokenizer(meta, tokenizer_file))
             writer = ShardedSafetensorsWriter(staging, plan, max_shard_bytes)
             for name, tensor in hf_tensors(reader, target_dtype):
                 writer.write(name, tensor)

@@ -43,7 +43,8 @@ from megactllm.convert.safetensors_io import SafetensorsCheckpoint
 from megactllm.model.families import family_of
 from megactllm.tokenizer.vocab_fit import (
     ExtensionReport,
-    check_vocab_matches,
+    VocabMismatchError,
+    check_tokenizer_fits,
     extend_rows,
     plan_extension,
 )
@@ -88,13 +89,19 @@ def _plan_tokenizer(hf_dir: Path, model: ModelConfig, tokenizer_file, tokenizer_
     if tok_file is None:
         raise ConversionError(f"{hf_dir} has no tokenizer.model or tokenizer.json; pass --tokenizer")
     tokenizer = load_tokenizer(tok_type, str(tok_file))
+    base = load_tokenizer(base_type, str(base_file)) if base_file is not None and base_file != tok_file else None
     subtokens, extension = None, None
-    if tokenizer.vocab_size > model.vocab_size and base_file is not None:
-        base = load_tokenizer(base_type, str(base_file))
-        check_vocab_matches(model, base, where=where)
+    if tokenizer.vocab_size > model.vocab_size and base is not None:
+        check_tokenizer_fits(model, base, where=where)
+        if base.vocab_size != model.vocab_size:
+            raise VocabMismatchError(
+                f"{where} has {model.vocab_size} rows for the {base.vocab_size} ids of {base_file} (padding rows): "
+                f"extending a padded vocabulary is not supported; extend a model whose rows equal its tokenizer's ids"
+            )
         subtokens, extension = plan_extension(base, tokenizer)
         model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
-    check_vocab_matches(model, tokenizer, where=where)
+    # Rows past the tokenizer's ids are padding (Qwen2.5 ships them): imported as they are.
+    check_tokenizer_fits(model, tokenizer, where=where, reference=base)
     return model, _TokenizerPlan(tok_type, tok_file, subtokens, extension)
 
 

@@ -59,6 +59,8 @@ class TransformersEngine(Engine):
         self.prefix_ids = list(with_specials[:at])
         # A stream waits at most this long for the next token before it gives up (and stops generation).
         self.token_timeout_s = token_timeout_s
+        # Embedding rows past the tokenizer's ids are padding: never sampled, never in logprobs.
+        self.padding_ids = list(range(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0)))
 
     def tokenize(self, text: str) -> list[int]:
         return self.prefix_ids + self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -80,7 +82,7 @@ class TransformersEngine(Engine):
         kwargs = dict(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                       max_new_tokens=min(params.max_tokens, self.info.context_length - len(prompt)),
                       do_sample=sample, eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0],
-                      repetition_penalty=params.repeat_penalty)
+                      repetition_penalty=params.repeat_penalty, suppress_tokens=self.padding_ids or None)
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
 
@@ -120,6 +122,8 @@ class TransformersEngine(Engine):
 
         with torch.no_grad():
             logits = self.model(torch.tensor([prompt])).logits[0].float()
+        if self.padding_ids:
+            logits[:, self.padding_ids[0]:] = float("-inf")
         logp = torch.log_softmax(logits, dim=-1)
         tokens = [self.tokenizer.decode([t]) for t in prompt]
         token_logprobs = [None] + [logp[i - 1, prompt[i]].item() for i in range(1, len(prompt))]

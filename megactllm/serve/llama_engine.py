@@ -57,6 +57,9 @@ class LlamaCppEngine(Engine):
                                     kv_overrides={"tokenizer.ggml.add_space_prefix": False})
         self.add_bos = llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab) and self.llm.token_bos() >= 0
         self.logits_all = logits_all
+        # Token ids from here on are the embedding's padding rows (convert/gguf/vocab.py): never sampled or scored.
+        self.padding_start = int(md.get("megactllm.tokenizer.padding_start", self.llm.n_vocab()))
+        self.padding_bias = {i: float("-inf") for i in range(self.padding_start, self.llm.n_vocab())}
         self.info = EngineInfo(name=name or path.stem, kind="llama.cpp", context_length=n_ctx,
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
@@ -93,7 +96,8 @@ class LlamaCppEngine(Engine):
         seed = None if params.seed is None else params.seed % 0xFFFFFFFF
         return dict(stopping_criteria=StoppingCriteriaList([lambda ids, logits: halt()]), max_tokens=params.max_tokens,
                     temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=0.0,
-                    repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=seed)
+                    repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=seed,
+                    logit_bias=self.padding_bias or None)
 
     def complete(self, prompt, params, echo=False, logprobs=None) -> Completion:
         self.check_prompt(prompt, params.max_tokens)
@@ -119,6 +123,7 @@ class LlamaCppEngine(Engine):
         self.llm.reset()
         self.llm.eval(list(prompt))
         logits = np.asarray(self.llm.scores[: len(prompt)], dtype=np.float64)
+        logits[:, self.padding_start:] = -np.inf
         logp = logits - logits.max(-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
         start = 1 if prompt and prompt[0] == self.llm.token_bos() else 0  # BOS has no text: the prefix space follows it

@@ -23,7 +23,7 @@ from megactllm.convert.errors import ConversionError, VocabMismatchError
 from megactllm.convert.gguf.quantize import QUANT_TYPES, quantize_gguf
 from megactllm.convert.gguf.source import ModelSource, open_source
 from megactllm.convert.gguf.tensors import FLOAT_TYPES, check_runnable, gguf_name, to_gguf
-from megactllm.convert.gguf.vocab import GGUFVocab, pad_vocab, read_sentencepiece_vocab
+from megactllm.convert.gguf.vocab import UNUSED, GGUFVocab, pad_vocab, read_sentencepiece_vocab
 from megactllm.convert.progress import ConversionProgress
 from megactllm.model.families import family_of
 
@@ -76,9 +76,18 @@ def _write_metadata(writer, source: ModelSource, vocab: GGUFVocab, outtype: str)
     # Plain text as SentencePiece/HF tokenize it; how chat prompts differ: see vocab.py.
     writer.add_add_space_prefix(vocab.dummy_prefix)
     writer.add_bool("megactllm.tokenizer.chat_space_prefix", vocab.dummy_prefix and source.chat_space_prefix)
+    # The embedding's padding rows (pad_vocab's placeholders) start here: megactllm.serve never samples them.
+    writer.add_uint32("megactllm.tokenizer.padding_start", _padding_start(vocab))
     if source.chat_template:
         writer.add_chat_template(source.chat_template)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _padding_start(vocab: GGUFVocab) -> int:
+    start = len(vocab)
+    while start > 0 and vocab.types[start - 1] == UNUSED and vocab.tokens[start - 1] == f"[PAD{start - 1}]":
+        start -= 1
+    return start
 
 
 def _planned_tensors(source: ModelSource, outtype: str):
