@@ -12,6 +12,7 @@ from megactllm.serve.engine import (
     Engine,
     EngineError,
     EngineInfo,
+    Halt,
     SamplingParams,
     StreamPiece,
     render_chat,
@@ -25,6 +26,9 @@ _LOGITS_ALL_BUDGET = 512 * 2**20
 class LlamaCppEngine(Engine):
     def __init__(self, path: str | Path, n_ctx: int = 0, threads: Optional[int] = None, logits_all: Optional[bool] = None,
                  f32_kv_cache: bool = False, seed: int = 0, name: Optional[str] = None):
+        from megactllm.serve.extras import require
+
+        require("running a GGUF file", "llama_cpp")
         import llama_cpp
         from llama_cpp import Llama
 
@@ -53,6 +57,9 @@ class LlamaCppEngine(Engine):
                                     kv_overrides={"tokenizer.ggml.add_space_prefix": False})
         self.add_bos = llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab) and self.llm.token_bos() >= 0
         self.logits_all = logits_all
+        # Token ids from here on are the embedding's padding rows (convert/gguf/vocab.py): never sampled or scored.
+        self.padding_start = int(md.get("megactllm.tokenizer.padding_start", self.llm.n_vocab()))
+        self.padding_bias = {i: float("-inf") for i in range(self.padding_start, self.llm.n_vocab())}
         self.info = EngineInfo(name=name or path.stem, kind="llama.cpp", context_length=n_ctx,
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
@@ -80,23 +87,29 @@ class LlamaCppEngine(Engine):
         # The space llama.cpp put before a prompt's text (SentencePiece's dummy prefix) is not the user's.
         return text[1:] if first and self.space_prefix and text.startswith(" ") else text
 
-    def _kwargs(self, params: SamplingParams) -> dict:
+    def _kwargs(self, params: SamplingParams, halt: Halt) -> dict:
         from llama_cpp import StoppingCriteriaList
 
-        cancel = params.cancel
-        criteria = StoppingCriteriaList([lambda ids, logits: cancel()]) if cancel else None
-        return dict(stopping_criteria=criteria, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                    min_p=0.0, repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=params.seed)
+        if params.max_tokens < 1:  # llama-cpp-python reads <= 0 as "up to the end of the context"
+            raise EngineError(f"max_tokens must be at least 1 to generate, got {params.max_tokens}")
+        # llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random": fold a wider seed below it.
+        seed = None if params.seed is None else params.seed % 0xFFFFFFFF
+        return dict(stopping_criteria=StoppingCriteriaList([lambda ids, logits: halt()]), max_tokens=params.max_tokens,
+                    temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=0.0,
+                    repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=seed,
+                    logit_bias=self.padding_bias or None)
 
     def complete(self, prompt, params, echo=False, logprobs=None) -> Completion:
         self.check_prompt(prompt, params.max_tokens)
         if (logprobs is not None) and not self.logits_all:
             raise EngineError("logprobs need the server started with --logits-all (prompt log-probabilities)")
         text, lp, used, reason = "", None, 0, "length"
-        if params.max_tokens > 0:  # (llama-cpp-python reads 0 as "up to the context")
-            out = self.llm.create_completion(prompt=list(prompt), logprobs=logprobs, **self._kwargs(params))
+        if params.max_tokens > 0:  # 0: score the prompt only (echo + logprobs)
+            halt = Halt(params.cancel)
+            out = self.llm.create_completion(prompt=list(prompt), logprobs=logprobs, **self._kwargs(params, halt))
             choice = out["choices"][0]
             text, lp, used, reason = choice["text"], choice.get("logprobs"), out["usage"]["completion_tokens"], choice["finish_reason"]
+            reason = "length" if halt.fired else reason
         if echo:
             # llama-cpp-python's own echo fails on token-id prompts: echo the prompt from its ids
             # and score it from llama.cpp's logits of every prompt position.
@@ -110,6 +123,7 @@ class LlamaCppEngine(Engine):
         self.llm.reset()
         self.llm.eval(list(prompt))
         logits = np.asarray(self.llm.scores[: len(prompt)], dtype=np.float64)
+        logits[:, self.padding_start:] = -np.inf
         logp = logits - logits.max(-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
         start = 1 if prompt and prompt[0] == self.llm.token_bos() else 0  # BOS has no text: the prefix space follows it
@@ -125,9 +139,15 @@ class LlamaCppEngine(Engine):
 
     def stream(self, prompt, params) -> Iterator[StreamPiece]:
         self.check_prompt(prompt, params.max_tokens)
-        for chunk in self.llm.create_completion(prompt=list(prompt), stream=True, **self._kwargs(params)):
-            choice = chunk["choices"][0]
-            yield StreamPiece(choice["text"], choice.get("finish_reason"))
+        halt = Halt(params.cancel)
+        chunks = self.llm.create_completion(prompt=list(prompt), stream=True, **self._kwargs(params, halt))
+        try:
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                reason = choice.get("finish_reason")
+                yield StreamPiece(choice["text"], "length" if reason and halt.fired else reason)
+        finally:
+            chunks.close()  # a reader that left ends llama.cpp's generation here, on this thread
 
 
 def _join_logprobs(prompt_lp: dict, generated: Optional[dict], shift: int) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from megactllm.common.jsonl import jsonl_lines
 from megactllm.eval.errors import EvalDataError
 from megactllm.eval.tasks.csv_files import LETTERS, answer_index, column_index, read_rows
 from megactllm.eval.tasks.subject_names import read_mapping, subject_info
@@ -82,20 +83,17 @@ def _csv_questions(path: Path, layout: _Layout) -> list[Question]:
 
 def _jsonl_questions(path: Path) -> list[Question]:
     out = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                question, choices, answer = record["question"], list(record["choices"]), record["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise EvalDataError(path, f"expected {{question, choices, answer}} JSON ({type(e).__name__}: {e})", row=number) from None
-            if isinstance(answer, str):
-                answer = answer_index(path, number, answer)
-            if not isinstance(answer, int) or not 0 <= answer < len(choices) or len(choices) < 2:
-                raise EvalDataError(path, f"answer {answer!r} does not index the {len(choices)} choices", row=number)
-            out.append(Question(str(question), [str(c) for c in choices], answer, f"{path.name}:{number}"))
+    for number, line in jsonl_lines(path, encoding="utf-8-sig"):
+        try:
+            record = json.loads(line)
+            question, choices, answer = record["question"], list(record["choices"]), record["answer"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise EvalDataError(path, f"expected {{question, choices, answer}} JSON ({type(e).__name__}: {e})", row=number) from None
+        if isinstance(answer, str):
+            answer = answer_index(path, number, answer)
+        if not isinstance(answer, int) or not 0 <= answer < len(choices) or len(choices) < 2:
+            raise EvalDataError(path, f"answer {answer!r} does not index the {len(choices)} choices", row=number)
+        out.append(Question(str(question), [str(c) for c in choices], answer, f"{path.name}:{number}"))
     return out
 
 
