@@ -23,3 +23,11 @@ def sp_model_path(shared_data) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen_style_bpe_dir(shared_data, tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer directory in Qwen2's shape, trained on the real corpus (once a session)."""
+    from bpe_fixtures import build_qwen_style_bpe
+
+    return build_qwen_style_bpe(shared_data, tmp_path_factory.mktemp("bpe") / "base", vocab_size=6000, max_lines=900)

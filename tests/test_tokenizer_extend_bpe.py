@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bpe_fixtures import build_qwen_style_bpe, corpus_lines
+from bpe_fixtures import corpus_lines
 from megactllm.errors import UserError
 from megactllm.tokenizer import extension_metrics as m
 from megactllm.tokenizer.extend_bpe import BPEExtensionError, extend_bpe, frequent_new_words
@@ -20,8 +20,8 @@ PLAIN = [
 
 
 @pytest.fixture(scope="module")
-def bpe_dir(shared_data, tmp_path_factory):
-    return build_qwen_style_bpe(shared_data, tmp_path_factory.mktemp("bpe") / "base", vocab_size=6000, max_lines=900)
+def bpe_dir(qwen_style_bpe_dir):
+    return qwen_style_bpe_dir
 
 
 @pytest.fixture(scope="module")

@@ -43,9 +43,9 @@ from megactllm.convert.safetensors_io import SafetensorsCheckpoint
 from megactllm.model.families import family_of
 from megactllm.tokenizer.vocab_fit import (
     ExtensionReport,
-    VocabMismatchError,
     check_tokenizer_fits,
-    extend_rows,
+    fit_rows,
+    rows_after_extension,
     plan_extension,
 )
 from megactllm.tokenizer import load_tokenizer
@@ -91,15 +91,12 @@ def _plan_tokenizer(hf_dir: Path, model: ModelConfig, tokenizer_file, tokenizer_
     tokenizer = load_tokenizer(tok_type, str(tok_file))
     base = load_tokenizer(base_type, str(base_file)) if base_file is not None and base_file != tok_file else None
     subtokens, extension = None, None
-    if tokenizer.vocab_size > model.vocab_size and base is not None:
+    if base is not None and tokenizer.vocab_size > base.vocab_size:
         check_tokenizer_fits(model, base, where=where)
-        if base.vocab_size != model.vocab_size:
-            raise VocabMismatchError(
-                f"{where} has {model.vocab_size} rows for the {base.vocab_size} ids of {base_file} (padding rows): "
-                f"extending a padded vocabulary is not supported; extend a model whose rows equal its tokenizer's ids"
-            )
+        # New ids take the padding rows first (Qwen2.5: 271 of them), then the rows grow.
         subtokens, extension = plan_extension(base, tokenizer)
-        model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
+        rows = rows_after_extension(model.vocab_size, base.vocab_size, tokenizer.vocab_size)
+        model = dataclasses.replace(model, vocab_size=rows)
     # Rows past the tokenizer's ids are padding (Qwen2.5 ships them): imported as they are.
     check_tokenizer_fits(model, tokenizer, where=where, reference=base)
     return model, _TokenizerPlan(tok_type, tok_file, subtokens, extension)
@@ -254,7 +251,9 @@ def import_from_hf(
 
     def vocab_rows(name: str) -> torch.Tensor:
         rows = weights.read(name)
-        return extend_rows(rows, subtokens) if subtokens is not None else rows
+        if subtokens is None:
+            return rows
+        return fit_rows(rows, extension.old_vocab, subtokens, model.vocab_size)
 
     progress = ConversionProgress("import", 0, progress_stream)
     progress.message(f"{hf_dir} -> {out_dir} ({family_of(model).num_parameters(model) / 1e6:.1f}M parameters, {target_dtype})")

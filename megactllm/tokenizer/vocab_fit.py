@@ -104,8 +104,18 @@ def subtoken_ids(old: Tokenizer, new: Tokenizer) -> list[list[int]]:
     if hasattr(old, "sp"):  # SentencePiece: pieces spell spaces as U+2581
         encode = _sentencepiece_piece_encoder(old)
         return [encode(new.id_to_token(i)) for i in new_ids]
-    # HF tokenizers: byte-level pieces only have a readable text through decode
-    return [old.encode(new.decode([i])) for i in new_ids]
+    from .extend_bpe import from_byte_level
+
+    out = []
+    for i in new_ids:
+        token = new.id_to_token(i)
+        if from_byte_level(token) is not None and new.hf.get_added_tokens_decoder().get(i) is None:
+            # A byte-level BPE token (a word, or a chain's intermediate that may end inside a
+            # character): the old BPE model's split of its bytes, with no text decoding in between.
+            out.append([t.id for t in old.hf.model.tokenize(token)])
+        else:
+            out.append(old.encode(new.decode([i])))
+    return out
 
 
 @dataclass
@@ -129,6 +139,30 @@ def extend_rows(rows: torch.Tensor, subtokens: list[list[int]]) -> torch.Tensor:
             raise VocabMismatchError(f"sub-token ids {ids} of new piece {old_vocab + i} fall outside the old vocabulary")
         new_rows[i] = rows[ids].float().mean(dim=0) if ids else fallback
     return torch.cat([rows, new_rows.to(rows.dtype)], dim=0)
+
+
+# A grown embedding's rows: a multiple of this (Megatron's make-vocab-size-divisible-by default, and
+# what Qwen2.5's 151,936 and 152,064 rows are).
+ROW_MULTIPLE = 128
+
+
+def rows_after_extension(rows: int, old_ids: int, new_ids: int) -> int:
+    """Embedding rows for `new_ids` ids: the same rows while the padding holds the new ids; past
+    that, exactly new_ids for a model without padding (as before), else the next multiple of
+    ROW_MULTIPLE (a padded model stays padded as it was made)."""
+    if new_ids <= rows:
+        return rows
+    return -(-new_ids // ROW_MULTIPLE) * ROW_MULTIPLE if rows > old_ids else new_ids
+
+
+def fit_rows(rows: torch.Tensor, old_ids: int, subtokens: list[list[int]], total: int) -> torch.Tensor:
+    """An embedding or output layer for an extended tokenizer: rows [0, old_ids) unchanged, the new
+    ids' rows after them (each the mean of its old sub-token rows), written over padding rows while
+    there are any, then padding up to `total` rows: the old padding rows left, else zeros."""
+    needed = old_ids + len(subtokens)
+    extended = extend_rows(rows[:old_ids], subtokens)
+    padding = rows[needed:] if needed < rows.shape[0] else rows.new_zeros((total - needed, rows.shape[1]))
+    return torch.cat([extended, padding], dim=0)
 
 
 def plan_extension(old: Tokenizer, new: Tokenizer) -> tuple[list[list[int]], ExtensionReport]:
