@@ -177,7 +177,8 @@ class Trainer:
         same = ckpt.same_layout(meta, self.cfg.parallel, self.world_size)
         loadable, why_not = ckpt.optimizer_loadable(meta, self.cfg.parallel)
         # A data-parallel change is routine (megatron reshards over DP); a TP/PP change is opt-in.
-        tp_pp_changed = not ckpt.same_model_parallel(meta, self.cfg.parallel)
+        # (A CP change splits no weight: with optimizer state loadable it loads like a DP change.)
+        tp_pp_changed = not ckpt.same_weight_split(meta, self.cfg.parallel)
         load_optimizer = loadable and (not tp_pp_changed or self.cfg.train.reshard_optimizer)
         if not load_optimizer:
             if loadable:
