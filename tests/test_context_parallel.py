@@ -291,3 +291,20 @@ def test_memory_estimate_divides_activations_by_cp():
     two = estimate_memory(load_config(None, overrides + ["parallel.context_parallel_size=2"]), world_size=2)
     assert two.weights == one.weights and two.optimizer == one.optimizer
     assert 0.45 < two.activations / one.activations < 0.6
+
+
+def test_long_context_recipe_passes_preflight_on_eight_gpus():
+    from pathlib import Path
+
+    from megactllm.training.memory_estimate import GIB
+    from megactllm.training.preflight import preflight
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "configs" / "ctllm_2b_long.yaml"
+    # The 4k checkpoint and tokenizer are not in CI: the recipe's shape is CT-LLM 2B's own.
+    cfg = load_config(str(recipe), ["train.pretrained_checkpoint=null", "data.tokenizer_model=null"])
+    plan = preflight(cfg, world_size=8, check_memory=False)
+    assert (cfg.model.seq_length, cfg.model.rotary_base, cfg.parallel.context_parallel_size) == (32768, 1e6, 8)
+    assert plan.estimate.total < 75 * GIB, plan.report()  # fits an 80 GB GPU
+    half = load_config(str(recipe), ["train.pretrained_checkpoint=null", "data.tokenizer_model=null",
+                                     "parallel.context_parallel_size=4"])
+    assert preflight(half, world_size=8, check_memory=False).estimate.total > 80 * GIB  # CP=4 would not

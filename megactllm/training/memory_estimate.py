@@ -7,7 +7,7 @@ Static state, per pipeline stage (the heaviest stage counts):
 - weights in the parameter dtype (bf16/fp16: 2 bytes, fp32: 4);
 - gradients: megatron-core's DDP keeps an fp32 main-grad buffer (grad_reduce_in_fp32): 4 bytes;
 - optimizer: Adam's two fp32 moments (8 bytes), plus fp32 master weights (4) for half-precision
-  params; the distributed optimizer divides this by the data-parallel size. The step itself
+  params; the distributed optimizer divides this by the data x context parallel size. The step itself
   needs one fp32 temporary per (sharded) parameter (torch's foreach Adam: sqrt of the 2nd moment).
 
 Activations follow the per-tensor accounting of Korthikanti et al. ("Reducing Activation
@@ -185,7 +185,8 @@ def estimate_memory(cfg: Config, world_size: int) -> MemoryEstimate:
         grads = params * 4
         state_bytes = 8 if o.optimizer == "adam" else 4  # Adam moments; SGD momentum
         master = 4 if _elem_bytes(cfg) < 4 else 0
-        shard = dp if p.use_distributed_optimizer else 1
+        # megatron shards the distributed optimizer over data x context parallel ranks.
+        shard = dp * p.context_parallel_size if p.use_distributed_optimizer else 1
         optimizer = params * (state_bytes + master) // shard
         step_temp = params * 4 // shard
         acts = max(_activations(cfg, dp, first, last), step_temp)
