@@ -104,12 +104,13 @@ def _overrides(data, workdir, init, extra):
 
 def _train_both(data, workdir, init, extra):
     """Rank body: the same layout trained with document resets off, then on, in one process."""
-    from megactllm.parallel import destroy_parallel
+    from megatron.core import parallel_state
 
     out = {}
     for name, resets in RESETS.items():
         out[name] = train_in_process(_overrides(data, f"{workdir}/{name}", init, {**extra, **resets}))
-        destroy_parallel()
+        # Keep the process group (a second rendezvous on the same port can hang); rebuild megatron's.
+        parallel_state.destroy_model_parallel()
     return out
 
 
