@@ -451,6 +451,13 @@ def same_model_parallel(meta: CheckpointMetadata, parallel) -> bool:
     return all(meta.parallel.get(k) == current[k] for k in keys)
 
 
+def same_weight_split(meta: CheckpointMetadata, parallel) -> bool:
+    """Whether the weights are split as when saved (TP/PP/VPP); context parallelism splits no weight."""
+    keys = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
+    current = asdict(parallel)
+    return all(meta.parallel.get(k) == current[k] for k in keys)
+
+
 def optimizer_loadable(meta: CheckpointMetadata, parallel) -> tuple[bool, str]:
     """Whether megatron-core can load this checkpoint's optimizer state at the current layout, and why not."""
     if not meta.has_optimizer:

@@ -92,7 +92,10 @@ class ParallelConfig:
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     virtual_pipeline_model_parallel_size: Optional[int] = None
+    # Split every sequence over this many ranks (long context); model.seq_length % (2 x CP) == 0.
     context_parallel_size: int = 1
+    # Transformer Engine's CP attention on GPUs: p2p (ring), a2a (Ulysses-style) or all_gather.
+    cp_comm_type: str = "p2p"
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
     # None, "selective" (core attention only) or "full".

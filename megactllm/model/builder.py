@@ -70,6 +70,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
+        # TE's DotProductAttention reads it (p2p, a2a, all_gather); the local SDPA spec ignores it.
+        cp_comm_type=parallel.cp_comm_type if parallel.context_parallel_size > 1 else None,
         sequence_parallel=parallel.sequence_parallel,
         recompute_granularity=parallel.recompute_granularity,
         recompute_method=recompute_method if parallel.recompute_granularity == "full" else None,

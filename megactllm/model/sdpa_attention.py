@@ -12,6 +12,10 @@ document-reset or packed-SFT mask, causal already folded in) is passed through i
 SDPA's boolean mask marks what may be attended. GQA: key/value heads are shared by
 heads/groups query heads (enable_gqa). Dropout uses megatron's model-parallel RNG stream, as
 DotProductAttention does, so TP ranks drop independently and reproducibly.
+
+Context parallelism: with context_parallel_size > 1 the sequence arrives split the way megatron
+splits it (two chunks per rank); keys and values are gathered over the CP group and each query
+chunk attends by its global position (megactllm.model.context_parallel_attention).
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from megatron.core import tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.utils import divide
+
+from megactllm.model.context_parallel_attention import attend_context_parallel
 
 
 class SDPAttention(MegatronModule):
@@ -41,8 +47,6 @@ class SDPAttention(MegatronModule):
     ):
         super().__init__(config=config)
         unsupported = []
-        if config.context_parallel_size != 1:
-            unsupported.append(f"context_parallel_size={config.context_parallel_size}")
         if config.window_size is not None:
             unsupported.append(f"window_size={config.window_size}")
         if getattr(config, "softmax_type", "vanilla") != "vanilla":
@@ -52,8 +56,11 @@ class SDPAttention(MegatronModule):
         if pg_collection is None:
             from megatron.core.process_groups_config import ProcessGroupCollection
 
-            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+            required = ["tp", "cp"] if config.context_parallel_size > 1 else ["tp"]
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=required)
         tp = pg_collection.tp.size()
+        # cp_comm_type (p2p, a2a, all_gather) picks TE's algorithm; this module always all-gathers.
+        self.cp_group = getattr(pg_collection, "cp", None) if config.context_parallel_size > 1 else None
         self.attn_mask_type = attn_mask_type
         self.heads = divide(config.num_attention_heads, tp)
         self.groups = divide(config.num_query_groups or config.num_attention_heads, tp)
@@ -89,11 +96,16 @@ class SDPAttention(MegatronModule):
             q = q * ~blocked
         dropout_p = self.dropout_p if self.training else 0.0
 
-        def attend():
+        def kernel(q, k, v, allowed, causal=False):
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, dropout_p=dropout_p, is_causal=causal, scale=self.scale,
                 enable_gqa=self.heads != self.groups,
             )
+
+        def attend():
+            if self.cp_group is not None and self.cp_group.size() > 1:
+                return attend_context_parallel(q, k, v, allowed, self.cp_group, kernel)
+            return kernel(q, k, v, allowed, causal)
 
         if dropout_p and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():

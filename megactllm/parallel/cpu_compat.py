@@ -7,6 +7,7 @@ makes each of those mean "the CPU" for the life of the process:
 
 - a `TorchFunctionMode` rewrites CUDA devices in tensor constructors and `.to()`, makes `.cuda()`
   the identity and reports CPU tensors' `.type()` under the CUDA name megatron checks for;
+- `pin_memory=True` (the rotary embedding's context-parallel index) is dropped;
 - `torch.cuda` functions megatron calls get CPU stand-ins (streams and events that are already
   complete, the CPU RNG as "the CUDA RNG", zero memory statistics).
 
@@ -63,6 +64,8 @@ class _CudaToCpuMode(TorchFunctionMode):
         device = kwargs.get("device")
         if device is not None and _is_cuda_device(device):
             kwargs["device"] = _CPU
+        if kwargs.get("pin_memory"):  # page-locked host memory for CUDA copies: none without CUDA
+            kwargs["pin_memory"] = False
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU) + tuple(args[2:])
         return func(*args, **kwargs)

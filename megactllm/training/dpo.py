@@ -23,7 +23,8 @@ import torch
 
 from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 from megactllm.training.dpo_loss import dpo_loss
-from megactllm.training.sft import model_forward
+from megactllm.training.context_parallel import is_context_parallel_leader, sum_over_context_parallel
+from megactllm.training.sft import model_forward, model_rows
 from megactllm.training.task import StageCapabilities
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,11 @@ def flatten_pairs(batch: dict) -> dict:
 
 
 def sequence_logps(output_tensor: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Sum of response-token log-probs per row; the model's output is -log p per token."""
-    return -(output_tensor.float() * loss_mask.float()).sum(dim=-1)
+    """Sum of response-token log-probs per row; the model's output is -log p per token.
+
+    With context parallelism each rank holds part of every row: the sum runs over the CP group.
+    """
+    return sum_over_context_parallel(-(output_tensor.float() * loss_mask.float()).sum(dim=-1))
 
 
 def pair_logps(output_tensor: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -104,7 +108,7 @@ def forward_only_pair_logps(chunks: list, microbatches: list[dict], seq_length: 
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     def forward_step(data_iterator, model):
-        batch = flatten_pairs(next(data_iterator))
+        batch = model_rows(flatten_pairs(next(data_iterator)))
         output = model_forward(model, batch)
 
         def loss_func(output_tensor):
@@ -137,10 +141,12 @@ def dpo_loss_func(train_cfg, loss_mask: torch.Tensor, reference_logps: torch.Ten
     reference = reference_logps.to(policy.device).float().view(-1, 2)
     out = dpo_loss(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1],
                    beta=train_cfg.dpo_beta, label_smoothing=train_cfg.dpo_label_smoothing, loss_type=train_cfg.dpo_loss_type)
-    pairs = torch.tensor(policy.shape[0], dtype=torch.int, device=policy.device)
+    # Every CP rank computes the same pair losses (each backpropagates into its own tokens); one counts them.
+    leader = is_context_parallel_leader()
+    pairs = torch.tensor(policy.shape[0] if leader else 0, dtype=torch.int, device=policy.device)
 
     def stat(values: torch.Tensor) -> torch.Tensor:
-        return torch.stack([values.detach().float().sum(), pairs.float()])
+        return torch.stack([values.detach().float().sum() * float(leader), pairs.float()])
 
     loss_sum = out.losses.sum()
     report = {
@@ -183,7 +189,7 @@ class DPOTask:
 
     def forward_step(self, data_iterator, model):
         batch = next(data_iterator)
-        rows = flatten_pairs(batch)
+        rows = model_rows(flatten_pairs(batch))
         output = model_forward(model, rows)
         return output, partial(dpo_loss_func, self.cfg.train, rows["loss_mask"], batch.get("reference_logps"))
 

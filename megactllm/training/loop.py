@@ -72,6 +72,9 @@ class Trainer:
         from megactllm.parallel import default_device
         from megactllm.training.stages import build_task
 
+        from megactllm.parallel.initialize import check_context_parallel
+
+        check_context_parallel(cfg.parallel, cfg.model.seq_length)
         self.cfg = cfg
         self.task = task if task is not None else build_task(cfg)
         if not isinstance(getattr(self.task, "provides", None), StageCapabilities):
@@ -235,7 +238,8 @@ class Trainer:
         self.log.info(
             f"training {t.stage}: {self.train_iters} iterations x {t.global_batch_size} samples x {cfg.model.seq_length} tokens; "
             f"TP={cfg.parallel.tensor_model_parallel_size} PP={cfg.parallel.pipeline_model_parallel_size} "
-            f"VPP={cfg.parallel.virtual_pipeline_model_parallel_size or 1} DP={self.dp_size}, "
+            f"VPP={cfg.parallel.virtual_pipeline_model_parallel_size or 1} CP={cfg.parallel.context_parallel_size} "
+            f"DP={self.dp_size}, "
             f"{self.num_microbatches} micro-batches of {t.micro_batch_size} per step"
         )
         for chunk in self.model:

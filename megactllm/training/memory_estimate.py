@@ -7,7 +7,7 @@ Static state, per pipeline stage (the heaviest stage counts):
 - weights in the parameter dtype (bf16/fp16: 2 bytes, fp32: 4);
 - gradients: megatron-core's DDP keeps an fp32 main-grad buffer (grad_reduce_in_fp32): 4 bytes;
 - optimizer: Adam's two fp32 moments (8 bytes), plus fp32 master weights (4) for half-precision
-  params; the distributed optimizer divides this by the data-parallel size. The step itself
+  params; the distributed optimizer divides this by the data x context parallel size. The step itself
   needs one fp32 temporary per (sharded) parameter (torch's foreach Adam: sqrt of the 2nd moment).
 
 Activations follow the per-tensor accounting of Korthikanti et al. ("Reducing Activation
@@ -19,7 +19,9 @@ selective recompute drops the s^2 terms, full recompute keeps one input per reco
 Pipeline schedules hold min(PP, micro-batches) micro-batches on the first stage (x(1 + (PP-1)/
 (PP*VPP)) interleaved). The last stage adds the logits (the cross entropy's softmax, computed in
 place and kept for backward; a second copy when padded vocabulary rows are masked) and the output
-layer's weight-gradient temporary.
+layer's weight-gradient temporary. Context parallelism (CP) gives each rank s/CP tokens: every
+per-token activation is divided by CP, the scores cover s/CP queries against all s keys, and each
+layer keeps the keys and values gathered from the other CP ranks.
 
 Not counted: the Python/torch/megatron baseline of the process (already resident when the check
 runs, so not in the available figure either), communication buffers, allocator fragmentation.
@@ -84,22 +86,26 @@ def _act_bytes_per_layer(cfg: Config, micro_batch: int, recompute: str | None) -
     t = p.tensor_model_parallel_size
     sp = t if p.sequence_parallel else 1
     e = _elem_bytes(cfg)
-    s, b, h, f, a = m.seq_length, micro_batch, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads
+    cp = p.context_parallel_size
+    s_full = m.seq_length
+    s, b, h, f, a = s_full // cp, micro_batch, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads
     q, kv = a * m.head_dim, m.num_kv_heads * m.head_dim
     norms = 2 * (4 + 2 * e) * s * b * h // sp  # fp32 statistics input, normalised, output (x2 norms)
     # The fused QKV output, contiguous copies of q and k (and of v when grouped-query heads are
     # expanded), and the attention context that the output projection keeps.
     qkv_context = e * s * b * (q + 2 * kv + 3 * q + (q if kv < q else 0)) // t
-    scores = (4 + (e if e < 4 else 0)) * a * s * s * b // t  # fp32 softmax (+ its half-precision copy)
+    # Keys and values gathered from the other CP ranks, kept for the attention's backward.
+    qkv_context += e * (s_full - s) * b * 2 * kv // t
+    scores = (4 + (e if e < 4 else 0)) * a * s * s_full * b // t  # fp32 softmax (+ its half-precision copy)
     swiglu = 5 * e * s * b * f // t  # fc1 output (2f), silu input and output, product
     dropout = 0
     if m.attention_dropout > 0:
-        dropout += (1 + e) * a * s * s * b // t
+        dropout += (1 + e) * a * s * s_full * b // t
     if m.hidden_dropout > 0:
         dropout += 2 * s * b * h // sp
     if recompute == "selective":  # core attention recomputed: its s^2 tensors are not kept
         scores = 0
-        dropout -= (1 + e) * a * s * s * b // t if m.attention_dropout > 0 else 0
+        dropout -= (1 + e) * a * s * s_full * b // t if m.attention_dropout > 0 else 0
     return norms + qkv_context + scores + swiglu + dropout
 
 
@@ -118,7 +124,7 @@ def _activations(cfg: Config, dp: int, first: bool, last: bool) -> int:
     t = p.tensor_model_parallel_size
     sp = t if p.sequence_parallel else 1
     e = _elem_bytes(cfg)
-    b, s, h = cfg.train.micro_batch_size, m.seq_length, m.hidden_size
+    b, s, h = cfg.train.micro_batch_size, m.seq_length // p.context_parallel_size, m.hidden_size
     layers = m.num_layers // pp
     per_layer = _act_bytes_per_layer(cfg, b, p.recompute_granularity)
     full_layer = _act_bytes_per_layer(cfg, b, None)
@@ -172,7 +178,8 @@ def estimate_memory(cfg: Config, world_size: int) -> MemoryEstimate:
         grads = params * 4
         state_bytes = 8 if o.optimizer == "adam" else 4  # Adam moments; SGD momentum
         master = 4 if _elem_bytes(cfg) < 4 else 0
-        shard = dp if p.use_distributed_optimizer else 1
+        # megatron shards the distributed optimizer over data x context parallel ranks.
+        shard = dp * p.context_parallel_size if p.use_distributed_optimizer else 1
         optimizer = params * (state_bytes + master) // shard
         step_temp = params * 4 // shard
         acts = max(_activations(cfg, dp, first, last), step_temp)
@@ -229,6 +236,10 @@ def _alternatives(cfg: Config) -> list[tuple[str, Config]]:
     if cfg.model.num_layers % pp2 == 0:
         variant(f"parallel.pipeline_model_parallel_size={pp2} (more devices or less data parallelism)", "parallel",
                 pipeline_model_parallel_size=pp2)
+    cp2 = p.context_parallel_size * 2
+    if cfg.model.seq_length % (2 * cp2) == 0:
+        variant(f"parallel.context_parallel_size={cp2} (more devices or less data parallelism)", "parallel",
+                context_parallel_size=cp2)
     return out
 
 
@@ -248,7 +259,7 @@ def check_fits(cfg: Config, world_size: int, available: Available | None = None)
         if alt_est.total <= budget:
             fixes.append(f"{text} ({alt_est.total / GIB:.1f} GiB)")
     hint = ("would fit with " + "; or ".join(fixes)) if fixes else (
-        "no single change of TP/PP, micro batch, recompute or distributed optimizer fits: combine them or use more devices")
+        "no single change of TP/PP/CP, micro batch, recompute or distributed optimizer fits: combine them or use more devices")
     raise MemoryFitError(
         f"this run needs {est.describe()}"
         + (f" x {available.ranks_sharing} ranks" if available.ranks_sharing > 1 else "")

@@ -82,6 +82,7 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
         _check_tokenizer_fits(cfg)
     _check_stage_options(cfg)
     dp = check_layout(cfg.parallel, world_size, cfg.model.num_layers)
+    check_context_parallel_run(cfg)
     _check_heads_split(cfg)
     microbatches = num_microbatches(cfg, dp)
     try:
@@ -180,6 +181,22 @@ def _check_stage_options(cfg: Config) -> None:
             check_document_resets(cfg)
         except ValueError as e:  # a plain ValueError in the library; here it is the user's setting
             raise ConfigError(str(e)) from None
+
+
+def check_context_parallel_run(cfg: Config) -> None:
+    """What a context-parallel run needs beyond the layout: equal chunks, and attention that can split."""
+    from megactllm.config import ConfigError
+    from megactllm.parallel.initialize import check_context_parallel
+
+    check_context_parallel(cfg.parallel, cfg.model.seq_length)
+    cp = cfg.parallel.context_parallel_size
+    if cp > 1 and cfg.eval.interval:
+        # The benchmark backend scores prompts of any length on the parallel model, unsplit.
+        raise ConfigError(
+            f"eval.interval={cfg.eval.interval} with parallel.context_parallel_size={cp}: in-loop benchmark "
+            "evaluation does not split prompts over the CP group; set eval.interval=0 and evaluate the saved "
+            "checkpoints (megactllm eval) at context_parallel_size=1"
+        )
 
 
 def _check_heads_split(cfg: Config) -> None:

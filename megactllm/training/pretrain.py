@@ -12,6 +12,7 @@ import torch
 
 from megactllm.config import Config
 from megactllm.data.pretrain.gpt_dataset import build_gpt_datasets
+from megactllm.training.context_parallel import split_for_context_parallel
 from megactllm.training.schedule import dataset_sample_counts, resolve_train_iters
 from megactllm.training.task import StageCapabilities
 
@@ -87,7 +88,8 @@ class PretrainTask:
         return microbatches
 
     def forward_step(self, data_iterator, model):
-        batch = next(data_iterator)
+        # With context parallelism, this rank's two chunks of each sequence (the mask's query rows).
+        batch = split_for_context_parallel(next(data_iterator))
         # The [b, 1, s, s] document mask exists only with data.reset_attention_mask; else causal.
         mask = batch.get("attention_mask")
         output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])

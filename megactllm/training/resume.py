@@ -50,7 +50,8 @@ def resume(trainer, path: str) -> None:
     meta = ckpt.read_metadata(path)
     same = ckpt.same_layout(meta, cfg.parallel, trainer.world_size)
     loadable, why_not = ckpt.optimizer_loadable(meta, cfg.parallel)
-    tp_pp_changed = not ckpt.same_model_parallel(meta, cfg.parallel)
+    # A CP change splits no weight: with optimizer state loadable it loads like a DP change.
+    tp_pp_changed = not ckpt.same_weight_split(meta, cfg.parallel)
     load_optimizer = loadable and (not tp_pp_changed or cfg.train.reshard_optimizer)
     if not load_optimizer:
         if loadable:

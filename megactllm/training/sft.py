@@ -15,6 +15,7 @@ from functools import partial
 import torch
 
 from megactllm.data.chat.sft_dataset import build_sft_datasets
+from megactllm.training.context_parallel import split_for_context_parallel
 from megactllm.training.task import StageCapabilities
 
 
@@ -40,10 +41,25 @@ def attention_mask_from_segments(segment_ids: torch.Tensor) -> torch.Tensor | No
     return ~(same & causal).unsqueeze(1)
 
 
-def model_forward(model, batch: dict) -> torch.Tensor:
-    """Per-token losses [b, s] (-log p of each label) on the last stage, hidden states elsewhere."""
-    mask = attention_mask_from_segments(batch["segment_ids"]) if "segment_ids" in batch else None
-    return model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
+def model_rows(batch: dict) -> dict:
+    """tokens, labels, loss_mask, position_ids and attention_mask (None: causal) of this CP rank.
+
+    The packed rows' mask is built on the whole sequence first, then cut with the other fields, so
+    document boundaries stay exact inside and across the context-parallel chunks.
+    """
+    rows = {k: batch[k] for k in ("tokens", "labels", "loss_mask", "position_ids")}
+    rows["attention_mask"] = attention_mask_from_segments(batch["segment_ids"]) if "segment_ids" in batch else None
+    return split_for_context_parallel(rows)
+
+
+def model_forward(model, rows: dict) -> torch.Tensor:
+    """Per-token losses [b, s] (-log p of each label) on the last stage, hidden states elsewhere.
+
+    `rows` come from model_rows; a raw batch (no attention_mask key) goes through it here.
+    """
+    if "attention_mask" not in rows:
+        rows = model_rows(rows)
+    return model(rows["tokens"], rows["position_ids"], rows.get("attention_mask"), labels=rows["labels"])
 
 
 def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -72,8 +88,8 @@ class SFTTask:
         return microbatches
 
     def forward_step(self, data_iterator, model):
-        batch = next(data_iterator)
-        return model_forward(model, batch), partial(masked_token_loss, batch["loss_mask"])
+        rows = model_rows(next(data_iterator))
+        return model_forward(model, rows), partial(masked_token_loss, rows["loss_mask"])
 
     def metric_names(self) -> list[str]:
         return ["lm loss"]
