@@ -1,0 +1,105 @@
+"""Spiky-step skipping and rollback on real text with random-token documents blended in.
+
+Micro and global batch 1, so a step is one sample: after the warm-up exactly the steps that read
+random tokens are skipped, with weights and Adam state untouched, and the run then equals one that
+never read those samples (train.skip_samples, constant LR). Rollback then resume equals a run that
+skipped the same window from the start.
+"""
+import json
+import math
+from pathlib import Path
+
+import pytest
+from spike_utils import overrides, train_observed, write_real_and_random
+
+from megactllm.testing import run_distributed
+from megactllm.training.spikes import SpikeWindow, min_steps
+
+ITERS = 120
+WARMUP = 40  # the spike window's minimum is 16 applied steps; the loss still falls fast until ~40
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, shared_data, sp_model_path):
+    root = tmp_path_factory.mktemp("spikes")
+    return root, write_real_and_random(str(root), str(sp_model_path), str(shared_data / "corpus" / "clue_small_zh.txt"))
+
+
+def test_window_minimum_and_verdicts():
+    assert min_steps(128) == 32 and min_steps(32) == 16 and min_steps(8) == 8
+    w = SpikeWindow(32, 6.0)
+    for i in range(15):
+        w.record(5.0 + 0.01 * (i % 3), 1.0)
+    assert not w.judge(100.0, 1.0).spike, "nothing is a spike before the window holds its minimum"
+    w.record(5.0, 1.0)
+    assert w.judge(100.0, 1.0).spike and "loss" in w.judge(100.0, 1.0).reason
+    assert w.judge(5.0, 50.0).spike and "grad norm" in w.judge(5.0, 50.0).reason
+    assert not w.judge(5.02, 1.0).spike
+    again = SpikeWindow.from_state(32, 6.0, json.loads(json.dumps(w.state())))
+    assert list(again.values) == list(w.values)
+
+
+def test_random_documents_are_exactly_the_skipped_steps(data):
+    root, d = data
+    ov = overrides(d, str(root / "spiky"), 0.04, **{"train.train_iters": ITERS})
+    (r,) = run_distributed(train_observed, 1, ov, d["real_tokens"], timeout=900)
+    skipped = {i for i, u in r["unchanged"].items()}
+    random_steps = {i for i, is_random in r["read_random"].items() if is_random}
+    assert r["state"]["spike_iterations"] == len(skipped) and r["state"]["iteration"] == ITERS
+    assert not {i for i in skipped if i <= 16}, "nothing is skipped before the window holds 16 applied steps"
+    late_random = {i for i in random_steps if i > WARMUP}
+    assert len(late_random) >= 2, f"the blend put too few random samples after the warm-up: {sorted(random_steps)}"
+    assert {i for i in skipped if i > WARMUP} == late_random, (sorted(skipped), sorted(random_steps))
+    assert all(r["unchanged"].values()), "a skipped step must leave weights and Adam's step count untouched"
+
+    log = [json.loads(line) for line in (root / "spiky" / "log" / "metrics.jsonl").read_text().splitlines()]
+    logged = {rec["iteration"]: rec for rec in log if rec.get("skipped_spike")}
+    assert set(logged) == skipped and all(logged[i]["loss"] == r["losses"][i] for i in skipped)
+
+    # The same run without the skipped samples (train.skip_samples) equals it, step for step.
+    windows = [[i - 1, i] for i in sorted(skipped)]
+    ref_ov = overrides(d, str(root / "reference"), 0.04, **{
+        "train.train_iters": ITERS - len(skipped), "train.skip_spiky_steps": "false", "train.skip_samples": json.dumps(windows)})
+    (ref,) = run_distributed(train_observed, 1, ref_ov, d["real_tokens"], timeout=900)
+    applied = [i for i in range(1, ITERS + 1) if i not in skipped]
+    assert [r["losses"][i] for i in applied] == [ref["losses"][j] for j in range(1, len(applied) + 1)]
+    import torch
+
+    assert all(torch.equal(a, b) for a, b in zip(r["weights"], ref["weights"]))
+
+
+def test_clean_text_skips_nothing(data):
+    root, d = data
+    (r,) = run_distributed(train_observed, 1, overrides(d, str(root / "clean"), 0.0, **{"train.train_iters": 200}),
+                           d["real_tokens"], timeout=900)
+    assert r["state"]["iteration"] == 200 and r["state"]["spike_iterations"] == 0 and not r["unchanged"]
+    assert all(math.isfinite(v) for v in r["losses"].values())
+
+
+def test_rollback_then_resume_equals_skipping_the_window_from_the_start(data):
+    root, d = data
+    save = root / "rollback_ckpt"
+    common = {"train.train_iters": 40, "train.save_interval": 10, "train.spike_rollback_after": 2}
+    ov = overrides(d, str(root / "rollback"), 0.0, **common, **{"train.save": str(save), "train.load": str(save),
+                                                                  "train.exit_interval": 30})
+    # Samples 24 and 25 (iterations 25, 26) are bad batches: two spikes in a row.
+    (first,) = run_distributed(train_observed, 1, ov, d["real_tokens"], (24, 25), timeout=900)
+    assert first["state"]["iteration"] == 30 and first["state"]["spike_rollbacks"] == 1
+    assert first["state"]["skipped_samples"] == [[20, 26]] and first["state"]["consumed_samples"] == 36
+    meta = json.loads((save / "iter_0000020" / "megactllm.json").read_text())
+    assert meta["train_state"]["skipped_samples"] == [[20, 26]], "the window is recorded in the checkpoint at once"
+    events = [json.loads(x) for x in (root / "rollback" / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["skipped_sample_count"] for e in events if e["kind"] == "rollback"] == [6]
+
+    ov_resume = [o for o in ov if not o.startswith("train.exit_interval")]
+    (resumed,) = run_distributed(train_observed, 1, ov_resume, d["real_tokens"], (24, 25), timeout=900)
+    assert resumed["state"]["iteration"] == 40 and not resumed["unchanged"], "the window is never read again"
+
+    ref_ov = overrides(d, str(root / "window"), 0.0, **common, **{
+        "train.save": str(root / "window_ckpt"), "train.skip_samples": json.dumps([[20, 26]])})
+    (ref,) = run_distributed(train_observed, 1, ref_ov, d["real_tokens"], timeout=900)
+    assert [resumed["losses"][i] for i in range(31, 41)] == [ref["losses"][i] for i in range(31, 41)]
+    assert [first["losses"][i] for i in range(21, 31)] == [ref["losses"][i] for i in range(21, 31)]
+    import torch
+
+    assert all(torch.equal(a, b) for a, b in zip(resumed["weights"], ref["weights"]))
