@@ -63,5 +63,7 @@ setup(
         # Running and serving models: GGUF files (written with gguf, run and quantized by llama.cpp
         # through llama-cpp-python, which builds from source) and the OpenAI-compatible server.
         "serve": ["gguf>=0.17", "llama-cpp-python==0.3.36", "fastapi", "uvicorn"],
+        # Weights & Biases logging (train.wandb_project).
+        "wandb": ["wandb"],
     },
 )
