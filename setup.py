@@ -26,7 +26,11 @@ setup(
     version="0.1.0",
     description="Chinese-centric LLM training on megatron-core: corpus to tokens to TP/PP/DP pretraining, SFT, DPO",
     packages=find_packages(include=["megactllm", "megactllm.*"]),
+    # The subjects of CMMLU, C-Eval and MMLU (display names and categories, equal to lm-eval's).
+    package_data={"megactllm.eval.tasks": ["subjects/*.json"]},
     ext_modules=extensions,
+    # One command for every stage (megactllm.cli); tools/*.py are the same mains, run from a checkout.
+    entry_points={"console_scripts": ["megactllm=megactllm.cli:console_main"]},
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.10",
     install_requires=[
@@ -41,16 +45,9 @@ setup(
         "pyyaml",
         "sentencepiece",
         "tokenizers",
-        "tensorboard",
-        "matplotlib",
         "zstandard",
-        "pyarrow",
         "safetensors",
         "transformers",
-        "jieba",
-        "opencc-python-reimplemented",
-        # Offline language identification for corpus cleaning; the model ships inside the package.
-        "langid",
         # SentencePiece model editing (vocabulary extension) and transformers' tokenizer conversion.
         "protobuf",
         # The chat template is Jinja, rendered by transformers' apply_chat_template for exported models.
@@ -59,10 +56,18 @@ setup(
         "orjson",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate"],
+        # Corpus work: parquet input, Chinese word segmentation (cleaning, vocabulary mining),
+        # traditional -> simplified, offline language identification (its model ships in the package).
+        # Kept out of the core so the core's wheels fit an offline GPU node (scripts/offline_wheels.sh).
+        "corpus": ["pyarrow", "jieba", "opencc-python-reimplemented", "langid"],
+        # TensorBoard logs (train.tensorboard_dir) and plots (loss curves, cleaning report).
+        "monitor": ["tensorboard", "matplotlib"],
+        "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate", "schemathesis>=4.0"],
         # Running and serving models: GGUF files (written with gguf, run and quantized by llama.cpp
         # through llama-cpp-python, which builds from source) and the OpenAI-compatible server.
-        "serve": ["gguf>=0.17", "llama-cpp-python==0.3.36", "fastapi", "uvicorn"],
+        # The API key is checked on the routed path (the ASGI scope), so no starlette version's URL
+        # rebuilding from the Host header matters; tested with fastapi 0.165 / starlette 1.10.
+        "serve": ["gguf>=0.17", "llama-cpp-python==0.3.36", "fastapi>=0.115", "starlette>=0.40", "uvicorn"],
         # Weights & Biases logging (train.wandb_project).
         "wandb": ["wandb"],
     },

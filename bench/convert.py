@@ -17,6 +17,7 @@ to the model's size (target: at most ~1.5x).
     python bench/convert.py                  # ~500M parameters (28 layers, hidden 1024, vocab 64000)
     python bench/convert.py --preset 2b      # CT-LLM 2B shape (needs ~20 GB disk, several minutes)
     python bench/convert.py --preset tiny    # smoke run
+    python bench/convert.py --preset qwen2.5-7b-2l   # Qwen2.5-7B widths, 2 layers (1.56B parameters, ~3 GiB)
 """
 import argparse
 import json
@@ -37,7 +38,21 @@ PRESETS = {
     "500m": dict(num_hidden_layers=28, hidden_size=1024, intermediate_size=2816, num_attention_heads=16),
     "2b": dict(num_hidden_layers=32, hidden_size=2048, intermediate_size=5504, num_attention_heads=16),
     "tiny": dict(num_hidden_layers=2, hidden_size=128, intermediate_size=352, num_attention_heads=4),
+    # Qwen2.5-7B's real widths (QKV bias, 4 KV heads, 152,064 untied rows), 2 of its 28 layers: 1.56B parameters.
+    "qwen2.5-7b-2l": dict(family="qwen2", vocab_size=152064, num_hidden_layers=2, hidden_size=3584,
+                          intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
+                          rope_theta=1000000.0, rms_norm_eps=1e-6),
 }
+
+
+def word_level_tokenizer(path: Path, vocab_size: int) -> None:
+    """A tokenizer.json with exactly `vocab_size` ids (the conversion checks rows against ids); the
+    benchmark measures the weights, so its pieces need not be real."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path))
 
 
 class MemorySampler:
@@ -83,15 +98,21 @@ class MemorySampler:
 
 def phase_make_hf(work: Path, preset: str, tokenizer: Path) -> dict:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
-    config = LlamaConfig(vocab_size=64000, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         **PRESETS[preset])
+    values = dict(vocab_size=64000, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    values.update(PRESETS[preset])
+    family = values.pop("family", "llama")
+    prefix = {"llama": "Llama", "qwen2": "Qwen2"}[family]
+    config = getattr(transformers, f"{prefix}Config")(**values)
     torch.set_default_dtype(torch.bfloat16)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = getattr(transformers, f"{prefix}ForCausalLM")(config)
     model.save_pretrained(work / "hf_in", max_shard_size="1GB")
-    shutil.copy(tokenizer, work / "hf_in" / "tokenizer.model")
+    if family == "llama":
+        shutil.copy(tokenizer, work / "hf_in" / "tokenizer.model")
+    else:
+        word_level_tokenizer(work / "hf_in" / "tokenizer.json", values["vocab_size"])
     return dict(parameters=sum(p.numel() for p in model.parameters()))
 
 
@@ -191,7 +212,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="megactllm-bench-convert-"))
     try:
         made = run_phase("make-hf", work, ["--preset", args.preset, "--tokenizer", str(args.tokenizer)])
-        model_bytes = _dir_bytes(work / "hf_in") - (work / "hf_in" / "tokenizer.model").stat().st_size
+        model_bytes = sum(f.stat().st_size for f in (work / "hf_in").glob("*.safetensors"))
         print(f"model: {made['parameters'] / 1e6:.0f}M parameters, {model_bytes / 2**30:.2f} GiB of bf16 safetensors "
               f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
         results = {}

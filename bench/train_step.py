@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from megactllm.config import load_config
+from megactllm.model.families import family_of
 
 
 def write_random_corpus(prefix: str, vocab: int, tokens: int, seed: int = 0) -> None:
@@ -243,7 +244,7 @@ def main():
     torch.distributed.barrier()
 
     tokens_per_step = gbs * seq
-    flops_per_token = cfg.model.flops_per_token(seq)
+    flops_per_token = family_of(cfg.model).flops_per_token(cfg.model, seq)
     world = torch.distributed.get_world_size()
     lines = [f"megactllm train-step bench: {arch}, seq {seq}, micro-batch {mbs}, global batch {gbs}, world {world}, "
              f"{'GPU ' + torch.cuda.get_device_name() if gpu else 'CPU'}, {args.steps} timed steps after {args.warmup}"]

@@ -43,14 +43,6 @@ def user_error_types() -> tuple:
     return (UserError,)
 
 
-def launch_rank() -> int:
-    """This process's global rank from the launcher's environment (0 for a lone process)."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
 def print_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 

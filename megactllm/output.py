@@ -17,6 +17,8 @@ import os
 import re
 import warnings
 
+from megactllm.common.env import launch_rank
+
 VERBOSE_ENV = "MEGACTLLM_VERBOSE"
 
 # (message regex, category, why it says nothing to the user). Matched at the start of the message.
@@ -43,19 +45,12 @@ def verbose_requested(verbose: bool = False) -> bool:
     return verbose or os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _rank() -> int:
-    for name in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
 def configure_output(verbose: bool = False, rank: int | None = None, cuda: bool | None = None) -> bool:
     """Install the filters for this process; returns whether output is verbose (nothing filtered)."""
     if verbose_requested(verbose):
         os.environ[VERBOSE_ENV] = "1"  # child processes (dataloader workers, tools) follow
         return True
-    rank = _rank() if rank is None else rank
+    rank = launch_rank() if rank is None else rank
     if cuda is None:
         import torch
 

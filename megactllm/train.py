@@ -1,4 +1,5 @@
-"""Train a model: `torchrun --nproc-per-node N -m megactllm.train --config RECIPE.yaml [section.key=value ...]`.
+"""Train a model: `torchrun --nproc-per-node N -m megactllm.train --config RECIPE.yaml [section.key=value ...]`
+(or `megactllm train ...` for one process; `torchrun ... -m megactllm train ...` is the same).
 
 Also runs under `srun` (one task per GPU; rank and world size from SLURM) and as a single process.
 `train.stage` picks pretrain, sft or dpo; everything else comes from the recipe and the overrides.
@@ -9,13 +10,14 @@ prints one `error: ...` line from rank 0 and every rank exits with code 2 (3: no
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m megactllm.train", description=__doc__.split("\n")[0])
+def parse_args(argv=None, prog=None):
+    from megactllm.common.command import CommandParser
+
+    parser = CommandParser(prog=prog or "python -m megactllm.train", description=__doc__)
     parser.add_argument("--config", help="YAML recipe (examples/configs/*.yaml)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the run, print the memory estimate, the layout and the schedule, and exit")
@@ -47,7 +49,7 @@ def _start_process_group(cfg) -> None:
                             timeout=datetime.timedelta(minutes=minutes))
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog=None) -> int:
     from megactllm.training import exit_signals
     from megactllm.training.parent_death import die_with_parent, launched_by_torchrun
 
@@ -55,7 +57,15 @@ def main(argv=None) -> int:
     exit_signals.install()
     if launched_by_torchrun():
         die_with_parent()
-    args = parse_args(argv)
+    from megactllm.common.env import launch_rank
+    from megactllm.errors import EXIT_USER_ERROR, UserError, print_error
+
+    try:
+        args = parse_args(argv, prog)
+    except UserError as e:  # a command line that does not parse: one line, from rank 0 only
+        if launch_rank() == 0:
+            print_error(str(e))
+        return EXIT_USER_ERROR
     from megactllm.output import configure_output
 
     configure_output(verbose=args.verbose)  # before megatron-core is imported: its warnings come at import
@@ -90,6 +100,9 @@ def main(argv=None) -> int:
         error = e
     _start_process_group(cfg)
     code = agree_on_error(error)
+    if not code and env.rank == 0:
+        for note in plan.notes:
+            print(note, flush=True)
     if code or args.dry_run:
         if not code and env.rank == 0:
             print(plan.report(), flush=True)
@@ -124,10 +137,14 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    exit_code = main()
+def exit_for(exit_code: int) -> None:
+    """Leave the process with a run's exit code."""
     from megactllm.errors import EXIT_NONFINITE, EXIT_USER_ERROR, exit_now
 
     if exit_code in (EXIT_USER_ERROR, EXIT_NONFINITE):
         exit_now(exit_code)  # every failing rank leaves together (see megactllm.errors)
     sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    exit_for(main())

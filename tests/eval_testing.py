@@ -26,6 +26,25 @@ def save_tiny_llama(out: Path, sp_model: Path, seed: int = 0, **config) -> Path:
     return out
 
 
+def benchmark_files_without_mapping(shared_eval: Path, out: Path, extra_test: dict | None = None) -> Path:
+    """out/<benchmark>/<split>/ holding links to the real CSV files and no mapping.json, as the
+    benchmarks' own repositories ship them. extra_test {benchmark: [subject]} adds subjects absent
+    from the evaluation split by linking their dev file there (CMMLU's test split holds 34 of 67)."""
+    eval_split = {"cmmlu": ("test", ""), "ceval": ("val", "_val"), "mmlu": ("test", "_test")}
+    for benchmark in ("cmmlu", "ceval", "mmlu"):
+        for split_dir in sorted(p for p in (shared_eval / benchmark).iterdir() if p.is_dir()):
+            target = out / benchmark / split_dir.name
+            target.mkdir(parents=True)
+            for csv_file in split_dir.glob("*.csv"):
+                (target / csv_file.name).symlink_to(csv_file)
+        split, suffix = eval_split[benchmark]
+        dev_suffix = "" if benchmark == "cmmlu" else "_dev"
+        for subject in (extra_test or {}).get(benchmark, []):
+            (out / benchmark / split / f"{subject}{suffix}.csv").symlink_to(shared_eval / benchmark / "dev" / f"{subject}{dev_suffix}.csv")
+        assert not (out / benchmark / "mapping.json").exists()
+    return out
+
+
 def parallel_eval_jobs(checkpoint: str, tokenizer: str, save_cfg, layouts: list, requests_text: list,
                        gen_contexts: list) -> dict:
     """Run on every rank: save a random model at save_cfg's layout with the real tokenizer, then for

@@ -9,7 +9,7 @@ from blend_utils import scheduled_overrides, source_of, train_recording_samples,
 
 from megactllm.config import load_config
 from megactllm.data.pretrain.blend_schedule import BlendSchedule, BlendScheduleError, check_resumed_schedule, parse_schedule
-from megactllm.data.pretrain.gpt_dataset import BlendError
+from megactllm.data.blend import BlendError
 from megactllm.data.pretrain.indexed import DatasetFormatError
 from megactllm.testing import run_distributed
 

@@ -123,7 +123,9 @@ def test_llama_recipe_continues_an_imported_llama_without_model_overrides(tmp_pa
     imported = import_from_hf(hf, tmp_path / "ckpt", tokenizer_file=extended, progress_stream=None)
 
     recipe = str(REPO_ROOT / "examples" / "configs" / "llama2_7b_continue.yaml")
-    cfg = load_config(recipe, [f"train.pretrained_checkpoint={tmp_path / 'ckpt'}", f"train.load={tmp_path / 'none'}"])
+    # One's own data: the recipe's schedule is sized for 4,096-token samples, this model has 64.
+    own_data = "data.data_path=[zh_text_document]"
+    cfg = load_config(recipe, [f"train.pretrained_checkpoint={tmp_path / 'ckpt'}", f"train.load={tmp_path / 'none'}", own_data])
     plan = preflight(cfg, world_size=4)
     m = cfg.model
     assert (m.num_layers, m.hidden_size, m.num_kv_heads, m.vocab_size, m.rotary_base, m.norm_epsilon) == (
@@ -134,4 +136,4 @@ def test_llama_recipe_continues_an_imported_llama_without_model_overrides(tmp_pa
     # The original tokenizer (one id short) does not fit the extended checkpoint: refused by name.
     with pytest.raises(VocabMismatchError, match="tiny.model has 300 ids"):
         preflight(load_config(recipe, [f"train.pretrained_checkpoint={tmp_path / 'ckpt'}",
-                                       f"train.load={tmp_path / 'none'}", f"data.tokenizer_model={base}"]), 4)
+                                       f"train.load={tmp_path / 'none'}", f"data.tokenizer_model={base}", own_data]), 4)

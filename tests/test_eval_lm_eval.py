@@ -9,14 +9,15 @@ import json
 
 import pytest
 import torch
-from eval_testing import save_tiny_llama
+from eval_testing import benchmark_files_without_mapping, save_tiny_llama
 
-from megactllm.eval import evaluate_subjects, load_benchmark
+from megactllm.eval import evaluate_subjects, load_benchmark, prompts
 from megactllm.eval.backends.hf import HFBackend
 from megactllm.eval.lm_eval_compat import lm_eval_task_yaml
 from megactllm.eval.requests import encode_pair
 
-CASES = [("cmmlu", "agronomy"), ("ceval", "accountant"), ("mmlu", "business_ethics")]
+# chinese_driving_rule (not in the shared CMMLU test split) is read from its dev file.
+CASES = [("cmmlu", "agronomy"), ("cmmlu", "chinese_driving_rule"), ("ceval", "accountant"), ("mmlu", "business_ethics")]
 LIMIT = 3
 TOL = 1e-4
 
@@ -27,13 +28,21 @@ def model_dir(tmp_path_factory, sp_model_path):
 
 
 @pytest.fixture(scope="module")
-def lm_eval_runs(model_dir, shared_data, tmp_path_factory):
+def eval_data(shared_data, tmp_path_factory):
+    """The real CSV files with no mapping.json beside them (as CMMLU's repository ships data/{dev,test}):
+    display names come from the package's own subject tables."""
+    return benchmark_files_without_mapping(shared_data / "eval", tmp_path_factory.mktemp("bare_eval"),
+                                           extra_test={"cmmlu": ["chinese_driving_rule"]})
+
+
+@pytest.fixture(scope="module")
+def lm_eval_runs(model_dir, eval_data, tmp_path_factory):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks_dir = tmp_path_factory.mktemp("lm_eval_tasks")
-    names = {(b, s): lm_eval_task_yaml(tasks_dir, b, shared_data / "eval" / b, s) for b, s in CASES}
+    names = {(b, s): lm_eval_task_yaml(tasks_dir, b, eval_data / b, s) for b, s in CASES}
     lm = HFLM(pretrained=str(model_dir), batch_size=4, device="cpu", dtype="float32")
     runs = {}
     for shots in (0, 1):
@@ -44,9 +53,9 @@ def lm_eval_runs(model_dir, shared_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("shots", [0, 1])
-def test_loglikelihoods_and_acc_equal_lm_eval(model_dir, shared_data, lm_eval_runs, shots):
+def test_loglikelihoods_and_acc_equal_lm_eval(model_dir, eval_data, lm_eval_runs, shots):
     backend = HFBackend(model_dir, batch_size=3)
-    subjects = [s for b, name in CASES for s in load_benchmark(b, shared_data / "eval" / b, [name], shots=shots)]
+    subjects = [s for b, name in CASES for s in load_benchmark(b, eval_data / b, [name], shots=shots)]
     ours = evaluate_subjects(backend, subjects, shots=shots, limit=LIMIT, log_samples=True, progress_stream=None)
     for (benchmark, name), subject in zip(CASES, subjects):
         theirs = lm_eval_runs[0][shots][(benchmark, name)]
@@ -58,7 +67,10 @@ def test_loglikelihoods_and_acc_equal_lm_eval(model_dir, shared_data, lm_eval_ru
             assert a["acc"] == b["acc"]
             if "acc_norm" in b:  # lm-eval's MMLU reports acc only
                 assert a["acc_norm"] == b["acc_norm"]
-    assert {s.task for s in ours.scores} == {"cmmlu_agronomy", "ceval-valid_accountant", "mmlu_business_ethics"}
+    assert {s.task for s in ours.scores} == {"cmmlu_agronomy", "cmmlu_chinese_driving_rule", "ceval-valid_accountant",
+                                             "mmlu_business_ethics"}
+    # The prompts equal (the log-likelihoods above): the description comes from the shipped table.
+    assert prompts.description(subjects[1]) == "以下是关于中国驾驶规则的单项选择题，请直接给出正确答案的选项。\n\n"
 
 
 def test_multi_token_continuations_use_the_cache_and_equal_lm_eval(model_dir, lm_eval_runs):

@@ -2,10 +2,12 @@
 import json
 import math
 import shutil
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from eval_testing import save_tiny_llama
+from eval_testing import benchmark_files_without_mapping, save_tiny_llama
 
 from megactllm.eval import EvalDataError, load_benchmark
 from megactllm.eval.bpb import bits_per_byte
@@ -37,6 +39,73 @@ def test_reads_all_real_layouts(shared_data):
     mapping = json.loads((shared_data / "eval" / "cmmlu" / "mapping.json").read_text(encoding="utf-8"))
     assert [s.category for s in every] == [mapping[s.name]["category"] for s in every]
     assert {s.category for s in every} >= {"STEM", "Humanities", "Social Sciences", "Other"}
+
+
+def test_shipped_subjects_give_lm_eval_descriptions_without_mapping_json(shared_data, tmp_path):
+    """CMMLU's own data/{dev,test} (no mapping.json): prompts still say lm-eval's display names."""
+    from megactllm.eval import prompts
+
+    root = benchmark_files_without_mapping(shared_data / "eval", tmp_path, extra_test={"cmmlu": ["chinese_driving_rule"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every real subject is known: no fallback warning
+        subjects = {(b, s.name): s for b in ("cmmlu", "ceval", "mmlu") for s in load_benchmark(b, root / b)}
+    driving = subjects[("cmmlu", "chinese_driving_rule")]
+    assert prompts.description(driving) == "以下是关于中国驾驶规则的单项选择题，请直接给出正确答案的选项。\n\n"
+    assert driving.category == "Other"
+    assert prompts.description(subjects[("ceval", "accountant")]) == "以下是中国关于注册会计师的单项选择题，请选出其中的正确答案。\n\n"
+    assert subjects[("mmlu", "business_ethics")].display_name == "business ethics"
+    # Categories equal those of the mapping.json files published with the data (MMLU's anatomy aside,
+    # which lm-eval's groups put in STEM).
+    for (benchmark, name), subject in subjects.items():
+        published = json.loads((shared_data / "eval" / benchmark / "mapping.json").read_text(encoding="utf-8"))[name]
+        assert subject.display_name == published["name"]
+        assert subject.category == published["category"] or (benchmark, name) == ("mmlu", "anatomy")
+
+
+def test_shipped_tables_hold_every_subject_with_lm_eval_descriptions():
+    """67 CMMLU, 52 C-Eval and 57 MMLU subjects; each description equals lm-eval 0.4's task YAML."""
+    import lm_eval
+    import yaml
+
+    from megactllm.eval import Subject, prompts
+    from megactllm.eval.tasks.subject_names import shipped_subjects
+
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    layout = {"cmmlu": ("cmmlu", "cmmlu_"), "ceval": ("ceval", "ceval-valid_"), "mmlu": ("mmlu/default", "mmlu_")}
+    counts = {}
+    for benchmark, (folder, prefix) in layout.items():
+        table = shipped_subjects(benchmark)
+        counts[benchmark] = len(table)
+        theirs = {p.stem[len(prefix):]: p for p in (tasks / folder).glob(f"{prefix}*.yaml")}
+        assert set(table) == set(theirs), benchmark
+        for name, info in table.items():
+            subject = Subject(benchmark, name, info["name"], info["category"], [])
+            expected = yaml.safe_load(theirs[name].read_text(encoding="utf-8"))["description"]
+            assert prompts.description(subject) == expected, (benchmark, name)
+            assert info["category"] in ("STEM", "Humanities", "Social Sciences", "Other")
+    assert counts == {"cmmlu": 67, "ceval": 52, "mmlu": 57}
+
+
+def test_mapping_json_overrides_and_unknown_subject_warns(tmp_path):
+    from megactllm.eval import prompts
+    from megactllm.eval.tasks.subject_names import UnknownSubjectWarning
+
+    root = _cmmlu(tmp_path / "a", ROWS, name="agronomy")
+    _cmmlu(root, ROWS, name="tea_culture")
+    (root / "mapping.json").write_text(json.dumps({"agronomy": {"category": "STEM"}}), encoding="utf-8")
+    with pytest.warns(UnknownSubjectWarning, match=r"tea_culture\.csv: subject 'tea_culture' is in neither .*mapping\.json; "
+                                                   r"its prompt describes it as 'tea culture' \(from the file name\), category 'Other'"):
+        agronomy, tea = load_benchmark("cmmlu", root)
+    assert (agronomy.display_name, agronomy.category) == ("农学", "STEM")  # name shipped, category overridden
+    assert (tea.display_name, tea.category) == ("tea culture", "Other")
+    (root / "mapping.json").write_text(json.dumps({"tea_culture": {"name": "茶文化", "category": "Humanities"}}), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tea = load_benchmark("cmmlu", root, ["tea_culture"])[0]
+    assert prompts.description(tea).startswith("以下是关于茶文化的单项选择题") and tea.category == "Humanities"
+    (root / "mapping.json").write_text('["agronomy"]', encoding="utf-8")
+    with pytest.raises(EvalDataError, match=r"mapping\.json: expected \{subject"):
+        load_benchmark("cmmlu", root)
 
 
 def test_bom_and_crlf_read_like_plain_files(tmp_path):

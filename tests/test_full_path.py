@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megactllm.pipeline.runner import DONE_FILE, Stage, StageFailed, StageResult, format_table, run_stages
+from megactllm.walkthrough.runner import DONE_FILE, Stage, StageFailed, StageResult, format_table, run_stages
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["clean", "tokenizer", "tokenize", "pretrain", "evaluate", "sft", "dpo", "export", "gguf", "serve"]
@@ -154,8 +154,8 @@ def test_rerun_skips_every_finished_stage(quick):
 def test_missing_raw_input_is_a_clear_error(tmp_path, shared_data):
     proc = run_cli("--quick", "--out", tmp_path / "run", "--raw", tmp_path / "absent.jsonl", "--shared-data", shared_data,
                    timeout=300)
-    assert proc.returncode == 1
-    assert "stage clean failed" in proc.stderr and str(tmp_path / "absent.jsonl") in proc.stderr
+    assert proc.returncode == 2  # a user's mistake: one line, before any stage runs
+    assert proc.stderr.strip() == f"error: --raw {tmp_path / 'absent.jsonl'} does not exist"
     assert not (tmp_path / "run" / "clean" / DONE_FILE).exists()
 
 
@@ -220,7 +220,7 @@ def test_runner_redoes_from_the_stage_whose_own_settings_changed(tmp_path):
 
 
 def test_a_failed_command_names_its_cause_and_keeps_its_log(tmp_path):
-    from megactllm.pipeline.commands import run_logged
+    from megactllm.walkthrough.subprocesses import run_logged
 
     script = "import sys; print('working'); print('[rank0]: ValueError: record 7 of x.jsonl is bad', flush=True); sys.exit(3)"
     with pytest.raises(StageFailed) as info:

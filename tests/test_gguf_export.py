@@ -59,6 +59,9 @@ def test_metadata_vocab_and_template(gguf_f32, chat_sp_model):
     assert field("tokenizer.ggml.scores")[100] == pytest.approx(sp.get_score(100))
     assert field("tokenizer.ggml.eot_token_id") == sp.piece_to_id(IM_END)
     assert field("tokenizer.ggml.eos_token_id") == 2 and field("tokenizer.ggml.add_bos_token") is False
+    assert field("tokenizer.ggml.add_eos_token") is False
+    # MAP-NEO's normalizer adds the dummy prefix; our HF export puts it only at the start of a text.
+    assert field("tokenizer.ggml.add_space_prefix") is True and field("megactllm.tokenizer.chat_space_prefix") is False
     assert field("tokenizer.chat_template") == CHAT_TEMPLATE
     assert field("llama.attention.head_count_kv") == 2 and field("llama.rope.freq_base") == 500000.0
     assert {t.tensor_type for t in reader.tensors} == {gguf.GGMLQuantizationType.F32}

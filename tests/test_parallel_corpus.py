@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from megactllm.data.pretrain.parallel_corpus import ParallelConfig, ParallelCorpusError, write_parallel_documents
+from megactllm.data.pretrain.parallel_corpus import ParallelCorpusSettings, ParallelCorpusError, write_parallel_documents
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -43,7 +43,7 @@ def inputs(tmp_path):
 def test_pairs_become_documents_in_both_directions_with_counts_and_named_bad_lines(tmp_path, inputs):
     tsv, jsonl = inputs
     out = tmp_path / "docs.jsonl"
-    summary = write_parallel_documents(ParallelConfig(inputs=[str(tsv), str(jsonl)], output=str(out)))
+    summary = write_parallel_documents(ParallelCorpusSettings(inputs=[str(tsv), str(jsonl)], output=str(out)))
     docs = _docs(out)
     assert docs[:2] == ["English: Hello.\n中文: 你好。", "中文: 你好。\nEnglish: Hello."]
     assert docs[-2:] == ["English: Good.\n中文: 好。", "中文: 好。\nEnglish: Good."]
@@ -62,7 +62,7 @@ def test_pairs_become_documents_in_both_directions_with_counts_and_named_bad_lin
 def test_several_pairs_per_document_one_direction_and_a_custom_template(tmp_path, inputs):
     tsv, _ = inputs
     out = tmp_path / "docs.jsonl"
-    config = ParallelConfig(inputs=[str(tsv)], output=str(out), directions=["zh-en"], pairs_per_document=2,
+    config = ParallelCorpusSettings(inputs=[str(tsv)], output=str(out), directions=["zh-en"], pairs_per_document=2,
                             template="<{src_lang}>{src}</{src_lang}> <{tgt_lang}>{tgt}</{tgt_lang}>",
                             language_names={"en": "en", "zh": "zh"})
     summary = write_parallel_documents(config)
@@ -84,7 +84,7 @@ def test_several_pairs_per_document_one_direction_and_a_custom_template(tmp_path
 def test_bad_input_or_options_are_named_errors_and_leave_no_output(tmp_path, inputs, change, message):
     tsv, _ = inputs
     out = tmp_path / "docs.jsonl"
-    config = ParallelConfig(inputs=[str(tsv)], output=str(out))
+    config = ParallelCorpusSettings(inputs=[str(tsv)], output=str(out))
     for k, v in change.items():
         setattr(config, k, v)
     with pytest.raises(ParallelCorpusError, match=message):
@@ -112,4 +112,4 @@ def test_news_commentary_pairs_tokenized_through_the_preprocess_pipeline(tmp_pat
     first = _docs(tmp_path / "parallel.jsonl")[0]
     assert first.startswith("English: 1929 or 1989?\n中文: 1929年还是1989年?\n\nEnglish: ")
     # A bad option is an error with a message, not a traceback.
-    assert preprocess_parallel.main(["--input", str(tsv), "--output", str(tmp_path / "x.jsonl"), "--output-prefix", "p"]) == 1
+    assert preprocess_parallel.main(["--input", str(tsv), "--output", str(tmp_path / "x.jsonl"), "--output-prefix", "p"]) == 2

@@ -218,7 +218,7 @@ def test_cli_end_to_end(tmp_path, docs, sp_model_path):
     assert os.path.exists(str(tmp_path / "cli_text_document.idx"))
     strict = subprocess.run(cmd + ["--strict", "--output-prefix", str(tmp_path / "strict")], capture_output=True,
                             text=True, timeout=120)
-    assert strict.returncode == 1 and "b.jsonl:2: malformed_json" in strict.stderr
+    assert strict.returncode == 2 and "b.jsonl:2: malformed_json" in strict.stderr
     merged = subprocess.run(
         [sys.executable, str(REPO / "tools" / "merge_datasets.py"), "--input", str(tmp_path / "cli_text_document"),
          str(tmp_path / "cli_text_document.idx"), "--output-prefix", str(tmp_path / "twice")],
@@ -247,7 +247,7 @@ def test_inspect_dataset_cli(tmp_path, docs, tok, sp_model_path):
     assert stats["tokens"] == total and sum(c for _, _, c in stats["histogram"]) == 40
     bad = subprocess.run([sys.executable, str(REPO / "tools" / "inspect_dataset.py"), str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
 def test_sidecar_records_tokenizer_sources_and_skips(tmp_path, sp_model_path):
@@ -262,9 +262,9 @@ def test_sidecar_records_tokenizer_sources_and_skips(tmp_path, sp_model_path):
     reader = IndexedDatasetReader(output_prefix_for(str(tmp_path / "out"), "text", "good"))
     reader.check_tokenizer(load_tokenizer("sentencepiece", str(sp_model_path)))
     other = tmp_path / "other"
-    from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
+    from megactllm.tokenizer.train import TokenizerTrainingSettings, train_sentencepiece
 
-    small = train_sentencepiece(TrainConfig(input=[str(REPO / "examples" / "data" / "sample_corpus.jsonl")],
+    small = train_sentencepiece(TokenizerTrainingSettings(input=[str(REPO / "examples" / "data" / "sample_corpus.jsonl")],
                                             model_prefix=str(other), vocab_size=1200, num_threads=1))
     with pytest.raises(ValueError, match="vocabulary of 64000"):
         reader.check_tokenizer(load_tokenizer("sentencepiece", small))

@@ -8,7 +8,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megactllm.data.pretrain.preprocess import PreprocessConfig, preprocess
 from megactllm.tokenizer import load_tokenizer
-from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
+from megactllm.tokenizer.train import TokenizerTrainingSettings, train_sentencepiece
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "data" / "sample_corpus.jsonl"
@@ -28,7 +28,7 @@ def test_sample_corpus_is_what_its_script_writes(tmp_path):
 
 
 def test_train_preprocess_inspect_on_the_sample(tmp_path):
-    model = train_sentencepiece(TrainConfig(input=[str(SAMPLE)], model_prefix=str(tmp_path / "tok" / "sample"),
+    model = train_sentencepiece(TokenizerTrainingSettings(input=[str(SAMPLE)], model_prefix=str(tmp_path / "tok" / "sample"),
                                             vocab_size=1200, num_threads=1))
     tok = load_tokenizer("sentencepiece", model)
     assert tok.vocab_size == 1200 and tok.eod_id == 2

@@ -61,3 +61,42 @@ def test_generate_jsonl(gguf_engine, tmp_path):
     with pytest.raises(GenerateError, match=r"bad.jsonl:2: needs a string 'prompt'"):
         generate_jsonl(gguf_engine, bad, tmp_path / "o.jsonl", GREEDY, progress=None)
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1  # the finished record is kept
+
+
+def _tool(tool: str, args: list, hide: str = ""):
+    """Run tools/<tool> in a subprocess; `hide` makes that module's import fail (as without the extra)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = (f"import sys, runpy; sys.modules[{hide!r}] = None; " if hide else "import sys, runpy; ") + \
+        f"sys.argv = [{tool!r}] + {args!r}; runpy.run_path({str(repo / 'tools' / tool)!r}, run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120)
+
+
+@pytest.mark.parametrize("tool,args,hide,what", [
+    ("serve.py", ["--model", "MODEL"], "fastapi", "fastapi"),
+    ("serve.py", ["--model", "MODEL"], "uvicorn", "uvicorn"),
+    ("chat.py", ["MODEL"], "llama_cpp", "llama-cpp-python"),
+    ("generate.py", ["MODEL", "in.jsonl", "out.jsonl"], "llama_cpp", "llama-cpp-python"),
+])
+def test_tools_without_the_serve_extra_say_what_to_install(tmp_path, tool, args, hide, what):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    out = _tool(tool, [str(model) if a == "MODEL" else str(tmp_path / a) if a.endswith(".jsonl") else a for a in args], hide)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and what in lines[0], out.stderr
+    assert 'pip install -e ".[serve]"' in lines[0]
+
+
+@pytest.mark.parametrize("tool,flag,value", [
+    ("chat.py", "--max-tokens", "0"), ("chat.py", "--repetition-penalty", "0"), ("chat.py", "--top-k", "-5"),
+    ("chat.py", "--seed", str(2**70)), ("generate.py", "--max-tokens", "0"), ("generate.py", "--temperature", "3"),
+])
+def test_tools_refuse_sampling_values_the_engines_cannot_take(tmp_path, tool, flag, value):
+    args = ["MODEL.gguf"] + (["in.jsonl", "out.jsonl"] if tool == "generate.py" else []) + [flag, value]
+    out = _tool(tool, args)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {flag}:"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

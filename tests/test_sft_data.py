@@ -8,10 +8,10 @@ from chat_fixtures import SEQ
 from megactllm.config import load_config
 from megactllm.data.chat.sft_dataset import SFTDataset, build_sft_datasets
 from megactllm.data.chat.sft_indexed import ChatSampleReader
+from megactllm.data.blend import parse_blend
 from megactllm.data.chat.mixture import (
     mixture_counts,
     mixture_samples,
-    parse_blend,
     split_samples,
 )
 from megactllm.data.chat.packing import pack_rows

@@ -13,7 +13,7 @@ from megactllm.tokenizer.extend import (
     frequent_unsplit_words,
     load_model_proto,
 )
-from megactllm.tokenizer.train import TrainConfig, train_sentencepiece
+from megactllm.tokenizer.train import TokenizerTrainingSettings, train_sentencepiece
 
 REPO = Path(__file__).resolve().parents[1]
 MIXED = "人工智能正在改变世界。CT-LLM was trained on 1,254.68B tokens in 2024!"
@@ -82,7 +82,7 @@ def test_huggingface_interface(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("tok")
-    config = TrainConfig(
+    config = TokenizerTrainingSettings(
         input=[str(shared_data / "corpus" / "clue_small_zh.txt"), str(shared_data / "corpus" / "c4_demo_en.jsonl")],
         model_prefix=str(out / "zh"), vocab_size=3000, character_coverage=0.99, num_threads=2,
     )
@@ -109,7 +109,7 @@ def test_trained_model_has_ctllm_settings(trained):
 
 
 def test_too_small_vocabulary_is_a_clear_error(tmp_path, shared_data):
-    config = TrainConfig(input=[str(shared_data / "corpus" / "clue_small_zh.txt")], model_prefix=str(tmp_path / "t"),
+    config = TokenizerTrainingSettings(input=[str(shared_data / "corpus" / "clue_small_zh.txt")], model_prefix=str(tmp_path / "t"),
                          vocab_size=500, character_coverage=0.9999, max_sentences=2000)
     with pytest.raises(ValueError, match="lower the character coverage"):
         train_sentencepiece(config)

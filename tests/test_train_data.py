@@ -4,19 +4,20 @@ import pytest
 from train_utils import EOD, VOCAB, write_corpus
 
 from megactllm.config import load_config
-from megactllm.data.pretrain.gpt_dataset import BlendError, build_gpt_datasets, parse_blend
+from megactllm.data.blend import BlendError, parse_blend
+from megactllm.data.pretrain.gpt_dataset import build_gpt_datasets
 from megactllm.data.pretrain.indexed import DatasetFormatError
 from megactllm.testing import run_distributed
 from megactllm.training.batches import microbatch_indices
 
 
 def test_parse_blend_forms():
-    assert parse_blend("0.6 zh 0.3 en 0.1 code").weights == [0.6, 0.3, 0.1]
+    assert parse_blend("0.6 zh 0.3 en 0.1 code").weights == (0.6, 0.3, 0.1)
     b = parse_blend(["0.6", "zh", "0.3", "en", "0.1", "code"])
-    assert b.prefixes == ["zh", "en", "code"] and b.normalized_weights() == pytest.approx([0.6, 0.3, 0.1])
-    assert parse_blend(["0.6 zh", "0.4 en"]).prefixes == ["zh", "en"]
+    assert b.prefixes == ("zh", "en", "code") and b.normalized_weights() == pytest.approx([0.6, 0.3, 0.1])
+    assert parse_blend(["0.6 zh", "0.4 en"]).prefixes == ("zh", "en")
     assert parse_blend(["zh", "en"]).weights is None
-    assert parse_blend("zh").prefixes == ["zh"]
+    assert parse_blend("zh").prefixes == ("zh",)
     assert parse_blend([]) is None
     with pytest.raises(BlendError, match="odd count"):
         parse_blend("0.6 zh 0.4")

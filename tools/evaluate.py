@@ -1,77 +1,8 @@
 #!/usr/bin/env python
-"""Evaluate a model: C-Eval / CMMLU / MMLU multiple choice (lm-eval 0.4's prompts and scores),
-a generic jsonl multiple-choice set, and bits per byte of a corpus.
-
-    python tools/evaluate.py --model hf/ctllm-2b --tasks cmmlu,ceval --data-dir ../shared/data/eval \
-        --shots 5 --output runs/eval/results.json
-    python tools/evaluate.py --model runs/ctllm/iter_0010000 --tasks cmmlu,bpb --data-dir ../shared/data/eval \
-        --subjects agronomy,astronomy --corpus ../shared/data/corpus/clue_small_zh.txt --output results.json
-    torchrun --nproc-per-node 8 tools/evaluate.py --model runs/ctllm --tp 2 --pp 2 --tasks cmmlu ...
-    python tools/evaluate.py --model runs/ctllm --all-checkpoints --tasks cmmlu --data-dir ../shared/data/eval \
-        --subjects agronomy --limit 50       # the accuracy curve over saved checkpoints
-
---model is a Hugging Face directory (transformers) or a megactllm checkpoint (loaded at --tp x --pp,
-the rest of the launch is data parallel; questions are sharded over the data-parallel ranks).
-"""
-import argparse
-import os
+"""Evaluate a model (C-Eval, CMMLU, MMLU, bits per byte, open questions): the same command as `megactllm evaluate` (its flags: --help; its code: megactllm.eval.cli)."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megactllm.eval.evaluate import TASKS, EvalOptions, evaluate, evaluate_all_checkpoints  # noqa: E402
-from megactllm.eval.generation import JudgeError  # noqa: E402
-from megactllm.eval.scoring import MODES  # noqa: E402
-from megactllm.checkpoint.save_load import CheckpointError  # noqa: E402
-
-
-def _list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="HF directory or megactllm checkpoint (iteration or run directory)")
-    p.add_argument("--tasks", required=True, type=_list, help=f"comma-separated: {', '.join(TASKS)}")
-    p.add_argument("--data-dir", help="root holding cmmlu/ ceval/ mmlu/ (e.g. ../shared/data/eval), or one benchmark's directory")
-    p.add_argument("--subjects", type=_list, default=[], help="comma-separated subjects, or task:subject for one task (default: every file present)")
-    p.add_argument("--shots", type=int, default=0, help="k-shot from the dev split, 0-5")
-    p.add_argument("--mode", choices=MODES, default="loglikelihood",
-                   help="loglikelihood (lm-eval's acc/acc_norm), letter (next-token letter), generate (greedy answer)")
-    p.add_argument("--limit", type=int, help="at most this many questions per subject")
-    p.add_argument("--output", help="results.json path (results.md is written beside it)")
-    p.add_argument("--log-samples", action="store_true", help="per-question records in results.json")
-    p.add_argument("--corpus", nargs="+", default=[], help="bpb: jsonl/txt/parquet files, globs or directories")
-    p.add_argument("--text-key", default="text", help="bpb: jsonl/parquet field holding the text")
-    p.add_argument("--max-documents", type=int, help="bpb: read at most this many documents")
-    p.add_argument("--stride", type=int, help="bpb: tokens a window advances (default: the whole window)")
-    p.add_argument("--questions-file", help="gen: jsonl of open questions {question, id?, category?, reference?}")
-    p.add_argument("--judge-url", help="gen: OpenAI-compatible base URL of a judge model (e.g. http://host:8000/v1); "
-                   "key from $MEGACTLLM_JUDGE_API_KEY; without it answers are written and not rated")
-    p.add_argument("--judge-model", help="gen: the judge's model name")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="gen: answer length cap")
-    p.add_argument("--max-length", type=int, help="model window in tokens (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="HF backend weights dtype")
-    p.add_argument("--all-checkpoints", action="store_true",
-                   help="--model is a run directory: score every iter_* (records as in-loop eval; default output RUN/checkpoint_evals.jsonl)")
-    p.add_argument("--tp", type=int, default=1, help="checkpoint: tensor-parallel size of this launch")
-    p.add_argument("--pp", type=int, default=1, help="checkpoint: pipeline-parallel size of this launch")
-    a = p.parse_args(argv)
-    opts = EvalOptions(
-        model=a.model, tasks=a.tasks, data_dir=a.data_dir, subjects=a.subjects, shots=a.shots, mode=a.mode,
-        limit=a.limit, output=a.output, log_samples=a.log_samples, corpus=a.corpus, stride=a.stride,
-        max_length=a.max_length, max_documents=a.max_documents, text_key=a.text_key, batch_size=a.batch_size,
-        dtype=a.dtype, tensor_parallel=a.tp, pipeline_parallel=a.pp, questions_file=a.questions_file,
-        judge_url=a.judge_url, judge_model=a.judge_model, max_new_tokens=a.max_new_tokens,
-    )
-    try:
-        evaluate_all_checkpoints(opts) if a.all_checkpoints else evaluate(opts)
-    except (ValueError, FileNotFoundError, CheckpointError, JudgeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+from megactllm.eval.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

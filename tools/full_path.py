@@ -1,57 +1,8 @@
 #!/usr/bin/env python
-"""The whole CT-LLM path on the bundled sample, one stage after another (README's third command):
-
-    clean -> tokenizer (chat tokens) -> tokenize -> pretrain (TP=2 x PP=2) -> evaluate (bits per byte,
-    CMMLU) -> SFT -> DPO -> export (HF) -> GGUF q4_0 -> serve (ask one Chinese question, stop)
-
-    python tools/full_path.py                    # runs/full_path/<stage>/, about 10 minutes on 2 cores
-    python tools/full_path.py --quick            # fewer iterations (what the test runs)
-    python tools/full_path.py --redo sft         # redo SFT and every stage after it
-    python tools/full_path.py --verbose          # every stage's whole output, not only progress
-
-One line per stage, then a table (stage, time, key figure, output). A stage's whole output is in
-<out>/<stage>/log.txt, starting with the command it ran. Rerunning skips finished stages.
-"""
-import argparse
+"""The whole CT-LLM path on the bundled sample, stage by stage: the same command as `megactllm full-path` (its flags: --help; its code: megactllm.walkthrough.cli)."""
 import sys
-from pathlib import Path
 
-from megactllm.pipeline import FullPath, FullPathSettings, StageFailed, format_table, run_stages
-from megactllm.pipeline.full_path import default_out
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/full_path)")
-    p.add_argument("--quick", action="store_true", help="fewer training iterations: a check that every stage chains")
-    p.add_argument("--redo", nargs="*", default=[], help="stages to redo even if done (later stages follow)")
-    p.add_argument("--verbose", action="store_true", help="print every stage's whole output")
-    p.add_argument("--raw", default=None, help="raw jsonl to clean (default examples/data/raw_sample.jsonl)")
-    p.add_argument("--shared-data", default=None, help="the shared data directory (default ../shared/data)")
-    args = p.parse_args(argv)
-    # Paths given on the command line are relative to where the user stands, not to the repository.
-    overrides = {k: str(Path(v).resolve()) for k, v in (("shared_data", args.shared_data), ("raw", args.raw)) if v}
-    settings = FullPathSettings.quick(**overrides) if args.quick else FullPathSettings(**overrides)
-    out = args.out or default_out(REPO)
-    path = FullPath(REPO, out, settings, verbose=args.verbose)
-    names = [s.name for s in path.stages()]
-    unknown = [n for n in args.redo if n not in names]
-    if unknown:
-        p.error(f"unknown stage(s) {unknown}; stages are {names}")
-    print(f"the full path into {out}" + (" (quick)" if args.quick else ""), flush=True)
-    try:
-        records = run_stages(path.stages(), out, path.settings_dict(), say=lambda s: print(s, flush=True),
-                             force=args.redo)
-    except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(f"finished stages are kept; rerun the same command to continue from {out}", file=sys.stderr)
-        return 1
-    print()
-    print(format_table(records))
-    return 0
-
+from megactllm.walkthrough.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

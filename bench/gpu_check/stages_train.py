@@ -97,6 +97,7 @@ def _timed_steps(trainer, warmup: int, steps: int) -> list[float]:
 def throughput(ctx: Context, recompute: bool, use_te: bool = False) -> tuple[dict, str]:
     """The big shape on one device: tokens/s, TFLOP/s, MFU, peak memory against the estimate."""
     from megactllm.config import load_config
+    from megactllm.model.families import family_of
     from megactllm.training.memory_estimate import estimate_memory
     from megactllm.training.metrics import device_peak_tflops
 
@@ -125,7 +126,7 @@ def throughput(ctx: Context, recompute: bool, use_te: bool = False) -> tuple[dic
             torch.cuda.empty_cache()
     step = statistics.median(times)
     tokens_per_s = s.global_batch * s.big_seq / step
-    tflops = cfg.model.flops_per_token(s.big_seq) * tokens_per_s / 1e12
+    tflops = family_of(cfg.model).flops_per_token(cfg.model, s.big_seq) * tokens_per_s / 1e12
     figures = {"model": f"{s.big_arch} seq {s.big_seq}", "step s (median)": step, "tokens/s": tokens_per_s,
                "TFLOP/s": tflops}
     peak_tflops = device_peak_tflops()

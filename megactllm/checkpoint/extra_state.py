@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megactllm.errors import UserError
+
 EXTRA_STATE_SUFFIX = "_extra_state"
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(UserError, RuntimeError):
     pass
 
 

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from megactllm.common.atomic import write_text_atomic
 from megactllm.config import Config, ModelConfig, model_config_from_dict
 from megactllm.errors import UserError
 
@@ -44,6 +45,9 @@ SHAPE_FIELDS = (
     "vocab_size",
     "tie_word_embeddings",
     "add_bias_linear",
+    "family",
+    "add_qkv_bias",
+    "qk_layernorm",
 )
 
 
@@ -116,6 +120,17 @@ def find_latest_iteration(save_dir: str | os.PathLike) -> Optional[int]:
     return int(latest.read_text().strip())
 
 
+def _model_fields(saved: dict) -> dict:
+    """The saved ModelConfig; an earlier megactllm wrote make_vocab_size_divisible_by=128 as the
+    layout's padding (now LAYOUT_VOCAB_MULTIPLE): a value that does not divide the rows is that, not
+    the option (which always yields a multiple), and reads as unset."""
+    fields = dict(saved)
+    multiple = fields.get("make_vocab_size_divisible_by")
+    if multiple and int(fields.get("vocab_size", 0)) % int(multiple):
+        fields["make_vocab_size_divisible_by"] = None
+    return fields
+
+
 def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
     ckpt = resolve_checkpoint_dir(path)
     meta_path = ckpt / METADATA_FILE
@@ -130,7 +145,7 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         path=ckpt,
         format_version=version,
         iteration=int(raw["iteration"]),
-        model_config=model_config_from_dict({k: v for k, v in raw["model"].items()}, str(meta_path)),
+        model_config=model_config_from_dict(_model_fields(raw["model"]), str(meta_path)),
         tokenizer=raw.get("tokenizer", {}),
         parallel=raw.get("parallel", {}),
         train_state=raw.get("train_state", {}),
@@ -168,12 +183,8 @@ def _unwrap(module):
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(payload, indent=2, sort_keys=True))
-        f.flush()
-        os.fsync(f.fileno())  # durable before the rename and the latest pointer that follow
-    os.replace(tmp, path)
+    # durable (fsync) before the rename and the latest pointer that follow
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def save_checkpoint(
@@ -274,7 +285,7 @@ def save_checkpoint(
             if final.exists():
                 shutil.rmtree(final)
             os.replace(partial, final)
-            _write_json_atomic_text(save_dir / LATEST_FILE, str(iteration))
+            write_text_atomic(save_dir / LATEST_FILE, str(iteration))
         _barrier()
 
     if use_async:
@@ -282,15 +293,6 @@ def save_checkpoint(
     else:
         publish()
     return final
-
-
-def _write_json_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _materialize_adam_state(optimizer) -> None:

@@ -7,12 +7,10 @@ save, and by the Hugging Face importer) fills the model section; a recipe may le
 - What the weights fix (layers, widths, heads, query groups, vocabulary, norm epsilon, ties,
   biases) may be restated, but a value the user set (in the recipe, an override, or through a
   named `model.arch`) that differs is refused before anything is built, naming both values.
-- What a run may choose (sequence length, position limit, RoPE base, dropout, init std, vocab
-  padding) keeps the user's value when set, else the checkpoint's.
+- What a run may choose (sequence length, position limit, RoPE base, dropout, init std) keeps the user's value when set, else the checkpoint's.
 - The dtype (optim.bf16 / optim.fp16) follows the checkpoint unless the recipe sets one.
-- The tokenizer defaults to the checkpoint's own copy; a given one must have exactly the
-  checkpoint's vocabulary and be that copy or an extension of it (the importer already grew the
-  rows of an extended tokenizer), else it is refused by name.
+- The tokenizer defaults to the checkpoint's own copy; a given one must fit the embedding's rows
+  (rows past its ids are padding) and be that copy or an extension of it, else it is refused by name.
 """
 from __future__ import annotations
 
@@ -36,6 +34,13 @@ FIXED_FIELDS = (
     "norm_epsilon",
     "tie_word_embeddings",
     "add_bias_linear",
+    "family",
+    "add_qkv_bias",
+    "qk_layernorm",
+    "rope_scaling",
+    "rope_scaling_factor",
+    "sliding_window",
+    "make_vocab_size_divisible_by",
 )
 # Fields a run may set differently from the checkpoint it starts from.
 RUN_FIELDS = (
@@ -45,7 +50,6 @@ RUN_FIELDS = (
     "hidden_dropout",
     "attention_dropout",
     "init_method_std",
-    "make_vocab_size_divisible_by",
 )
 
 
@@ -65,9 +69,20 @@ def _same(field: str, a, b, saved: ModelConfig, user: ModelConfig) -> bool:
         return saved.num_kv_heads == user.num_kv_heads
     if field == "kv_channels":
         return saved.head_dim == user.head_dim
+    if field == "make_vocab_size_divisible_by":  # the checkpoint's rows must already be such a multiple
+        return not b or saved.vocab_size % b == 0
     if isinstance(a, float) or isinstance(b, float):
         return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a)))
     return a == b
+
+
+def _set_by_user(cfg: Config, name: str) -> bool:
+    origin = cfg.origin("model", name)
+    if name == "vocab_size" and cfg.model.make_vocab_size_divisible_by:
+        # The option derives the rows (from the tokenizer) unless the recipe names them: a relaunch
+        # of the run that made this checkpoint must not compare an architecture's default with them.
+        return (origin or "").startswith(("the recipe", "an override"))
+    return bool(origin)
 
 
 def resolve_model_from_checkpoint(cfg: Config) -> Optional[str]:
@@ -87,7 +102,7 @@ def resolve_model_from_checkpoint(cfg: Config) -> Optional[str]:
     conflicts = [
         f"model.{name}={getattr(user, name)} (set by {cfg.origin('model', name)}) but the {where} has {getattr(saved, name)}"
         for name in FIXED_FIELDS
-        if cfg.origin("model", name) and not _same(name, getattr(saved, name), getattr(user, name), saved, user)
+        if _set_by_user(cfg, name) and not _same(name, getattr(saved, name), getattr(user, name), saved, user)
     ]
     if conflicts:
         raise ModelShapeError(
@@ -115,7 +130,7 @@ def _dtype_from_checkpoint(cfg: Config, meta) -> None:
 
 def _tokenizer_from_checkpoint(cfg: Config, meta) -> None:
     """Default the tokenizer to the checkpoint's copy; refuse one that does not fit its vocabulary."""
-    from megactllm.tokenizer.vocab_fit import check_is_extension, check_vocab_matches
+    from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
     from megactllm.tokenizer import load_tokenizer
 
     d = cfg.data
@@ -129,7 +144,7 @@ def _tokenizer_from_checkpoint(cfg: Config, meta) -> None:
     if not Path(d.tokenizer_model).is_file():
         raise ModelShapeError(f"data.tokenizer_model {d.tokenizer_model} does not exist")
     tokenizer = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
-    check_vocab_matches(cfg.model, tokenizer, where=f"the checkpoint {meta.path}")
+    reference = None  # the checkpoint's own copy, when the given tokenizer is another file
     if saved_file is not None and not filecmp.cmp(saved_file, d.tokenizer_model, shallow=False):
-        saved_tokenizer = load_tokenizer(meta.tokenizer.get("type", d.tokenizer_type), str(saved_file))
-        check_is_extension(saved_tokenizer, tokenizer)
+        reference = load_tokenizer(meta.tokenizer.get("type", d.tokenizer_type), str(saved_file))
+    check_tokenizer_fits(cfg.model, tokenizer, where=f"the checkpoint {meta.path}", reference=reference)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from megactllm.common.recipe import load_recipe
 
 
 @dataclass
@@ -140,13 +140,7 @@ class CleanConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "CleanConfig":
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ValueError(f"{path}: not valid YAML: {e}") from e
-        for item in overrides or []:
-            apply_override(data, item)
+        data = load_recipe(str(path), overrides or [])
         return cls.from_dict(data, source=str(path))
 
     def _fix_types(self) -> None:
@@ -163,15 +157,3 @@ class CleanConfig:
         d = self.dedup
         if d.fuzzy and d.bands * d.rows > d.num_perm:
             raise ValueError(f"dedup: bands * rows = {d.bands * d.rows} exceeds num_perm = {d.num_perm}")
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply ``section.key=value`` (value parsed as YAML) to a raw recipe mapping."""
-    if "=" not in item or "." not in item.split("=", 1)[0]:
-        raise ValueError(f"override '{item}' must look like section.key=value")
-    dotted, raw = item.split("=", 1)
-    section, key = dotted.split(".", 1)
-    data.setdefault(section, {})
-    if data[section] is None:
-        data[section] = {}
-    data[section][key] = yaml.safe_load(raw)

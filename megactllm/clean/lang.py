@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 
 from .textstats import HAN_CLASS, han_count
+from megactllm.common.optional import require
 
 # Runs of letters in any other script (Latin, Cyrillic, ...): one unit per word.
 _FOREIGN_WORD_RE = re.compile(r"[^\W\d_\u3040-\u30ff\u31f0-\u31ff\u1100-\u11ff\uac00-\ud7af" + HAN_CLASS + "]+")
@@ -20,11 +21,8 @@ LANGID_SAMPLE_CHARS = 1000
 
 @lru_cache(maxsize=1)
 def _langid():
-    try:
-        from langid.langid import LanguageIdentifier, model
-    except ImportError as e:
-        raise ImportError("the language check of non-CJK text needs langid (its model ships in the "
-                          "package, nothing is downloaded): pip install langid") from e
+    langid = require("langid.langid", "the language check of non-CJK text (its model ships in the package)")
+    LanguageIdentifier, model = langid.LanguageIdentifier, langid.model
 
     return LanguageIdentifier.from_modelstring(model, norm_probs=True)
 

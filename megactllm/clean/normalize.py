@@ -6,6 +6,7 @@ import unicodedata
 from functools import lru_cache
 
 from .config import NormalizeConfig
+from megactllm.common.optional import require
 
 # Full-width ASCII variants U+FF01..U+FF5E map to U+0021..U+007E; U+3000 is the ideographic space.
 _FULLWIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
@@ -27,10 +28,7 @@ def remove_urls(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def _t2s_converter():
-    try:
-        import opencc  # opencc-python-reimplemented
-    except ImportError as e:
-        raise ImportError("traditional_to_simplified needs opencc: pip install opencc-python-reimplemented") from e
+    opencc = require("opencc", "traditional_to_simplified (opencc-python-reimplemented)")
     return opencc.OpenCC("t2s")
 
 

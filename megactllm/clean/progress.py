@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-import time
+
+from megactllm.common.progress import Progress as ProgressBase
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -14,35 +15,28 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class Progress:
+class Progress(ProgressBase):
+    """Counts documents and bytes; the ETA is in bytes of the stage's input."""
+
     def __init__(self, label: str, total_bytes: int | None = None, interval: float = 10.0, stream=None):
+        super().__init__(total=total_bytes, interval=interval, out=stream or sys.stderr)
         self.label = label
-        self.total_bytes = total_bytes
-        self.interval = interval
-        self.stream = stream or sys.stderr
-        self.start = self.last = time.monotonic()
         self.docs = 0
-        self.bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.done
 
     def update(self, docs: int = 1, nbytes: int = 0) -> None:
         self.docs += docs
-        self.bytes += nbytes
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.emit()
+        self.advance(nbytes)
 
     def line(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.bytes / elapsed
+        elapsed = self.elapsed()
         parts = [f"{self.label}: {self.docs:,} docs", f"{self.docs / elapsed:,.0f} docs/s"]
-        if self.bytes:
-            parts.append(f"{rate / 1e6:.2f} MB/s")
-        if self.total_bytes:
-            left = max(self.total_bytes - self.bytes, 0)
-            parts.append(f"{100 * self.bytes / self.total_bytes:.0f}%")
-            parts.append(f"ETA {_fmt_eta(left / rate if rate > 0 else float('inf'))}")
+        if self.done:
+            parts.append(f"{self.done / elapsed / 1e6:.2f} MB/s")
+        if self.total:
+            parts.append(f"{100 * self.done / self.total:.0f}%")
+            parts.append(f"ETA {_fmt_eta(self.eta_seconds())}")
         return ", ".join(parts)
-
-    def emit(self) -> None:
-        print(self.line(), file=self.stream, flush=True)

@@ -1,14 +1,18 @@
-"""Reading shards record by record without ever crashing on bad input, and writing outputs
-atomically (a finished file appears under its name only once it is complete)."""
+"""Reading shards record by record without ever crashing on bad input.
+
+Formats and decompression are megactllm.common.corpus's (the tokenizer's reader); clean keeps
+each record whole (id, url, every field) and turns a bad line into a BadRecord, not a skip count."""
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
+
+from megactllm.common import corpus
+from megactllm.common.jsonl import iter_jsonl
+from megactllm.common.optional import require
 
 from .config import InputConfig
 
@@ -34,31 +38,12 @@ class BadRecord:
     nbytes: int = 0
 
 
-def open_binary(path: Path) -> BinaryIO:
-    name = path.name
-    if name.endswith(".zst"):
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 def detect_format(path: Path, fmt: str) -> str:
+    """input.format, or the format megactllm.common.corpus reads from the name (txt for its text)."""
     if fmt != "auto":
         return fmt
-    name = path.name
-    for suffix in (".zst", ".gz"):
-        name = name.removesuffix(suffix)
-    ext = name.rsplit(".", 1)[-1].lower()
-    if ext in ("jsonl", "json", "ndjson"):
-        return "jsonl"
-    if ext == "parquet":
-        return "parquet"
-    if ext in ("txt", "text"):
-        return "txt"
-    raise ValueError(f"{path}: cannot tell the format from the extension; set input.format to jsonl, txt or parquet")
+    found = corpus.detect_format(str(path), hint="set input.format to jsonl, txt or parquet")
+    return "txt" if found == "text" else found
 
 
 def iter_lines(f: BinaryIO, limit: int) -> Iterator[tuple[bytes, int, bool]]:
@@ -95,7 +80,7 @@ def read_shard(path: str | Path, cfg: InputConfig) -> Iterator[Record | BadRecor
     if fmt == "parquet":
         yield from _read_parquet(path, cfg)
         return
-    with open_binary(path) as f:
+    with corpus.open_binary(str(path)) as f:
         for lineno, (raw, nbytes, giant) in enumerate(iter_lines(f, cfg.max_record_bytes), 1):
             where = f"{path}:{lineno}"
             if giant:
@@ -136,7 +121,7 @@ def _from_dict(obj: dict, line: str, where: str, nbytes: int, cfg: InputConfig, 
 
 
 def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading parquet files")
 
     row = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
@@ -153,45 +138,8 @@ def _read_parquet(path: Path, cfg: InputConfig) -> Iterator[Record | BadRecord]:
             yield _from_dict(fields, "", f"{path}:row {row}", nbytes, cfg, f"{path.name}:{row}")
 
 
-class AtomicWriter:
-    """Text file written as <name>.<pid>.tmp and renamed on success; removed on failure."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.tmp, "w", encoding="utf-8")
-
-    def write_json(self, obj: Any) -> None:
-        self.f.write(json.dumps(obj, ensure_ascii=False))
-        self.f.write("\n")
-
-    def __enter__(self) -> "AtomicWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: array tasks may race
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
-
-
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Our own outputs (always valid); errors here mean a corrupted work directory."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: corrupt intermediate file ({e}); delete it and its "
-                                 f".done marker to redo that shard") from e
+    hint = "; a corrupt intermediate file: delete it and its .done marker to redo that shard"
+    for _, obj in iter_jsonl(path, hint=hint):
+        yield obj

@@ -2,14 +2,20 @@
 plots), report_*.png."""
 from __future__ import annotations
 
+import logging
+
 import html
 import json
 import re
 from pathlib import Path
 
-from .records import write_json_atomic
+from megactllm.common.atomic import write_json_atomic, write_text_atomic
+from megactllm.common.optional import MissingDependencyError, require
+
 from .stats import merge, new_stats
 from .workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 def _sum_stats(wd: Workdir, stage: str, n: int, max_examples: int) -> dict:
@@ -49,7 +55,7 @@ def build_summary(wd: Workdir) -> dict:
 
 
 def _plots(summary: dict, out: Path) -> dict[str, str]:
-    import matplotlib
+    matplotlib = require("matplotlib", "the cleaning report's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,18 +195,16 @@ def markdown_to_html(md: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(wd: Workdir) -> dict[str, str]:
     summary = build_summary(wd)
-    write_json_atomic(wd.root / "report.json", summary)
-    plots = _plots(summary, wd.root)
+    write_json_atomic(wd.root / "report.json", summary, indent=1)
+    try:
+        plots = _plots(summary, wd.root)
+    except MissingDependencyError as e:  # the tables are the report; the plots are a view of them
+        log.warning(f"report without plots: {e}")
+        plots = {}
     markdown = render_markdown(summary, plots)
-    _write_text(wd.root / "report.md", markdown)
-    _write_text(wd.root / "report.html", markdown_to_html(markdown))
+    write_text_atomic(wd.root / "report.md", markdown)
+    write_text_atomic(wd.root / "report.html", markdown_to_html(markdown))
     return {"json": str(wd.root / "report.json"), "markdown": str(wd.root / "report.md"),
             "html": str(wd.root / "report.html")}

@@ -12,6 +12,8 @@ import signal
 import sys
 from typing import Callable
 
+from megactllm.errors import UserError
+
 from . import stages
 from .config import CleanConfig
 from .progress import Progress
@@ -26,7 +28,7 @@ _UNIT_FN: dict[str, Callable[[Workdir, int], dict]] = {
 _NEEDS = {"minhash": "filter", "lsh": "minhash", "cluster": "lsh", "dedup": "cluster", "report": "dedup"}
 
 
-class StageNotReady(RuntimeError):
+class StageNotReady(UserError, RuntimeError):
     pass
 
 

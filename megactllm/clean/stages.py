@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from megactllm.common.atomic import atomic_write, write_json_atomic
+from megactllm.common.jsonl import atomic_jsonl_writer
+
 from .dedup import bucket_edges, cluster_size_histogram, clusters, text_hash, verify_edges
 from .minhash import band_hashes, signatures
 from .pipeline import Cleaner
 from .progress import Progress
-from .records import AtomicWriter, BadRecord, read_jsonl, read_shard, write_json_atomic
+from .records import BadRecord, read_jsonl, read_shard
 from .stats import add_bad, add_line_removals, add_removed, new_stats
 from .workdir import Workdir
 
@@ -32,8 +35,8 @@ def filter_unit(wd: Workdir, unit: int) -> dict:
     n_ex = cfg.run.examples_per_rule
     text_key, id_key = cfg.input.text_key, cfg.input.id_key
     progress = Progress(f"filter {Path(path).name}", os.path.getsize(path), cfg.run.progress_interval_s)
-    with AtomicWriter(wd.path("filter", unit, ".kept.jsonl")) as kept, \
-            AtomicWriter(wd.path("filter", unit, ".removed.jsonl")) as removed:
+    with atomic_jsonl_writer(wd.path("filter", unit, ".kept.jsonl")) as kept, \
+            atomic_jsonl_writer(wd.path("filter", unit, ".removed.jsonl")) as removed:
         for rec in read_shard(path, cfg.input):
             stats["input_docs"] += 1
             stats["input_bytes"] += rec.nbytes
@@ -66,7 +69,7 @@ def filter_unit(wd: Workdir, unit: int) -> dict:
             if cfg.run.keep_removed:
                 removed.write_json({"rule": out.rule, "value": value, "id": rec.key, "where": rec.where,
                                     "url": rec.url, text_key: rec.text})
-    write_json_atomic(wd.path("filter", unit, ".stats.json"), stats)
+    write_json_atomic(wd.path("filter", unit, ".stats.json"), stats, indent=1)
     return {"docs": stats["input_docs"], "bytes": stats["input_bytes"]}
 
 
@@ -88,11 +91,8 @@ def minhash_unit(wd: Workdir, unit: int) -> dict:
         arrays["bands"] = band_hashes(sigs, d) if n else np.empty((0, d.bands), np.uint64)
         if d.verify_threshold is not None:
             arrays["sigs"] = sigs
-    tmp = wd.path("minhash", unit, f".{os.getpid()}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
+    with atomic_write(wd.path("minhash", unit, ".npz"), "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, wd.path("minhash", unit, ".npz"))
     return {"docs": n, "bytes": sum(len(t.encode("utf-8")) for t in texts)}
 
 
@@ -131,11 +131,8 @@ def lsh_unit(wd: Workdir, unit: int) -> dict:
             sigs = np.concatenate(_load_minhash(wd, "sigs")[0])
             keep = verify_edges(a, b, sigs[a], sigs[b], d.verify_threshold)
             a, b = a[keep], b[keep]
-    tmp = wd.path("lsh", unit, f".{os.getpid()}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
+    with atomic_write(wd.path("lsh", unit, ".npz"), "wb") as f:
         np.savez(f, a=a, b=b, offsets=offsets)
-    os.replace(tmp, wd.path("lsh", unit, ".npz"))
     return {"docs": len(ids), "bytes": 0}
 
 
@@ -158,15 +155,12 @@ def cluster_unit(wd: Workdir, unit: int) -> dict:
     ids = np.arange(n)
     # 0 = kept, 1 = exact duplicate, 2 = near duplicate
     reason = np.where(exact_roots != ids, 1, np.where(roots != ids, 2, 0)).astype(np.int8)
-    tmp = wd.path("cluster", unit, f".{os.getpid()}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
+    with atomic_write(wd.path("cluster", unit, ".npz"), "wb") as f:
         np.savez(f, reason=reason, roots=roots, offsets=offsets)
-    os.replace(tmp, wd.path("cluster", unit, ".npz"))
     write_json_atomic(wd.path("cluster", unit, ".stats.json"), {
         "documents": n, "exact_duplicates": int((reason == 1).sum()), "near_duplicates": int((reason == 2).sum()),
         "cluster_size_histogram": cluster_size_histogram(roots),
-        "exact_cluster_size_histogram": cluster_size_histogram(exact_roots)})
+        "exact_cluster_size_histogram": cluster_size_histogram(exact_roots)}, indent=1)
     return {"docs": n, "bytes": 0}
 
 
@@ -192,8 +186,8 @@ def dedup_unit(wd: Workdir, unit: int) -> dict:
     stats = new_stats()
     text_key, id_key = cfg.input.text_key, cfg.input.id_key
     nbytes = 0
-    with AtomicWriter(wd.path("dedup", unit, ".jsonl")) as kept, \
-            AtomicWriter(wd.path("dedup", unit, ".removed.jsonl")) as removed:
+    with atomic_jsonl_writer(wd.path("dedup", unit, ".jsonl")) as kept, \
+            atomic_jsonl_writer(wd.path("dedup", unit, ".removed.jsonl")) as removed:
         for row, obj in enumerate(read_jsonl(wd.path("filter", unit, ".kept.jsonl"))):
             text = obj[text_key]
             stats["input_docs"] += 1
@@ -210,5 +204,5 @@ def dedup_unit(wd: Workdir, unit: int) -> dict:
                         cfg.run.examples_per_rule)
             if cfg.run.keep_removed:
                 removed.write_json({"rule": rule, "id": obj.get(id_key), "duplicate_of": dup_of, text_key: text})
-    write_json_atomic(wd.path("dedup", unit, ".stats.json"), stats)
+    write_json_atomic(wd.path("dedup", unit, ".stats.json"), stats, indent=1)
     return {"docs": stats["input_docs"], "bytes": nbytes}

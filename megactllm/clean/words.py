@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import re
 from functools import lru_cache
+from megactllm.common.optional import require
 
 _WORD_CHAR_RE = re.compile(r"[^\W_]")  # a letter, digit or Han character
 
 
 @lru_cache(maxsize=1)
 def _jieba():
-    import jieba
+    jieba = require("jieba", "Chinese word segmentation")
 
     jieba.setLogLevel(logging.WARNING)
     jieba.initialize()

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .config import CleanConfig
-from .records import write_json_atomic
+from megactllm.common.atomic import write_json_atomic
 
 # Sections whose change alters results; run settings (workers, progress) do not.
 RESULT_SECTIONS = ("input", "normalize", "lines", "filters", "dedup")
@@ -52,7 +52,7 @@ class Workdir:
                                  f"now {digest}); use a new run.output_dir or delete the old one")
             return manifest["shards"]
         shards = expand_inputs(self.cfg.input.paths)
-        write_json_atomic(self.manifest_path, {"shards": shards, "recipe_digest": digest, "recipe": recipe})
+        write_json_atomic(self.manifest_path, {"shards": shards, "recipe_digest": digest, "recipe": recipe}, indent=1)
         return shards
 
     def shards(self) -> list[str]:
@@ -67,7 +67,7 @@ class Workdir:
         return self.path(stage, unit, ".done").exists()
 
     def mark_done(self, stage: str, unit: int) -> None:
-        write_json_atomic(self.path(stage, unit, ".done"), {"stage": stage, "unit": unit})
+        write_json_atomic(self.path(stage, unit, ".done"), {"stage": stage, "unit": unit}, indent=1)
 
     def missing(self, stage: str, units: range | list[int]) -> list[int]:
         return [u for u in units if not self.done(stage, u)]

@@ -17,7 +17,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from megactllm.errors import UserError
 from megactllm._indexed_builder import scan_simple_jsonl as _scan_simple_jsonl
+from megactllm.common.optional import require
 
 try:  # a hard dependency (setup.py); the fallback keeps a bare environment working, only slower
     import orjson
@@ -49,7 +51,7 @@ SKIP_REASONS = {
 }
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input that cannot be read at all (missing file, unknown format, missing parquet column)."""
 
 
@@ -96,7 +98,9 @@ def strip_compression(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def detect_format(path: str, forced: str | None = None) -> str:
+def detect_format(path: str, forced: str | None = None, hint: str = "pass --input-format") -> str:
+    """The format of `path` (jsonl, text or parquet), from `forced` or else from its name; `hint` says
+    how the caller's user names the format when the name does not tell."""
     if forced:
         if forced not in FORMATS:
             raise InputError(f"unknown input format {forced!r}; expected one of {FORMATS}")
@@ -106,7 +110,7 @@ def detect_format(path: str, forced: str | None = None) -> str:
     if fmt is None:
         raise InputError(
             f"{path}: cannot tell the format from the name (known: {sorted(_FORMAT_OF_SUFFIX)} optionally "
-            f"with {COMPRESSIONS}); pass --input-format"
+            f"with {COMPRESSIONS}); {hint}"
         )
     return fmt
 
@@ -150,7 +154,9 @@ def open_binary(path: str) -> BinaryIO:
     if compression in (".zst", ".zstd"):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
+        # Across frames: zstd files written in pieces (pzstd, appended shards) hold several.
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
+        return io.BufferedReader(reader, 1 << 20)
     return raw
 
 
@@ -187,7 +193,7 @@ def _refuse_json_array(path: str) -> None:
 
 
 def _parquet_chunks(path: str, chunk_bytes: int) -> list[Chunk]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading parquet files")
 
     try:
         meta = pq.ParquetFile(path).metadata
@@ -458,7 +464,7 @@ def _add_record(path: str, number: int, record: dict, keys: Sequence[str], batch
 
 
 def _parquet_batches(chunk: Chunk, keys: Sequence[str], batch_docs: int) -> Iterator[Batch]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "reading parquet files")
 
     pf = pq.ParquetFile(chunk.path)
     missing = [k for k in keys if k not in pf.schema_arrow.names]

@@ -10,10 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-import yaml
+from megactllm.common import recipe
 from megactllm.errors import UserError
+
+
+# Rows the built embedding is padded to (times TP), beyond vocab_size; masked, never saved in exports.
+LAYOUT_VOCAB_MULTIPLE = 128
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return ((n + multiple - 1) // multiple) * multiple
 
 
 @dataclass
@@ -29,9 +37,13 @@ class ModelConfig:
     kv_channels: Optional[int] = None
     seq_length: int = 128
     max_position_embeddings: Optional[int] = None
-    # The tokenizer's true vocabulary; the embedding is padded (see padded_vocab_size).
+    # The embedding's rows (exported as HF config vocab_size). The tokenizer may have fewer ids:
+    # rows past its last id are padding, never produced, sampled or scored.
     vocab_size: int = 32000
-    make_vocab_size_divisible_by: int = 128
+    # Megatron's option: a fresh model's rows are the tokenizer's ids rounded up to this multiple
+    # (the multiple alone, not times TP: the rows, and so checkpoints and exports, do not depend on
+    # the layout). None: the rows are vocab_size as given. A checkpoint's rows are its own.
+    make_vocab_size_divisible_by: Optional[int] = None
     rotary_base: float = 10000.0
     norm_epsilon: float = 1e-5
     tie_word_embeddings: bool = False
@@ -39,6 +51,17 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     add_bias_linear: bool = False
+    # The model family (megactllm.model.families): llama, qwen2, qwen3, mistral. Metadata written
+    # before families existed has none of the fields below, which is LLaMA's defaults.
+    family: str = "llama"
+    add_qkv_bias: bool = False  # biases on Q, K and V only (Qwen2)
+    qk_layernorm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3)
+    # RoPE frequency scaling: None or "llama3" (with its factor; megatron-core's fixed low/high
+    # frequency factors 1 and 4 and original length 8192, which the importer checks).
+    rope_scaling: Optional[str] = None
+    rope_scaling_factor: Optional[float] = None
+    # Attention window of the HF model (Mistral); training refuses sequences longer than it.
+    sliding_window: Optional[int] = None
 
     @property
     def head_dim(self) -> int:
@@ -49,28 +72,19 @@ class ModelConfig:
         return self.num_query_groups or self.num_attention_heads
 
     def padded_vocab_size(self, tensor_parallel_size: int = 1) -> int:
-        """Vocabulary rounded up to a multiple of make_vocab_size_divisible_by x TP (Megatron's rule)."""
-        multiple = self.make_vocab_size_divisible_by * tensor_parallel_size
-        return ((self.vocab_size + multiple - 1) // multiple) * multiple
+        """The rows as built at a layout: vocab_size rounded up to LAYOUT_VOCAB_MULTIPLE x TP.
 
-    def num_parameters(self, tensor_parallel_size: int = 1) -> int:
-        """Parameter count of the unpadded model (embedding counted once if tied)."""
-        h, f, v = self.hidden_size, self.ffn_hidden_size, self.vocab_size
-        q = self.num_attention_heads * self.head_dim
-        kv = self.num_kv_heads * self.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h
-        embeddings = v * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embeddings + h
+        A layout detail (the vocabulary-parallel split wants equal shards): these extra rows get a
+        logit of -inf in the model and are never exported.
+        """
+        multiple = LAYOUT_VOCAB_MULTIPLE * tensor_parallel_size
+        return _round_up(self.vocab_size, multiple)
 
-    def flops_per_token(self, seq_length: Optional[int] = None) -> float:
-        """Training FLOPs per token (forward + backward = 3x forward), attention included."""
-        s = seq_length or self.seq_length
-        h, f, l = self.hidden_size, self.ffn_hidden_size, self.num_layers
-        q = self.num_attention_heads * self.head_dim
-        kv = self.num_kv_heads * self.head_dim
-        dense = l * (h * (q + 2 * kv) + q * h + 3 * h * f) + self.vocab_size * h
-        attention = l * 2 * s * q  # QK^T and AV, per token (causal halving ignored, as Megatron does)
-        return 3 * 2 * (dense + attention)
+    def rows_for_tokenizer(self, tokenizer_ids: int) -> int:
+        """A fresh model's rows for a tokenizer: its ids rounded up to make_vocab_size_divisible_by, if set."""
+        if not self.make_vocab_size_divisible_by:
+            return self.vocab_size
+        return _round_up(tokenizer_ids, self.make_vocab_size_divisible_by)
 
 
 @dataclass
@@ -288,21 +302,11 @@ def model_config_from_dict(values: dict, where: str = "model config") -> ModelCo
     return _build_section(ModelConfig, values, where)
 
 
-def _parse_value(text: str) -> Any:
-    # YAML scalars give ints, floats, bools, null and lists ([a, b]) the way a user expects.
-    return yaml.safe_load(text)
+_OVERRIDE_EXAMPLE = "train.train_iters=100"
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.train_iters=100")
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        if section not in _SECTION_CLASSES:
-            raise ConfigError(f"override {item!r}: unknown section {section!r}; sections: {sorted(_SECTION_CLASSES)}")
-        raw.setdefault(section, {})[name] = _parse_value(value)
-    return raw
+    return recipe.apply_overrides(raw, overrides, _SECTION_CLASSES, ConfigError, _OVERRIDE_EXAMPLE)
 
 
 def _origins(raw: dict, overridden: set) -> dict:
@@ -336,18 +340,7 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    raw: dict = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
+    raw = recipe.load_recipe(path, overrides or [], _SECTION_CLASSES, ConfigError, "config file", _OVERRIDE_EXAMPLE)
     cfg = config_from_dict(raw, where=path or "config")
     # Which keys the user set (recipe or override) and which are defaults: a checkpoint's metadata
     # fills the defaults and must agree with the rest (megactllm.checkpoint.shape).

@@ -1,4 +1,4 @@
-"""megactllm checkpoint (any TP/PP layout) -> Hugging Face LlamaForCausalLM directory.
+"""megactllm checkpoint (any TP/PP layout) -> Hugging Face directory of the model family's own class.
 
 The ModelConfig comes from the checkpoint's own metadata. Tensors are read one dist_checkpointing
 key at a time (all layers of one weight), split into HF tensors and streamed into size-bounded
@@ -28,7 +28,8 @@ from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpec
 from megactllm.convert.tokenizer_export import export_tokenizer
-from megactllm.tokenizer.vocab_fit import check_vocab_matches
+from megactllm.model.families import family_of
+from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
@@ -46,7 +47,7 @@ def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
     """Every HF tensor, in the order export produces them (one megatron key at a time)."""
     shapes = layout.Shapes(model)
     plan = [TensorSpec(layout.HF_EMBEDDING, shapes.vocab_rows(), dtype)]
-    for names in layout.LAYER_TENSORS.values():
+    for names in layout.layer_tensors(model).values():
         for i in range(model.num_layers):
             plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
     plan.append(TensorSpec(layout.HF_FINAL_NORM, (model.hidden_size,), dtype))
@@ -59,7 +60,7 @@ def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator
     """(HF name, tensor) in hf_tensor_plan order; holds one megatron key's stack at a time."""
     model = reader.model
     yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
-    for key, names in layout.LAYER_TENSORS.items():
+    for key, names in layout.layer_tensors(model).items():
         stacked = reader.read(key)
         for i in range(model.num_layers):
             for name, tensor in zip(names, layout.to_hf(key, stacked[i], model), strict=True):
@@ -94,6 +95,18 @@ def default_chat_template(tokenizer_type: str, tokenizer_file: Path) -> tuple[Op
     return CHAT_TEMPLATE, "chat template: megactllm ChatML"
 
 
+def _own_tokenizer(meta, tokenizer_file: Path):
+    """The checkpoint's copy of its tokenizer when another file is exported with it, else None."""
+    import filecmp
+
+    from megactllm.tokenizer import load_tokenizer
+
+    own = meta.tokenizer_file
+    if own is None or not own.is_file() or filecmp.cmp(own, tokenizer_file, shallow=False):
+        return None
+    return load_tokenizer(meta.tokenizer.get("type") or "sentencepiece", str(own))
+
+
 def export_to_hf(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -108,8 +121,9 @@ def export_to_hf(
 ) -> ExportResult:
     """Convert `checkpoint` (an iteration dir, or a run dir with a latest pointer) into `out_dir`.
 
-    The tokenizer is the one saved in the checkpoint unless `tokenizer_file` is given; its vocabulary
-    must match the model's. chat_template="default" uses megactllm's chat format when the tokenizer
+    The tokenizer is the one saved in the checkpoint unless `tokenizer_file` is given; it must fit
+    the model's vocabulary (rows past its ids are padding, exported as they are: config vocab_size
+    is the rows, as Qwen2.5's). chat_template="default" uses megactllm's chat format when the tokenizer
     has its special tokens; None leaves it out; any other string is used as the template.
     """
     with single_process_group():
@@ -126,7 +140,7 @@ def export_to_hf(
         target_dtype = dtype_from_name(dtype) if dtype else reader.dtype
         plan = hf_tensor_plan(model, target_dtype)
         progress = ConversionProgress("export", sum(s.nbytes for s in plan), progress_stream)
-        progress.message(f"{meta.path} -> {out_dir} ({model.num_parameters() / 1e6:.1f}M parameters, {target_dtype})")
+        progress.message(f"{meta.path} -> {out_dir} ({family_of(model).num_parameters(model) / 1e6:.1f}M parameters, {target_dtype})")
         template = chat_template
         if chat_template == "default":
             template, why = default_chat_template(tokenizer_type, tokenizer_file)
@@ -140,7 +154,8 @@ def export_to_hf(
                 model_max_length=model.max_position_embeddings or model.seq_length,
                 add_bos_token=add_bos_token,
             )
-            check_vocab_matches(model, tokenizer, where=f"checkpoint {meta.path}")
+            check_tokenizer_fits(model, tokenizer, where=f"checkpoint {meta.path}",
+                                 reference=_own_tokenizer(meta, tokenizer_file))
             writer = ShardedSafetensorsWriter(staging, plan, max_shard_bytes)
             for name, tensor in hf_tensors(reader, target_dtype):
                 writer.write(name, tensor)

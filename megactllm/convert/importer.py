@@ -1,4 +1,4 @@
-"""Hugging Face LLaMA directory -> megactllm checkpoint that megactllm.train can start from.
+"""Hugging Face directory (LLaMA, Qwen2, Qwen3, Mistral families) -> megactllm checkpoint that megactllm.train can start from.
 
 The result is an ordinary megactllm checkpoint (iteration 0, no optimizer state): point
 `train.pretrained_checkpoint` at it to continue pretraining with a fresh optimizer and schedule.
@@ -40,9 +40,11 @@ from megactllm.convert.hf_config import (
 from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import SafetensorsCheckpoint
+from megactllm.model.families import family_of
 from megactllm.tokenizer.vocab_fit import (
     ExtensionReport,
-    check_vocab_matches,
+    VocabMismatchError,
+    check_tokenizer_fits,
     extend_rows,
     plan_extension,
 )
@@ -87,13 +89,19 @@ def _plan_tokenizer(hf_dir: Path, model: ModelConfig, tokenizer_file, tokenizer_
     if tok_file is None:
         raise ConversionError(f"{hf_dir} has no tokenizer.model or tokenizer.json; pass --tokenizer")
     tokenizer = load_tokenizer(tok_type, str(tok_file))
+    base = load_tokenizer(base_type, str(base_file)) if base_file is not None and base_file != tok_file else None
     subtokens, extension = None, None
-    if tokenizer.vocab_size > model.vocab_size and base_file is not None:
-        base = load_tokenizer(base_type, str(base_file))
-        check_vocab_matches(model, base, where=where)
+    if tokenizer.vocab_size > model.vocab_size and base is not None:
+        check_tokenizer_fits(model, base, where=where)
+        if base.vocab_size != model.vocab_size:
+            raise VocabMismatchError(
+                f"{where} has {model.vocab_size} rows for the {base.vocab_size} ids of {base_file} (padding rows): "
+                f"extending a padded vocabulary is not supported; extend a model whose rows equal its tokenizer's ids"
+            )
         subtokens, extension = plan_extension(base, tokenizer)
         model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
-    check_vocab_matches(model, tokenizer, where=where)
+    # Rows past the tokenizer's ids are padding (Qwen2.5 ships them): imported as they are.
+    check_tokenizer_fits(model, tokenizer, where=where, reference=base)
     return model, _TokenizerPlan(tok_type, tok_file, subtokens, extension)
 
 
@@ -110,12 +118,12 @@ def check_target_layout(model: ModelConfig, tp: int, pp: int, where: str) -> Non
 
 
 def check_hf_tensors(weights: SafetensorsCheckpoint, model: ModelConfig) -> None:
-    """Every tensor LlamaForCausalLM needs is present with its shape, before any work starts."""
+    """Every tensor the family's HF class needs is present with its shape, before any work starts."""
     shapes = layout.Shapes(model)
     expected = {layout.HF_EMBEDDING: shapes.vocab_rows(), layout.HF_FINAL_NORM: (model.hidden_size,)}
     if not model.tie_word_embeddings:
         expected[layout.HF_LM_HEAD] = shapes.vocab_rows()
-    for names in layout.LAYER_TENSORS.values():
+    for names in layout.layer_tensors(model).values():
         for i in range(model.num_layers):
             expected.update({layout.hf_layer(i, n): shapes.hf_layer(n) for n in names})
     for name, shape in expected.items():
@@ -136,6 +144,9 @@ _LOCAL_SPEC_LAYER_KEYS = {
     "mlp.linear_fc2.weight": layout.FC2,
     "input_layernorm.weight": layout.INPUT_NORM,
     "pre_mlp_layernorm.weight": layout.PRE_MLP_NORM,
+    "self_attention.linear_qkv.bias": layout.QKV_BIAS,
+    "self_attention.q_layernorm.weight": layout.Q_NORM,
+    "self_attention.k_layernorm.weight": layout.K_NORM,
 }
 _TE_SPEC_LAYER_KEYS = {
     **{k: v for k, v in _LOCAL_SPEC_LAYER_KEYS.items() if "layernorm" not in k},
@@ -154,9 +165,10 @@ class _Filler:
         self.weights, self.model, self.padded_vocab = weights, model, padded_vocab
         self.vocab_rows = vocab_rows
         self.progress = progress
+        self.layer_tensors = layout.layer_tensors(model)
 
     def _layer_tensor(self, i: int, key: str) -> torch.Tensor:
-        parts = [self.weights.read(layout.hf_layer(i, n)) for n in layout.LAYER_TENSORS[key]]
+        parts = [self.weights.read(layout.hf_layer(i, n)) for n in self.layer_tensors[key]]
         return layout.to_megatron(key, parts, self.model)
 
     def tensor_for(self, param_name: str) -> torch.Tensor:
@@ -168,7 +180,7 @@ class _Filler:
             return self.weights.read(layout.HF_FINAL_NORM)
         if param_name.startswith("decoder.layers."):
             _, _, index, rest = param_name.split(".", 3)
-            if rest in _LAYER_KEYS:
+            if rest in _LAYER_KEYS and _LAYER_KEYS[rest] in self.layer_tensors:
                 return self._layer_tensor(int(index), _LAYER_KEYS[rest])
         raise ConversionError(f"megatron parameter {param_name} has no Hugging Face source (unsupported model part)")
 
@@ -225,7 +237,7 @@ def import_from_hf(
     progress_stream: Optional[TextIO] = sys.stderr,
     spec: str = "local",
 ) -> ImportResult:
-    """Convert an HF LlamaForCausalLM directory into a megactllm checkpoint run directory `out_dir`."""
+    """Convert an HF directory of a supported family into a megactllm checkpoint run directory `out_dir`."""
     from megactllm.checkpoint.save_load import iteration_dir, save_checkpoint
 
     hf_dir = Path(hf_dir)
@@ -245,7 +257,7 @@ def import_from_hf(
         return extend_rows(rows, subtokens) if subtokens is not None else rows
 
     progress = ConversionProgress("import", 0, progress_stream)
-    progress.message(f"{hf_dir} -> {out_dir} ({model.num_parameters() / 1e6:.1f}M parameters, {target_dtype})")
+    progress.message(f"{hf_dir} -> {out_dir} ({family_of(model).num_parameters(model) / 1e6:.1f}M parameters, {target_dtype})")
     if extension is not None:
         progress.message(f"vocabulary extended {extension.old_vocab} -> {extension.new_vocab} from {tokenizer_plan.file} "
                          f"({extension.without_subtokens} new pieces without sub-tokens got the mean row)")

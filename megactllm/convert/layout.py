@@ -1,9 +1,10 @@
-"""How one model's weights are laid out in megatron-core and in Hugging Face LLaMA.
+"""How one model's weights are laid out in megatron-core and in Hugging Face (LLaMA-style families).
 
 Megatron (global, layout-free tensors as dist_checkpointing stores them):
 - `linear_qkv.weight` rows are grouped by query group: for each group g, its query heads, then
   its key head, then its value head ([q_g (heads/groups x d), k_g (d), v_g (d)] for g = 0..G-1).
   TP splits whole groups, which is why the interleaving exists; HF keeps q, k, v apart.
+- `linear_qkv.bias` (Qwen2) is grouped the same way.
 - `linear_fc1.weight` is [gate; up] (megatron's GLU applies the activation to the first half).
 - the word embedding and output layer have padded rows (vocab rounded up for TP); HF has none.
 - per-layer tensors are stacked on a leading layer axis under one key.
@@ -16,35 +17,35 @@ import torch
 
 from megactllm.config import ModelConfig
 
-# dist_checkpointing keys of GPTModel's sharded_state_dict (the same for the local and TE specs).
-EMBEDDING = "embedding.word_embeddings.weight"
-OUTPUT_LAYER = "output_layer.weight"
-FINAL_NORM = "decoder.final_layernorm.weight"
-QKV = "decoder.layers.self_attention.linear_qkv.weight"
-PROJ = "decoder.layers.self_attention.linear_proj.weight"
-FC1 = "decoder.layers.mlp.linear_fc1.weight"
-FC2 = "decoder.layers.mlp.linear_fc2.weight"
-INPUT_NORM = "decoder.layers.self_attention.linear_qkv.layer_norm_weight"
-PRE_MLP_NORM = "decoder.layers.mlp.linear_fc1.layer_norm_weight"
-
-HF_EMBEDDING = "model.embed_tokens.weight"
-HF_LM_HEAD = "lm_head.weight"
-HF_FINAL_NORM = "model.norm.weight"
+# Checkpoint keys and HF names live with the model families; re-exported for convert's callers.
+from megactllm.model.families import family_of
+from megactllm.model.families.base import (  # noqa: F401
+    BASE_LAYER_TENSORS as LAYER_TENSORS,
+    EMBEDDING,
+    FC1,
+    FC2,
+    FINAL_NORM,
+    HF_EMBEDDING,
+    HF_FINAL_NORM,
+    HF_LM_HEAD,
+    INPUT_NORM,
+    K_NORM,
+    OUTPUT_LAYER,
+    PRE_MLP_NORM,
+    PROJ,
+    Q_NORM,
+    QKV,
+    QKV_BIAS,
+)
 
 
 def hf_layer(i: int, name: str) -> str:
     return f"model.layers.{i}.{name}"
 
 
-# Per-layer megatron key -> the HF tensor names (within a layer) it is made of, in fused order.
-LAYER_TENSORS = {
-    QKV: ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-    PROJ: ("self_attn.o_proj.weight",),
-    FC1: ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-    FC2: ("mlp.down_proj.weight",),
-    INPUT_NORM: ("input_layernorm.weight",),
-    PRE_MLP_NORM: ("post_attention_layernorm.weight",),
-}
+def layer_tensors(model: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Per-layer megatron key -> the HF tensor names it is made of (fused order), for this model."""
+    return family_of(model).layer_tensors(model)
 
 
 @dataclass(frozen=True)
@@ -54,32 +55,10 @@ class Shapes:
     model: ModelConfig
 
     def megatron_layer(self, key: str) -> tuple:
-        m = self.model
-        h, f, d = m.hidden_size, m.ffn_hidden_size, m.head_dim
-        q, kv = m.num_attention_heads * d, m.num_kv_heads * d
-        return {
-            QKV: (q + 2 * kv, h),
-            PROJ: (h, q),
-            FC1: (2 * f, h),
-            FC2: (h, f),
-            INPUT_NORM: (h,),
-            PRE_MLP_NORM: (h,),
-        }[key]
+        return family_of(self.model).megatron_layer_shape(self.model, key)
 
     def hf_layer(self, name: str) -> tuple:
-        m = self.model
-        h, f, d = m.hidden_size, m.ffn_hidden_size, m.head_dim
-        return {
-            "self_attn.q_proj.weight": (m.num_attention_heads * d, h),
-            "self_attn.k_proj.weight": (m.num_kv_heads * d, h),
-            "self_attn.v_proj.weight": (m.num_kv_heads * d, h),
-            "self_attn.o_proj.weight": (h, m.num_attention_heads * d),
-            "mlp.gate_proj.weight": (f, h),
-            "mlp.up_proj.weight": (f, h),
-            "mlp.down_proj.weight": (h, f),
-            "input_layernorm.weight": (h,),
-            "post_attention_layernorm.weight": (h,),
-        }[name]
+        return family_of(self.model).hf_layer_shape(self.model, name)
 
     def vocab_rows(self) -> tuple:
         return (self.model.vocab_size, self.model.hidden_size)
@@ -96,6 +75,8 @@ def _group_sizes(model: ModelConfig) -> tuple[int, int, int]:
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelConfig) -> torch.Tensor:
     """HF q/k/v projections -> megatron's group-interleaved linear_qkv weight."""
+    if q.dim() == 1:  # biases: one column
+        return fuse_qkv(q[:, None], k[:, None], v[:, None], model)[:, 0]
     groups, q_rows, d = _group_sizes(model)
     hidden = q.shape[-1]
     parts = (q.reshape(groups, q_rows, hidden), k.reshape(groups, d, hidden), v.reshape(groups, d, hidden))
@@ -104,6 +85,8 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelConf
 
 def split_qkv(qkv: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Megatron's linear_qkv weight -> HF (q, k, v), each contiguous."""
+    if qkv.dim() == 1:  # biases: one column
+        return tuple(part[:, 0].contiguous() for part in split_qkv(qkv[:, None], model))
     groups, q_rows, d = _group_sizes(model)
     hidden = qkv.shape[-1]
     q, k, v = qkv.reshape(groups, q_rows + 2 * d, hidden).split([q_rows, d, d], dim=1)
@@ -120,8 +103,8 @@ def split_gate_up(fc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_megatron(key: str, hf_parts: list[torch.Tensor], model: ModelConfig) -> torch.Tensor:
-    """One layer's megatron tensor for `key` from its HF parts (in LAYER_TENSORS order)."""
-    if key == QKV:
+    """One layer's megatron tensor for `key` from its HF parts (in layer_tensors order)."""
+    if key in (QKV, QKV_BIAS):
         return fuse_qkv(*hf_parts, model)
     if key == FC1:
         return fuse_gate_up(*hf_parts)
@@ -130,8 +113,8 @@ def to_megatron(key: str, hf_parts: list[torch.Tensor], model: ModelConfig) -> t
 
 
 def to_hf(key: str, tensor: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, ...]:
-    """One layer's HF parts (in LAYER_TENSORS order) from its megatron tensor for `key`."""
-    if key == QKV:
+    """One layer's HF parts (in layer_tensors order) from its megatron tensor for `key`."""
+    if key in (QKV, QKV_BIAS):
         return split_qkv(tensor, model)
     if key == FC1:
         return split_gate_up(tensor)

@@ -40,7 +40,7 @@ class MegatronCheckpointReader:
     def _expected(self) -> dict[str, tuple]:
         shapes = layout.Shapes(self.model)
         layers = self.model.num_layers
-        expected = {key: (layers, *shapes.megatron_layer(key)) for key in layout.LAYER_TENSORS}
+        expected = {key: (layers, *shapes.megatron_layer(key)) for key in layout.layer_tensors(self.model)}
         expected[layout.FINAL_NORM] = (self.model.hidden_size,)
         expected[layout.EMBEDDING] = None  # padded rows: checked separately
         if not self.model.tie_word_embeddings:

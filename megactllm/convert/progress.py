@@ -2,44 +2,42 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Optional, TextIO
 
+from megactllm.common.progress import Progress as ProgressBase
 
-class ConversionProgress:
+
+class ConversionProgress(ProgressBase):
+    """Counts tensors and bytes; `stream=None` silences it (library callers, tests)."""
+
     def __init__(self, label: str, total_bytes: int, stream: Optional[TextIO] = sys.stderr, interval: float = 5.0):
+        super().__init__(total=max(total_bytes, 1), interval=interval, out=stream, first_at_once=True, at_total=True)
         self.label = label
-        self.total_bytes = max(total_bytes, 1)
-        self.stream = stream  # None silences it (library callers, tests)
-        self.interval = interval
-        self.start = time.monotonic()
-        self.last_emit = 0.0
-        self.done_bytes = 0
         self.done_tensors = 0
 
-    def update(self, nbytes: int, name: str = "") -> None:
-        self.done_bytes += nbytes
-        self.done_tensors += 1
-        now = time.monotonic()
-        if now - self.last_emit >= self.interval or self.done_bytes >= self.total_bytes:
-            self.last_emit = now
-            self.emit(name)
+    @property
+    def total_bytes(self) -> int:
+        return self.total
 
-    def emit(self, name: str = "") -> None:
-        if self.stream is None:
-            return
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done_bytes / elapsed
-        left = (self.total_bytes - self.done_bytes) / rate if rate > 0 else float("inf")
+    @total_bytes.setter
+    def total_bytes(self, value: int) -> None:  # the importer learns the size once the model is built
+        self.total = value
+
+    @property
+    def done_bytes(self) -> int:
+        return self.done
+
+    def update(self, nbytes: int, name: str = "") -> None:
+        self.done_tensors += 1
+        self.advance(nbytes, name)
+
+    def line(self, name: str = "") -> str:
+        rate = self.per_second()
+        left = self.eta_seconds()
         eta = f"{left:.0f}s" if left != float("inf") else "?"
-        print(
-            f"[{self.label}] {self.done_bytes / self.total_bytes:6.1%}  {self.done_tensors} tensors  "
-            f"{self.done_bytes / 2**30:.2f}/{self.total_bytes / 2**30:.2f} GiB  {rate / 2**20:.0f} MiB/s  "
-            f"eta {eta}  {name}",
-            file=self.stream,
-            flush=True,
-        )
+        return (f"[{self.label}] {self.done / self.total:6.1%}  {self.done_tensors} tensors  "
+                f"{self.done / 2**30:.2f}/{self.total / 2**30:.2f} GiB  {rate / 2**20:.0f} MiB/s  "
+                f"eta {eta}  {name}")
 
     def message(self, text: str) -> None:
-        if self.stream is not None:
-            print(f"[{self.label}] {text}", file=self.stream, flush=True)
+        self.say(f"[{self.label}] {text}")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from megactllm.errors import UserError
 
-class EvalDataError(ValueError):
+
+class EvalDataError(UserError, ValueError):
     """A task file that cannot be read as the benchmark's layout."""
 
     def __init__(self, path, message: str, row: Optional[int] = None):

@@ -9,15 +9,15 @@ the task with JudgeError naming the question.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from megactllm.common.jsonl import jsonl_lines, write_jsonl_atomic
+from megactllm.errors import UserError
 from megactllm.eval.errors import EvalDataError
 
 
@@ -35,18 +35,15 @@ def read_open_questions(path) -> list[OpenQuestion]:
     if not path.is_file():
         raise EvalDataError(path, "generation question file does not exist")
     out = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                question = r["question"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise EvalDataError(path, f"expected a JSON object with a 'question' ({type(e).__name__}: {e})", row=number) from None
-            if not isinstance(question, str) or not question.strip():
-                raise EvalDataError(path, "'question' must be a non-empty string", row=number)
-            out.append(OpenQuestion(str(r.get("id", number)), question, str(r.get("category", "general")), r.get("reference")))
+    for number, line in jsonl_lines(path, encoding="utf-8-sig"):
+        try:
+            r = json.loads(line)
+            question = r["question"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise EvalDataError(path, f"expected a JSON object with a 'question' ({type(e).__name__}: {e})", row=number) from None
+        if not isinstance(question, str) or not question.strip():
+            raise EvalDataError(path, "'question' must be a non-empty string", row=number)
+        out.append(OpenQuestion(str(r.get("id", number)), question, str(r.get("category", "general")), r.get("reference")))
     if not out:
         raise EvalDataError(path, "holds no questions")
     return out
@@ -61,7 +58,7 @@ JUDGE_PROMPT = (
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     pass
 
 
@@ -116,7 +113,7 @@ def run_generation_task(backend, questions: list[OpenQuestion], answers_path, ju
             record["rating"], record["judge_output"] = judge.rate(q, record["answer"])
         records.append(record)
     if backend.is_reporting_rank:
-        _write_jsonl(Path(answers_path), records)
+        write_jsonl_atomic(Path(answers_path), records)
     rated = [r for r in records if r["rating"] is not None]
     summary = {"n": len(records), "answers_file": str(answers_path)}
     if judge is None:
@@ -129,12 +126,3 @@ def run_generation_task(backend, questions: list[OpenQuestion], answers_path, ju
                    mean_rating=sum(r["rating"] for r in rated) / len(rated) if rated else None,
                    mean_rating_by_category={k: sum(v) / len(v) for k, v in by_category.items()})
     return summary
-
-
-def _write_jsonl(path: Path, records: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

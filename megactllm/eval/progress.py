@@ -1,30 +1,23 @@
-"""A progress line with rate and ETA, printed by the reporting rank only."""
+"""A progress line with rate and ETA, printed by the reporting rank only (the others pass stream=None)."""
 from __future__ import annotations
 
 import sys
-import time
 from typing import Optional, TextIO
 
+from megactllm.common.progress import Progress as ProgressBase
 
-class Progress:
+
+class Progress(ProgressBase):
+    """Called with the number of items just answered."""
+
     def __init__(self, total: int, unit: str, label: str, stream: Optional[TextIO] = sys.stderr, every_s: float = 5.0):
-        self.total, self.unit, self.label, self.stream, self.every_s = total, unit, label, stream, every_s
-        self.done, self.start = 0, time.perf_counter()
-        self._last = self.start
+        super().__init__(total=total, interval=every_s, out=stream, at_total=True)
+        self.unit, self.label = unit, label
 
     def __call__(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.stream is not None and (now - self._last >= self.every_s or self.done >= self.total):
-            self._last = now
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
-
-    @property
-    def rate(self) -> float:
-        return self.done / max(time.perf_counter() - self.start, 1e-9)
+        self.advance(n)
 
     def line(self) -> str:
-        rate = self.rate
+        rate = self.per_second()
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         return f"{self.label}: {self.done}/{self.total} {self.unit}, {rate:.2f} {self.unit}/s, ETA {eta:.0f}s"

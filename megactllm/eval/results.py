@@ -9,11 +9,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
+from megactllm.common.atomic import write_text_atomic
 from megactllm.eval.scoring import SubjectScore, aggregate
 
 
@@ -69,8 +68,5 @@ def write_results(results: dict, path) -> tuple[Path, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     md = path.with_suffix(".md")
     for target, text in ((path, json.dumps(results, indent=2, ensure_ascii=False)), (md, markdown_table(results))):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
+        write_text_atomic(target, text)
     return path, md

@@ -1,6 +1,7 @@
 """Build megatron-core GPTModel chunks for a ModelConfig on the current parallel layout.
 
-LLaMA-style blocks: RMSNorm, SwiGLU, RoPE, no linear biases, optional GQA and tied embeddings.
+LLaMA-style blocks: RMSNorm, SwiGLU, RoPE, optional GQA and tied embeddings; what a model family
+adds (QKV bias, per-head Q/K RMSNorm, llama3 RoPE scaling) comes from megactllm.model.families.
 The Transformer Engine layer spec is used when TE imports on a CUDA machine; otherwise the local
 (pure megatron-core) spec, which is what runs on CPU processes. The local spec's core attention is
 torch's fused scaled_dot_product_attention (megactllm.model.sdpa_attention) unless megatron's own
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from megactllm.config import ModelConfig, OptimConfig, ParallelConfig
+from megactllm.model.families import family_of
 from megactllm.model.norm import RMSNorm
 
 
@@ -40,6 +42,9 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
     """megatron-core TransformerConfig for our model, parallel layout and precision."""
     from megatron.core.transformer import TransformerConfig
 
+    family = family_of(model)
+    family.check(model, where=f"model (family {family.name})")
+
     on_gpu = torch.cuda.is_available()
     dtype = params_dtype(optim)
     recompute_method = parallel.recompute_method
@@ -52,7 +57,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
         ffn_hidden_size=model.ffn_hidden_size,
         num_attention_heads=model.num_attention_heads,
         num_query_groups=model.num_query_groups,
-        kv_channels=model.head_dim,
+        **family.transformer_config_kwargs(model),
         normalization="RMSNorm",
         layernorm_epsilon=model.norm_epsilon,
         gated_linear_unit=True,
@@ -134,24 +139,41 @@ def block_spec(config, spec, vp_stage: Optional[int] = None):
     return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=final_norm)
 
 
+def with_qk_layernorm(spec):
+    """A copy of a layer spec with RMSNorm on each head's queries and keys (ours on the local spec)."""
+    import copy
+
+    spec = copy.deepcopy(spec)
+    norm = RMSNorm
+    if spec.submodules.input_layernorm is not RMSNorm:
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        norm = TENorm
+    spec.submodules.self_attention.submodules.q_layernorm = norm
+    spec.submodules.self_attention.submodules.k_layernorm = norm
+    return spec
+
+
 def build_model_chunk(model: ModelConfig, config, vp_stage: Optional[int] = None, spec=None):
     """One GPTModel holding this rank's layers (of virtual stage `vp_stage` when VPP is on)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
+    spec = spec if spec is not None else layer_spec()
+    if model.qk_layernorm:
+        spec = with_qk_layernorm(spec)
     chunk = GPTModel(
         config=config,
-        transformer_layer_spec=block_spec(config, spec if spec is not None else layer_spec(), vp_stage),
+        transformer_layer_spec=block_spec(config, spec, vp_stage),
         vocab_size=model.padded_vocab_size(tp),
         max_sequence_length=model.max_position_embeddings or model.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         parallel_output=True,
         share_embeddings_and_output_weights=model.tie_word_embeddings,
-        position_embedding_type="rope",
-        rotary_base=int(model.rotary_base),
         vp_stage=vp_stage,
+        **family_of(model).gpt_model_kwargs(model),
     )
     if chunk.post_process:
         mask_padded_vocab_logits(chunk.output_layer, model.vocab_size, model.padded_vocab_size(tp))

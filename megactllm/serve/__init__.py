@@ -14,9 +14,11 @@ from megactllm.serve.engine import (
     Completion,
     Engine,
     EngineError,
+    SamplingError,
     SamplingParams,
     StreamPiece,
+    check_sampling,
     load_engine,
 )
 
-__all__ = ["Completion", "Engine", "EngineError", "SamplingParams", "StreamPiece", "load_engine"]
+__all__ = ["Completion", "Engine", "EngineError", "SamplingError", "SamplingParams", "StreamPiece", "check_sampling", "load_engine"]

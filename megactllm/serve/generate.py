@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
+from megactllm.errors import UserError
 from megactllm.serve.engine import Engine, EngineError, SamplingParams
 
 
-class GenerateError(ValueError):
-    pass
+class GenerateError(UserError, ValueError):
+    """A record of the input file that cannot be generated for (named by file and line)."""
 
 
 def _prompt_ids(engine: Engine, record, where: str) -> list[int]:

@@ -12,6 +12,7 @@ from megactllm.serve.engine import (
     Engine,
     EngineError,
     EngineInfo,
+    Halt,
     SamplingParams,
     StreamPiece,
     render_chat,
@@ -25,6 +26,9 @@ _LOGITS_ALL_BUDGET = 512 * 2**20
 class LlamaCppEngine(Engine):
     def __init__(self, path: str | Path, n_ctx: int = 0, threads: Optional[int] = None, logits_all: Optional[bool] = None,
                  f32_kv_cache: bool = False, seed: int = 0, name: Optional[str] = None):
+        from megactllm.serve.extras import require
+
+        require("running a GGUF file", "llama_cpp")
         import llama_cpp
         from llama_cpp import Llama
 
@@ -41,18 +45,31 @@ class LlamaCppEngine(Engine):
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                          logits_all=logits_all, seed=seed, verbose=False, **cache)
         md = self.llm.metadata
-        # GGUFs from megactllm tell llama.cpp not to add SentencePiece's leading space (so chat
-        # prompts tokenize as in training); plain text gets it back here (see convert/gguf/vocab.py).
-        self.leading_space = md.get("megactllm.tokenizer.dummy_prefix") == "true" and md.get("tokenizer.ggml.add_space_prefix") == "false"
+        # llama.cpp as the file says tokenizes plain text as the model's tokenizer does, except that it
+        # also puts SentencePiece's space after every special token. Where the model's tokenizer puts
+        # it only at the start of a text (megactllm's, HF legacy=False; see convert/gguf/vocab.py),
+        # the same vocabulary without the automatic space is used, with that one space put in front
+        # of plain text: chat prompts and texts holding chat tokens then get training's ids too.
+        self.space_prefix = md.get("tokenizer.ggml.add_space_prefix", "true") == "true"
+        self.start_only = None
+        if self.space_prefix and md.get("megactllm.tokenizer.chat_space_prefix") == "false":
+            self.start_only = Llama(model_path=str(path), vocab_only=True, verbose=False,
+                                    kv_overrides={"tokenizer.ggml.add_space_prefix": False})
+        self.add_bos = llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab) and self.llm.token_bos() >= 0
         self.logits_all = logits_all
+        # Token ids from here on are the embedding's padding rows (convert/gguf/vocab.py): never sampled or scored.
+        self.padding_start = int(md.get("megactllm.tokenizer.padding_start", self.llm.n_vocab()))
+        self.padding_bias = {i: float("-inf") for i in range(self.padding_start, self.llm.n_vocab())}
         self.info = EngineInfo(name=name or path.stem, kind="llama.cpp", context_length=n_ctx,
                                chat_template=md.get("tokenizer.chat_template"), extra=dict(threads=threads))
 
     def tokenize(self, text: str) -> list[int]:
+        bos = [self.llm.token_bos()] if self.add_bos else []
         if not text:
-            return []
-        text = (" " + text) if self.leading_space else text
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            return bos
+        if self.start_only is not None:
+            return bos + self.start_only.tokenize((" " + text).encode("utf-8"), add_bos=False, special=True)
+        return bos + self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
         special = dict(bos_token=self._piece(self.llm.token_bos()), eos_token=self._piece(self.llm.token_eos()))
@@ -60,33 +77,39 @@ class LlamaCppEngine(Engine):
         # special=True: llama.cpp turns an end-of-turn token into a control token, which it matches
         # in text only so. SentencePiece matches <|im_start|>/<|im_end|> (user-defined) in any text;
         # the one difference left: llama.cpp also reads a typed "<s>"/"</s>" as that control token.
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return (self.start_only or self.llm).tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _piece(self, token_id: int) -> str:
         return "" if token_id < 0 else self.llm._model.token_get_text(token_id)
 
     def detokenize(self, ids: Sequence[int], first: bool = False) -> str:
         text = self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
-        # Text that starts a prompt lost SentencePiece's leading space in tokenize(); drop it again.
-        return text[1:] if first and self.leading_space and text.startswith(" ") else text
+        # The space llama.cpp put before a prompt's text (SentencePiece's dummy prefix) is not the user's.
+        return text[1:] if first and self.space_prefix and text.startswith(" ") else text
 
-    def _kwargs(self, params: SamplingParams) -> dict:
+    def _kwargs(self, params: SamplingParams, halt: Halt) -> dict:
         from llama_cpp import StoppingCriteriaList
 
-        cancel = params.cancel
-        criteria = StoppingCriteriaList([lambda ids, logits: cancel()]) if cancel else None
-        return dict(stopping_criteria=criteria, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                    min_p=0.0, repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=params.seed)
+        if params.max_tokens < 1:  # llama-cpp-python reads <= 0 as "up to the end of the context"
+            raise EngineError(f"max_tokens must be at least 1 to generate, got {params.max_tokens}")
+        # llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random": fold a wider seed below it.
+        seed = None if params.seed is None else params.seed % 0xFFFFFFFF
+        return dict(stopping_criteria=StoppingCriteriaList([lambda ids, logits: halt()]), max_tokens=params.max_tokens,
+                    temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=0.0,
+                    repeat_penalty=params.repeat_penalty, stop=list(params.stop), seed=seed,
+                    logit_bias=self.padding_bias or None)
 
     def complete(self, prompt, params, echo=False, logprobs=None) -> Completion:
         self.check_prompt(prompt, params.max_tokens)
         if (logprobs is not None) and not self.logits_all:
             raise EngineError("logprobs need the server started with --logits-all (prompt log-probabilities)")
         text, lp, used, reason = "", None, 0, "length"
-        if params.max_tokens > 0:  # (llama-cpp-python reads 0 as "up to the context")
-            out = self.llm.create_completion(prompt=list(prompt), logprobs=logprobs, **self._kwargs(params))
+        if params.max_tokens > 0:  # 0: score the prompt only (echo + logprobs)
+            halt = Halt(params.cancel)
+            out = self.llm.create_completion(prompt=list(prompt), logprobs=logprobs, **self._kwargs(params, halt))
             choice = out["choices"][0]
             text, lp, used, reason = choice["text"], choice.get("logprobs"), out["usage"]["completion_tokens"], choice["finish_reason"]
+            reason = "length" if halt.fired else reason
         if echo:
             # llama-cpp-python's own echo fails on token-id prompts: echo the prompt from its ids
             # and score it from llama.cpp's logits of every prompt position.
@@ -100,9 +123,11 @@ class LlamaCppEngine(Engine):
         self.llm.reset()
         self.llm.eval(list(prompt))
         logits = np.asarray(self.llm.scores[: len(prompt)], dtype=np.float64)
+        logits[:, self.padding_start:] = -np.inf
         logp = logits - logits.max(-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-        pieces = [self.detokenize([t], first=(i == 0)) for i, t in enumerate(prompt)]
+        start = 1 if prompt and prompt[0] == self.llm.token_bos() else 0  # BOS has no text: the prefix space follows it
+        pieces = [self.detokenize([t], first=(i == start)) for i, t in enumerate(prompt)]
         token_logprobs, top_logprobs = [None], [None]
         for i in range(1, len(prompt)):
             token_logprobs.append(float(logp[i - 1, prompt[i]]))
@@ -114,9 +139,15 @@ class LlamaCppEngine(Engine):
 
     def stream(self, prompt, params) -> Iterator[StreamPiece]:
         self.check_prompt(prompt, params.max_tokens)
-        for chunk in self.llm.create_completion(prompt=list(prompt), stream=True, **self._kwargs(params)):
-            choice = chunk["choices"][0]
-            yield StreamPiece(choice["text"], choice.get("finish_reason"))
+        halt = Halt(params.cancel)
+        chunks = self.llm.create_completion(prompt=list(prompt), stream=True, **self._kwargs(params, halt))
+        try:
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                reason = choice.get("finish_reason")
+                yield StreamPiece(choice["text"], "length" if reason and halt.fired else reason)
+        finally:
+            chunks.close()  # a reader that left ends llama.cpp's generation here, on this thread
 
 
 def _join_logprobs(prompt_lp: dict, generated: Optional[dict], shift: int) -> dict:

@@ -5,10 +5,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from megactllm.serve.engine import SamplingParams
+from megactllm.errors import UserError
+from megactllm.serve.engine import SamplingError, SamplingParams, check_sampling
 
 
-class RequestError(Exception):
+class RequestError(UserError):
     """A bad request, answered in OpenAI's error shape with `status`."""
 
     def __init__(self, status: int, message: str, param: Optional[str] = None, kind: str = "invalid_request_error",
@@ -56,37 +57,39 @@ def _field(body: dict, name: str, types: tuple, default: Any = None, required: b
     return value
 
 
-def _number(body, name, default, low, high):
-    value = _field(body, name, (int, float), default)
-    if not (low <= value <= high):
-        raise RequestError(400, f"'{name}' must be between {low} and {high}, got {value}", name)
-    return float(value)
-
-
-def sampling_params(body: dict, limits: Limits, default_max_tokens: int) -> SamplingParams:
+def sampling_params(body: dict, limits: Limits, default_max_tokens: int, allow_zero_tokens: bool = False) -> SamplingParams:
+    """The request's sampling fields, each checked by type here and by range in check_sampling
+    (the ranges both engines accept), so a value an engine would fail on is a 400 naming it."""
     max_tokens = _field(body, "max_tokens", (int,), None)
+    name = "max_tokens"
     if max_tokens is None:
-        max_tokens = _field(body, "max_completion_tokens", (int,), default_max_tokens)
-    if max_tokens < 0:
-        raise RequestError(400, f"'max_tokens' must be >= 0, got {max_tokens}", "max_tokens")
+        name = "max_completion_tokens"
+        max_tokens = _field(body, name, (int,), default_max_tokens)
     if max_tokens > limits.max_tokens_cap:
-        raise RequestError(400, f"'max_tokens' {max_tokens} is over this server's cap of {limits.max_tokens_cap}", "max_tokens")
+        raise RequestError(400, f"'{name}' {max_tokens} is over this server's cap of {limits.max_tokens_cap}", name)
     stop = _field(body, "stop", (str, list), [])
-    stop = [stop] if isinstance(stop, str) else stop
-    if len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError(400, "'stop' must be a non-empty string or a list of at most 4 of them", "stop")
     n = _field(body, "n", (int,), 1)
     if n != 1:
-        raise RequestError(400, "only n=1 is supported", "n")
-    return SamplingParams(
+        raise RequestError(400, f"only n=1 is supported, got {n}", "n")
+    params = SamplingParams(
         max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        top_k=int(_field(body, "top_k", (int,), 0)),
-        repeat_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0),
-        stop=stop,
+        temperature=_field(body, "temperature", (int, float), 1.0),
+        top_p=_field(body, "top_p", (int, float), 1.0),
+        top_k=_field(body, "top_k", (int,), 0),
+        repeat_penalty=_field(body, "repetition_penalty", (int, float), 1.0),
+        stop=[stop] if isinstance(stop, str) else stop,
         seed=_field(body, "seed", (int,), None),
     )
+    try:
+        check_sampling(params, allow_zero_tokens=allow_zero_tokens)
+    except SamplingError as e:
+        field = name if e.field == "max_tokens" else e.field
+        message = str(e).replace("'max_tokens'", f"'{field}'")
+        if e.field == "max_tokens" and max_tokens == 0 and not allow_zero_tokens:
+            message += " (0 is taken only by /v1/completions with echo=true, to score the prompt)"
+        raise RequestError(400, message, field) from None
+    params.temperature, params.top_p, params.repeat_penalty = float(params.temperature), float(params.top_p), float(params.repeat_penalty)
+    return params
 
 
 def chat_messages(body: dict) -> list[dict]:

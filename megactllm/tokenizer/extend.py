@@ -16,13 +16,15 @@ model is written beside the old one. Three kinds of piece can be added:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+from megactllm.common.atomic import write_bytes_atomic
+from megactllm.common.optional import require
 
 Piece = model_pb2.ModelProto.SentencePiece
 
@@ -135,17 +137,10 @@ def extend_sentencepiece(
         result.added = [(i, p, "user_defined" if p in unreachable else k) for i, p, k in result.added]
     proto.trainer_spec.vocab_size = len(proto.pieces)
     result.new_size = len(proto.pieces)
-    _write_atomically(output_path, proto.SerializeToString())
+    write_bytes_atomic(output_path, proto.SerializeToString())
     return result
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".extend-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def frequent_unsplit_words(texts: Iterable[str], tokenizer, top_k: int = 1000, min_count: int = 5,
@@ -154,7 +149,7 @@ def frequent_unsplit_words(texts: Iterable[str], tokenizer, top_k: int = 1000, m
     the candidates worth adding as single pieces."""
     import logging
 
-    import jieba
+    jieba = require("jieba", "mining Chinese words from a corpus")
 
     jieba.setLogLevel(logging.WARNING)
     counts: Counter = Counter()

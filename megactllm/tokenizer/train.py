@@ -7,7 +7,7 @@ special pieces:
     id 0 <unk>   1 <s>   2 </s> (end of document)   3 <pad>   then user-defined pieces
     such as <|im_start|> <|im_end|>, which encode from text as single tokens (chat templates).
 
-    model = train_sentencepiece(TrainConfig(input=["corpus.jsonl"], model_prefix="tok/zh", vocab_size=32000))
+    model = train_sentencepiece(TokenizerTrainingSettings(input=["corpus.jsonl"], model_prefix="tok/zh", vocab_size=32000))
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ CHAT_PIECES = ("<|im_start|>", "<|im_end|>")
 
 
 @dataclass
-class TrainConfig:
+class TokenizerTrainingSettings:
     input: Sequence[str]
     model_prefix: str
     vocab_size: int = 32000
@@ -54,7 +54,7 @@ def iter_training_text(inputs: Sequence[str], keys: Sequence[str], input_format:
                             yield para.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
-def train_sentencepiece(config: TrainConfig) -> str:
+def train_sentencepiece(config: TokenizerTrainingSettings) -> str:
     """Trains and returns the path of `{model_prefix}.model` (a `.vocab` is written beside it)."""
     specials = [config.unk_piece, config.bos_piece, config.eod_piece, config.pad_piece]
     clashes = [p for p in config.user_defined if p in specials]
@@ -84,7 +84,7 @@ def train_sentencepiece(config: TrainConfig) -> str:
     return config.model_prefix + ".model"
 
 
-def _train(config: TrainConfig, sentences: Iterator[str]) -> None:
+def _train(config: TokenizerTrainingSettings, sentences: Iterator[str]) -> None:
     spm.SentencePieceTrainer.Train(
         sentence_iterator=sentences,
         model_prefix=config.model_prefix,

@@ -8,7 +8,7 @@ rows then start where the model already puts the piece's meaning, instead of at 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -27,26 +27,34 @@ def _name(tokenizer: Tokenizer) -> str:
     return getattr(tokenizer, "model_path", repr(tokenizer))
 
 
-def check_vocab_matches(model_config: ModelConfig, tokenizer: Tokenizer, where: str = "the model") -> None:
-    """Refuse a tokenizer whose ids do not fit the model's vocabulary, naming both.
+def check_tokenizer_fits(
+    model_config: ModelConfig, tokenizer: Tokenizer, where: str = "the model", reference: Optional[Tokenizer] = None
+) -> None:
+    """Refuse a tokenizer that does not fit the model's vocabulary, naming both.
 
-    Call before training (and before importing): a tokenizer larger than the embedding would
-    index past it; a smaller one is almost always the wrong tokenizer (e.g. the original LLaMA
-    tokenizer for a vocabulary-extended model).
+    The rule: a tokenizer fits when every id it produces is below the embedding's rows; rows beyond
+    its ids are padding (Megatron's make-vocab-size-divisible-by, Qwen2.5's 151,936 rows for 151,665
+    ids). A wrong tokenizer is refused by what it is: more ids than rows, or, given the model's own
+    tokenizer (`reference`: the checkpoint's copy in tokenizer/, an HF directory's tokenizer), fewer
+    ids than it or pieces that differ from it. An extension of the reference (same pieces, more
+    appended) fits while it stays within the rows.
     """
-    model_vocab, tok_vocab = model_config.vocab_size, tokenizer.vocab_size
-    if tok_vocab == model_vocab:
-        return
-    if tok_vocab > model_vocab:
-        hint = (
-            "extend the model's embeddings to the new tokenizer with `tools/convert_checkpoint.py import "
-            "--tokenizer NEW_TOKENIZER` (vocabulary extension), or use the tokenizer the model was trained with"
+    rows, ids = model_config.vocab_size, tokenizer.vocab_size
+    if ids > rows:
+        raise VocabMismatchError(
+            f"tokenizer {_name(tokenizer)} has {ids} ids but {where} has a vocabulary of {rows}; extend the model's "
+            "embeddings to the new tokenizer with `tools/convert_checkpoint.py import --tokenizer NEW_TOKENIZER` "
+            "(vocabulary extension), or use the tokenizer the model was trained with"
         )
-    else:
-        hint = "use the tokenizer the model was trained with (the checkpoint's tokenizer/ directory holds a copy)"
-    raise VocabMismatchError(
-        f"tokenizer {_name(tokenizer)} has {tok_vocab} ids but {where} has a vocabulary of {model_vocab}; {hint}"
-    )
+    if reference is None:
+        return
+    if ids < reference.vocab_size:
+        raise VocabMismatchError(
+            f"tokenizer {_name(tokenizer)} has {ids} ids but {where} has a vocabulary of {reference.vocab_size} "
+            f"(its own tokenizer {_name(reference)}; {rows} rows); use the tokenizer the model was trained with "
+            "(the checkpoint's tokenizer/ directory holds a copy)"
+        )
+    check_is_extension(reference, tokenizer)
 
 
 def check_is_extension(old: Tokenizer, new: Tokenizer) -> None:
@@ -128,3 +136,31 @@ def plan_extension(old: Tokenizer, new: Tokenizer) -> tuple[list[list[int]], Ext
     subtokens = subtoken_ids(old, new)
     report = ExtensionReport(old.vocab_size, new.vocab_size, sum(1 for ids in subtokens if not ids))
     return subtokens, report
+
+
+def fit_model_to_tokenizer(cfg, tokenizer: Tokenizer) -> None:
+    """Set a run's rows from its tokenizer when model.make_vocab_size_divisible_by asks, then check the fit.
+
+    The recipe's model.vocab_size stands unless the option is set; set, it gives the tokenizer's ids
+    rounded up to the multiple, and a model.vocab_size the user also set that differs is refused.
+    """
+    from megactllm.config import ConfigError
+
+    m, path = cfg.model, getattr(tokenizer, "model_path", None) or cfg.data.tokenizer_model
+    multiple = m.make_vocab_size_divisible_by
+    if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1):
+        raise ConfigError(f"model.make_vocab_size_divisible_by must be a positive integer (or null), not {multiple!r}")
+    rows = m.rows_for_tokenizer(tokenizer.vocab_size)
+    if rows != m.vocab_size:
+        origin = cfg.origin("model", "vocab_size") or ""
+        if origin.startswith(("the recipe", "an override")):
+            raise ConfigError(
+                f"model.vocab_size={m.vocab_size} (set by {origin}) but model.make_vocab_size_divisible_by={multiple} "
+                f"makes the rows {rows} for the {tokenizer.vocab_size} ids of tokenizer {path}: drop one of the two"
+            )
+        m.vocab_size = rows
+    if tokenizer.vocab_size > m.vocab_size:
+        raise VocabMismatchError(
+            f"tokenizer {path} has {tokenizer.vocab_size} pieces but model.vocab_size is {m.vocab_size}: "
+            f"set model.vocab_size={tokenizer.vocab_size} (or more: rows past the tokenizer's ids are padding)"
+        )

@@ -13,8 +13,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from megactllm.errors import UserError
 
-class DataExhaustedError(RuntimeError):
+
+class DataExhaustedError(UserError, RuntimeError):
     pass
 
 

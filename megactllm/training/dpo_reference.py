@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from megactllm.data.chat.dpo_dataset import DPODataset, save_reference_logps
 from megactllm.data.chat.sft_dataset import open_sources, pad_id_of, split_blends
-from megactllm.data.chat.mixture import Blend
+from megactllm.data.blend import Blend
 from megactllm.training.batches import collate
 from megactllm.training.dpo import build_reference_model, forward_only_pair_logps
 

@@ -21,6 +21,9 @@ import signal
 import time
 from typing import Optional
 
+from megactllm.common.atomic import write_text_atomic
+from megactllm.common.env import launch_rank
+
 EXIT_CODE_RESUME = 75  # sysexits' EX_TEMPFAIL: not finished, a checkpoint to resume from was saved
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_STATUS_ENV = "MEGACTLLM_EXIT_STATUS"
@@ -92,10 +95,7 @@ class ExitWatch:
 def write_exit_status(code: int, reason: Optional[str], iteration: Optional[int]) -> None:
     """Rank 0 records the exit code in $MEGACTLLM_EXIT_STATUS (when set) for the launch script."""
     path = os.environ.get(EXIT_STATUS_ENV)
-    if not path or int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) != 0:
+    if not path or launch_rank() != 0:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:  # one line a shell reads with `read code reason iteration`
-        f.write(f"{code} {(reason or 'none').replace(' ', '_')} {iteration if iteration is not None else -1}\n")
-    os.replace(tmp, path)
+    # one line a shell reads with `read code reason iteration`
+    write_text_atomic(path, f"{code} {(reason or 'none').replace(' ', '_')} {iteration if iteration is not None else -1}\n")

@@ -138,12 +138,10 @@ class Trainer:
             return None, None
         from megactllm.tokenizer import load_tokenizer
 
+        from megactllm.tokenizer.vocab_fit import fit_model_to_tokenizer
+
         tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
-        if tok.vocab_size > self.cfg.model.vocab_size:
-            raise ValueError(
-                f"tokenizer {d.tokenizer_model} has {tok.vocab_size} pieces but model.vocab_size is "
-                f"{self.cfg.model.vocab_size}: set model.vocab_size={tok.vocab_size}"
-            )
+        fit_model_to_tokenizer(self.cfg, tok)  # the preflight did it already under megactllm.train
         return tok, d.tokenizer_model
 
     def _log_dir(self) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from megactllm.config import Config
 from megactllm.errors import MemoryFitError
+from megactllm.model.families import family_of
 
 GIB = 2**30
 
@@ -57,16 +58,8 @@ class MemoryEstimate:
 
 
 def _layer_params(cfg: Config) -> tuple[int, int]:
-    """(tensor-parallel-split, replicated) parameters of one transformer layer."""
-    m = cfg.model
-    h, f = m.hidden_size, m.ffn_hidden_size
-    q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
-    split = h * (q + 2 * kv) + q * h + 3 * h * f  # QKV, projection, SwiGLU fc1 (2f) and fc2
-    replicated = 2 * h  # the two RMSNorm weights
-    if m.add_bias_linear:
-        split += q + 2 * kv + 2 * f
-        replicated += 2 * h
-    return split, replicated
+    """(tensor-parallel-split, replicated) parameters of one transformer layer, from the model's family."""
+    return family_of(cfg.model).layer_parameters(cfg.model)
 
 
 def _stage_params(cfg: Config, first: bool, last: bool) -> int:

@@ -17,6 +17,9 @@ from typing import Optional
 
 import torch
 
+from megactllm.common.jsonl import iter_jsonl
+from megactllm.common.optional import require
+
 H100_BF16_PEAK_TFLOPS = 989.0
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -108,6 +111,7 @@ class RunLogger:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(self.log_dir / METRICS_FILE, "a", encoding="utf-8")
         if tensorboard_dir:
+            require("tensorboard", "train.tensorboard_dir")
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(tensorboard_dir)
@@ -221,12 +225,9 @@ def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a megactllm run directory (train.log_dir)?")
     train, valid = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                if r.get("kind") in ("train", "valid"):  # "bench": read_benchmarks
-                    (train if r.get("kind") == "train" else valid)[r["iteration"]] = r
+    for _, r in iter_jsonl(path):
+        if r.get("kind") in ("train", "valid"):  # "bench": read_benchmarks
+            (train if r.get("kind") == "train" else valid)[r["iteration"]] = r
     return [train[k] for k in sorted(train)], [valid[k] for k in sorted(valid)]
 
 
@@ -234,9 +235,8 @@ def read_benchmarks(path: str | os.PathLike) -> list[dict]:
     """Benchmark records (kind "bench") of a metrics.jsonl or checkpoint_evals.jsonl, by iteration."""
     records = {}
     if Path(path).is_file():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            if line.strip() and json.loads(line).get("kind") == "bench":
-                r = json.loads(line)
+        for _, r in iter_jsonl(path):
+            if r.get("kind") == "bench":
                 records[r["iteration"]] = r
     return [records[k] for k in sorted(records)]
 
@@ -244,7 +244,7 @@ def read_benchmarks(path: str | os.PathLike) -> list[dict]:
 def plot_loss_curve(run_dir: str | os.PathLike, out: Optional[str] = None) -> Path:
     """Training (and validation) loss against consumed tokens, written as a PNG; beside it the
     benchmark accuracy of in-loop evaluation and of checkpoint_evals.jsonl, when there is one."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the loss curve")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -10,10 +10,11 @@ the same inputs, so every rank reaches the same verdict without talking to the o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from megactllm.config import Config
+from megactllm.model.families import family_of
 from megactllm.training.memory_estimate import GIB, Available, MemoryEstimate
 
 
@@ -28,6 +29,7 @@ class Plan:
     fits: bool
     train_iters: Optional[int]
     microbatches: int
+    notes: list = field(default_factory=list)  # what the checks changed, one log line each (rank 0 prints them)
 
     def report(self) -> str:
         p, t, m, o = self.cfg.parallel, self.cfg.train, self.cfg.model, self.cfg.optim
@@ -45,7 +47,7 @@ class Plan:
             f"model: {m.arch or 'custom'} from {self.checkpoint or 'the recipe'}: {m.num_layers} layers, hidden "
             f"{m.hidden_size}, FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads ({m.num_kv_heads} key-value), "
             f"vocabulary {m.vocab_size:,} (padded {m.padded_vocab_size(p.tensor_model_parallel_size):,}), "
-            f"sequence {m.seq_length}, {m.num_parameters():,} parameters, {dtype}",
+            f"sequence {m.seq_length}, {family_of(m).num_parameters(m):,} parameters, {dtype}",
             f"layout: world {self.world_size} = TP {p.tensor_model_parallel_size} x PP {pp} x CP "
             f"{p.context_parallel_size} x DP {self.data_parallel_size}; VPP {vpp}, "
             f"{m.num_layers // (pp * vpp)} layers per model chunk; sequence parallel "
@@ -74,6 +76,7 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     from megactllm.training.schedule import ScheduleError, num_microbatches, resolve_train_iters
     from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
+    notes = resolve_data_sources(cfg)
     checkpoint = resolve_model_from_checkpoint(cfg)
     if checkpoint is None:
         _check_tokenizer_fits(cfg)
@@ -87,6 +90,7 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
         if cfg.train.train_epochs is None:
             raise
         train_iters = None  # epochs: known once the dataset is built
+    _check_blend_schedule(cfg, train_iters)
     available, fits = None, True
     estimate = estimate_memory(cfg, world_size)
     if check_memory:
@@ -97,27 +101,73 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
             fits = False
             if raise_if_unfit:
                 raise
-    return Plan(cfg, world_size, dp, checkpoint, estimate, available, fits, train_iters, microbatches)
+    return Plan(cfg, world_size, dp, checkpoint, estimate, available, fits, train_iters, microbatches, notes)
+
+
+_PATH_KEYS = ("data_path", "train_data_path", "valid_data_path", "test_data_path")
+_COMMAND_LINE = "an override"
+
+
+def resolve_data_sources(cfg: Config) -> list[str]:
+    """One source of training data: data.blend_schedule or the data paths, never both.
+
+    A value given on the command line is the user's intent: command-line paths replace a schedule
+    that came from the recipe file (and a command-line schedule replaces the recipe's paths), with
+    a note saying so. Both from the same place (both on the command line, or both in the recipe)
+    is an error naming them. Returns the notes.
+    """
+    from megactllm.config import ConfigError
+
+    d = cfg.data
+    paths = [k for k in _PATH_KEYS if getattr(d, k)]
+    if not d.blend_schedule or not paths:
+        return []
+    schedule_by = cfg.origin("data", "blend_schedule") or "the recipe"
+    paths_by = {k: cfg.origin("data", k) or "the recipe" for k in paths}
+    named = ", ".join(f"data.{k} (from {by})" for k, by in paths_by.items())
+    if all(by == _COMMAND_LINE for by in paths_by.values()) and schedule_by != _COMMAND_LINE:
+        d.blend_schedule = []
+        return [f"note: {named} replaces the recipe's data.blend_schedule ({schedule_by}): training reads the given data only"]
+    if schedule_by == _COMMAND_LINE and _COMMAND_LINE not in paths_by.values():
+        for k in paths:
+            setattr(d, k, [])
+        return [f"note: data.blend_schedule (from the command line) replaces the recipe's {', '.join('data.' + k for k in paths)}"]
+    raise ConfigError(
+        f"data.blend_schedule (from {schedule_by}) and {named} both name the training data: give one "
+        "(data.blend_schedule's phases, or the paths; validation under a schedule reads data.split of its final phase)"
+    )
+
+
+def _check_blend_schedule(cfg: Config, train_iters: Optional[int]) -> None:
+    """The schedule parses and covers the run (read by pretraining only), before anything is built."""
+    from megactllm.config import ConfigError
+
+    if not cfg.data.blend_schedule:
+        return
+    if cfg.train.stage != "pretrain":
+        raise ConfigError(f"data.blend_schedule is read by stage pretrain only; stage {cfg.train.stage!r} ignores it: remove it")
+    from megactllm.data.pretrain.blend_schedule import BlendSchedule, parse_schedule
+
+    if train_iters is None:
+        parse_schedule(cfg.data.blend_schedule)
+    else:
+        BlendSchedule.from_config(cfg, train_iters)
 
 
 def _check_tokenizer_fits(cfg: Config) -> None:
-    """A fresh model's vocabulary must hold every id of the tokenizer."""
+    """A fresh model's rows hold every id of the tokenizer (model.make_vocab_size_divisible_by may set them)."""
     from pathlib import Path
 
     from megactllm.config import ConfigError
     from megactllm.tokenizer import load_tokenizer
+    from megactllm.tokenizer.vocab_fit import fit_model_to_tokenizer
 
     d = cfg.data
     if not d.tokenizer_model:
         return
     if not Path(d.tokenizer_model).is_file():
         raise ConfigError(f"data.tokenizer_model {d.tokenizer_model} does not exist")
-    pieces = load_tokenizer(d.tokenizer_type, d.tokenizer_model).vocab_size
-    if pieces > cfg.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer {d.tokenizer_model} has {pieces} pieces but model.vocab_size is {cfg.model.vocab_size}: "
-            f"set model.vocab_size={pieces}"
-        )
+    fit_model_to_tokenizer(cfg, load_tokenizer(d.tokenizer_type, d.tokenizer_model))
 
 
 def _check_stage_options(cfg: Config) -> None:

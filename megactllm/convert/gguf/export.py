@@ -18,13 +18,14 @@ from typing import Optional, TextIO
 import numpy as np
 import torch
 
-from megactllm.convert.atomic import fsync_path
+from megactllm.common.atomic import fsync_path
 from megactllm.convert.errors import ConversionError, VocabMismatchError
 from megactllm.convert.gguf.quantize import QUANT_TYPES, quantize_gguf
 from megactllm.convert.gguf.source import ModelSource, open_source
 from megactllm.convert.gguf.tensors import FLOAT_TYPES, check_runnable, gguf_name, to_gguf
-from megactllm.convert.gguf.vocab import GGUFVocab, pad_vocab, read_sentencepiece_vocab
+from megactllm.convert.gguf.vocab import UNUSED, GGUFVocab, pad_vocab, read_sentencepiece_vocab
 from megactllm.convert.progress import ConversionProgress
+from megactllm.model.families import family_of
 
 OUTTYPES = FLOAT_TYPES + tuple(QUANT_TYPES)
 # llama.cpp's llama_ftype numbers for the float files (general.file_type).
@@ -69,14 +70,24 @@ def _write_metadata(writer, source: ModelSource, vocab: GGUFVocab, outtype: str)
                           (writer.add_eot_token_id, vocab.eot_id)):
         if token_id is not None:
             add(token_id)
-    # megactllm models are trained without BOS (documents end in EOD) and never get an EOS appended.
-    writer.add_add_bos_token(False)
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(vocab.add_space_prefix)
-    writer.add_bool("megactllm.tokenizer.dummy_prefix", vocab.dummy_prefix)
+    # What the model's own tokenizer adds (megactllm's: nothing; an HF model: its tokenizer_config.json).
+    writer.add_add_bos_token(source.add_bos)
+    writer.add_add_eos_token(source.add_eos)
+    # Plain text as SentencePiece/HF tokenize it; how chat prompts differ: see vocab.py.
+    writer.add_add_space_prefix(vocab.dummy_prefix)
+    writer.add_bool("megactllm.tokenizer.chat_space_prefix", vocab.dummy_prefix and source.chat_space_prefix)
+    # The embedding's padding rows (pad_vocab's placeholders) start here: megactllm.serve never samples them.
+    writer.add_uint32("megactllm.tokenizer.padding_start", _padding_start(vocab))
     if source.chat_template:
         writer.add_chat_template(source.chat_template)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _padding_start(vocab: GGUFVocab) -> int:
+    start = len(vocab)
+    while start > 0 and vocab.types[start - 1] == UNUSED and vocab.tokens[start - 1] == f"[PAD{start - 1}]":
+        start -= 1
+    return start
 
 
 def _planned_tensors(source: ModelSource, outtype: str):
@@ -88,7 +99,9 @@ def _planned_tensors(source: ModelSource, outtype: str):
         dtype = np.float32 if floats else (np.float16 if outtype == "f16" else np.int16)
         raw = None if floats or outtype == "f16" else gguf.GGMLQuantizationType.BF16
         nbytes = int(np.prod(spec.shape)) * np.dtype(dtype).itemsize
-        yield gguf_name(spec.name), tuple(spec.shape), dtype, nbytes, raw
+        yield gguf_name(spec.name, source.model), tuple(spec.shape), dtype, nbytes, raw
+    for name, tensor in family_of(source.model).gguf_extra_tensors(source.model).items():
+        yield name, tuple(tensor.shape), np.float32, tensor.numel() * 4, None
 
 
 def _vocab_for(source: ModelSource) -> GGUFVocab:
@@ -107,7 +120,7 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
     import gguf
 
     vocab = _vocab_for(source)
-    writer = gguf.GGUFWriter(str(out), "llama")
+    writer = gguf.GGUFWriter(str(out), family_of(source.model).gguf_architecture)
     _write_metadata(writer, source, vocab, outtype)
     for name, shape, dtype, nbytes, raw in _planned_tensors(source, outtype):
         writer.add_tensor_info(name, shape, np.dtype(dtype), nbytes, raw_dtype=raw)
@@ -118,6 +131,9 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
         _, array, _ = to_gguf(hf_name, tensor, source.model, outtype)
         writer.write_tensor_data(array)
         progress.update(array.nbytes, hf_name)
+    for name, tensor in family_of(source.model).gguf_extra_tensors(source.model).items():
+        writer.write_tensor_data(tensor.to(torch.float32).contiguous().numpy())
+        progress.update(tensor.numel() * 4, name)
     writer.close()
     return vocab
 
@@ -146,7 +162,7 @@ def export_gguf(
         check_runnable(source.model, str(source.path))
         float_type = outtype if outtype in FLOAT_TYPES else _SOURCE_FLOAT.get(source.dtype, "f32")
         progress = ConversionProgress("gguf", sum(n for *_, n, _ in _planned_tensors(source, float_type)), progress_stream)
-        progress.message(f"{source.path} -> {out} ({source.model.num_parameters() / 1e6:.1f}M parameters, {outtype})")
+        progress.message(f"{source.path} -> {out} ({family_of(source.model).num_parameters(source.model) / 1e6:.1f}M parameters, {outtype})")
         for note in source.notes:
             progress.message(note)
         try:

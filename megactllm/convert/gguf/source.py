@@ -1,7 +1,8 @@
 """Where GGUF export reads a model from: a megactllm checkpoint (any TP/PP layout) or an HF LLaMA dir.
 
 Both give the same thing: the ModelConfig, the SentencePiece tokenizer file (plus tokens added on
-top of it), the chat template, and the weights as (HF LLaMA name, tensor) pairs streamed one at a
+top of it), the chat template, what the tokenizer adds around a text (BOS/EOS; whether text after a
+special token gets the dummy-prefix space), and the weights as (HF LLaMA name, tensor) pairs streamed one at a
 time in a known plan, so memory stays near one tensor stack, never the whole model.
 """
 from __future__ import annotations
@@ -32,6 +33,11 @@ class ModelSource:
     tensors: Callable[[], Iterator[tuple[str, torch.Tensor]]]
     added_tokens: list[tuple[int, str, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What the model's tokenizer does: megactllm's adds no BOS/EOS (documents end in EOD) and puts
+    # SentencePiece's dummy prefix only at the start of a text, not after each special token.
+    add_bos: bool = False
+    add_eos: bool = False
+    chat_space_prefix: bool = False
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -139,7 +145,57 @@ def _hf_source(path: Path, tokenizer_file: Optional[str | Path]) -> ModelSource:
 
     config_path = path / "tokenizer_config.json"
     tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    tok_json_path = path / "tokenizer.json"
+    tok_json = json.loads(tok_json_path.read_text(encoding="utf-8")) if tok_json_path.is_file() else None
+    add_bos, add_eos = _hf_bos_eos(config_path, tok_config, tok_json)
     return ModelSource(
         path=path, model=model, dtype=dtype, tokenizer_file=tok, chat_template=_hf_chat_template(path, tok_config),
-        plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path, tok_config),
+        plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path, tok_config), add_bos=add_bos, add_eos=add_eos,
+        chat_space_prefix=_hf_space_after_special(tok_config, tok_json),
     )
+
+
+def _hf_bos_eos(config_path: Path, tok_config: dict, tok_json: Optional[dict]) -> tuple[bool, bool]:
+    """(BOS, EOS) the model's HF tokenizer adds to a text: tokenizer_config.json's add_bos_token and
+    add_eos_token where it says (transformers 4 writes them); else the special tokens around the
+    text in tokenizer.json's post-processor (transformers 5 keeps them there only); else the
+    defaults of transformers' LlamaTokenizer (BOS, no EOS)."""
+    single = ((tok_json or {}).get("post_processor") or {}).get("single")
+    if isinstance(single, list) and any("Sequence" in item for item in single):
+        at = next(i for i, item in enumerate(single) if "Sequence" in item)
+        defaults = {"add_bos_token": any("SpecialToken" in item for item in single[:at]),
+                    "add_eos_token": any("SpecialToken" in item for item in single[at + 1:])}
+    else:
+        defaults = {"add_bos_token": True, "add_eos_token": False}
+    values = []
+    for key, default in defaults.items():
+        value = tok_config.get(key, default)
+        if not isinstance(value, bool):
+            raise ConversionError(f"{config_path}: {key} is {value!r}; expected true or false")
+        values.append(value)
+    return values[0], values[1]
+
+
+def _find(node, kind: str) -> Optional[dict]:
+    """The first tokenizers component of type `kind` in a (possibly nested Sequence) component."""
+    if isinstance(node, dict):
+        if node.get("type") == kind:
+            return node
+        for child in node.get("normalizers") or node.get("pretokenizers") or []:
+            found = _find(child, kind)
+            if found:
+                return found
+    return None
+
+
+def _hf_space_after_special(tok_config: dict, tok_json: Optional[dict]) -> bool:
+    """Whether the HF tokenizer gives the text after a special token SentencePiece's "▁" prefix too
+    (a Prepend normalizer, Metaspace prepend_scheme "always": transformers' legacy Llama) or only the
+    start of the text (Metaspace "first": legacy=False and transformers 5)."""
+    if tok_json is not None:
+        if _find(tok_json.get("normalizer"), "Prepend"):
+            return True
+        metaspace = _find(tok_json.get("pre_tokenizer"), "Metaspace")
+        if metaspace is not None:
+            return metaspace.get("prepend_scheme", "always") == "always"
+    return tok_config.get("legacy", True) is not False

@@ -5,12 +5,15 @@ SentencePiece and GGUF number these types alike), so llama.cpp's SPM tokenizer m
 merges; user-defined pieces such as <|im_start|> are matched inside text as single tokens, as
 SentencePiece does. Tokens added on top of tokenizer.model (HF `added_tokens` beyond it) follow.
 
-Whitespace: llama.cpp puts SentencePiece's dummy-prefix space in front of *every* text fragment
-that follows a special token, SentencePiece only at the start of the text. A chat prompt
-(`<|im_start|>user\n...`) therefore tokenizes like training only without the space prefix, so a
-vocabulary with the chat tokens is written with add_space_prefix=false (every chat prompt starts
-with a special token); plain text then needs a leading " " to get SentencePiece's ids, which
-`megactllm.serve` adds (and records in `megactllm.tokenizer.dummy_prefix`).
+Whitespace: add_space_prefix follows the tokenizer's normalizer (SentencePiece's add_dummy_prefix),
+so llama.cpp (llama-cli, llama-server, ollama, ...) tokenizes plain text as SentencePiece and the HF
+tokenizer do. One difference is left that no llama.cpp setting removes: llama.cpp also puts the
+dummy-prefix space in front of every text fragment that *follows* a special token, where
+SentencePiece and our HF export (Metaspace, prepend_scheme "first") put it only at the start of the
+text. A chat prompt (`<|im_start|>user\n...`) read by llama.cpp as the file says therefore gets a
+"▁" after each chat token that training never saw. The file records how the model's own tokenizer
+handles that (`megactllm.tokenizer.chat_space_prefix`), and megactllm's engine tokenizes chat
+prompts accordingly; other tools see the plain-text behaviour, which is what the HF tokenizer does.
 """
 from __future__ import annotations
 
@@ -35,8 +38,7 @@ class GGUFVocab:
     unk_id: Optional[int]
     pad_id: Optional[int]
     eot_id: Optional[int]  # <|im_end|> where the vocabulary has the chat tokens
-    dummy_prefix: bool  # SentencePiece adds "▁" before a text
-    add_space_prefix: bool  # what llama.cpp is told (see the module docstring)
+    dummy_prefix: bool  # SentencePiece adds "▁" before a text: llama.cpp's add_space_prefix
     added: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -97,7 +99,7 @@ def read_sentencepiece_vocab(model_file: str | Path, added_tokens: Optional[list
     pad = proto.trainer_spec.pad_id if proto.trainer_spec.pad_id >= 0 else None
     eot = find(IM_END) if find(IM_START) is not None else None
     dummy = bool(proto.normalizer_spec.add_dummy_prefix)
-    return GGUFVocab(tokens, scores, types, bos, eos, unk, pad, eot, dummy, dummy and eot is None, added)
+    return GGUFVocab(tokens, scores, types, bos, eos, unk, pad, eot, dummy, added)
 
 
 def pad_vocab(vocab: GGUFVocab, size: int) -> None:

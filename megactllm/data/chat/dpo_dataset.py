@@ -8,11 +8,11 @@ precomputed reference log-probabilities, items also carry `reference_logps` [2] 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from megactllm.common.atomic import atomic_write
 from megactllm.data.chat.sft_dataset import build_split_samples, pad_id_of, with_epochs
 from megactllm.data.chat.sft_indexed import ChatSampleReader
 from megactllm.data.chat.packing import build_row
@@ -44,9 +44,8 @@ class ReferenceLogps:
 def save_reference_logps(path: str, prefixes: Sequence[str], logps: Sequence[np.ndarray], meta: dict) -> None:
     meta = dict(meta, prefixes=list(prefixes), format_version=REFERENCE_FORMAT_VERSION)
     arrays = {f"logps_{k}": np.asarray(a, dtype=np.float64) for k, a in enumerate(logps)}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, meta=json.dumps(meta), **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, meta=json.dumps(meta), **arrays)
 
 
 class DPODataset:

@@ -1,7 +1,8 @@
 """Mixtures of SFT/DPO sources by ratio (e.g. CT-LLM's zh:en = 1:1, 2:1, 4:1, 8:1) and split into train/valid/test.
 
-A blend uses Megatron's list form: `["4", "data/sft_zh", "1", "data/sft_en"]` mixes zh:en at 4:1, and
-`["data/a", "data/b"]` (no weights) simply takes every sample of each source.
+A blend uses Megatron's list form (megactllm.data.blend parses it): `["4", "data/sft_zh", "1",
+"data/sft_en"]` mixes zh:en at 4:1, and `["data/a", "data/b"]` (no weights) simply takes every
+sample of each source.
 
 Ratio semantics for finite instruction sets: one epoch of the mixture uses as many samples as the
 ratio allows without repeating any: the source that runs out first is used whole, the others are
@@ -14,45 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from megactllm.errors import UserError
 
-
-class BlendError(UserError, ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Blend:
-    prefixes: tuple[str, ...]
-    weights: tuple[float, ...] | None  # None: every sample of every source
-
-
-def parse_blend(items: Sequence) -> Blend:
-    """Megatron's blend list: [w1, p1, w2, p2, ...] or [p1, p2, ...]."""
-    items = [str(x) for x in items]
-    if not items:
-        raise BlendError("empty data blend: give prefixes, or weight/prefix pairs like ['4', 'zh', '1', 'en']")
-
-    def is_number(s: str) -> bool:
-        try:
-            float(s)
-            return True
-        except ValueError:
-            return False
-
-    if not is_number(items[0]):
-        if any(is_number(x) for x in items):
-            raise BlendError(f"blend {items} mixes weighted and unweighted entries")
-        return Blend(tuple(items), None)
-    if len(items) % 2:
-        raise BlendError(f"blend {items} must alternate weight and prefix")
-    weights = tuple(float(w) for w in items[0::2])
-    prefixes = tuple(items[1::2])
-    if any(not is_number(w) for w in items[0::2]) or any(is_number(p) for p in prefixes):
-        raise BlendError(f"blend {items} must alternate weight and prefix")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise BlendError(f"blend weights {weights} must be non-negative with a positive sum")
-    return Blend(prefixes, weights)
+from megactllm.data.blend import BlendError
 
 
 def mixture_counts(sizes: Sequence[int], weights: Sequence[float] | None) -> list[int]:

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from megactllm.common.jsonl import jsonl_lines
 from megactllm.errors import UserError
 
 ROLE_ALIASES = {
@@ -82,14 +83,11 @@ def iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
         for i, record in enumerate(records, start=1):
             yield f"{path}:{i}", record
         return
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{line_no}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{path}:{line_no}", RecordError(f"invalid JSON ({e.msg})")
+    for line_no, line in jsonl_lines(path):
+        try:
+            yield f"{path}:{line_no}", json.loads(line)
+        except json.JSONDecodeError as e:
+            yield f"{path}:{line_no}", RecordError(f"invalid JSON ({e.msg})")
 
 
 def _text(value: Any, what: str) -> str:

@@ -12,12 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from megactllm.data.chat.sft_indexed import ChatSampleReader
-from megactllm.data.chat.mixture import (
-    Blend,
-    mixture_samples,
-    parse_blend,
-    split_samples,
-)
+from megactllm.data.blend import Blend, check_files, require_blend
+from megactllm.data.chat.mixture import mixture_samples, split_samples
 from megactllm.data.chat.packing import build_row, pack_rows
 
 log = logging.getLogger(__name__)
@@ -115,12 +111,18 @@ def with_epochs(datasets: tuple, train_cfg) -> tuple:
 def split_blends(data_cfg) -> list[tuple[Blend, str | None] | None]:
     """(blend, split part) per split: separate train/valid/test blends, or one blend cut by data.split."""
     if data_cfg.train_data_path:
-        return [(parse_blend(p), None) if p else None
-                for p in (data_cfg.train_data_path, data_cfg.valid_data_path, data_cfg.test_data_path)]
+        fields = ("train_data_path", "valid_data_path", "test_data_path")
+        return [(_checked_blend(getattr(data_cfg, f), f"data.{f}"), None) if getattr(data_cfg, f) else None
+                for f in fields]
     if not data_cfg.data_path:
         raise ValueError("no SFT/DPO data: set data.train_data_path (or data.data_path with data.split)")
-    blend = parse_blend(data_cfg.data_path)
-    return [(blend, data_cfg.split)] * 3
+    return [(_checked_blend(data_cfg.data_path, "data.data_path"), data_cfg.split)] * 3
+
+
+def _checked_blend(spec, where: str) -> Blend:
+    blend = require_blend(spec, where)
+    check_files(blend, where, build_with="tools/preprocess_sft.py or tools/preprocess_dpo.py")
+    return blend
 
 
 def build_split_samples(data_cfg, kind: str, seed: int, tokenizer=None) -> list[tuple[list, np.ndarray] | None]:

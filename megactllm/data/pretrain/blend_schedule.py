@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from megactllm.data.pretrain.gpt_dataset import Blend, BlendError, parse_blend
+from megactllm.data.blend import Blend, BlendError, parse_blend
 
 PHASE_KEYS = ("name", "end_iteration", "end_tokens", "blend")
 

@@ -1,8 +1,8 @@
 """Pretraining samples: megatron-core's GPTDataset and BlendedMegatronDatasetBuilder over our datasets.
 
-A blend is written Megatron's way, `["0.6", "zh_prefix", "0.3", "en_prefix", "0.1", "code_prefix"]`
-(or the same as one string, "0.6 zh 0.3 en 0.1 code"); a lone prefix means weight 1. Either one
-blend split by `split` ("969,30,1") into train/valid/test, or one blend per split.
+A blend is written Megatron's way (megactllm.data.blend parses it), e.g.
+`["0.6", "zh_prefix", "0.3", "en_prefix", "0.1", "code_prefix"]`. Either one blend split by
+`split` ("969,30,1") into train/valid/test, or one blend per split.
 
 megatron-core does the work: per-dataset document/sample/shuffle indices (cached as .npy under
 `cache_dir`), the weighted blend, the EOD loss mask and the document-boundary resets. What we add
@@ -17,82 +17,22 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from megactllm.data.blend import Blend, BlendError, check_files, parse_blend
 from megactllm.data.pretrain.indexed import (
     DatasetFormatError,
     IndexedDatasetReader,
-    dataset_exists,
     read_metadata,
 )
-from megactllm.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class BlendError(UserError, ValueError):
-    """A data blend that cannot be used as written."""
-
-
-@dataclass(frozen=True)
-class Blend:
-    prefixes: list
-    weights: Optional[list]  # None: weight by size (megatron's rule for an unweighted list)
-
-    def as_megatron(self) -> tuple:
-        return (list(self.prefixes), None if self.weights is None else list(self.weights))
-
-    def normalized_weights(self) -> list:
-        if self.weights is None:
-            return [1.0 / len(self.prefixes)] * len(self.prefixes)
-        total = sum(self.weights)
-        return [w / total for w in self.weights]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def parse_blend(spec, where: str = "data.data_path") -> Optional[Blend]:
-    """`["0.6", "zh", "0.4", "en"]`, "0.6 zh 0.4 en", ["zh", "en"] or "zh" -> Blend; empty -> None."""
-    if spec is None:
-        return None
-    items = spec.split() if isinstance(spec, str) else [str(x) for x in spec]
-    # A YAML list may hold "0.6 zh" pairs in one string each; flatten them.
-    items = [part for item in items for part in item.split()]
-    if not items:
-        return None
-    if len(items) == 1:
-        return Blend([items[0]], None)
-    if not any(_is_number(x) for x in items):
-        return Blend(items, None)
-    if len(items) % 2:
-        raise BlendError(f"{where}: a weighted blend alternates weight and prefix, got an odd count: {items}")
-    weights, prefixes = items[0::2], items[1::2]
-    for w, p in zip(weights, prefixes):
-        if not _is_number(w):
-            raise BlendError(f"{where}: expected a weight before prefix {p!r}, got {w!r}")
-        if _is_number(p):
-            raise BlendError(f"{where}: expected a dataset prefix after weight {w}, got the number {p!r}")
-    values = [float(w) for w in weights]
-    if any(v < 0 for v in values) or sum(values) <= 0:
-        raise BlendError(f"{where}: weights must be >= 0 with a positive sum, got {values}")
-    return Blend(prefixes, values)
-
-
 def check_prefixes(blend: Blend, where: str) -> None:
     """Open each dataset once with our reader: a missing or truncated file is named before megatron runs."""
+    check_files(blend, where)
     for prefix in blend.prefixes:
-        if not dataset_exists(prefix):
-            raise DatasetFormatError(
-                f"{where}: dataset prefix {prefix!r} has no {prefix}.bin/{prefix}.idx; "
-                "build it with tools/preprocess_data.py or fix the path"
-            )
         reader = IndexedDatasetReader(prefix)
         if reader.num_tokens == 0:
             raise DatasetFormatError(f"{where}: dataset {prefix} holds no tokens")

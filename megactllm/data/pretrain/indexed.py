@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from megactllm import _indexed_builder
+from megactllm.common.atomic import write_json_atomic
 from megactllm.errors import UserError
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
@@ -198,10 +199,7 @@ class IndexedDatasetWriter:
             sequences=self.num_sequences,
             tokens=self.num_tokens,
         )
-        tmp = meta_path(self.prefix) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, meta_path(self.prefix))
+        write_json_atomic(meta_path(self.prefix), meta, indent=1)
         self._builder.finalize()
         self._done = True
 

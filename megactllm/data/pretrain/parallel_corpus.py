@@ -21,6 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
+from megactllm.common.atomic import atomic_write
+from megactllm.errors import UserError
+
 SKIP_REASONS = {
     "wrong_fields": "a .tsv line does not hold exactly two tab-separated fields",
     "malformed_json": "a jsonl line is not a JSON object",
@@ -32,12 +35,12 @@ DEFAULT_TEMPLATE = "{src_lang}: {src}\n{tgt_lang}: {tgt}"
 DEFAULT_LANGUAGE_NAMES = {"en": "English", "zh": "中文"}
 
 
-class ParallelCorpusError(ValueError):
+class ParallelCorpusError(UserError, ValueError):
     """A parallel corpus or option that cannot be used (also: a bad line under strict)."""
 
 
 @dataclass
-class ParallelConfig:
+class ParallelCorpusSettings:
     inputs: Sequence[str]
     output: str  # jsonl of {"text": document}
     languages: tuple = ("en", "zh")  # (first column / key, second column / key)
@@ -74,7 +77,7 @@ class ParallelSummary:
         return "\n".join(lines)
 
 
-def _check_config(config: ParallelConfig) -> list[tuple[str, str]]:
+def _check_config(config: ParallelCorpusSettings) -> list[tuple[str, str]]:
     first, second = config.languages
     known = {f"{first}-{second}": (first, second), f"{second}-{first}": (second, first)}
     bad = [d for d in config.directions if d not in known]
@@ -125,7 +128,7 @@ def _parse_line(raw: bytes, jsonl: bool, languages: tuple) -> tuple[Optional[dic
     return pair, None, ""
 
 
-def read_pairs(config: ParallelConfig, summary: ParallelSummary) -> Iterator[dict]:
+def read_pairs(config: ParallelCorpusSettings, summary: ParallelSummary) -> Iterator[dict]:
     """Good pairs of every input in order; bad lines counted in `summary` (or raised under strict)."""
     for path in config.inputs:
         jsonl = path.endswith((".jsonl", ".json"))
@@ -147,7 +150,7 @@ def read_pairs(config: ParallelConfig, summary: ParallelSummary) -> Iterator[dic
                     summary.first_skips.append(where)
 
 
-def render(pairs: Sequence[dict], src: str, tgt: str, config: ParallelConfig) -> str:
+def render(pairs: Sequence[dict], src: str, tgt: str, config: ParallelCorpusSettings) -> str:
     names = config.language_names
     units = [
         config.template.format(src=p[src], tgt=p[tgt], src_lang=names.get(src, src), tgt_lang=names.get(tgt, tgt))
@@ -156,13 +159,10 @@ def render(pairs: Sequence[dict], src: str, tgt: str, config: ParallelConfig) ->
     return "\n\n".join(units)
 
 
-def write_parallel_documents(config: ParallelConfig, report: Optional[Callable[[str], None]] = None) -> ParallelSummary:
+def write_parallel_documents(config: ParallelCorpusSettings, report: Optional[Callable[[str], None]] = None) -> ParallelSummary:
     """Render every pair of the inputs into documents written to config.output; returns the counts."""
     directions = _check_config(config)
     summary = ParallelSummary()
-    out_dir = os.path.dirname(os.path.abspath(config.output))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = config.output + ".partial"
 
     def flush(group, out):
         for src, tgt in directions:
@@ -171,23 +171,18 @@ def write_parallel_documents(config: ParallelConfig, report: Optional[Callable[[
             summary.documents[f"{src}-{tgt}"] += 1
             summary.characters += len(text)
 
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            group: list = []
-            for pair in read_pairs(config, summary):
-                group.append(pair)
-                if len(group) == config.pairs_per_document:
-                    flush(group, out)
-                    group = []
-                    if report and summary.pairs % 100_000 < config.pairs_per_document:
-                        report(f"{summary.pairs:,} pairs, {sum(summary.documents.values()):,} documents")
-            if group:  # the last, shorter document
+    # A strict failure, an interrupt or an empty result leaves no half-written output.
+    with atomic_write(config.output) as out:
+        group: list = []
+        for pair in read_pairs(config, summary):
+            group.append(pair)
+            if len(group) == config.pairs_per_document:
                 flush(group, out)
-    except BaseException:
-        os.remove(tmp)  # a strict failure or an interrupt leaves no half-written output
-        raise
-    if not summary.pairs:
-        os.remove(tmp)
-        raise ParallelCorpusError(f"no usable pair in {list(config.inputs)}:\n{summary.format()}")
-    os.replace(tmp, config.output)
+                group = []
+                if report and summary.pairs % 100_000 < config.pairs_per_document:
+                    report(f"{summary.pairs:,} pairs, {sum(summary.documents.values()):,} documents")
+        if group:  # the last, shorter document
+            flush(group, out)
+        if not summary.pairs:
+            raise ParallelCorpusError(f"no usable pair in {list(config.inputs)}:\n{summary.format()}")
     return summary

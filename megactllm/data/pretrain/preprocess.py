@@ -30,6 +30,8 @@ from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from megactllm.common.progress import Progress as ProgressBase
+from megactllm.errors import UserError
 from megactllm.data.pretrain.indexed import (
     IndexedDatasetWriter,
     dtype_for_vocab,
@@ -61,7 +63,7 @@ def plan_workers(workers: int, tokenizer: Tokenizer) -> tuple[int, int]:
     return processes, -(-workers // processes)
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(UserError, RuntimeError):
     """A record refused under --strict, or an input that cannot be processed."""
 
 
@@ -127,30 +129,26 @@ def shard_name(path: str) -> str:
 # Progress
 
 
-class Progress:
+class Progress(ProgressBase):
+    """Counts documents, tokens, text bytes and raw (on-disk) bytes; the ETA is in raw bytes."""
+
     def __init__(self, total_raw_bytes: int, report: Report | None, interval: float) -> None:
-        self.total = max(total_raw_bytes, 1)
-        self.report, self.interval = report, interval
-        self.start = self.last = time.monotonic()
-        self.docs = self.tokens = self.text_bytes = self.raw_bytes = 0
+        super().__init__(total=max(total_raw_bytes, 1), interval=interval, out=report)
+        self.docs = self.tokens = self.text_bytes = 0
+
+    @property
+    def raw_bytes(self) -> int:
+        return self.done
 
     def add(self, docs: int, tokens: int, text_bytes: int, raw_bytes: int) -> None:
         self.docs += docs
         self.tokens += tokens
         self.text_bytes += text_bytes
-        self.raw_bytes += raw_bytes
-        self.maybe_report()
+        self.advance(raw_bytes)
 
-    def maybe_report(self) -> None:
-        now = time.monotonic()
-        if self.report is None or now - self.last < self.interval:
-            return
-        self.last = now
-        self.report(self.line(now))
-
-    def line(self, now: float) -> str:
-        secs = max(now - self.start, 1e-9)
-        done = min(self.raw_bytes / self.total, 1.0)
+    def line(self, now: float | None = None) -> str:
+        secs = self.elapsed(now)
+        done = self.fraction()
         if done > 0:
             left = int(secs * (1 - done) / done)
             eta_text = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"  # hours may pass 24

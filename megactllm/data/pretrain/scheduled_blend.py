@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 
 from megactllm.data.pretrain.blend_schedule import BlendSchedule
+from megactllm.data.blend import Blend
 from megactllm.data.pretrain.gpt_dataset import (
-    Blend,
     MegatronTokenizerView,
     _check_split_ranges,
     _drop_unread_splits,
@@ -176,7 +176,7 @@ def build_scheduled_gpt_datasets(
 
     bases = {}
     for prefix, total in used.items():
-        blend = Blend([prefix], None)
+        blend = Blend((prefix,), None)
         config = _gpt_config(data_cfg, blend, seq_length, seed, eod, vocab, data_parallel_size)
         sizes = [total, 0, 0]
         _drop_unread_splits(config, sizes)

@@ -38,6 +38,10 @@ class HFBackend(Backend):
         config = self.model.config
         self.max_length = max_length or getattr(config, "max_position_embeddings", None) or 2048
         self.batch_size, self.token_budget = batch_size, token_budget
+        # Rows past the tokenizer's ids are padding (config vocab_size may exceed them, as Qwen2.5's):
+        # never scored or generated.
+        self.vocab_limit = len(self.tokenizer)
+        self.padding_ids = list(range(self.vocab_limit, int(getattr(config, "vocab_size", 0) or 0)))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # transformers 5 renamed the key/value cache argument `past_key_values` -> `cache`.
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
@@ -66,6 +70,13 @@ class HFBackend(Backend):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
+    def _unpadded(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits with the padding rows (ids past the tokenizer's) at -inf."""
+        if logits.shape[-1] <= self.vocab_limit:
+            return logits
+        keep = torch.arange(logits.shape[-1], device=logits.device) < self.vocab_limit
+        return logits.masked_fill(~keep, float("-inf"))
+
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[TokenRequest], progress: Progress = None) -> list[tuple[float, bool]]:
         results: list = [None] * len(requests)
@@ -75,7 +86,7 @@ class HFBackend(Backend):
             ids, mask, positions = self._left_padded([g.prefix for g in batch])
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                              use_cache=need_cache, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each continuation's first token
+            first = torch.log_softmax(self._unpadded(out.logits[:, -1].float()), dim=-1)  # predicts each continuation's first token
             longer = []
             for row, group in enumerate(batch):
                 best = int(first[row].argmax())
@@ -105,7 +116,7 @@ class HFBackend(Backend):
         mask = torch.cat([prefix_mask[rows], cont_mask.to(self.device)], dim=1)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
                             use_cache=True, **{self.cache_arg: cache}).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logprobs = torch.log_softmax(self._unpadded(logits.float()), dim=-1)
         for i, (_, index, cont) in enumerate(longer):
             targets = torch.tensor(cont[1:], device=self.device)
             picked = logprobs[i, : len(cont) - 1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -140,7 +151,8 @@ class HFBackend(Backend):
             rows = [list(contexts[i])[-(self.max_length - max_new_tokens):] for i in chunk]
             ids, mask, _ = self._left_padded(rows)
             generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                            do_sample=False, pad_token_id=self.pad_id, eos_token_id=self._stop_ids())
+                                            do_sample=False, pad_token_id=self.pad_id, eos_token_id=self._stop_ids(),
+                                            suppress_tokens=self.padding_ids or None)
             for i, seq in zip(chunk, generated[:, ids.shape[1]:].tolist()):
                 out[i] = cut_at_stop(self.decode(seq), stop)
         return out

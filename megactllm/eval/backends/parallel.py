@@ -49,6 +49,8 @@ class ParallelBackend(Backend):
         from megatron.core import parallel_state as ps
 
         self.chunks, self.model_config, self.tokenizer = model_chunks, model_config, tokenizer
+        # Ids past the tokenizer's are padding rows (and the layout's): never scored or chosen.
+        self.vocab_limit = min(model_config.vocab_size, tokenizer.vocab_size)
         self.batch_size = batch_size
         self.max_length = max_length or model_config.max_position_embeddings or model_config.seq_length
         self.pp = ps.get_pipeline_model_parallel_world_size()
@@ -139,7 +141,7 @@ class ParallelBackend(Backend):
         if not rows_idx:
             return [torch.zeros((0, 2)) for _ in rows]
         x = logits[rows_idx, pos_idx].float()                                  # [queries, local vocab]
-        beyond = torch.arange(first, first + local, device=x.device) >= self.model_config.vocab_size
+        beyond = torch.arange(first, first + local, device=x.device) >= self.vocab_limit
         x = x.masked_fill(beyond, float("-inf"))
         top = x.max(-1).values
         dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
@@ -215,7 +217,7 @@ class ParallelBackend(Backend):
         first = ps.get_tensor_model_parallel_rank() * local
         positions = [r.queries[0][1] if r.queries else 0 for r in rows]
         x = logits[list(range(len(rows))), positions].float()
-        beyond = torch.arange(first, first + local, device=x.device) >= self.model_config.vocab_size
+        beyond = torch.arange(first, first + local, device=x.device) >= self.vocab_limit
         values, ids = x.masked_fill(beyond, float("-inf")).max(-1)
         group = ps.get_tensor_model_parallel_group()
         all_values = [torch.empty_like(values) for _ in range(self.tp)]

@@ -3,8 +3,9 @@
     subjects = load_benchmark("cmmlu", "../shared/data/eval/cmmlu", subjects=["agronomy"])
     subjects[0].task_name == "cmmlu_agronomy"; subjects[0].questions[0].answer == 2
 
-Subjects are whatever files exist in the evaluation split; `mapping.json` beside the splits (as
-shipped with the data) gives each subject its display name and category.
+Subjects are whatever files exist in the evaluation split. Their display names and categories come
+from the tables shipped in the package (equal to lm-eval's), overridden by a `mapping.json` beside
+the splits where there is one (see subject_names.py).
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from megactllm.common.jsonl import jsonl_lines
 from megactllm.eval.errors import EvalDataError
 from megactllm.eval.tasks.csv_files import LETTERS, answer_index, column_index, read_rows
+from megactllm.eval.tasks.subject_names import read_mapping, subject_info
 
 
 @dataclass
@@ -80,31 +83,18 @@ def _csv_questions(path: Path, layout: _Layout) -> list[Question]:
 
 def _jsonl_questions(path: Path) -> list[Question]:
     out = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                question, choices, answer = record["question"], list(record["choices"]), record["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise EvalDataError(path, f"expected {{question, choices, answer}} JSON ({type(e).__name__}: {e})", row=number) from None
-            if isinstance(answer, str):
-                answer = answer_index(path, number, answer)
-            if not isinstance(answer, int) or not 0 <= answer < len(choices) or len(choices) < 2:
-                raise EvalDataError(path, f"answer {answer!r} does not index the {len(choices)} choices", row=number)
-            out.append(Question(str(question), [str(c) for c in choices], answer, f"{path.name}:{number}"))
+    for number, line in jsonl_lines(path, encoding="utf-8-sig"):
+        try:
+            record = json.loads(line)
+            question, choices, answer = record["question"], list(record["choices"]), record["answer"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise EvalDataError(path, f"expected {{question, choices, answer}} JSON ({type(e).__name__}: {e})", row=number) from None
+        if isinstance(answer, str):
+            answer = answer_index(path, number, answer)
+        if not isinstance(answer, int) or not 0 <= answer < len(choices) or len(choices) < 2:
+            raise EvalDataError(path, f"answer {answer!r} does not index the {len(choices)} choices", row=number)
+        out.append(Question(str(question), [str(c) for c in choices], answer, f"{path.name}:{number}"))
     return out
-
-
-def _mapping(root: Path) -> dict:
-    path = root / "mapping.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise EvalDataError(path, f"not valid JSON: {e}") from None
 
 
 def _subject_files(directory: Path, suffix: str, ext: str) -> dict[str, Path]:
@@ -132,10 +122,9 @@ def load_benchmark(benchmark: str, data_dir, subjects: Optional[list[str]] = Non
     split = split or layout.eval_split
     files = _subject_files(root / split, layout.file_suffix.format(split=split), ".csv")
     names = _select(files, subjects, root / split)
-    mapping = _mapping(root)
+    mapping = read_mapping(root)
     out = []
     for name in names:
-        info = mapping.get(name, {})
         questions = _csv_questions(files[name], layout)
         if not questions:
             raise EvalDataError(files[name], "holds no questions")
@@ -147,10 +136,8 @@ def load_benchmark(benchmark: str, data_dir, subjects: Optional[list[str]] = Non
             dev = _csv_questions(dev_path, layout)
             if len(dev) < shots:
                 raise EvalDataError(dev_path, f"{shots}-shot needs {shots} dev questions, found {len(dev)}")
-        display = info.get("name") or name.replace("_", " ")
-        if benchmark == "mmlu":  # lm-eval's MMLU descriptions spell the subject from its file name
-            display = name.replace("_", " ")
-        out.append(Subject(benchmark, name, display, info.get("category", "Other"), questions, dev))
+        display, category = subject_info(benchmark, name, mapping, root, files[name])
+        out.append(Subject(benchmark, name, display, category, questions, dev))
     return out
 
 

@@ -11,5 +11,5 @@ class LossPlot(Callback):
             return
         try:
             trainer.log.info(f"loss curve: {plot_loss_curve(trainer.log.log_dir)}")
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError, ImportError) as e:
             trainer.log.warning(f"no loss curve written: {e}")

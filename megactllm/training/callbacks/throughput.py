@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from megactllm.model.families import family_of
 from megactllm.training.callbacks.base import Callback, Step
 from megactllm.training.metrics import device_peak_tflops, peak_memory_gib, throughput
 
@@ -16,7 +17,7 @@ from megactllm.training.metrics import device_peak_tflops, peak_memory_gib, thro
 class ThroughputLogger(Callback):
     def __init__(self, cfg, world_size: int, blend_schedule=None):
         self.log_interval = cfg.train.log_interval
-        self.flops_per_token = cfg.model.flops_per_token(cfg.model.seq_length)
+        self.flops_per_token = family_of(cfg.model).flops_per_token(cfg.model, cfg.model.seq_length)
         self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
         self.world_size = world_size
         self.blend_schedule = blend_schedule

@@ -1,4 +1,4 @@
-"""Starts tools/serve.py on a model, asks it one question with the openai client, stops it.
+"""Starts `megactllm serve` on a model, asks it one question with the openai client, stops it.
 
 The server binds 127.0.0.1 on a free port (--port 0) and says `listening on http://HOST:PORT`
 when ready; its whole output goes to a log file. It is stopped (SIGTERM, then SIGKILL) whatever
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from .runner import StageFailed
+from .subprocesses import megactllm_cmd
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -68,11 +68,10 @@ class RunningServer:
 
 
 def ask_server(model: Path, question: str, log_path: Path, cwd: Path, max_tokens: int = 32) -> dict:
-    """Serves `model` with tools/serve.py and asks `question` through /v1/chat/completions."""
+    """Serves `model` with `python -m megactllm serve` and asks `question` through /v1/chat/completions."""
     from openai import OpenAI
 
-    cmd = [sys.executable, str(cwd / "tools" / "serve.py"), "--model", str(model), "--host", "127.0.0.1",
-           "--port", "0", "--threads", "1"]
+    cmd = megactllm_cmd("serve", "--model", model, "--host", "127.0.0.1", "--port", 0, "--threads", 1)
     with RunningServer(cmd, log_path, cwd) as server:
         client = OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=120, max_retries=0)
         start = time.monotonic()

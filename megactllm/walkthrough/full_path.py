@@ -5,8 +5,10 @@
           pretrained weights) -> dpo (from the SFT weights) -> export (HF) -> gguf (q4_0)
           -> serve (OpenAI-compatible server, one Chinese question through the openai client)
 
-Every stage runs the same command a user would type (tools/*.py, torchrun -m megactllm.train), so
-a stage's log (`<out>/<stage>/log.txt`) starts with a command one can copy. One tokenizer, the one
+Every stage runs the same command a user would type (`python -m megactllm <command>`, torchrun -m
+megactllm.train), so a stage's log (`<out>/<stage>/log.txt`) starts with a command one can copy, and
+reads its figures from the files the stage wrote (a training run's metrics.jsonl, an evaluation's
+results.json, the cleaner's report.json), never from console text. One tokenizer, the one
 trained in stage 2, is used by every later stage, and the model shape is read back from each
 checkpoint (the vocabulary size passed to training is the tokenizer's own).
 """
@@ -18,10 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from .commands import PROGRESS, python_cmd, run_logged, torchrun_cmd
+from .subprocesses import megactllm_cmd, run_logged, torchrun_cmd
 from .figures import clean_summary, loss_summary
 from .runner import Stage, StageResult
 
+# The training run's own records (megactllm.training.metrics writes them into train.log_dir).
+METRICS_FILE = "metrics.jsonl"
 QUESTION = "怎样才能保持健康？"  # asked of the exported model through its chat template
 
 
@@ -111,12 +115,9 @@ class FullPath:
             Stage("serve", "OpenAI-compatible server on the GGUF, one question, stop", self.serve),
         ]
 
-    def _run(self, stage_dir: Path, cmd: list, env: Optional[dict] = None, progress: bool = False) -> None:
+    def _run(self, stage_dir: Path, cmd: list, env: Optional[dict] = None, metrics: Optional[Path] = None) -> None:
         run_logged(cmd, stage_dir / "log.txt", cwd=self.repo, env=env, verbose=self.verbose, say=self.say,
-                   echo=PROGRESS if progress else None)
-
-    def _tool(self, name: str, *args) -> list[str]:
-        return python_cmd(str(self.repo / "tools" / name), *args)
+                   metrics=metrics)
 
     def _need(self, path: Path, what: str) -> Path:
         if not path.exists():
@@ -126,8 +127,8 @@ class FullPath:
     # 1. clean
     def clean(self, d: Path) -> StageResult:
         raw = self._need(self.repo / self.s.raw, "the raw sample; examples/data/make_raw_sample.py writes it")
-        self._run(d, self._tool(
-            "clean_corpus.py", self.repo / "examples" / "clean" / "mapcc.yaml", f"input.paths=[{raw}]",
+        self._run(d, megactllm_cmd(
+            "clean", self.repo / "examples" / "clean" / "mapcc.yaml", f"input.paths=[{raw}]",
             f"run.output_dir={d / 'corpus'}",
             # The sample is zh and en: keep both languages (MAP-CC itself kept only Chinese).
             "filters.min_zh_char_ratio=null", "filters.languages=[zh,en]",
@@ -147,7 +148,7 @@ class FullPath:
         from megactllm.tokenizer.train import CHAT_PIECES
 
         prefix = str(self.tokenizer_model)[: -len(".model")]
-        self._run(d, self._tool("train_tokenizer.py", "train", "--input", self.clean_jsonl, "--model-prefix", prefix,
+        self._run(d, megactllm_cmd("train-tokenizer", "train", "--input", self.clean_jsonl, "--model-prefix", prefix,
                                 "--vocab-size", self.s.vocab_size, "--threads", 1))
         tok = load_tokenizer("sentencepiece", str(self.tokenizer_model))
         ids = {p: tok.encode(p) for p in CHAT_PIECES}
@@ -165,7 +166,7 @@ class FullPath:
         train = [line for i, line in enumerate(lines) if (i + 1) % self.s.heldout_every]
         (d / "train.jsonl").write_text("".join(train), encoding="utf-8")
         self.heldout_jsonl.write_text("".join(heldout), encoding="utf-8")
-        self._run(d, self._tool("preprocess_data.py", "--input", d / "train.jsonl", "--tokenizer-type", "sentencepiece",
+        self._run(d, megactllm_cmd("tokenize", "--input", d / "train.jsonl", "--tokenizer-type", "sentencepiece",
                                 "--tokenizer-model", self.tokenizer_model, "--append-eod",
                                 "--output-prefix", d / "sample", "--workers", 1))
         stats = dataset_stats(str(self.text_prefix))
@@ -188,7 +189,7 @@ class FullPath:
         env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         self._run(d, torchrun_cmd(nproc, "-m", "megactllm.train", "--config",
                                   self.repo / "examples" / "configs" / config, *common, *overrides),
-                  env=env, progress=True)
+                  env=env, metrics=d / METRICS_FILE)
         self._need(d / "checkpoints" / "latest_checkpointed_iteration.txt", "the run's final checkpoint")
         return loss_summary(d)
 
@@ -211,8 +212,8 @@ class FullPath:
         import json
 
         limit = ["--limit", self.s.cmmlu_limit] if self.s.cmmlu_limit else []
-        self._run(d, self._tool(
-            "evaluate.py", "--model", self.checkpoints("pretrain"), "--tasks", "cmmlu,bpb",
+        self._run(d, megactllm_cmd(
+            "evaluate", "--model", self.checkpoints("pretrain"), "--tasks", "cmmlu,bpb",
             "--data-dir", self._need(self.shared / "eval", "shared evaluation data"),
             "--subjects", ",".join(self.s.cmmlu_subjects), "--corpus", self.heldout_jsonl,
             "--output", d / "results.json", *limit), env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
@@ -228,13 +229,13 @@ class FullPath:
 
     def _chat_data(self, d: Path, kind: str, seq: int) -> list[str]:
         """Tokenizes the shared zh and en SFT or DPO demo sets with the path's tokenizer."""
-        tool, sub, stem = (("preprocess_sft.py", "sft", "alpaca_{}_demo.json") if kind == "sft"
-                           else ("preprocess_dpo.py", "dpo", "dpo_{}_demo.json"))
+        tool, sub, stem = (("preprocess-sft", "sft", "alpaca_{}_demo.json") if kind == "sft"
+                           else ("preprocess-dpo", "dpo", "dpo_{}_demo.json"))
         prefixes = []
         for lang in ("zh", "en"):
             src = self._need(self.shared / sub / stem.format(lang), "shared demo data; set MEGACTLLM_SHARED_DATA")
             prefix = d / "data" / f"{kind}_{lang}"
-            self._run(d, self._tool(tool, "--input", src, "--output-prefix", prefix, "--language", lang,
+            self._run(d, megactllm_cmd(tool, "--input", src, "--output-prefix", prefix, "--language", lang,
                                     "--seq-length", seq, "--tokenizer-type", "sentencepiece",
                                     "--tokenizer-model", self.tokenizer_model))
             prefixes.append(str(prefix))
@@ -268,7 +269,7 @@ class FullPath:
     # 8. export
     def export(self, d: Path) -> StageResult:
         hf = d / "hf"
-        self._run(d, self._tool("convert_checkpoint.py", "export", self.checkpoints("dpo"), hf))
+        self._run(d, megactllm_cmd("convert", "export", self.checkpoints("dpo"), hf))
         from .hf_check import ask_hf_model
 
         answer = ask_hf_model(hf, QUESTION)
@@ -278,7 +279,7 @@ class FullPath:
 
     # 9. gguf
     def gguf(self, d: Path) -> StageResult:
-        self._run(d, self._tool("export_gguf.py", self.out / "export" / "hf", self.gguf_file,
+        self._run(d, megactllm_cmd("export-gguf", self.out / "export" / "hf", self.gguf_file,
                                 "--outtype", self.s.gguf_type, "--threads", 1))
         types = _gguf_types(self._need(self.gguf_file, "the GGUF file"))
         size = self.gguf_file.stat().st_size
