@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from megactllm.errors import UserError
 from megactllm.training.callbacks.base import Callback, Step
-from megactllm.training.spikes import SpikeWindow
+from megactllm.training.spikes import SpikeWindow, min_steps
 
 
 class SpikeConfigError(UserError, ValueError):
@@ -66,6 +66,14 @@ class SpikeSkipping(Callback):
         if step.outcome.vetoed and str(step.outcome.skip_reason).startswith("spike"):
             self.in_a_row += 1
             step.notes["skipped_spike"] = True
+            if not self.rollback_after and self.in_a_row >= min_steps(self.window_size):
+                # As many spikes in a row as the window's minimum is a new level, not a burst: the
+                # window never updates while every step is skipped, so it would stay stuck. Start it
+                # afresh (nothing is judged until it refills).
+                trainer.log.warning(f"{self.in_a_row} spikes in a row: the loss/grad-norm level moved; "
+                                    "restarting the spike window")
+                self.window = SpikeWindow(self.window_size, self.sigma)
+                self.in_a_row = 0
         elif step.outcome.updated:
             self.window.record(step.loss, step.outcome.grad_norm)
             self.in_a_row = 0
