@@ -9,6 +9,7 @@ continues the same W&B run. WANDB_MODE=offline writes it under wandb_dir with no
 """
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from megactllm.errors import UserError
@@ -23,13 +24,11 @@ class WandbMissingError(UserError, ImportError):
 
 def run_id_for(run_dir: Path) -> str:
     """The run's W&B id, created once and kept in run_dir."""
-    import wandb
-
     path = run_dir / RUN_ID_FILE
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = wandb.util.generate_id()
+    run_id = uuid.uuid4().hex[:8]  # wandb 0.31 has no wandb.util.generate_id
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(run_id + "\n")
     tmp.replace(path)
