@@ -1,12 +1,11 @@
 """The straggler report names a rank slowed on purpose; W&B offline holds metrics.jsonl's losses,
 and a resumed run continues the same W&B run."""
-import glob
 import json
 import os
 import struct
 
 import pytest
-from train_utils import read_losses, tiny_overrides, train_in_process, write_corpus
+from train_utils import tiny_overrides, train_in_process, write_corpus
 
 from megactllm.testing import run_distributed
 
