@@ -177,6 +177,25 @@ class TrainConfig:
     pretrained_checkpoint: Optional[str] = None
     tensorboard_dir: Optional[str] = None
     max_consecutive_nonfinite: int = 3
+    # Spiky steps (training/spikes.py): a step whose loss or grad norm is more than spike_sigma standard
+    # deviations above the mean of the last spike_window applied steps is not applied (LR and data go
+    # on). Never before the window holds max(min(16, window), window // 4) steps.
+    skip_spiky_steps: bool = False
+    spike_window: int = 128
+    spike_sigma: float = 6.0
+    # After this many spikes in a row reload the last checkpoint and skip the samples read since (0: off);
+    # more than spike_max_rollbacks rollbacks stop the run.
+    spike_rollback_after: int = 0
+    spike_max_rollbacks: int = 3
+    # Sample windows [start, end) of the training order never read (PaLM's skipped batches).
+    skip_samples: list = field(default_factory=list)
+    # Straggler report (world > 1): warn when the slowest rank's step time stays above this x the median.
+    straggler_ratio: float = 1.2
+    # Weights & Biases (pip install "megactllm[wandb]"); off while wandb_project is unset. WANDB_MODE=offline works.
+    wandb_project: Optional[str] = None
+    wandb_entity: Optional[str] = None
+    wandb_dir: Optional[str] = None
+    wandb_name: Optional[str] = None
     # Stop (after saving, when save_interval divides it) at the first iteration that is a multiple.
     exit_interval: Optional[int] = None
     # Stop (save, exit 75 to be resumed) once this many minutes passed since the process started.

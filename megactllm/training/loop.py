@@ -41,6 +41,12 @@ class TrainState:
     consumed_tokens: int = 0
     skipped_iterations: int = 0
     nonfinite_iterations: int = 0
+    spike_iterations: int = 0
+    # The spike detector's window of recent applied steps (megactllm.training.spikes), None when off.
+    spike_window: Optional[dict] = None
+    # Sample windows [start, end) of the training order skipped by a spike rollback (never read again).
+    skipped_samples: list = field(default_factory=list)
+    spike_rollbacks: int = 0
     # data.blend_schedule as written (None: a fixed blend); a resume under another one is refused.
     blend_schedule: Optional[list] = None
 
@@ -195,8 +201,13 @@ class Trainer:
         microbatches = self.task.prepare_global_batch(microbatches, self.model)
         metrics = self._reduce_reports(self._forward_backward(microbatches, forward_only=False))
         loss = metrics[self.metric_names[0]]
-        outcome = guarded_step(self.optimizer, self.cfg.optim.clip_grad, math.isfinite(loss))
-        if outcome.updated:
+        # Callbacks may veto the update once the grad norm is known (spiky steps), before any weight moves.
+        outcome = guarded_step(
+            self.optimizer, self.cfg.optim.clip_grad, math.isfinite(loss),
+            veto=lambda grad_norm: self.callbacks.veto_update(self, loss, grad_norm),
+        )
+        # A vetoed step is data that is not learnt from: the LR schedule goes on, as for an applied one.
+        if outcome.updated or outcome.vetoed:
             self.scheduler.step(increment=1)
         return metrics, outcome
 
@@ -226,6 +237,7 @@ class Trainer:
         if not outcome.updated:
             s.skipped_iterations += 1
             s.nonfinite_iterations += int(outcome.skip_reason == "non-finite")
+            s.spike_iterations += int(outcome.vetoed)
             self.log.warning(f"iteration {s.iteration} skipped ({outcome.skip_reason}): loss {loss}, grad norm {outcome.grad_norm}")
         self.result.losses[s.iteration] = loss
         return Step(s.iteration, metrics, loss, outcome, tokens)

@@ -73,20 +73,38 @@ def format_log_line(record: dict) -> str:
         f"peak_mem {record['peak_mem_gib']:.2f} GiB",
     ]
     extra = [f"{k} {v:.4f}" for k, v in record.get("metrics", {}).items() if k != record.get("loss_name")]
+    if record.get("skipped_spike"):
+        extra.append("SKIPPED (spike, not applied)")
+    if "step_time_slowest_rank" in record:  # the straggler report (world > 1)
+        extra.append(f"slowest rank {record['slowest_rank']} {record['step_time_slowest_rank']:.3f}s "
+                     f"({record['step_time_slowest_over_median']:.2f}x median)")
     if "blend_phase" in record:  # a blend schedule's active phase and its proportions
         weights = ", ".join(f"{w:.2f} {Path(p).name}" for p, w in record["blend_weights"].items())
         extra.append(f"phase {record['blend_phase']} {record['blend_phase_name']} ({weights})")
     return " | ".join(parts + extra)
 
 
+# Scalars of a train record beside its task metrics, as train/<key> in TensorBoard and the sinks.
+TRAIN_SCALARS = (
+    "loss", "lr", "grad_norm", "skipped_iterations", "tokens_per_s", "tflops_per_device", "mfu", "peak_mem_gib",
+    "consumed_tokens", "skipped_spike", "step_time_slowest_rank", "slowest_rank", "step_time_median",
+    "step_time_slowest_over_median",
+)
+
+
 class RunLogger:
-    """stdout lines, TensorBoard scalars and metrics.jsonl on the logging rank; no-ops elsewhere."""
+    """stdout lines, TensorBoard scalars and metrics.jsonl on the logging rank; no-ops elsewhere.
+
+    Other trackers (W&B) are sinks: `add_sink(sink)` hands them every scalar TensorBoard gets at an
+    iteration, as `sink.scalars({tag: value}, iteration)`.
+    """
 
     def __init__(self, log_dir: Optional[str], tensorboard_dir: Optional[str], enabled: bool):
         self.enabled = enabled
         self.log_dir = Path(log_dir) if log_dir else None
         self._jsonl = None
         self._tb = None
+        self._sinks: list = []
         if not enabled:
             return
         if self.log_dir:
@@ -106,6 +124,24 @@ class RunLogger:
         if self.enabled:
             print(f"WARNING: {text}", file=sys.stderr, flush=True)
 
+    def add_sink(self, sink) -> None:
+        if self.enabled:
+            self._sinks.append(sink)
+
+    def _scalars(self, values: dict, step: int) -> None:
+        """Scalars at an iteration: TensorBoard and every sink."""
+        values = {k: float(v) for k, v in values.items() if v is not None}
+        if self._tb:
+            for tag, value in values.items():
+                self._tb.add_scalar(tag, value, step)
+        for sink in self._sinks:
+            sink.scalars(values, step)
+
+    def event(self, record: dict) -> None:
+        """A record of something that happened (a rollback) in metrics.jsonl; record["kind"] names it."""
+        if self.enabled:
+            self._write(record)
+
     def _write(self, record: dict) -> None:
         if self._jsonl:
             self._jsonl.write(json.dumps(record) + "\n")
@@ -116,18 +152,14 @@ class RunLogger:
             return
         print(format_log_line(record), flush=True)
         self._write({"kind": "train", **record})
+        values = {f"train/{key}": record.get(key) for key in TRAIN_SCALARS}
+        values.update({f"train/{name}": value for name, value in record.get("metrics", {}).items()})
+        if "blend_phase" in record:
+            values["train/blend_phase"] = record["blend_phase"]
+            for prefix, weight in record["blend_weights"].items():
+                values[f"train/blend_weight/{Path(prefix).name}"] = weight
+        self._scalars(values, record["iteration"])
         if self._tb:
-            step = record["iteration"]
-            for key in ("loss", "lr", "grad_norm", "skipped_iterations", "tokens_per_s", "tflops_per_device", "mfu", "peak_mem_gib"):
-                value = record.get(key)
-                if value is not None:
-                    self._tb.add_scalar(f"train/{key}", value, step)
-            for name, value in record.get("metrics", {}).items():
-                self._tb.add_scalar(f"train/{name}", value, step)
-            if "blend_phase" in record:
-                self._tb.add_scalar("train/blend_phase", record["blend_phase"], step)
-                for prefix, weight in record["blend_weights"].items():
-                    self._tb.add_scalar(f"train/blend_weight/{Path(prefix).name}", weight, step)
             self._tb.add_scalar("train/loss_vs_tokens", record["loss"], record["consumed_tokens"])
             self._tb.flush()
 
@@ -139,11 +171,11 @@ class RunLogger:
         ) + (f" | ppl {record['ppl']:.3f}" if "ppl" in record else "")
         print(line, flush=True)
         self._write({"kind": "valid", **record})
+        values = {f"valid/{name}": value for name, value in record["metrics"].items()}
+        if "ppl" in record:
+            values["valid/ppl"] = record["ppl"]
+        self._scalars(values, record["iteration"])
         if self._tb:
-            for name, value in record["metrics"].items():
-                self._tb.add_scalar(f"valid/{name}", value, record["iteration"])
-            if "ppl" in record:
-                self._tb.add_scalar("valid/ppl", record["ppl"], record["iteration"])
             self._tb.flush()
 
     def benchmark(self, record: dict) -> None:
@@ -153,13 +185,14 @@ class RunLogger:
         shown = {k: v for k, v in record["metrics"].items() if k.endswith("acc_micro") or k.endswith("/acc")}
         print(f"benchmarks at iter {record['iteration']} | " + " | ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
         self._write({"kind": "bench", **record})
+        self._scalars({f"bench/{name}": value for name, value in record["metrics"].items()}, record["iteration"])
         if self._tb:
             for name, value in record["metrics"].items():
-                self._tb.add_scalar(f"bench/{name}", value, record["iteration"])
                 self._tb.add_scalar(f"bench_vs_tokens/{name}", value, record["consumed_tokens"])
             self._tb.flush()
 
     def close(self) -> None:
+        self._sinks = []
         if self._jsonl:
             self._jsonl.close()
             self._jsonl = None

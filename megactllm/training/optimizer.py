@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from megactllm.config import Config
 from megactllm.model.builder import params_dtype
@@ -47,16 +47,22 @@ def build_optimizer(cfg: Config, model: list):
 class StepOutcome:
     updated: bool
     grad_norm: Optional[float]
-    # Why the update was skipped: None, "loss scale overflow" (fp16, expected now and then) or "non-finite".
+    # Why the update was skipped: None, "loss scale overflow" (fp16, expected now and then), "non-finite",
+    # or a callback's veto (e.g. "spike: loss 11.2 > 7.9 ...").
     skip_reason: Optional[str] = None
+    vetoed: bool = False
 
 
 def _leaf_optimizers(optimizer) -> list:
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
-def guarded_step(optimizer, clip_grad: float, loss_is_finite: bool) -> StepOutcome:
+def guarded_step(optimizer, clip_grad: float, loss_is_finite: bool, veto: Optional[Callable] = None) -> StepOutcome:
     """One optimizer step that leaves the weights untouched on overflow or non-finite values.
+
+    `veto(grad_norm)` (called on every rank once loss and grad norm are finite) returns a reason to
+    skip this update, or None; it must return the same on every rank. A vetoed step leaves weights,
+    Adam's moments and its step count as they were (the grads are simply not used).
 
     Every rank reaches the same decision: the loss is reduced globally before this call and the
     grad norm is reduced over the model-parallel (and, for the distributed optimizer, data-parallel)
@@ -71,6 +77,9 @@ def guarded_step(optimizer, clip_grad: float, loss_is_finite: bool) -> StepOutco
         grad_norm = float(optimizer.get_grad_norm())
         if not loss_is_finite or not math.isfinite(grad_norm):
             return StepOutcome(False, grad_norm, "non-finite")
+        reason = veto(grad_norm) if veto is not None else None
+        if reason is not None:
+            return StepOutcome(False, grad_norm, reason, vetoed=True)
         if clip_grad > 0:
             for leaf in _leaf_optimizers(optimizer):
                 if getattr(leaf, "is_stub_optimizer", False):

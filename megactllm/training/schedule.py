@@ -57,7 +57,20 @@ def dataset_sample_counts(cfg: Config, train_iters: int) -> tuple[int, int, int]
     """
     gbs = cfg.train.global_batch_size
     eval_samples = cfg.train.eval_iters * gbs if cfg.train.eval_interval else 0
-    return train_iters * gbs, eval_samples, 0
+    return train_iters * gbs + skipped_sample_reserve(cfg), eval_samples, 0
+
+
+def skipped_sample_reserve(cfg: Config) -> int:
+    """Samples a run may pass over without training on them, so its dataset is built that much longer:
+    the train.skip_samples windows, and per allowed spike rollback at most the samples since the last
+    save (saves wait while spikes run in a row, so save_interval + spike_rollback_after steps)."""
+    from megactllm.training.callbacks.skip_data import parse_windows, window_samples
+
+    t = cfg.train
+    reserve = window_samples(parse_windows(t.skip_samples))
+    if t.skip_spiky_steps and t.spike_rollback_after:
+        reserve += t.spike_max_rollbacks * ((t.save_interval or 0) + t.spike_rollback_after) * t.global_batch_size
+    return reserve
 
 
 def warmup_iters(cfg: Config, decay_iters: int) -> int:

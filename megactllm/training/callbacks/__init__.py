@@ -13,25 +13,38 @@ from megactllm.training.callbacks.inloop_eval import InLoopEvaluation
 from megactllm.training.callbacks.loss_plot import LossPlot
 from megactllm.training.callbacks.nonfinite import NonFiniteStop
 from megactllm.training.callbacks.run_lock import RunLockHolder
+from megactllm.training.callbacks.skip_data import SkipDataWindows
+from megactllm.training.callbacks.spike_skip import SpikeConfigError, SpikeSkipping
+from megactllm.training.callbacks.stragglers import StragglerReport
 from megactllm.training.callbacks.throughput import ThroughputLogger
 from megactllm.training.callbacks.validation import Validation
 
 __all__ = [
     "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "InLoopEvaluation",
-    "LossPlot", "NonFiniteStop", "RunLockHolder", "Step", "ThroughputLogger", "Validation", "default_callbacks",
+    "LossPlot", "NonFiniteStop", "RunLockHolder", "SkipDataWindows", "SpikeSkipping", "Step", "StragglerReport",
+    "ThroughputLogger", "Validation", "default_callbacks",
 ]
 
 
 def default_callbacks(trainer) -> list[Callback]:
     """The callbacks of a run of trainer.cfg; only the concerns its recipe switches on."""
     cfg, t = trainer.cfg, trainer.cfg.train
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [SkipDataWindows(t.skip_samples)]  # moves the data position before a step reads
     if trainer.blend_schedule is not None:
         callbacks.append(BlendAnnouncements(trainer.blend_schedule))
-    callbacks += [
-        NonFiniteStop(t.max_consecutive_nonfinite),  # raises before a diverged step is logged
-        ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule),
-    ]
+    callbacks.append(NonFiniteStop(t.max_consecutive_nonfinite))  # raises before a diverged step is logged
+    # These add fields to the step's record: before the ThroughputLogger that writes it.
+    if t.skip_spiky_steps:
+        callbacks.append(SpikeSkipping(cfg))
+    elif t.spike_rollback_after:
+        raise SpikeConfigError("train.spike_rollback_after acts on spikes: set train.skip_spiky_steps=true")
+    if trainer.world_size > 1:
+        callbacks.append(StragglerReport(t.log_interval, t.straggler_ratio))
+    callbacks.append(ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule))
+    if t.wandb_project:
+        from megactllm.training.callbacks.wandb_logger import WandbLogger
+
+        callbacks.append(WandbLogger(cfg, trainer._log_dir(), trainer.rank))
     if trainer.valid_reader is not None and t.eval_interval:
         callbacks.append(Validation(t.eval_interval, trainer.task.provides.perplexity))
     if cfg.eval.interval:  # in-loop benchmark accuracy (megactllm.eval.inloop)

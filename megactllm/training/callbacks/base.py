@@ -3,6 +3,7 @@
 `Trainer.fit` (megactllm.training.loop) runs one iteration as:
 
     on_step_start            before the step reads its batch (blend announcements, async publishes)
+    -- forward/backward, grad norm; veto_update(loss, grad_norm) may skip the update (spikes) --
     -- the optimizer step, then the loop's counters --
     on_step_end(step)        right after it (the non-finite guard, the log line and metrics.jsonl)
     on_evaluate              validation, in-loop benchmarks    } time here is not training
@@ -17,8 +18,8 @@ collective runs it on every rank at the same point: the list calls each hook on 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
     from megactllm.training.loop import Trainer
@@ -33,6 +34,9 @@ class Step:
     loss: float            # the first metric
     outcome: object        # megactllm.training.optimizer.StepOutcome: updated, skip_reason, grad_norm
     tokens: int            # rows x seq_length the model processed this step
+    # Fields callbacks add to this step's log record (e.g. skipped_spike, the straggler report);
+    # callbacks that fill it run before the ThroughputLogger that writes it.
+    notes: dict = field(default_factory=dict)
 
 
 class Callback:
@@ -40,6 +44,7 @@ class Callback:
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
     def on_step_start(self, trainer: "Trainer") -> None: ...
+    def veto_update(self, trainer: "Trainer", loss: float, grad_norm: float) -> Optional[str]: return None
     def on_step_end(self, trainer: "Trainer", step: Step) -> None: ...
     def on_evaluate(self, trainer: "Trainer") -> None: ...
     def on_save_boundary(self, trainer: "Trainer") -> None: ...
@@ -79,3 +84,11 @@ class CallbackList:
 
     def save_allowed(self, trainer: "Trainer") -> bool:
         return all(cb.save_allowed(trainer) for cb in self.callbacks)
+
+    def veto_update(self, trainer: "Trainer", loss: float, grad_norm: float) -> Optional[str]:
+        """The first callback's reason not to apply this step's update (asked on every rank), or None."""
+        for cb in self.callbacks:
+            reason = cb.veto_update(trainer, loss, grad_norm)
+            if reason is not None:
+                return reason
+        return None

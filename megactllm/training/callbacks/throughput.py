@@ -34,7 +34,8 @@ class ThroughputLogger(Callback):
 
     def on_step_end(self, trainer, step: Step) -> None:
         self.window_tokens += step.tokens
-        if step.iteration % self.log_interval and step.iteration != trainer.train_iters:
+        # A skipped spike is logged whatever the interval: it is the line a person looks for.
+        if step.iteration % self.log_interval and step.iteration != trainer.train_iters and not step.notes.get("skipped_spike"):
             return
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -56,5 +57,6 @@ class ThroughputLogger(Callback):
             "mfu": tp.mfu,
             "peak_mem_gib": peak_memory_gib(),
             **(self.blend_schedule.log_fields(s.iteration) if self.blend_schedule is not None else {}),
+            **step.notes,
         })
         self._open_window(trainer)

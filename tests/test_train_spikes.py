@@ -1,0 +1,68 @@
+"""Spiky-step skipping and rollback on real text with random-token documents blended in.
+
+Micro and global batch 1, so a step is one sample: after the warm-up exactly the steps that read
+random tokens are skipped, with weights and Adam state untouched, and the run then equals one that
+never read those samples (train.skip_samples, constant LR); the ~80 clean steps after the warm-up
+skip nothing.
+"""
+import json
+from pathlib import Path
+
+import pytest
+from spike_utils import overrides, train_observed, write_real_and_random
+
+from megactllm.testing import run_distributed
+from megactllm.training.spikes import SpikeWindow, min_steps
+
+ITERS = 120
+WARMUP = 40  # the spike window's minimum is 16 applied steps; the loss still falls fast until ~40
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, shared_data, sp_model_path):
+    root = tmp_path_factory.mktemp("spikes")
+    return root, write_real_and_random(str(root), str(sp_model_path), str(shared_data / "corpus" / "clue_small_zh.txt"))
+
+
+def test_window_minimum_and_verdicts():
+    assert min_steps(128) == 32 and min_steps(32) == 16 and min_steps(8) == 8
+    w = SpikeWindow(32, 6.0)
+    for i in range(15):
+        w.record(5.0 + 0.01 * (i % 3), 1.0)
+    assert not w.judge(100.0, 1.0).spike, "nothing is a spike before the window holds its minimum"
+    w.record(5.0, 1.0)
+    assert w.judge(100.0, 1.0).spike and "loss" in w.judge(100.0, 1.0).reason
+    assert w.judge(5.0, 50.0).spike and "grad norm" in w.judge(5.0, 50.0).reason
+    assert not w.judge(5.02, 1.0).spike
+    again = SpikeWindow.from_state(32, 6.0, json.loads(json.dumps(w.state())))
+    assert list(again.values) == list(w.values)
+
+
+def test_random_documents_are_exactly_the_skipped_steps(data):
+    root, d = data
+    ov = overrides(d, str(root / "spiky"), 0.04, **{"train.train_iters": ITERS})
+    (r,) = run_distributed(train_observed, 1, ov, d["real_tokens"], timeout=900)
+    skipped = {i for i, u in r["unchanged"].items()}
+    random_steps = {i for i, is_random in r["read_random"].items() if is_random}
+    assert r["state"]["spike_iterations"] == len(skipped) and r["state"]["iteration"] == ITERS
+    assert not {i for i in skipped if i <= 16}, "nothing is skipped before the window holds 16 applied steps"
+    late_random = {i for i in random_steps if i > WARMUP}
+    assert len(late_random) >= 2, f"the blend put too few random samples after the warm-up: {sorted(random_steps)}"
+    assert {i for i in skipped if i > WARMUP} == late_random, (sorted(skipped), sorted(random_steps))
+    assert all(r["unchanged"].values()), "a skipped step must leave weights and Adam's step count untouched"
+
+    log = [json.loads(line) for line in (root / "spiky" / "log" / "metrics.jsonl").read_text().splitlines()]
+    logged = {rec["iteration"]: rec for rec in log if rec.get("skipped_spike")}
+    assert set(logged) == skipped and all(logged[i]["loss"] == r["losses"][i] for i in skipped)
+
+    # The same run without the skipped samples (train.skip_samples) equals it, step for step.
+    windows = [[i - 1, i] for i in sorted(skipped)]
+    ref_ov = overrides(d, str(root / "reference"), 0.04, **{
+        "train.train_iters": ITERS - len(skipped), "train.skip_spiky_steps": "false", "train.skip_samples": json.dumps(windows)})
+    (ref,) = run_distributed(train_observed, 1, ref_ov, d["real_tokens"], timeout=900)
+    applied = [i for i in range(1, ITERS + 1) if i not in skipped]
+    assert [r["losses"][i] for i in applied] == [ref["losses"][j] for j in range(1, len(applied) + 1)]
+    import torch
+
+    assert all(torch.equal(a, b) for a, b in zip(r["weights"], ref["weights"]))
+
