@@ -68,7 +68,5 @@ setup(
         # The API key is checked on the routed path (the ASGI scope), so no starlette version's URL
         # rebuilding from the Host header matters; tested with fastapi 0.165 / starlette 1.10.
         "serve": ["gguf>=0.17", "llama-cpp-python==0.3.36", "fastapi>=0.115", "starlette>=0.40", "uvicorn"],
-        # Weights & Biases logging (train.wandb_project).
-        "wandb": ["wandb"],
     },
 )

@@ -191,11 +191,6 @@ class TrainConfig:
     skip_samples: list = field(default_factory=list)
     # Straggler report (world > 1): warn when the slowest rank's step time stays above this x the median.
     straggler_ratio: float = 1.2
-    # Weights & Biases (pip install "megactllm[wandb]"); off while wandb_project is unset. WANDB_MODE=offline works.
-    wandb_project: Optional[str] = None
-    wandb_entity: Optional[str] = None
-    wandb_dir: Optional[str] = None
-    wandb_name: Optional[str] = None
     # Stop (after saving, when save_interval divides it) at the first iteration that is a multiple.
     exit_interval: Optional[int] = None
     # Stop (save, exit 75 to be resumed) once this many minutes passed since the process started.

@@ -41,10 +41,6 @@ def default_callbacks(trainer) -> list[Callback]:
     if trainer.world_size > 1:
         callbacks.append(StragglerReport(t.log_interval, t.straggler_ratio))
     callbacks.append(ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule))
-    if t.wandb_project:
-        from megactllm.training.callbacks.wandb_logger import WandbLogger
-
-        callbacks.append(WandbLogger(cfg, trainer._log_dir(), trainer.rank))
     if trainer.valid_reader is not None and t.eval_interval:
         callbacks.append(Validation(t.eval_interval, trainer.task.provides.perplexity))
     if cfg.eval.interval:  # in-loop benchmark accuracy (megactllm.eval.inloop)

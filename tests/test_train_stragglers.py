@@ -1,8 +1,6 @@
-"""The straggler report names a rank slowed on purpose; W&B offline holds metrics.jsonl's losses,
-and a resumed run continues the same W&B run."""
+"""The straggler report names a rank slowed on purpose."""
 import json
 import os
-import struct
 
 import pytest
 from train_utils import tiny_overrides, train_in_process, write_corpus
@@ -47,31 +45,3 @@ def test_straggler_report_names_the_slowed_rank(corpus, capfd):
     assert all(r["step_time_slowest_rank"] >= 0.1 for r in reports)
     out = capfd.readouterr()
     assert "straggler: rank 1" in out.err + out.out
-
-
-def read_wandb_history(run_file: str) -> list[dict]:
-    """History rows of an offline run's transaction log, decoded with wandb's own protobuf Record
-    (wandb 0.31 ships no Python reader of .wandb files; the framing is LevelDB's log format)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = open(run_file, "rb").read()
-    block, pos, pending, rows = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        if length == 0 and kind == 0:
-            pos += left - 7
-            continue
-        pending += data[pos:pos + length]
-        pos += length
-        if kind in (1, 4):  # a full record, or the last piece of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key: json.loads(item.value_json) for item in record.history.item})
-    return rows
