@@ -66,3 +66,32 @@ def test_random_documents_are_exactly_the_skipped_steps(data):
 
     assert all(torch.equal(a, b) for a, b in zip(r["weights"], ref["weights"]))
 
+
+
+def test_rollback_equals_skipping_the_window_from_the_start(data):
+    """train.spike_rollback_after=1: every spike reloads the last checkpoint and skips the samples read
+    since; the run then equals one told to skip those windows (train.skip_samples) from the start."""
+    root, d = data
+    iters = 80
+    ov = overrides(d, str(root / "rollback"), 0.04, **{
+        "train.train_iters": iters, "train.spike_rollback_after": 1, "train.save": str(root / "rollback" / "ckpt"),
+        "train.save_interval": 10})
+    (r,) = run_distributed(train_observed, 1, ov, d["real_tokens"], timeout=900)
+    state = r["state"]
+    windows = [list(w) for w in state["skipped_samples"]]
+    assert state["spike_rollbacks"] == len(windows) >= 1 and state["iteration"] == iters, state
+    log = [json.loads(line) for line in (root / "rollback" / "log" / "metrics.jsonl").read_text().splitlines()]
+    rollbacks = [rec for rec in log if rec.get("kind") == "rollback"]
+    assert [rec["skipped_samples"] for rec in rollbacks] == windows
+    # The last checkpoint holds the windows, so a resume never reads them again.
+    from megactllm.checkpoint.save_load import read_metadata
+
+    assert [list(w) for w in read_metadata(str(root / "rollback" / "ckpt")).train_state["skipped_samples"]] == windows
+
+    ref_ov = overrides(d, str(root / "rollback_ref"), 0.04, **{
+        "train.train_iters": iters, "train.skip_spiky_steps": "false", "train.skip_samples": json.dumps(windows)})
+    (ref,) = run_distributed(train_observed, 1, ref_ov, d["real_tokens"], timeout=900)
+    assert r["losses"] == ref["losses"]
+    import torch
+
+    assert all(torch.equal(a, b) for a, b in zip(r["weights"], ref["weights"]))
