@@ -223,7 +223,7 @@ def test_export_keeps_the_padding_rows_and_loads_in_transformers(exported):
 def test_hf_evaluation_and_serving_never_pick_a_padding_id(exported):
     from megactllm.eval.backends.hf import HFBackend
     from megactllm.eval.requests import TokenRequest
-    from megactllm.serve.engine import SamplingParams
+    from megactllm.serve.engine import Halt, SamplingParams
     from megactllm.serve.hf_engine import TransformersEngine
 
     backend = HFBackend(exported, batch_size=1)
@@ -244,7 +244,8 @@ def test_hf_evaluation_and_serving_never_pick_a_padding_id(exported):
     done = engine.complete(list(context), SamplingParams(max_tokens=1, temperature=0.0))
     assert done.text == engine.tokenizer.decode([best], skip_special_tokens=True)
     with torch.no_grad():  # sampling too: the engine's own generate arguments suppress the padding rows
-        ids = engine.model.generate(**engine._generate_kwargs(list(context), SamplingParams(max_tokens=8, temperature=1.0, seed=1)))
+        ids = engine.model.generate(**engine._generate_kwargs(list(context), SamplingParams(max_tokens=8, temperature=1.0, seed=1),
+                                                              Halt()))
     assert ids.shape[1] > len(context) and int(ids[0, len(context):].max()) < IDS
 
 
