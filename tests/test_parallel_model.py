@@ -108,5 +108,8 @@ def test_layout_errors_name_the_fix():
     with pytest.raises(ParallelLayoutError, match="sequence_parallel needs"):
         check_layout(cfg.parallel, 1)
     cfg = load_config(None, ["parallel.context_parallel_size=2"])
-    with pytest.raises(ParallelLayoutError, match="not supported yet"):
-        check_layout(cfg.parallel, 2)
+    check_layout(cfg.parallel, 2)  # context parallelism is supported (tests/test_context_parallel.py)
+    from megactllm.parallel.initialize import check_context_parallel
+
+    with pytest.raises(ParallelLayoutError, match="not divisible by 2 x parallel.context_parallel_size = 4"):
+        check_context_parallel(cfg.parallel, 126)
