@@ -113,10 +113,17 @@ def generate_main(argv=None, prog=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
-    need_path(args.input, "input", "file")
+    # Cheapest first, so a bad run stops before a model loads: the flags, the extra a GGUF needs,
+    # the two paths, and only then the engine.
     params = _checked(SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                      top_k=args.top_k, repeat_penalty=args.repetition_penalty, stop=args.stop,
                                      seed=args.seed))
+    if args.model.endswith(".gguf"):
+        from megactllm.serve.extras import require
+
+        require("running a GGUF file", "llama_cpp")
+    need_path(args.model, "model")
+    need_path(args.input, "input", "file")
     engine = _load(args.model, "model", threads=args.threads)
     from megactllm.serve import EngineError
 
