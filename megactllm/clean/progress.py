@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from megactllm.common.progress import Progress as ProgressBase
+from megactllm.common.progress import STDERR, Progress as ProgressBase
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -19,7 +19,7 @@ class Progress(ProgressBase):
     """Counts documents and bytes; the ETA is in bytes of the stage's input."""
 
     def __init__(self, label: str, total_bytes: int | None = None, interval: float = 10.0, stream=None):
-        super().__init__(total=total_bytes, interval=interval, out=stream or sys.stderr)
+        super().__init__(total=total_bytes, interval=interval, out=stream or STDERR)
         self.label = label
         self.docs = 0
 

@@ -3,13 +3,16 @@
 A package subclasses `Progress` only to say what its line holds (`line()`) and how it counts
 (clean: documents and bytes; convert: tensors and bytes; eval: questions; preprocess: documents,
 tokens and bytes). Where the line goes is `out`: a text stream, a callable taking the line (a
-logger, a rank-0 reporter), or None for silence.
+logger, a rank-0 reporter), None for silence, or STDERR (the default): whatever sys.stderr is
+when a line is printed, not when the reporter was made (tests and tools swap it).
 """
 from __future__ import annotations
 
 import sys
 import time
 from typing import Callable, Optional, TextIO, Union
+
+STDERR = "<stderr at print time>"
 
 Output = Union[TextIO, Callable[[str], None], None]
 
@@ -21,7 +24,7 @@ class Progress:
     prints at the first update, `at_total` also when the total is reached.
     """
 
-    def __init__(self, total: Optional[float] = None, interval: float = 5.0, out: Output = sys.stderr,
+    def __init__(self, total: Optional[float] = None, interval: float = 5.0, out: Output = STDERR,
                  first_at_once: bool = False, at_total: bool = False):
         self.total = total
         self.interval = interval
@@ -70,7 +73,7 @@ class Progress:
         if callable(self.out):
             self.out(text)
         else:
-            print(text, file=self.out, flush=True)
+            print(text, file=sys.stderr if self.out is STDERR else self.out, flush=True)
 
     def line(self, *args) -> str:
         raise NotImplementedError

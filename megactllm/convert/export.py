@@ -30,6 +30,7 @@ from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpe
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.model.families import family_of
 from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
+from megactllm.common.progress import STDERR
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
@@ -117,7 +118,7 @@ def export_to_hf(
     chat_template: Optional[str] = "default",
     add_bos_token: bool = False,
     overwrite: bool = False,
-    progress_stream: Optional[TextIO] = sys.stderr,
+    progress_stream: Optional[TextIO] = STDERR,
 ) -> ExportResult:
     """Convert `checkpoint` (an iteration dir, or a run dir with a latest pointer) into `out_dir`.
 

@@ -49,6 +49,7 @@ from megactllm.tokenizer.vocab_fit import (
     plan_extension,
 )
 from megactllm.tokenizer import load_tokenizer
+from megactllm.common.progress import STDERR
 
 
 @dataclass
@@ -231,7 +232,7 @@ def import_from_hf(
     tokenizer_file: Optional[str | Path] = None,
     tokenizer_type: Optional[str] = None,
     overwrite: bool = False,
-    progress_stream: Optional[TextIO] = sys.stderr,
+    progress_stream: Optional[TextIO] = STDERR,
     spec: str = "local",
 ) -> ImportResult:
     """Convert an HF directory of a supported family into a megactllm checkpoint run directory `out_dir`."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
-from megactllm.common.progress import Progress as ProgressBase
+from megactllm.common.progress import STDERR, Progress as ProgressBase
 
 
 class ConversionProgress(ProgressBase):
     """Counts tensors and bytes; `stream=None` silences it (library callers, tests)."""
 
-    def __init__(self, label: str, total_bytes: int, stream: Optional[TextIO] = sys.stderr, interval: float = 5.0):
+    def __init__(self, label: str, total_bytes: int, stream: Optional[TextIO] = STDERR, interval: float = 5.0):
         super().__init__(total=max(total_bytes, 1), interval=interval, out=stream, first_at_once=True, at_total=True)
         self.label = label
         self.done_tensors = 0

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, TextIO
 from megactllm.eval.backends.base import Backend
 from megactllm.eval.progress import Progress
 from megactllm.eval.requests import rolling_requests
+from megactllm.common.progress import STDERR
 
 
 @dataclass
@@ -47,7 +48,7 @@ def read_corpus(paths: Sequence[str] | str, text_key: str = "text", max_document
 
 
 def bits_per_byte(backend: Backend, documents: Sequence[str], stride: Optional[int] = None,
-                  max_length: Optional[int] = None, progress_stream: Optional[TextIO] = sys.stderr,
+                  max_length: Optional[int] = None, progress_stream: Optional[TextIO] = STDERR,
                   skipped_records: int = 0) -> BitsPerByte:
     if not documents:
         raise ValueError("bits per byte needs at least one non-empty document")

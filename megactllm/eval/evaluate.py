@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from megactllm.eval.tasks import BENCHMARKS
+from megactllm.common.progress import STDERR
 
 TASKS = tuple(b for b in BENCHMARKS) + ("bpb", "gen")
 
@@ -97,8 +98,9 @@ def build_backend(opts: EvalOptions):
     return ParallelBackend.from_checkpoint(meta.path, parallel, batch_size=opts.batch_size, max_length=opts.max_length)
 
 
-def run_tasks(backend, opts: EvalOptions, stream=sys.stderr) -> dict:
+def run_tasks(backend, opts: EvalOptions, stream=STDERR) -> dict:
     """Score opts.tasks through backend; returns the results dict (see results.py)."""
+    stream = sys.stderr if stream is STDERR else stream  # the stderr of now, not of import time
     from megactllm.eval.bpb import bits_per_byte, read_corpus
     from megactllm.eval.results import build_results
     from megactllm.eval.runner import evaluate_subjects
@@ -165,7 +167,8 @@ def _generation(backend, opts: EvalOptions) -> tuple[str, dict]:
     return name, summary
 
 
-def evaluate(opts: EvalOptions, stream=sys.stderr) -> dict:
+def evaluate(opts: EvalOptions, stream=STDERR) -> dict:
+    stream = sys.stderr if stream is STDERR else stream
     from megactllm.eval.results import markdown_table, write_results
 
     backend = build_backend(opts)
@@ -184,10 +187,11 @@ def evaluate(opts: EvalOptions, stream=sys.stderr) -> dict:
             destroy_parallel()
 
 
-def evaluate_all_checkpoints(opts: EvalOptions, stream=sys.stderr) -> list[dict]:
+def evaluate_all_checkpoints(opts: EvalOptions, stream=STDERR) -> list[dict]:
     """Every iter_* checkpoint of the run directory opts.model, scored as in-loop evaluation does
     (same records), written to opts.output or RUN/checkpoint_evals.jsonl; the metrics plot shows
     them beside the in-loop curve."""
+    stream = sys.stderr if stream is STDERR else stream
     from megactllm.config import EvalConfig
     from megactllm.eval.inloop import evaluate_checkpoints
     from megactllm.parallel import destroy_parallel

@@ -4,13 +4,13 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
-from megactllm.common.progress import Progress as ProgressBase
+from megactllm.common.progress import STDERR, Progress as ProgressBase
 
 
 class Progress(ProgressBase):
     """Called with the number of items just answered."""
 
-    def __init__(self, total: int, unit: str, label: str, stream: Optional[TextIO] = sys.stderr, every_s: float = 5.0):
+    def __init__(self, total: int, unit: str, label: str, stream: Optional[TextIO] = STDERR, every_s: float = 5.0):
         super().__init__(total=total, interval=every_s, out=stream, at_total=True)
         self.unit, self.label = unit, label
 

@@ -16,6 +16,7 @@ from megactllm.eval.progress import Progress
 from megactllm.eval.requests import TokenRequest, encode_pair
 from megactllm.eval.scoring import MODES, argmax, SubjectScore, choice_metrics, extract_letter, subject_score
 from megactllm.eval.tasks import Question, Subject
+from megactllm.common.progress import STDERR
 
 
 @dataclass
@@ -55,7 +56,7 @@ def build_requests(encode, subject: Subject, q: Question, shots: int, mode: str)
 
 def evaluate_subjects(backend: Backend, subjects: list[Subject], shots: int = 0, mode: str = "loglikelihood",
                       limit: Optional[int] = None, log_samples: bool = False,
-                      progress_stream: Optional[TextIO] = sys.stderr) -> MCResult:
+                      progress_stream: Optional[TextIO] = STDERR) -> MCResult:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     if mode == "letter" and any(s.benchmark == "jsonl" for s in subjects):

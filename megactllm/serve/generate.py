@@ -15,6 +15,7 @@ from typing import Optional, TextIO
 
 from megactllm.errors import UserError
 from megactllm.serve.engine import Engine, EngineError, SamplingParams
+from megactllm.common.progress import STDERR
 
 
 class GenerateError(UserError, ValueError):
@@ -35,7 +36,7 @@ def _prompt_ids(engine: Engine, record, where: str) -> list[int]:
 
 
 def generate_jsonl(engine: Engine, in_path: str | Path, out_path: str | Path, params: SamplingParams,
-                   progress: Optional[TextIO] = sys.stderr) -> int:
+                   progress: Optional[TextIO] = STDERR) -> int:
     """Complete every record of `in_path` into `out_path`; returns the number of records."""
     in_path = Path(in_path)
     count = 0
@@ -58,5 +59,5 @@ def generate_jsonl(engine: Engine, in_path: str | Path, out_path: str | Path, pa
             out.flush()
             count += 1
             if progress is not None:
-                print(f"[generate] {count} done ({where})", file=progress, flush=True)
+                print(f"[generate] {count} done ({where})", file=sys.stderr if progress is STDERR else progress, flush=True)
     return count

@@ -26,6 +26,7 @@ from megactllm.convert.gguf.tensors import FLOAT_TYPES, check_runnable, gguf_nam
 from megactllm.convert.gguf.vocab import UNUSED, GGUFVocab, pad_vocab, read_sentencepiece_vocab
 from megactllm.convert.progress import ConversionProgress
 from megactllm.model.families import family_of
+from megactllm.common.progress import STDERR
 
 OUTTYPES = FLOAT_TYPES + tuple(QUANT_TYPES)
 # llama.cpp's llama_ftype numbers for the float files (general.file_type).
@@ -145,7 +146,7 @@ def export_gguf(
     tokenizer_file: Optional[str | Path] = None,
     overwrite: bool = False,
     threads: int = 0,
-    progress_stream: Optional[TextIO] = sys.stderr,
+    progress_stream: Optional[TextIO] = STDERR,
 ) -> GGUFExportResult:
     """Export `src` (megactllm checkpoint or HF LLaMA directory) to the GGUF file `out`."""
     import time
