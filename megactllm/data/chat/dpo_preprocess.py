@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megactllm.data.chat.sft_indexed import ChatSampleWriter
-from megactllm.data.chat.sft_preprocess import _records
-from megactllm.data.chat.records import BadRecordLog, RecordError, dpo_pair
+from megactllm.data.chat.records import BadRecordLog, RecordError, dpo_pair, iter_input_records
 from megactllm.tokenizer.chat_template import (
     TEMPLATE_NAME,
     ChatFormatError,
@@ -98,7 +97,7 @@ def preprocess_dpo(inputs: list[str], output_prefix: str, tokenizer, seq_length:
     meta = {"chat_template": TEMPLATE_NAME, "seq_length": seq_length, "language": language, "sources": list(inputs)}
     meta.update(tokenizer.describe())
     with ChatSampleWriter(output_prefix, "dpo", tokenizer.vocab_size, meta) as writer:
-        for location, record in _records(inputs):
+        for location, record in iter_input_records(inputs):
             report.records += 1
             try:
                 if isinstance(record, RecordError):

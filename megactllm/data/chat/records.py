@@ -210,3 +210,9 @@ def input_files(paths: list[str]) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no .json/.jsonl files in {paths}")
     return files
+
+
+def iter_input_records(paths) -> Iterator[tuple[str, Any]]:
+    """(file:line, record) of every jsonl file the paths name (files, globs, directories), in order."""
+    for path in input_files(list(paths)):
+        yield from iter_json_records(path)

@@ -8,7 +8,7 @@ leaves no trained (assistant) token, the sample is dropped and counted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,8 +17,7 @@ from megactllm.data.chat.sft_indexed import ChatSampleWriter
 from megactllm.data.chat.records import (
     BadRecordLog,
     RecordError,
-    input_files,
-    iter_json_records,
+    iter_input_records,
     sft_conversation,
 )
 from megactllm.tokenizer.chat_template import (
@@ -64,11 +63,6 @@ def truncate_sample(tokens: np.ndarray, mask: np.ndarray, max_tokens: int) -> tu
     return tokens, mask
 
 
-def _records(paths: Iterable[str]):
-    for path in input_files(list(paths)):
-        yield from iter_json_records(path)
-
-
 def preprocess_sft(
     inputs: list[str],
     output_prefix: str,
@@ -84,7 +78,7 @@ def preprocess_sft(
     meta = {"chat_template": TEMPLATE_NAME, "seq_length": seq_length, "language": language, "sources": list(inputs)}
     meta.update(tokenizer.describe())
     with ChatSampleWriter(output_prefix, "sft", tokenizer.vocab_size, meta) as writer:
-        for location, record in _records(inputs):
+        for location, record in iter_input_records(inputs):
             report.records += 1
             if progress and report.records % 10000 == 0:
                 progress(report.records)
