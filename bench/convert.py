@@ -50,8 +50,11 @@ def word_level_tokenizer(path: Path, vocab_size: int) -> None:
     benchmark measures the weights, so its pieces need not be real."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    vocab = {f"t{i}": i for i in range(vocab_size - 1)}
+    vocab["<|endoftext|>"] = vocab_size - 1  # the end-of-document token the importer asks for
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<|endoftext|>"])
     tokenizer.save(str(path))
 
 
@@ -175,6 +178,9 @@ def run_phase(name: str, work: Path, extra: list) -> dict:
 
 def child(args) -> None:
     # Library imports (a few seconds, the same for any model size) are not part of the measured work.
+    from megactllm.output import configure_output
+
+    configure_output(rank=0, cuda=False)  # the project's one filter: no "TE/Apex not installed" lines
     import megatron.core.dist_checkpointing  # noqa: F401
     import safetensors.torch  # noqa: F401
     import torch

@@ -31,6 +31,8 @@ KNOWN_NOISE = [
     # megatron-core calls torch's old collective names; nothing the user can change.
     (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning, "megatron-internal call"),
     (r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning, "megatron-internal call"),
+    # megatron-core's checkpoint loader calls torch's old DCP name; nothing the user can change.
+    (r"`load_state_dict` is deprecated and will be removed", FutureWarning, "megatron-internal call"),
 ]
 # Only meaningful with CUDA streams: on CPU there is no device connection to set.
 _CPU_ONLY_NOISE = [
