@@ -87,8 +87,12 @@ class ParallelBackend(Backend):
         return self.tokenizer.decode(list(ids))
 
     @property
-    def prefix_token_id(self) -> int:
-        return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eod_id
+    def bos_token_id(self) -> Optional[int]:
+        return self.tokenizer.bos_id
+
+    @property
+    def eos_token_id(self) -> Optional[int]:
+        return self.tokenizer.eod_id
 
     # ------------------------------------------------------------------ forward
     def _run(self, rows: list[_Row], reduce=None) -> list[torch.Tensor]:
