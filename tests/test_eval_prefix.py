@@ -133,3 +133,16 @@ def test_bpb_of_a_qwen2_checkpoint_equals_its_hf_original(qwen2_instruct, shared
     assert figures["hf"]["tokens"] == figures["parallel"]["tokens"] > 3 * 64  # several 64-token windows a document
     assert abs(hf_nll - parallel_nll) <= 1e-6 * abs(hf_nll)
     assert abs(figures["hf"]["bits_per_byte"] - figures["parallel"]["bits_per_byte"]) <= 1e-6 * figures["hf"]["bits_per_byte"]
+
+
+def test_cmmlu_loglikelihoods_of_a_qwen2_checkpoint_equal_its_hf_original(qwen2_instruct, shared_data):
+    hf, checkpoint = qwen2_instruct
+    responses = {}
+    for name, model in (("hf", hf), ("parallel", checkpoint)):
+        opts = EvalOptions(model=str(model), tasks=["cmmlu"], data_dir=str(shared_data / "eval"), subjects=["agronomy"],
+                           shots=1, limit=3, log_samples=True, batch_size=4)
+        samples = evaluate(opts, stream=None)["samples"]["cmmlu_agronomy"]
+        responses[name] = [ll for s in samples for ll in s["response"]]
+    assert len(responses["hf"]) == 12
+    assert len({round(ll, 3) for ll in responses["hf"]}) > 6  # the model tells choices apart
+    assert max(abs(a - b) for a, b in zip(responses["hf"], responses["parallel"])) < 1e-4
