@@ -279,8 +279,7 @@ def save_checkpoint(
             raise CheckpointError(f"iteration {iteration} not published, {partial} stays unloadable: {problem[0]}")
         if _rank() == 0:
             if tokenizer_path:
-                (partial / "tokenizer").mkdir(exist_ok=True)
-                shutil.copy2(tokenizer_path, partial / "tokenizer" / Path(tokenizer_path).name)
+                _copy_tokenizer(Path(tokenizer_path), partial / "tokenizer")
             _write_json_atomic(partial / METADATA_FILE, metadata)
             if final.exists():
                 shutil.rmtree(final)
@@ -293,6 +292,21 @@ def save_checkpoint(
     else:
         publish()
     return final
+
+
+# Beside a tokenizer.json, the files that name its eos/bos/pad tokens (a Qwen2.5-Instruct's eos is
+# <|im_end|>, which tokenizer.json alone does not say): without them the copy would resolve other ids.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def _copy_tokenizer(tokenizer_path: Path, out_dir: Path) -> None:
+    out_dir.mkdir(exist_ok=True)
+    shutil.copy2(tokenizer_path, out_dir / tokenizer_path.name)
+    if tokenizer_path.suffix == ".json":
+        for name in TOKENIZER_SIDE_FILES:
+            side = tokenizer_path.with_name(name)
+            if side.is_file() and side != tokenizer_path:
+                shutil.copy2(side, out_dir / name)
 
 
 def _materialize_adam_state(optimizer) -> None:

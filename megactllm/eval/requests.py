@@ -11,7 +11,7 @@ for all its continuations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,17 @@ def group_by_prefix(requests: Sequence[TokenRequest], max_length: int) -> list[P
         r = truncated(request, max_length)
         groups.setdefault(r.context, PrefixGroup(r.context, [])).members.append((i, r.continuation))
     return sorted(groups.values(), key=lambda g: -(len(g.prefix) + max(len(c) for _, c in g.members)))
+
+
+def prefix_token(bos_id: Optional[int], eos_id: Optional[int], where: str = "the tokenizer") -> int:
+    """The token a text with no context is read after (the first of every rolling window), by
+    lm-eval 0.4's rule (HFLM.prefix_token_id, lm_eval/models/huggingface.py): the tokenizer's BOS
+    id, else its EOS id (Qwen's <|endoftext|>). Every backend asks here, so all build the same requests."""
+    if bos_id is not None:
+        return int(bos_id)
+    if eos_id is None:
+        raise ValueError(f"{where} names neither a BOS nor an EOS token: no token to start a text from")
+    return int(eos_id)
 
 
 def rolling_requests(tokens: Sequence[int], prefix_token: int, max_length: int, stride: int) -> list[TokenRequest]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable, Optional, Sequence
 
-from megactllm.eval.requests import PrefixGroup, TokenRequest
+from megactllm.eval.requests import PrefixGroup, TokenRequest, prefix_token
 
 Progress = Optional[Callable[[int], None]]  # called with the number of requests just answered
 
@@ -25,8 +25,18 @@ class Backend(ABC):
 
     @property
     @abstractmethod
+    def bos_token_id(self) -> Optional[int]:
+        """The tokenizer's BOS id, None when it has none (Qwen)."""
+
+    @property
+    @abstractmethod
+    def eos_token_id(self) -> Optional[int]:
+        """The tokenizer's EOS / end-of-document id."""
+
+    @property
     def prefix_token_id(self) -> int:
-        """The token a rolling window starts from (BOS, else end of document), as lm-eval does."""
+        """The token a rolling window starts from: one rule for every backend (requests.prefix_token)."""
+        return prefix_token(self.bos_token_id, self.eos_token_id, where=f"the {self.name} backend's tokenizer")
 
     @abstractmethod
     def loglikelihood(self, requests: Sequence[TokenRequest], progress: Progress = None) -> list[tuple[float, bool]]:

@@ -55,9 +55,12 @@ class HFBackend(Backend):
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     @property
-    def prefix_token_id(self) -> int:
-        t = self.tokenizer
-        return t.bos_token_id if t.bos_token_id is not None else t.eos_token_id
+    def bos_token_id(self) -> Optional[int]:
+        return self.tokenizer.bos_token_id
+
+    @property
+    def eos_token_id(self) -> Optional[int]:
+        return self.tokenizer.eos_token_id
 
     # ------------------------------------------------------------------ scoring
     def _left_padded(self, rows: list[Sequence[int]]):

@@ -80,15 +80,25 @@ class ParallelBackend(Backend):
 
     # ------------------------------------------------------------------ text
     def encode(self, text: str) -> list[int]:
-        # megactllm's encode adds no BOS, as the exported HF tokenizer (add_bos_token false) does.
+        """Ids as lm-eval's tok_encode gives them: the tokenizer's own defaults. A tokenizer.json's
+        post-processor may add BOS (Llama-3's <|begin_of_text|>), which megactllm's encode (for
+        training data) leaves out; a SentencePiece model adds none, as its export (add_bos_token false)."""
+        from megactllm.tokenizer.huggingface_tokenizer import HuggingFaceTokenizer
+
+        if isinstance(self.tokenizer, HuggingFaceTokenizer):
+            return self.tokenizer.hf.encode(text, add_special_tokens=True).ids
         return self.tokenizer.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
     @property
-    def prefix_token_id(self) -> int:
-        return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eod_id
+    def bos_token_id(self) -> Optional[int]:
+        return self.tokenizer.bos_id
+
+    @property
+    def eos_token_id(self) -> Optional[int]:
+        return self.tokenizer.eod_id
 
     # ------------------------------------------------------------------ forward
     def _run(self, rows: list[_Row], reduce=None) -> list[torch.Tensor]:
