@@ -66,8 +66,11 @@ def tokenize_pair(tokenizer, prompt: list[dict], chosen: str, rejected: str, cha
     chat_format = chat_format or chat_format_of(tokenizer)
     c = chat_format.tokenize(tokenizer, prompt + [{"role": "assistant", "content": chosen}])
     r = chat_format.tokenize(tokenizer, prompt + [{"role": "assistant", "content": rejected}])
-    start = int(np.argmax(c.loss_mask))  # first response token: the prompt ends with the assistant header
-    if start != int(np.argmax(r.loss_mask)) or not np.array_equal(c.tokens[:start], r.tokens[:start]):
+    # The prompt is everything up to the open assistant header of the response; the assistant turns of
+    # a multi-turn prompt are context, not trained (their mask is cut off with the prompt).
+    prompt_ids = chat_format.generation_prompt_tokens(tokenizer, prompt)
+    start = len(prompt_ids)
+    if c.tokens[:start].tolist() != prompt_ids or r.tokens[:start].tolist() != prompt_ids:
         raise ChatTokenizationError("chosen and rejected halves do not share the prompt's tokens")
     return TokenizedPair(c.tokens[:start], c.tokens[start:], c.loss_mask[start:], r.tokens[start:], r.loss_mask[start:])
 
