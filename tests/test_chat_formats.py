@@ -214,17 +214,14 @@ def test_sft_and_dpo_preprocessing_use_llama3(shared_data, llama3_dir, tmp_path)
             assert tokens[:start][-len(ours.encode("<|end_header_id|>\n\n")):] == ours.encode("<|end_header_id|>\n\n")
 
 
-def test_hf_serve_engine_stops_at_eot(llama3_dir, tmp_path):
-    """A tiny Llama whose greedy next token is always <|eot_id|> (not its eos, <|end_of_text|>):
-    one token, then the answer ends. Its chat prompts are the training prompts."""
+@pytest.fixture(scope="module")
+def eot_model_dir(llama3_dir, tmp_path_factory):
+    """A tiny Llama with the Llama-3 tokenizer whose greedy next token is always <|eot_id|> (not its
+    eos, <|end_of_text|>): an engine that stops at the end of the turn answers with one token."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from megactllm.serve.engine import SamplingParams
-    from megactllm.serve.hf_engine import TransformersEngine
-
     ours = load_tokenizer("huggingface", str(llama3_dir))
-    eot = ours.token_to_id(EOT)
     config = LlamaConfig(vocab_size=ours.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
                          tie_word_embeddings=False, bos_token_id=ours.bos_id, eos_token_id=ours.eod_id)
@@ -234,16 +231,35 @@ def test_hf_serve_engine_stops_at_eot(llama3_dir, tmp_path):
         model.model.layers[0].mlp.down_proj.weight.zero_()
         model.model.embed_tokens.weight.fill_(1.0)
         model.lm_head.weight.zero_()
-        model.lm_head.weight[eot] = 1.0
-    model_dir = tmp_path / "model"
+        model.lm_head.weight[ours.token_to_id(EOT)] = 1.0
+    model_dir = tmp_path_factory.mktemp("eot") / "model"
     model.save_pretrained(str(model_dir))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(llama3_dir / name, model_dir / name)
+    return model_dir
 
-    engine = TransformersEngine(model_dir)
+
+def test_hf_serve_engine_stops_at_eot(llama3_dir, eot_model_dir):
+    """The engine's chat prompts are the training prompts, and its answer ends at <|eot_id|>."""
+    from megactllm.serve.engine import SamplingParams
+    from megactllm.serve.hf_engine import TransformersEngine
+
+    ours = load_tokenizer("huggingface", str(llama3_dir))
+    engine = TransformersEngine(eot_model_dir)
     messages = HANDMADE[0][:2]
     prompt = engine.chat_tokens(messages)
     assert prompt == LLAMA3.generation_prompt_tokens(ours, messages)
-    assert eot in engine.stop_ids and ours.eod_id in engine.stop_ids
+    assert ours.token_to_id(EOT) in engine.stop_ids and ours.eod_id in engine.stop_ids
     done = engine.complete(prompt, SamplingParams(max_tokens=8, temperature=0.0))
     assert (done.completion_tokens, done.finish_reason, done.text) == (1, "stop", "")
+
+
+def test_hf_eval_backend_uses_llama3_prompt_and_stop(llama3_dir, eot_model_dir):
+    from megactllm.eval.backends.hf import HFBackend
+
+    ours = load_tokenizer("huggingface", str(llama3_dir))
+    backend = HFBackend(eot_model_dir)
+    messages = HANDMADE[1][:1]
+    assert backend.chat_prompt(messages) == LLAMA3.generation_prompt_tokens(ours, messages)
+    assert EOT in backend.chat_stop_strings() and ours.token_to_id(EOT) in backend._stop_ids()
+    assert backend.greedy_generate([backend.chat_prompt(messages)], max_new_tokens=6) == [""]
