@@ -38,6 +38,12 @@ from megactllm.tokenizer.chat_formats import (  # noqa: F401 (re-exported names)
     chat_format_of,
 )
 
+__all__ = [
+    "CHAT_SPECIAL_TOKENS", "CHAT_TEMPLATE", "IM_END", "IM_START", "ROLES", "TEMPLATE_NAME", "ChatFormatError",
+    "ChatTokenizationError", "TokenizedConversation", "assistant_char_spans", "check_chat_tokens",
+    "generation_prompt_tokens", "render", "stop_token_id", "tokenize_conversation",
+]
+
 TEMPLATE_NAME = CHATML.name
 CHAT_TEMPLATE = CHATML.jinja
 
