@@ -74,3 +74,15 @@ def test_dpo_items_put_chosen_and_rejected_rows_together(dpo_batch):
     assert {k: v.shape for k, v in item.items()} == {k: (2, SEQ) for k in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")}
     assert item["loss_mask"][0].sum() > 0 and item["loss_mask"][1].sum() > 0
     assert not np.array_equal(item["labels"][0], item["labels"][1])
+
+
+def test_multi_turn_prompt_trains_only_the_response(shared_data, chat_tokenizer):
+    """The assistant turns inside a multi-turn prompt are context: neither half trains them."""
+    records = json.loads((shared_data / "dpo" / "dpo_en_demo.json").read_text(encoding="utf-8"))[:20]
+    multi = [dpo_pair(r) for r in records if len(dpo_pair(r)[0]) > 1]
+    assert multi, "the English demo set has multi-turn prompts"
+    for prompt, chosen, rejected in multi:
+        pair = tokenize_pair(chat_tokenizer, prompt, chosen, rejected)
+        for response, mask, text in ((pair.chosen, pair.chosen_mask, chosen), (pair.rejected, pair.rejected_mask, rejected)):
+            trained = response[mask.astype(bool)]
+            assert chat_tokenizer.decode(trained.tolist()).strip() == text.strip() + IM_END

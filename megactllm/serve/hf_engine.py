@@ -16,6 +16,7 @@ from megactllm.serve.engine import (
     StreamPiece,
     template_errors,
 )
+from megactllm.tokenizer.chat_formats import chat_format_of
 
 # Below this temperature sampling is greedy: logits / a near-zero temperature overflow to inf and
 # the sampler's probabilities turn to NaN.
@@ -46,11 +47,10 @@ class TransformersEngine(Engine):
         ctx = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.info = EngineInfo(name=name or Path(path).name, kind="transformers", context_length=ctx,
                                chat_template=self.tokenizer.chat_template)
-        stop = [self.tokenizer.eos_token_id]
-        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
-            stop.append(im_end)
-        self.stop_ids = [i for i in stop if i is not None]
+        # Stop at EOS and at the end of a chat turn in the tokenizer's format (<|im_end|>, <|eot_id|>).
+        chat_format = chat_format_of(self.tokenizer, required=False)
+        stop = [self.tokenizer.eos_token_id] + (chat_format.stop_token_ids(self.tokenizer) if chat_format else [])
+        self.stop_ids = list(dict.fromkeys(i for i in stop if i is not None))
         # What the tokenizer puts before a text (its BOS, where its config says so); an EOS it may
         # append is no part of a prompt. transformers 5 keeps this in the post-processor only.
         with_specials = self.tokenizer("a")["input_ids"]

@@ -20,6 +20,9 @@ from collections.abc import Sequence
 
 class Tokenizer(ABC):
     tokenizer_type: str = ""
+    # The Jinja chat template that came with the tokenizer (an HF tokenizer_config.json), or None;
+    # it names the chat format where a vocabulary carries more than one (chat_formats.py).
+    chat_template: str | None = None
 
     def __init__(self, model_path: str) -> None:
         self.model_path = str(model_path)

@@ -1,7 +1,8 @@
 """Hugging Face tokenizers: a `tokenizer.json` file, or a model directory that holds one.
 
 Uses the Rust `tokenizers` library directly (fast, no transformers import). A directory's
-`tokenizer_config.json` / `special_tokens_map.json`, when present, name the eos/bos/pad tokens.
+`tokenizer_config.json` / `special_tokens_map.json`, when present, name the eos/bos/pad tokens;
+its `chat_template` (or a `chat_template.jinja` beside it) is kept as `chat_template`.
 """
 from __future__ import annotations
 
@@ -47,6 +48,22 @@ class HuggingFaceTokenizer(Tokenizer):
             )
         self._bos = self._resolve(named.get("bos_token"), BOS_CANDIDATES)
         self._pad = self._resolve(named.get("pad_token"), PAD_CANDIDATES)
+        self.chat_template = self._read_chat_template(model_dir)
+
+    @staticmethod
+    def _read_chat_template(model_dir: str) -> str | None:
+        jinja = os.path.join(model_dir, "chat_template.jinja")
+        if os.path.isfile(jinja):
+            with open(jinja, encoding="utf-8") as f:
+                return f.read()
+        path = os.path.join(model_dir, "tokenizer_config.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            template = json.load(f).get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": "..."}, ...]
+            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+        return template if isinstance(template, str) else None
 
     @staticmethod
     def _named_specials(model_dir: str) -> dict:

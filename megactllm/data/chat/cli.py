@@ -39,7 +39,7 @@ def _parser(prog, description: str, half: str) -> CommandParser:
     p.add_argument("--input", required=True, nargs="+", help=".json (array) / .jsonl files, or directories of them")
     p.add_argument("--output-prefix", required=True, help="writes {prefix}.bin/.idx/.json")
     p.add_argument("--tokenizer-type", default="sentencepiece")
-    p.add_argument("--tokenizer-model", required=True, help="a tokenizer that has <|im_start|> and <|im_end|> as tokens")
+    p.add_argument("--tokenizer-model", required=True, help="a tokenizer with a chat format: <|im_start|>/<|im_end|> (ChatML) or Llama-3's header tokens")
     p.add_argument("--seq-length", type=int, required=True,
                    help=f"training sequence length ({half} keeps seq_length + 1 tokens)")
     p.add_argument("--language", default=None, help="tag stored in the sidecar (zh, en, ...)")

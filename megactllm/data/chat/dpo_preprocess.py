@@ -1,7 +1,8 @@
 """DPO preprocessing: preference records -> prompt+chosen / prompt+rejected tokens -> indexed dataset.
 
 Both halves are rendered with the one chat template from the same prompt turns, so they share the
-prompt's tokens exactly; only the response (its content and closing <|im_end|>) is masked in.
+prompt's tokens exactly; only the response (its content and closing end token, <|im_end|> or
+Llama-3's <|eot_id|>) is masked in. The chat format is the tokenizer's own.
 
 Truncation policy (counted): each half keeps at most `seq_length + 1` tokens. When a half is longer,
 the prompt is first cut from the left (oldest tokens go) down to at most half of that budget, then
@@ -16,13 +17,7 @@ import numpy as np
 
 from megactllm.data.chat.sft_indexed import ChatSampleWriter
 from megactllm.data.chat.records import BadRecordLog, RecordError, dpo_pair, iter_input_records
-from megactllm.tokenizer.chat_template import (
-    TEMPLATE_NAME,
-    ChatFormatError,
-    ChatTokenizationError,
-    check_chat_tokens,
-    tokenize_conversation,
-)
+from megactllm.tokenizer.chat_formats import ChatFormatError, ChatTokenizationError, chat_format_of
 
 
 @dataclass
@@ -52,7 +47,7 @@ class DPOPreprocessReport:
 @dataclass
 class TokenizedPair:
     prompt: np.ndarray
-    chosen: np.ndarray  # response tokens (content, <|im_end|>, newline)
+    chosen: np.ndarray  # response tokens (content, end token, and ChatML's newline)
     chosen_mask: np.ndarray
     rejected: np.ndarray
     rejected_mask: np.ndarray
@@ -67,11 +62,15 @@ class TokenizedPair:
         )
 
 
-def tokenize_pair(tokenizer, prompt: list[dict], chosen: str, rejected: str) -> TokenizedPair:
-    c = tokenize_conversation(tokenizer, prompt + [{"role": "assistant", "content": chosen}])
-    r = tokenize_conversation(tokenizer, prompt + [{"role": "assistant", "content": rejected}])
-    start = int(np.argmax(c.loss_mask))  # first response token: the prompt ends with "assistant\n"
-    if start != int(np.argmax(r.loss_mask)) or not np.array_equal(c.tokens[:start], r.tokens[:start]):
+def tokenize_pair(tokenizer, prompt: list[dict], chosen: str, rejected: str, chat_format=None) -> TokenizedPair:
+    chat_format = chat_format or chat_format_of(tokenizer)
+    c = chat_format.tokenize(tokenizer, prompt + [{"role": "assistant", "content": chosen}])
+    r = chat_format.tokenize(tokenizer, prompt + [{"role": "assistant", "content": rejected}])
+    # The prompt is everything up to the open assistant header of the response; the assistant turns of
+    # a multi-turn prompt are context, not trained (their mask is cut off with the prompt).
+    prompt_ids = chat_format.generation_prompt_tokens(tokenizer, prompt)
+    start = len(prompt_ids)
+    if c.tokens[:start].tolist() != prompt_ids or r.tokens[:start].tolist() != prompt_ids:
         raise ChatTokenizationError("chosen and rejected halves do not share the prompt's tokens")
     return TokenizedPair(c.tokens[:start], c.tokens[start:], c.loss_mask[start:], r.tokens[start:], r.loss_mask[start:])
 
@@ -91,10 +90,10 @@ def truncate_pair(pair: TokenizedPair, max_tokens: int) -> tuple[TokenizedPair, 
 
 def preprocess_dpo(inputs: list[str], output_prefix: str, tokenizer, seq_length: int, language: str | None = None) -> DPOPreprocessReport:
     """Writes `output_prefix`.bin/.idx/.json of DPO pairs; returns the counts (also in the sidecar)."""
-    check_chat_tokens(tokenizer)
+    chat_format = chat_format_of(tokenizer)  # the tokenizer's own: ChatML, Llama-3
     report = DPOPreprocessReport()
     start = time.time()
-    meta = {"chat_template": TEMPLATE_NAME, "seq_length": seq_length, "language": language, "sources": list(inputs)}
+    meta = {"chat_template": chat_format.name, "seq_length": seq_length, "language": language, "sources": list(inputs)}
     meta.update(tokenizer.describe())
     with ChatSampleWriter(output_prefix, "dpo", tokenizer.vocab_size, meta) as writer:
         for location, record in iter_input_records(inputs):
@@ -102,7 +101,7 @@ def preprocess_dpo(inputs: list[str], output_prefix: str, tokenizer, seq_length:
             try:
                 if isinstance(record, RecordError):
                     raise record
-                pair = tokenize_pair(tokenizer, *dpo_pair(record))
+                pair = tokenize_pair(tokenizer, *dpo_pair(record), chat_format=chat_format)
             except (RecordError, ChatFormatError, ChatTokenizationError) as e:
                 report.bad.add(location, str(e))
                 continue

@@ -1,5 +1,8 @@
 """SFT preprocessing: json/jsonl records -> chat-template tokens + loss masks -> indexed dataset.
 
+The chat format is the tokenizer's own (ChatML for ours and Qwen's, Llama-3's for a Llama-3
+tokenizer); the loss covers each assistant turn's content and its end token only.
+
 Truncation policy (stated here, counted in the report and the dataset's sidecar): a sample keeps at
 most `seq_length + 1` tokens, which fill exactly `seq_length` training positions after the
 input/label shift. A longer conversation is cut from the right (later turns go first); when the cut
@@ -20,13 +23,7 @@ from megactllm.data.chat.records import (
     iter_input_records,
     sft_conversation,
 )
-from megactllm.tokenizer.chat_template import (
-    TEMPLATE_NAME,
-    ChatFormatError,
-    ChatTokenizationError,
-    check_chat_tokens,
-    tokenize_conversation,
-)
+from megactllm.tokenizer.chat_formats import ChatFormatError, ChatTokenizationError, chat_format_of
 
 
 @dataclass
@@ -72,10 +69,10 @@ def preprocess_sft(
     progress: Callable[[int], None] | None = None,
 ) -> PreprocessReport:
     """Writes `output_prefix`.bin/.idx/.json; returns the counts (also stored in the .json sidecar)."""
-    check_chat_tokens(tokenizer)
+    chat_format = chat_format_of(tokenizer)  # the tokenizer's own: ChatML, Llama-3
     report = PreprocessReport()
     start = time.time()
-    meta = {"chat_template": TEMPLATE_NAME, "seq_length": seq_length, "language": language, "sources": list(inputs)}
+    meta = {"chat_template": chat_format.name, "seq_length": seq_length, "language": language, "sources": list(inputs)}
     meta.update(tokenizer.describe())
     with ChatSampleWriter(output_prefix, "sft", tokenizer.vocab_size, meta) as writer:
         for location, record in iter_input_records(inputs):
@@ -85,7 +82,7 @@ def preprocess_sft(
             try:
                 if isinstance(record, RecordError):
                     raise record
-                sample = tokenize_conversation(tokenizer, sft_conversation(record))
+                sample = chat_format.tokenize(tokenizer, sft_conversation(record))
             except (RecordError, ChatFormatError, ChatTokenizationError) as e:
                 report.bad.add(location, str(e))
                 continue

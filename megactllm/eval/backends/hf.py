@@ -134,15 +134,18 @@ class HFBackend(Backend):
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
+    def _chat_format(self):
+        """The tokenizer's chat format (ChatML, Llama-3); ChatML's stop for a base tokenizer, as before."""
+        from megactllm.tokenizer.chat_formats import CHATML, chat_format_of
+
+        return chat_format_of(self.tokenizer, required=False) or CHATML
+
     def chat_stop_strings(self) -> list[str]:
-        return [t for t in ("<|im_end|>", self.tokenizer.eos_token) if t]
+        return [t for t in (*self._chat_format().stop_tokens, self.tokenizer.eos_token) if t]
 
     def _stop_ids(self) -> list[int]:
         """Generation ends at EOS or at the chat turn's end token (a special token, gone once decoded)."""
-        ids = [self.tokenizer.eos_token_id]
-        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
-            ids.append(im_end)
+        ids = [self.tokenizer.eos_token_id] + self._chat_format().stop_token_ids(self.tokenizer)
         return [i for i in ids if i is not None]
 
     @torch.no_grad()

@@ -211,13 +211,15 @@ class ParallelBackend(Backend):
 
     # ------------------------------------------------------------------ generation
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """megactllm's one chat format (the exported model's chat template gives the same ids)."""
-        from megactllm.tokenizer.chat_template import generation_prompt_tokens
+        """The tokenizer's chat format, ChatML or Llama-3's (the exported model's chat template gives the same ids)."""
+        from megactllm.tokenizer.chat_formats import chat_format_of
 
-        return generation_prompt_tokens(self.tokenizer, messages)
+        return chat_format_of(self.tokenizer).generation_prompt_tokens(self.tokenizer, messages)
 
     def chat_stop_strings(self) -> list[str]:
-        return ["<|im_end|>"]
+        from megactllm.tokenizer.chat_formats import chat_format_of
+
+        return list(chat_format_of(self.tokenizer).stop_tokens)
 
     def _argmax(self, logits: torch.Tensor, rows: list[_Row]) -> list[torch.Tensor]:
         """Vocabulary-parallel greedy next token at each row's first query position."""
