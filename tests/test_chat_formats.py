@@ -263,3 +263,20 @@ def test_hf_eval_backend_uses_llama3_prompt_and_stop(llama3_dir, eot_model_dir):
     assert backend.chat_prompt(messages) == LLAMA3.generation_prompt_tokens(ours, messages)
     assert EOT in backend.chat_stop_strings() and ours.token_to_id(EOT) in backend._stop_ids()
     assert backend.greedy_generate([backend.chat_prompt(messages)], max_new_tokens=6) == [""]
+
+
+def test_hf_export_writes_the_tokenizers_own_format(shared_data, llama3_dir, tmp_path):
+    """The exported tokenizer_config.json renders chats as SFT trained on them (Llama-3 here)."""
+    from transformers import AutoTokenizer
+
+    from megactllm.convert.export import default_chat_template
+    from megactllm.convert.tokenizer_export import export_tokenizer
+
+    template, why = default_chat_template("huggingface", llama3_dir / "tokenizer.json")
+    assert template == LLAMA3.jinja and LLAMA3.name in why
+    export_tokenizer("huggingface", llama3_dir / "tokenizer.json", tmp_path / "hf", chat_template=template)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    ours = load_tokenizer("huggingface", str(llama3_dir))
+    for messages in real_conversations(shared_data, n=2):
+        assert hf_ids(hf, messages, False) == LLAMA3.tokenize(ours, messages).tokens.tolist()
+        assert hf_ids(hf, messages[:-1], True) == LLAMA3.generation_prompt_tokens(ours, messages[:-1])

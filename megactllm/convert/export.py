@@ -77,23 +77,19 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def default_chat_template(tokenizer_type: str, tokenizer_file: Path) -> tuple[Optional[str], str]:
-    """megactllm's chat template when the tokenizer carries its special tokens, else None; and why.
+    """The template of the chat format the tokenizer carries (ChatML or Llama-3), else None; and why.
 
-    A base model whose tokenizer lacks <|im_start|>/<|im_end|> gets no template: rendered chats
-    would split those markers into ordinary pieces the model never learned as turn boundaries.
+    It is the format SFT and DPO rendered with, so the exported model is prompted as it was trained.
+    A base model whose tokenizer has neither format's tokens gets no template: rendered chats would
+    split the markers into ordinary pieces the model never learned as turn boundaries.
     """
     from megactllm.tokenizer import load_tokenizer
-    from megactllm.tokenizer.chat_template import (
-        CHAT_TEMPLATE,
-        ChatTokenizationError,
-        check_chat_tokens,
-    )
+    from megactllm.tokenizer.chat_formats import chat_format_of
 
-    try:
-        check_chat_tokens(load_tokenizer(tokenizer_type, str(tokenizer_file)))
-    except ChatTokenizationError:
-        return None, "no chat template: the tokenizer has no <|im_start|>/<|im_end|> tokens (a base model)"
-    return CHAT_TEMPLATE, "chat template: megactllm ChatML"
+    fmt = chat_format_of(load_tokenizer(tokenizer_type, str(tokenizer_file)), required=False)
+    if fmt is None:
+        return None, "no chat template: the tokenizer has neither ChatML's nor Llama-3's chat tokens (a base model)"
+    return fmt.jinja, f"chat template: {fmt.name}"
 
 
 def _own_tokenizer(meta, tokenizer_file: Path):
