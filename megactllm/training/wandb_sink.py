@@ -72,7 +72,10 @@ class WandbSink:
         )
         self.run.define_metric("iteration")
         self.run.define_metric("*", step_metric="iteration")
-        where = self.run.url or f"offline in {self.run.dir} (upload with `wandb sync`)"
+        if self.run.offline:  # run.dir is the run's files/ folder; `wandb sync` takes the run folder
+            where = f"offline in {Path(self.run.dir).parent} (upload: wandb sync DIR)"
+        else:
+            where = self.run.url
         return f"W&B: run {self.run.id} of project {t.wandb_project}: {where}"
 
     def scalars(self, values: dict, iteration: int) -> None:
