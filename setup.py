@@ -62,6 +62,8 @@ setup(
         "corpus": ["pyarrow", "jieba", "opencc-python-reimplemented", "langid"],
         # TensorBoard logs (train.tensorboard_dir) and plots (loss curves, cleaning report).
         "monitor": ["tensorboard", "matplotlib"],
+        # Weights & Biases logging (train.wandb_project); WANDB_MODE=offline works with no network.
+        "wandb": ["wandb>=0.19"],
         "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate", "schemathesis>=4.0"],
         # Running and serving models: GGUF files (written with gguf, run and quantized by llama.cpp
         # through llama-cpp-python, which builds from source) and the OpenAI-compatible server.

@@ -7,12 +7,14 @@ is Trainer.train_step (Task hooks, per-token loss reduction, guarded optimizer s
 per-iteration bookkeeping. Both read the same megatron-core GPTDataset and build the same model.
 
     python bench/train_step.py                      # CPU: tiny-ish model, interleaved A/B steps
+    python bench/train_step.py --compare-spikes     # CPU: the spike check's overhead, skip_spiky_steps true/false
     python bench/train_step.py --gpu                # one GPU: ctllm-2b, seq 4096, bf16, TE and local spec
     torchrun --nproc-per-node 8 bench/train_step.py --gpu --arch ctllm-2b   # (ratio per layout)
 
 Prints step times (CPU: minimum and median of interleaved A/B steps; the minimum is the robust
 figure on a shared machine), the ratio ours/bare (target <= 1.05) and, on GPU, tokens/s, TFLOP/s
-and MFU against the 989 TFLOP/s H100 bf16 peak.
+and MFU against the 989 TFLOP/s H100 bf16 peak. --compare-spikes times two of our loops instead,
+train.skip_spiky_steps=true against false, interleaved the same way, and prints their ratio.
 """
 from __future__ import annotations
 
@@ -124,20 +126,34 @@ class OurLoop:
     def __init__(self, cfg, use_te):
         from megactllm.training.loop import Trainer
 
-        from megactllm.training.callbacks import NonFiniteStop
+        from megactllm.training.callbacks import NonFiniteStop, SpikeSkipping
 
         self.trainer = Trainer(cfg, use_transformer_engine=use_te)
         self.guard = self.trainer.callbacks.of(NonFiniteStop).guard
         self.guard.max_consecutive = 0
+        self.vetoed = 0
+        self.spikes = next((cb for cb in self.trainer.callbacks.callbacks if isinstance(cb, SpikeSkipping)), None)
+        if self.spikes is not None:
+            # A full window, so every step is judged (both columns' mean and std over spike_window
+            # values) as in a long run; its values sit far above any real loss and grad norm, so
+            # no step is skipped and both loops do the same arithmetic.
+            w = self.spikes.window
+            w.values.extend((1e3 + 0.01 * i, 1e4 + 0.01 * i) for i in range(w.window))
 
     def step(self):
+        from megactllm.training.callbacks import Step
+
         tr, t = self.trainer, self.trainer.cfg.train
-        _, outcome = tr.train_step()
+        metrics, outcome = tr.train_step()
         # The loop's per-iteration bookkeeping (counters; logging happens every log_interval).
         tr.state.iteration += 1
         tr.state.consumed_samples += t.global_batch_size
         tr.state.consumed_tokens += t.global_batch_size * tr.cfg.model.seq_length
         self.guard.record(tr.state.iteration, outcome.skip_reason == "non-finite", None)
+        self.vetoed += int(outcome.vetoed)
+        if self.spikes is not None:  # the window update after an applied step
+            loss = metrics[tr.metric_names[0]]
+            self.spikes.on_step_end(tr, Step(tr.state.iteration, metrics, loss, outcome, 0))
 
 
 def sync():
@@ -160,10 +176,16 @@ def bench_cpu(args, overrides):
     # Same initial weights, so both do identical arithmetic.
     for a, b in zip(ours.trainer.model, bare.model):
         b.module.load_state_dict(a.module.state_dict())
-    times = {"ours": [], "bare": []}
+    return interleaved(args, {"ours": ours, "bare": bare})
+
+
+def interleaved(args, loops: dict) -> dict:
+    """Step times of two loops, alternating which goes first; (min, median) per loop."""
+    (a, loop_a), (b, loop_b) = loops.items()
+    times = {a: [], b: []}
     for i in range(args.warmup + args.steps):
         # Interleaved A/B (alternating who goes first) cancels the drift of a shared machine.
-        order = [("ours", ours), ("bare", bare)] if i % 2 == 0 else [("bare", bare), ("ours", ours)]
+        order = [(a, loop_a), (b, loop_b)] if i % 2 == 0 else [(b, loop_b), (a, loop_a)]
         for name, loop in order:
             dt = timed(loop)
             if i >= args.warmup:
@@ -171,6 +193,33 @@ def bench_cpu(args, overrides):
     # The minimum is the step's cost without interference from other processes on a shared CPU;
     # the median is reported beside it.
     return {name: (min(v), statistics.median(v)) for name, v in times.items()}
+
+
+def bench_spikes(args, overrides):
+    """skip_spiky_steps=true against false: two of our loops, same weights, interleaved steps."""
+    on = OurLoop(load_config(None, overrides + ["train.skip_spiky_steps=true"]), use_te=False)
+    off = OurLoop(load_config(None, overrides + ["train.skip_spiky_steps=false"]), use_te=False)
+    assert on.spikes is not None and off.spikes is None
+    for a, b in zip(on.trainer.model, off.trainer.model):
+        b.module.load_state_dict(a.module.state_dict())
+    t = interleaved(args, {"on": on, "off": off})
+    skipped = on.vetoed
+    assert skipped == 0, f"{skipped} steps skipped: the two loops did different work"
+    # The check alone (judge the step against a full window, then record it), far below a step's
+    # noise on a shared CPU: timed over many calls on a copy of the window.
+    import copy
+
+    window, calls = copy.deepcopy(on.spikes.window), 2000
+    start = time.perf_counter()
+    for _ in range(calls):
+        window.judge(8.0, 1.0)
+        window.record(1e3, 1e4)
+    t["check"] = ((time.perf_counter() - start) / calls,) * 2
+    return t
+
+
+def on_window(overrides) -> int:
+    return load_config(None, overrides).train.spike_window
 
 
 def bench_gpu_phase(args, overrides, use_te, which):
@@ -202,6 +251,8 @@ def main():
     p.add_argument("--gbs", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compare-spikes", action="store_true",
+                   help="CPU: train.skip_spiky_steps=true against false (the check's overhead), not ours against bare")
     p.add_argument("--no-te-compare", action="store_true", help="GPU: skip the local-spec (no TE) run")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args()
@@ -248,7 +299,16 @@ def main():
     world = torch.distributed.get_world_size()
     lines = [f"megactllm train-step bench: {arch}, seq {seq}, micro-batch {mbs}, global batch {gbs}, world {world}, "
              f"{'GPU ' + torch.cuda.get_device_name() if gpu else 'CPU'}, {args.steps} timed steps after {args.warmup}"]
-    if not gpu:
+    if args.compare_spikes:
+        if gpu:
+            sys.exit("--compare-spikes runs on CPU")
+        t = bench_spikes(args, overrides)
+        lines.append(f"  skip_spiky_steps=false   min {t['off'][0] * 1000:8.1f} ms   median {t['off'][1] * 1000:8.1f} ms")
+        lines.append(f"  skip_spiky_steps=true    min {t['on'][0] * 1000:8.1f} ms   median {t['on'][1] * 1000:8.1f} ms")
+        lines.append(f"  ratio true/false         min {t['on'][0] / t['off'][0]:8.3f}      median {t['on'][1] / t['off'][1]:8.3f}")
+        lines.append(f"  the check alone          {t['check'][0] * 1e6:8.1f} us per step = {100 * t['check'][0] / t['off'][0]:.3f}% "
+                     f"of the fastest step (window {on_window(overrides)}; no all-reduce at world 1)")
+    elif not gpu:
         t = bench_cpu(args, overrides)
         lines.append(f"  bare megatron-core step  min {t['bare'][0] * 1000:8.1f} ms   median {t['bare'][1] * 1000:8.1f} ms")
         lines.append(f"  megactllm step           min {t['ours'][0] * 1000:8.1f} ms   median {t['ours'][1] * 1000:8.1f} ms")

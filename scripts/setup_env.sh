@@ -9,4 +9,4 @@ python -m pip install -q --upgrade pip setuptools wheel pybind11
 python -m pip install -q torch==2.13.0
 # llama-cpp-python compiles llama.cpp (minutes, once; pip caches the wheel). Its multimodal
 # library (mtmd) is not used by megactllm: skipping it shortens the build.
-CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" python -m pip install -q -e ".[test,serve,corpus,monitor]"
+CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" python -m pip install -q -e ".[test,serve,corpus,monitor,wandb]"

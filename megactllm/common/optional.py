@@ -4,6 +4,7 @@ The core install (training, conversion, evaluation) stays small enough to carry 
 node as wheels (scripts/offline_wheels.sh); corpus work and plots are extras:
     corpus:  pyarrow (parquet input), jieba (Chinese words), opencc, langid (cleaning)
     monitor: tensorboard (train.tensorboard_dir), matplotlib (loss curves, cleaning plots)
+    wandb:   wandb (train.wandb_project, Weights & Biases logging)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ EXTRAS = {
     "langid": "corpus",
     "tensorboard": "monitor",
     "matplotlib": "monitor",
+    "wandb": "wandb",
 }
 
 

@@ -199,6 +199,13 @@ class TrainConfig:
     lock_stale_minutes: float = 10.0
     # metrics.jsonl and loss_curve.png; default: the save dir, else tensorboard_dir, else runs/latest.
     log_dir: Optional[str] = None
+    # Weights & Biases (the extra `wandb`): a project switches it on; rank 0 logs every TensorBoard
+    # scalar. dir default: the log dir; the run id is kept there, so a resumed run continues it.
+    # WANDB_MODE=offline writes the run under dir with no network (`wandb sync` uploads it later).
+    wandb_project: Optional[str] = None
+    wandb_entity: Optional[str] = None
+    wandb_dir: Optional[str] = None
+    wandb_name: Optional[str] = None
     # Dense peak TFLOP/s of one device for MFU; None: 989 on H100/H200, no MFU elsewhere.
     peak_tflops: Optional[float] = None
     # Resuming at another TP/PP/DP layout: also let megatron-core reshard the optimizer state

@@ -15,6 +15,7 @@ from typing import Optional
 
 from megactllm.config import Config
 from megactllm.model.families import family_of
+from megactllm.training.wandb_sink import check_wandb
 from megactllm.training.memory_estimate import GIB, Available, MemoryEstimate
 
 
@@ -81,6 +82,7 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     if checkpoint is None:
         _check_tokenizer_fits(cfg)
     _check_stage_options(cfg)
+    check_wandb(cfg.train)
     dp = check_layout(cfg.parallel, world_size, cfg.model.num_layers)
     check_context_parallel_run(cfg)
     _check_heads_split(cfg)

@@ -18,11 +18,12 @@ from megactllm.training.callbacks.spike_skip import SpikeConfigError, SpikeSkipp
 from megactllm.training.callbacks.stragglers import StragglerReport
 from megactllm.training.callbacks.throughput import ThroughputLogger
 from megactllm.training.callbacks.validation import Validation
+from megactllm.training.callbacks.wandb_logging import WandbLogging, wandb_callback
 
 __all__ = [
     "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "InLoopEvaluation",
     "LossPlot", "NonFiniteStop", "RunLockHolder", "SkipDataWindows", "SpikeSkipping", "Step", "StragglerReport",
-    "ThroughputLogger", "Validation", "default_callbacks",
+    "ThroughputLogger", "Validation", "WandbLogging", "default_callbacks",
 ]
 
 
@@ -49,6 +50,9 @@ def default_callbacks(trainer) -> list[Callback]:
         callbacks.append(InLoopEvaluation(InLoopEvaluator(cfg.eval, trainer.model, cfg.model, trainer.tokenizer)))
     if t.save:
         callbacks.append(RunLockHolder(t.save, t.lock_stale_minutes * 60))
+    wandb = wandb_callback(cfg, trainer.rank)  # after the lock: a run refused its directory opens no W&B run
+    if wandb is not None:
+        callbacks.append(wandb)
     callbacks += [
         Checkpointing(t.save, t.save_interval, t.async_save),
         ExitConditions(t.exit_interval, t.exit_duration_minutes, saving=bool(t.save)),

@@ -1,0 +1,88 @@
+"""Weights & Biases as a RunLogger sink (train.wandb_project; the extra `pip install -e ".[wandb]"`).
+
+Rank 0 opens the run; every scalar TensorBoard gets (loss, LR, grad norm, tokens/s, MFU, memory,
+blend phase, validation, in-loop benchmarks, skipped spikes, the straggler report) goes to W&B
+against the `iteration` metric, so a resumed run's repeated iterations append. The run id lives in
+the run directory (the log dir) as wandb_run_id.txt: a resumed run continues the same W&B run
+(id=..., resume="allow"). WANDB_MODE=offline writes the run under wandb_dir with no network;
+`wandb sync` uploads it later.
+
+wandb-core writes an offline run's .wandb file in the background (every 15 s, or when the run
+finishes), so the history is complete on disk only once finish() has returned: the callback
+(callbacks/wandb_logging.py) calls it on every way out of the loop.
+"""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from megactllm.common.atomic import write_text_atomic
+from megactllm.common.optional import require
+from megactllm.config import ConfigError
+from megactllm.output import verbose_requested
+
+RUN_ID_FILE = "wandb_run_id.txt"
+PURPOSE = "train.wandb_project (Weights & Biases logging)"
+
+
+def wandb_wanted(train_cfg) -> bool:
+    """Whether the recipe asks for W&B; the other wandb_* settings without a project are a mistake."""
+    if train_cfg.wandb_project:
+        return True
+    given = [k for k in ("wandb_entity", "wandb_dir", "wandb_name") if getattr(train_cfg, k)]
+    if given:
+        raise ConfigError(f"train.{given[0]} is set but train.wandb_project is not: W&B logs only to a named project")
+    return False
+
+
+def check_wandb(train_cfg) -> None:
+    """Before anything is built (every rank): W&B asked for and its package importable."""
+    if wandb_wanted(train_cfg):
+        require("wandb", PURPOSE)
+
+
+def run_id_for(run_dir: Path) -> str:
+    """The run's W&B id, created once and kept in run_dir so that a resumed run continues it."""
+    path = run_dir / RUN_ID_FILE
+    if path.is_file() and path.read_text(encoding="utf-8").strip():
+        return path.read_text(encoding="utf-8").strip()
+    run_id = secrets.token_hex(6)  # W&B ids: letters and digits, unique within the project
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, run_id + "\n")
+    return run_id
+
+
+class WandbSink:
+    """One W&B run: open(), then scalars() from the RunLogger, then finish()."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.wandb = require("wandb", PURPOSE)
+        self.run = None
+
+    def open(self, run_dir: Path) -> str:
+        """Start (or continue) the run; returns a line saying where it goes."""
+        t = self.cfg.train
+        # Silent unless verbose (MEGACTLLM_VERBOSE, --verbose): the returned line says where the run
+        # goes. console="off": wandb does not wrap this process's stdout/stderr.
+        settings = self.wandb.Settings(silent=not verbose_requested(), console="off", disable_git=True)
+        self.run = self.wandb.init(
+            project=t.wandb_project, entity=t.wandb_entity, name=t.wandb_name, dir=t.wandb_dir or str(run_dir),
+            id=run_id_for(run_dir), resume="allow", config=self.cfg.to_dict(), settings=settings,
+        )
+        self.run.define_metric("iteration")
+        self.run.define_metric("*", step_metric="iteration")
+        if self.run.offline:  # run.dir is the run's files/ folder; `wandb sync` takes the run folder
+            where = f"offline in {Path(self.run.dir).parent} (upload: wandb sync DIR)"
+        else:
+            where = self.run.url
+        return f"W&B: run {self.run.id} of project {t.wandb_project}: {where}"
+
+    def scalars(self, values: dict, iteration: int) -> None:
+        self.run.log({**values, "iteration": iteration})
+
+    def finish(self, exit_code: int) -> None:
+        """Blocks until wandb-core has written (offline) or sent everything: the history is complete."""
+        if self.run is not None:
+            run, self.run = self.run, None
+            run.finish(exit_code=exit_code)
