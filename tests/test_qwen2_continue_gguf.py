@@ -1,0 +1,118 @@
+"""Issue 21's whole route for a Qwen2.5-shaped model, by the commands a user types.
+
+A tiny Qwen2ForCausalLM made by transformers (non-zero QKV biases, tied embedding with padding rows
+past the tokenizer's ids) with a Qwen-style byte-level BPE tokenizer.json beside it: `megactllm
+convert import` (for TP2), `megactllm tokenize` real Chinese text with that tokenizer, continued
+pretraining at TP2, saved and resumed, `megactllm convert export` to HF (Qwen2ForCausalLM,
+AutoTokenizer loads it), `megactllm export-gguf` f32 from the checkpoint; llama.cpp tokenizes the
+Chinese text as the HF tokenizer does and its logits are transformers' within 1e-3.
+"""
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from bpe_fixtures import corpus_lines
+from entry_utils import launch
+from family_testing import tiny_hf_model
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=64, initializer_range=0.1)
+SEQ = 32
+
+
+def megactllm(*args, timeout=300):
+    done = subprocess.run([sys.executable, "-m", "megactllm", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def _train_args(root, ckpt, data, tok, iters):
+    return [f"train.pretrained_checkpoint={ckpt}", f"data.data_path=[{data}]", "data.tokenizer_type=huggingface",
+            f"data.tokenizer_model={tok}", f"model.seq_length={SEQ}", "parallel.tensor_model_parallel_size=2",
+            f"train.train_iters={iters}", "train.save_interval=2", f"train.save={root}/run", f"train.load={root}/run",
+            "train.global_batch_size=4", "train.micro_batch_size=2", "train.log_interval=1", "train.eval_interval=0",
+            "train.eval_iters=0", f"train.log_dir={root}/log", "data.split=100,0,0", f"data.data_cache_path={root}/cache",
+            "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.lr_warmup_iters=1"]
+
+
+@pytest.fixture(scope="module")
+def route(qwen_style_bpe_dir, shared_data, tmp_path_factory):
+    from tokenizers import Tokenizer
+
+    root = tmp_path_factory.mktemp("qwen2_route")
+    ids = Tokenizer.from_file(str(qwen_style_bpe_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    rows = -(-(ids + 1) // 64) * 64  # padded as Qwen2.5's embedding is
+    hf_in = root / "hf_in"
+    model = tiny_hf_model("qwen2", rows, **SMALL)
+    assert float(model.model.layers[0].self_attn.q_proj.bias.abs().min()) > 0
+    model.save_pretrained(hf_in)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(qwen_style_bpe_dir / name, hf_in / name)
+    megactllm("convert", "import", hf_in, root / "ckpt", "--target-tp", 2)
+
+    texts = corpus_lines(shared_data, "heldout")[:200]
+    (root / "zh.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts),
+                                   encoding="utf-8")
+    megactllm("tokenize", "--input", root / "zh.jsonl", "--tokenizer-type", "huggingface", "--tokenizer-model", hf_in,
+              "--append-eod", "--output-prefix", root / "data" / "zh", "--workers", 1, "--quiet")
+    data = root / "data" / "zh_text_document"
+    tok = root / "ckpt" / "iter_0000000" / "tokenizer" / "tokenizer.json"
+    assert tok.is_file()
+    first = launch(_train_args(root, root / "ckpt" / "iter_0000000", data, tok, 2), timeout=600)
+    assert first.returncode == 0, first.stdout[-4000:]
+    resumed = launch(_train_args(root, root / "ckpt" / "iter_0000000", data, tok, 4), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+    megactllm("convert", "export", root / "run", root / "hf_out")
+    megactllm("export-gguf", root / "run", root / "out-f32.gguf", "--outtype", "f32")
+    return dict(root=root, rows=rows, ids=ids, texts=texts, first=first.stdout, resumed=resumed.stdout, hf_in=hf_in)
+
+
+def test_continued_pretraining_at_tp2_resumes_and_exports(route):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = route["root"]
+    meta = json.loads((root / "run" / "iter_0000004" / "megactllm.json").read_text())
+    assert meta["parallel"]["tensor_model_parallel_size"] == 2 and meta["tokenizer"]["type"] == "huggingface"
+    assert re.search(r"resum\w* .*iter_0000002|iteration 2", route["resumed"], re.IGNORECASE), route["resumed"][-2000:]
+    model = AutoModelForCausalLM.from_pretrained(root / "hf_out", local_files_only=True)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.vocab_size == route["rows"]
+    before = AutoModelForCausalLM.from_pretrained(route["hf_in"], local_files_only=True)
+    bias = "model.layers.0.self_attn.q_proj.bias"
+    trained, start = model.state_dict()[bias], before.state_dict()[bias]
+    assert not torch.equal(trained, start) and float((trained - start).abs().max()) < 0.5  # trained, from the import
+    tok = AutoTokenizer.from_pretrained(root / "hf_out", local_files_only=True)
+    assert len(tok) == route["ids"]
+
+
+def test_llama_cpp_tokenizes_and_scores_as_transformers(route):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[serve]')")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = route["root"]
+    hf = AutoTokenizer.from_pretrained(root / "hf_out", local_files_only=True)
+    vocab = llama_cpp.Llama(model_path=str(root / "out-f32.gguf"), vocab_only=True, verbose=False)
+    texts = route["texts"]
+    same = sum(vocab.tokenize(t.encode("utf-8"), add_bos=True, special=True) == hf(t)["input_ids"] for t in texts)
+
+    model = AutoModelForCausalLM.from_pretrained(root / "hf_out", local_files_only=True, dtype=torch.float32).eval()
+    llm = llama_cpp.Llama(model_path=str(root / "out-f32.gguf"), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    worst = 0.0
+    for text in texts[:3]:
+        ids = hf(text)["input_ids"][:60]
+        with torch.no_grad():
+            theirs = model(torch.tensor([ids])).logits[0].numpy()
+        llm.reset()
+        llm.eval(ids)
+        ours = np.array(llm.scores[: len(ids)], dtype=np.float32)
+        worst = max(worst, float(np.abs(ours[:, : route["ids"]] - theirs[:, : route["ids"]]).max()))
+    print(f"qwen2 TP2 continued: llama.cpp tokenizes {same} of {len(texts)} Chinese texts as the HF tokenizer; "
+          f"f32 GGUF vs transformers max |logit diff| = {worst:.2e}")
+    assert same == len(texts)
+    assert worst < 1e-3
