@@ -79,7 +79,8 @@ def _check_model(path: Path, data: dict) -> None:
         if model.get(key):
             raise ConversionError(f"{path}: model.{key} is {model[key]!r}; llama.cpp's byte-level BPE has none")
     if model.get("byte_fallback"):
-        raise ConversionError(f"{path}: model.byte_fallback is set; that is a SentencePiece-style BPE, not byte-level")
+        raise ConversionError(f"{path}: model.byte_fallback is set: a SentencePiece model's BPE, not byte-level; "
+                              "GGUF export needs that model's tokenizer.model (pass --tokenizer)")
     normalizer = (data.get("normalizer") or {}).get("type")
     if normalizer not in _NORMALIZERS:
         raise ConversionError(f"{path}: normalizer {normalizer!r}; llama.cpp does not normalize, so its tokens "
