@@ -28,10 +28,11 @@ def corpus_lines(shared_data: Path, part: str) -> list[str]:
     return zh[: len(zh) // 2] + en + [p for line in pairs for p in line.split("\t")]
 
 
-def _train_byte_level_bpe(shared_data: Path, pattern: str, vocab_size: int, max_lines: int | None, normalize: bool):
+def _train_byte_level_bpe(shared_data: Path, pattern: str, vocab_size: int, max_lines: int | None, normalize: bool,
+                          ignore_merges: bool = False):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
     if normalize:
         tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -78,7 +79,8 @@ def build_llama3_style_bpe(shared_data: Path, out_dir: Path, vocab_size: int = 4
     order), and a tokenizer_config.json naming them, with `chat_template` when given."""
     from tokenizers import processors
 
-    tok = _train_byte_level_bpe(shared_data, LLAMA3_PATTERN, vocab_size, max_lines, normalize=False)
+    # Llama-3's BPE skips the merges for a pre-token already in the vocabulary (ignore_merges).
+    tok = _train_byte_level_bpe(shared_data, LLAMA3_PATTERN, vocab_size, max_lines, normalize=False, ignore_merges=True)
     tok.add_special_tokens(LLAMA3_SPECIALS)
     bos = tok.token_to_id("<|begin_of_text|>")
     tok.post_processor = processors.Sequence([

@@ -87,6 +87,12 @@ def _plan_tokenizer(hf_dir: Path, model: ModelConfig, tokenizer_file, tokenizer_
     base_type, base_file = find_hf_tokenizer(hf_dir)
     tok_type = tokenizer_type or base_type or "sentencepiece"
     tok_file = Path(tokenizer_file) if tokenizer_file else base_file
+    if tok_file is not None and tok_file.is_dir():
+        # A tokenizer directory (what `train-tokenizer extend` writes): the file it ships.
+        dir_type, dir_file = find_hf_tokenizer(tok_file)
+        if dir_file is None:
+            raise ConversionError(f"--tokenizer {tok_file} is a directory without tokenizer.model or tokenizer.json")
+        tok_type, tok_file = tokenizer_type or dir_type, dir_file
     if tok_file is None:
         raise ConversionError(f"{hf_dir} has no tokenizer.model or tokenizer.json; pass --tokenizer")
     tokenizer = load_tokenizer(tok_type, str(tok_file))

@@ -21,6 +21,7 @@ import torch
 from megactllm.common.atomic import fsync_path
 from megactllm.convert.errors import ConversionError, VocabMismatchError
 from megactllm.convert.gguf.quantize import QUANT_TYPES, quantize_gguf
+from megactllm.convert.gguf.bpe_vocab import read_bpe_vocab
 from megactllm.convert.gguf.source import ModelSource, open_source
 from megactllm.convert.gguf.tensors import FLOAT_TYPES, check_runnable, gguf_name, to_gguf
 from megactllm.convert.gguf.vocab import UNUSED, GGUFVocab, pad_vocab, read_sentencepiece_vocab
@@ -61,11 +62,14 @@ def _write_metadata(writer, source: ModelSource, vocab: GGUFVocab, outtype: str)
     writer.add_rope_freq_base(float(m.rotary_base))
     writer.add_layer_norm_rms_eps(float(m.norm_epsilon))
     writer.add_vocab_size(len(vocab))
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
+    if vocab.scores:
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.types)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
     for add, token_id in ((writer.add_bos_token_id, vocab.bos_id), (writer.add_eos_token_id, vocab.eos_id),
                           (writer.add_unk_token_id, vocab.unk_id), (writer.add_pad_token_id, vocab.pad_id),
                           (writer.add_eot_token_id, vocab.eot_id)):
@@ -106,7 +110,10 @@ def _planned_tensors(source: ModelSource, outtype: str):
 
 
 def _vocab_for(source: ModelSource) -> GGUFVocab:
-    vocab = read_sentencepiece_vocab(source.tokenizer_file, source.added_tokens)
+    if source.tokenizer_type == "huggingface":
+        vocab = read_bpe_vocab(source.tokenizer_file, source.tokenizer_config)
+    else:
+        vocab = read_sentencepiece_vocab(source.tokenizer_file, source.added_tokens)
     rows = source.model.vocab_size
     if len(vocab) > rows:
         raise VocabMismatchError(

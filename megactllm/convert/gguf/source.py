@@ -38,6 +38,10 @@ class ModelSource:
     add_bos: bool = False
     add_eos: bool = False
     chat_space_prefix: bool = False
+    # "sentencepiece" (tokenizer.model) or "huggingface" (a byte-level BPE tokenizer.json), and the
+    # HF directory's tokenizer_config.json (names the bos/eos/pad tokens), where there is one.
+    tokenizer_type: str = "sentencepiece"
+    tokenizer_config: dict = field(default_factory=dict)
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -62,14 +66,31 @@ def open_source(path: str | Path, tokenizer_file: Optional[str | Path] = None):
         tok = Path(tokenizer_file) if tokenizer_file else meta.tokenizer_file
         tok_type = meta.tokenizer.get("type") or "sentencepiece"
         if tok is None:
-            raise ConversionError(f"{meta.path} holds no tokenizer; pass --tokenizer with the model's tokenizer.model")
-        if tok_type != "sentencepiece":
-            raise ConversionError(f"{meta.path}: tokenizer type {tok_type!r}; GGUF export supports SentencePiece tokenizers")
+            raise ConversionError(f"{meta.path} holds no tokenizer; pass --tokenizer with the model's tokenizer.model "
+                                  "or tokenizer.json")
+        if tokenizer_file:
+            tok_type = _tokenizer_type(tok)
+            tok = tok / "tokenizer.json" if tok.is_dir() else tok
+        if tok_type not in ("sentencepiece", "huggingface"):
+            raise ConversionError(f"{meta.path}: tokenizer type {tok_type!r}; GGUF export supports SentencePiece and "
+                                  "byte-level BPE (tokenizer.json) tokenizers")
         template, why = default_chat_template(tok_type, tok)
         yield ModelSource(
             path=meta.path, model=reader.model, dtype=reader.dtype, tokenizer_file=tok, chat_template=template,
             plan=hf_tensor_plan(reader.model, reader.dtype), tensors=lambda: hf_tensors(reader, reader.dtype), notes=[why],
+            tokenizer_type=tok_type, tokenizer_config=_config_beside(tok),
         )
+
+
+def _config_beside(tokenizer_file: Path) -> dict:
+    """The tokenizer_config.json beside a tokenizer file (a checkpoint's copy has none)."""
+    config = tokenizer_file.parent / "tokenizer_config.json"
+    return json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+
+
+def _tokenizer_type(path: Path) -> str:
+    """A tokenizer.json (or a directory holding one) is a Hugging Face tokenizer; else SentencePiece."""
+    return "huggingface" if path.suffix == ".json" or (path / "tokenizer.json").is_file() else "sentencepiece"
 
 
 def _hf_chat_template(path: Path, tok_config: dict) -> Optional[str]:
@@ -112,9 +133,14 @@ def _hf_weight_files(path: Path) -> dict[str, Path]:
 
 def _hf_source(path: Path, tokenizer_file: Optional[str | Path]) -> ModelSource:
     model = model_config_from_hf(read_hf_config(path), str(path / "config.json"))
-    tok = Path(tokenizer_file) if tokenizer_file else path / "tokenizer.model"
+    if tokenizer_file:
+        tok = Path(tokenizer_file)
+        tok = tok / "tokenizer.json" if tok.is_dir() else tok
+    else:  # SentencePiece where the directory has it (its tokenizer.json is derived from it), else BPE
+        tok = path / "tokenizer.model" if (path / "tokenizer.model").is_file() else path / "tokenizer.json"
     if not tok.is_file():
-        raise ConversionError(f"{tok} is missing: GGUF export needs the SentencePiece tokenizer.model beside the HF model")
+        raise ConversionError(f"{tok} is missing: GGUF export needs the model's tokenizer (a SentencePiece "
+                              "tokenizer.model or a byte-level BPE tokenizer.json) beside the HF model")
     files = _hf_weight_files(path)
     from safetensors import safe_open
 
@@ -147,26 +173,30 @@ def _hf_source(path: Path, tokenizer_file: Optional[str | Path]) -> ModelSource:
     tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     tok_json_path = path / "tokenizer.json"
     tok_json = json.loads(tok_json_path.read_text(encoding="utf-8")) if tok_json_path.is_file() else None
-    add_bos, add_eos = _hf_bos_eos(config_path, tok_config, tok_json)
+    add_bos, add_eos = _hf_bos_eos(config_path, tok_config, tok_json, bpe=tok.suffix == ".json")
     return ModelSource(
         path=path, model=model, dtype=dtype, tokenizer_file=tok, chat_template=_hf_chat_template(path, tok_config),
         plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path, tok_config), add_bos=add_bos, add_eos=add_eos,
-        chat_space_prefix=_hf_space_after_special(tok_config, tok_json),
+        chat_space_prefix=_hf_space_after_special(tok_config, tok_json), tokenizer_type=_tokenizer_type(tok),
+        tokenizer_config=tok_config,
     )
 
 
-def _hf_bos_eos(config_path: Path, tok_config: dict, tok_json: Optional[dict]) -> tuple[bool, bool]:
+def _hf_bos_eos(config_path: Path, tok_config: dict, tok_json: Optional[dict], bpe: bool = False) -> tuple[bool, bool]:
     """(BOS, EOS) the model's HF tokenizer adds to a text: tokenizer_config.json's add_bos_token and
     add_eos_token where it says (transformers 4 writes them); else the special tokens around the
-    text in tokenizer.json's post-processor (transformers 5 keeps them there only); else the
-    defaults of transformers' LlamaTokenizer (BOS, no EOS)."""
-    single = ((tok_json or {}).get("post_processor") or {}).get("single")
+    text in tokenizer.json's post-processor (transformers 5 keeps them there only; Llama-3's is in a
+    Sequence with ByteLevel); else the defaults of transformers' LlamaTokenizer (BOS, no EOS), or
+    nothing for a byte-level BPE (Qwen's ByteLevel post-processor adds no token)."""
+    post = (tok_json or {}).get("post_processor") or {}
+    template = next((p for p in post.get("processors") or [post] if p.get("type") == "TemplateProcessing"), {})
+    single = template.get("single")
     if isinstance(single, list) and any("Sequence" in item for item in single):
         at = next(i for i, item in enumerate(single) if "Sequence" in item)
         defaults = {"add_bos_token": any("SpecialToken" in item for item in single[:at]),
                     "add_eos_token": any("SpecialToken" in item for item in single[at + 1:])}
     else:
-        defaults = {"add_bos_token": True, "add_eos_token": False}
+        defaults = {"add_bos_token": not bpe, "add_eos_token": False}
     values = []
     for key, default in defaults.items():
         value = tok_config.get(key, default)

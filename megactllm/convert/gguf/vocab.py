@@ -40,6 +40,11 @@ class GGUFVocab:
     eot_id: Optional[int]  # <|im_end|> where the vocabulary has the chat tokens
     dummy_prefix: bool  # SentencePiece adds "▁" before a text: llama.cpp's add_space_prefix
     added: list[str] = field(default_factory=list)
+    # llama.cpp's tokenizer: "llama" (SentencePiece, scores) or "gpt2" (byte-level BPE, merges and a
+    # pre-tokenizer; see bpe_vocab.py).
+    model: str = "llama"
+    pre: str = "default"
+    merges: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -106,5 +111,6 @@ def pad_vocab(vocab: GGUFVocab, size: int) -> None:
     """Extend to the model's embedding rows with unused placeholder tokens (never produced by text)."""
     for i in range(len(vocab), size):
         vocab.tokens.append(f"[PAD{i}]")
-        vocab.scores.append(-1e4)
+        if vocab.scores:
+            vocab.scores.append(-1e4)
         vocab.types.append(UNUSED)
