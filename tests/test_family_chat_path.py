@@ -126,9 +126,13 @@ def test_import_keeps_the_family_and_its_tokenizer(path):
     assert model.add_qkv_bias == (path["family"] == "qwen2")
     assert model.rope_scaling == (None if path["family"] == "qwen2" else "llama3")
     assert chat_format_of(path["tokenizer"]) is FAMILIES[path["family"]][1]
+    # The model's own template (transformers 5 saves it as chat_template.jinja) comes with the copy.
+    original = load_tokenizer("huggingface", str(path["root"] / "hf"))
+    assert path["tokenizer"].chat_template == original.chat_template
+    assert (original.chat_template is not None) == (path["family"] == "llama3")
 
 
-def test_sft_mask_is_the_assistant_content_and_the_end_token(path, shared_data):
+def test_sft_mask_is_the_assistant_content_and_the_end_token(path):
     from megactllm.data.chat.records import sft_conversation
     from megactllm.data.chat.sft_indexed import ChatSampleReader
 
@@ -168,7 +172,7 @@ def test_sft_then_dpo_from_the_imported_weights(path):
     assert dpo[0]["metrics"]["rewards/margin"] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_export_is_the_familys_class_and_its_template_is_ours(path, shared_data):
+def test_export_is_the_familys_class_and_its_template_is_ours(path):
     from transformers import AutoTokenizer
 
     from megactllm.data.chat.records import sft_conversation
