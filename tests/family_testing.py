@@ -72,3 +72,11 @@ def load_logits_and_resave(jobs: list[dict]) -> dict:
         parallel_state.destroy_model_parallel()
     destroy_parallel()
     return results
+
+
+def train_runs(runs: list[list[str]]) -> list[int]:
+    """Each run: the overrides of one `megactllm train` (the entry the CLI calls), one after the other
+    in this process. Returns their exit codes."""
+    from megactllm.train import main
+
+    return [main(overrides) for overrides in runs]

@@ -296,7 +296,8 @@ def save_checkpoint(
 
 # Beside a tokenizer.json, the files that name its eos/bos/pad tokens (a Qwen2.5-Instruct's eos is
 # <|im_end|>, which tokenizer.json alone does not say): without them the copy would resolve other ids.
-TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+# transformers 5 saves the chat template as chat_template.jinja: the model's own format comes along.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def _copy_tokenizer(tokenizer_path: Path, out_dir: Path) -> None:

@@ -1,0 +1,233 @@
+"""SFT, DPO, export and serving for the Qwen2 and Llama-3 families, end to end (issue 21, item 2).
+
+Per family: transformers makes a tiny model and saves it with its tokenizer; megactllm imports it;
+real alpaca records are tokenized in the model's own chat format (ChatML's <|im_start|>/<|im_end|>
+for Qwen2, Llama-3's header tokens and <|eot_id|>), the loss mask covering exactly the assistant's
+content and the turn's end token; SFT from the imported weights, DPO on real pairs from the SFT
+weights; export to the family's own HF class, whose tokenizer's template renders chats as training
+did; the HF serving engine answers one /v1/chat/completions request on the exported directory.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from family_testing import tiny_hf_model, train_runs
+
+from megactllm.testing import run_distributed
+from megactllm.tokenizer import load_tokenizer
+from megactllm.tokenizer.chat_formats import CHATML, LLAMA3, chat_format_of
+
+pytest.importorskip("transformers")
+pytest.importorskip("jinja2")
+
+SEQ = 64
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=SEQ)
+# family: (HF class, chat format, the format's end-of-turn token)
+FAMILIES = {"qwen2": ("Qwen2ForCausalLM", CHATML, "<|im_end|>"), "llama3": ("LlamaForCausalLM", LLAMA3, "<|eot_id|>")}
+SFT_RECORDS, DPO_PAIRS = 12, 8  # per language
+
+
+def _tokenizer_dir(family: str, shared_data: Path, qwen_style_bpe_dir: Path, out: Path) -> Path:
+    if family == "qwen2":
+        return qwen_style_bpe_dir
+    from bpe_fixtures import build_llama3_style_bpe
+
+    # Llama-3-Instruct's tokenizer_config.json carries its chat template; ours renders as it does.
+    return build_llama3_style_bpe(shared_data, out / "llama3_tok", vocab_size=2000, max_lines=300,
+                                  chat_template=LLAMA3.jinja)
+
+
+def _write_records(shared_data: Path, kind: str, n: int, path: Path) -> str:
+    stem = "sft/alpaca_{}_demo.json" if kind == "sft" else "dpo/dpo_{}_demo.json"
+    records = []
+    for lang in ("zh", "en"):
+        some = json.loads((shared_data / stem.format(lang)).read_text(encoding="utf-8"))
+        # The first n-2, and the two shortest of the first 200: whole conversations within SEQ too.
+        short = sorted(some[n - 2:200], key=lambda r: len(json.dumps(r, ensure_ascii=False)))[:2]
+        records += some[:n - 2] + short
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+def _metrics(log_dir: Path) -> list[dict]:
+    lines = (log_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, filter(None, lines)) if "metrics" in r and r.get("iteration")]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
+    """The whole path for one family; returns what each step left behind."""
+    from transformers import AutoTokenizer
+
+    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.convert import export_to_hf, import_from_hf
+    from megactllm.data.chat.dpo_preprocess import preprocess_dpo
+    from megactllm.data.chat.sft_preprocess import preprocess_sft
+
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    # 1. transformers makes the model and saves it with its tokenizer.
+    tok_dir = _tokenizer_dir(family, shared_data, qwen_style_bpe_dir, root)
+    hf_tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    # Qwen2 pads its embedding past the tokenizer's ids (151,936 rows for 151,665 ids): so do we.
+    rows = -(-len(hf_tok) // 64) * 64 if family == "qwen2" else len(hf_tok)
+    model = tiny_hf_model(family, rows, **TINY)
+    model.config.bos_token_id, model.config.eos_token_id = hf_tok.bos_token_id, hf_tok.eos_token_id
+    model.save_pretrained(str(root / "hf"))
+    hf_tok.save_pretrained(str(root / "hf"))
+
+    # 2. import (the entry `megactllm convert import` calls).
+    checkpoint = import_from_hf(root / "hf", root / "imported", progress_stream=None).checkpoint
+    meta = read_metadata(checkpoint)
+    tokenizer = load_tokenizer(meta.tokenizer.get("type"), str(meta.tokenizer_file))
+
+    # 3-4. SFT and DPO data with the model's own tokenizer, then SFT from the import, DPO from SFT.
+    sft_prefix, dpo_prefix = str(root / "sft_data"), str(root / "dpo_data")
+    preprocess_sft([_write_records(shared_data, "sft", SFT_RECORDS, root / "sft.json")], sft_prefix, tokenizer, seq_length=SEQ)
+    preprocess_dpo([_write_records(shared_data, "dpo", DPO_PAIRS, root / "dpo.json")], dpo_prefix, tokenizer, seq_length=SEQ)
+    common = [f"model.seq_length={SEQ}", f"model.max_position_embeddings={SEQ}", "train.train_iters=2",
+              "train.global_batch_size=4", "train.micro_batch_size=2", "train.log_interval=1", "train.eval_interval=0",
+              "train.eval_iters=0", "optim.lr=1e-3", "optim.min_lr=0.0", "optim.lr_warmup_iters=0",
+              "train.save_interval=2", "train.check_memory=false"]
+    sft = common + ["train.stage=sft", f"train.pretrained_checkpoint={checkpoint}", f"data.train_data_path=['{sft_prefix}']",
+                    f"train.save={root / 'sft'}", f"train.log_dir={root / 'sft_log'}"]
+    dpo = common + ["train.stage=dpo", f"train.pretrained_checkpoint={root / 'sft'}", f"data.train_data_path=['{dpo_prefix}']",
+                    f"train.save={root / 'dpo'}", f"train.log_dir={root / 'dpo_log'}"]
+    (codes,) = run_distributed(train_runs, 1, [sft, dpo], timeout=300)
+
+    # 5. export to the family's own class.
+    if codes == [0, 0]:
+        export_to_hf(root / "dpo", root / "export", progress_stream=None)
+    return dict(family=family, root=root, checkpoint=checkpoint, tokenizer=tokenizer, codes=codes,
+                sft_prefix=sft_prefix, dpo_prefix=dpo_prefix)
+
+
+def _masked_runs(tokenizer, tokens, mask) -> list[str]:
+    """The decoded text of each run of trained positions."""
+    runs, i, mask = [], 0, list(mask) + [0]
+    while i < len(tokens):
+        if mask[i]:
+            j = mask.index(0, i)
+            runs.append(tokenizer.decode([int(t) for t in tokens[i:j]]))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def test_import_keeps_the_family_and_its_tokenizer(path):
+    from megactllm.checkpoint.save_load import read_metadata
+
+    model = read_metadata(path["checkpoint"]).model_config
+    assert model.family == {"qwen2": "qwen2", "llama3": "llama"}[path["family"]]
+    assert model.add_qkv_bias == (path["family"] == "qwen2")
+    assert model.rope_scaling == (None if path["family"] == "qwen2" else "llama3")
+    assert chat_format_of(path["tokenizer"]) is FAMILIES[path["family"]][1]
+    # The model's own template (transformers 5 saves it as chat_template.jinja) comes with the copy.
+    original = load_tokenizer("huggingface", str(path["root"] / "hf"))
+    assert path["tokenizer"].chat_template == original.chat_template
+    assert (original.chat_template is not None) == (path["family"] == "llama3")
+
+
+def test_sft_mask_is_the_assistant_content_and_the_end_token(path):
+    from megactllm.data.chat.records import sft_conversation
+    from megactllm.data.chat.sft_indexed import ChatSampleReader
+
+    _, fmt, end = FAMILIES[path["family"]]
+    tokenizer = path["tokenizer"]
+    reader = ChatSampleReader(path["sft_prefix"], "sft")
+    assert reader.metadata["chat_template"] == fmt.name
+    records = json.loads((path["root"] / "sft.json").read_text(encoding="utf-8"))
+    whole, i = 0, 0
+    for record in records:
+        full = fmt.tokenize(tokenizer, sft_conversation(record))
+        if not full.loss_mask[1:SEQ + 1].any():
+            continue  # cut at SEQ with no answer token left: dropped, as the preprocessing says
+        sample = reader.sample(i)
+        i += 1
+        tokens, mask = sample["tokens"].tolist(), np.asarray(sample["loss_mask"])
+        assert tokens == full.tokens.tolist()[:len(tokens)] and np.array_equal(mask, full.loss_mask[:len(tokens)])
+        if len(tokens) == len(full.tokens):  # not cut at SEQ: the whole answer and its end token
+            whole += 1
+            answer = [m["content"] for m in sft_conversation(record) if m["role"] == "assistant"]
+            if fmt is LLAMA3:
+                answer = [a.strip() for a in answer]
+            assert _masked_runs(tokenizer, tokens, mask) == [a + end for a in answer]
+        # Nothing outside the assistant turns is trained: no header, no user text, no BOS.
+        assert mask.sum() and not mask[:tokens.index(tokenizer.token_to_id(end))].all()
+    assert whole >= 2 and i == len(reader) >= len(records) // 2
+
+
+def test_sft_then_dpo_from_the_imported_weights(path):
+    assert path["codes"] == [0, 0]
+    root = path["root"]
+    sft, dpo = _metrics(root / "sft_log"), _metrics(root / "dpo_log")
+    assert [r["iteration"] for r in sft] == [1, 2] and [r["iteration"] for r in dpo] == [1, 2]
+    assert all(math.isfinite(v) for r in sft for v in r["metrics"].values())
+    # Policy and reference both start from the SFT weights: loss log 2 and zero margin at step 1.
+    assert dpo[0]["metrics"]["dpo loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert dpo[0]["metrics"]["rewards/margin"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_export_is_the_familys_class_and_its_template_is_ours(path):
+    from transformers import AutoTokenizer
+
+    from megactllm.data.chat.records import sft_conversation
+
+    assert path["codes"] == [0, 0]
+    hf_class, fmt, _ = FAMILIES[path["family"]]
+    out = path["root"] / "export"
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["architectures"] == [hf_class]
+    hf = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    ours = path["tokenizer"]
+    records = json.loads((path["root"] / "sft.json").read_text(encoding="utf-8"))
+    for messages in [sft_conversation(records[0]), sft_conversation(records[-1])]:
+        messages = [{"role": "system", "content": "你是一个有帮助的助手。"}] + messages
+        ids = hf.apply_chat_template(messages, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        assert ids == fmt.tokenize(ours, messages).tokens.tolist()
+        prompt = hf.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True)
+        prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        assert prompt == fmt.generation_prompt_tokens(ours, messages[:-1])
+
+
+def test_the_exported_model_serves_a_chat_completion(path):
+    from serve_fixtures import post, serving
+
+    from megactllm.serve.hf_engine import TransformersEngine
+
+    assert path["codes"] == [0, 0]
+    engine = TransformersEngine(path["root"] / "export", threads=1, name=path["family"])
+    with serving(engine) as base:
+        status, reply = post(base, "/v1/chat/completions", {
+            "model": path["family"], "messages": [{"role": "user", "content": "怎样才能保持健康？"}],
+            "max_tokens": 4, "temperature": 0.0})
+    assert status == 200, reply
+    assert reply["object"] == "chat.completion" and reply["model"] == path["family"]
+    (choice,) = reply["choices"]
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = reply["usage"]
+    assert 1 <= usage["completion_tokens"] <= 4
+    assert usage["prompt_tokens"] == len(engine.chat_tokens([{"role": "user", "content": "怎样才能保持健康？"}]))
+
+
+def test_exported_weights_are_the_imported_ones_after_four_small_steps(path):
+    """The export holds the original model moved by SFT and DPO's few steps (lr <= 1e-3), not a
+    re-initialised one; every tensor keeps its name, shape and the family's RoPE settings."""
+    from convert_testing import read_hf_weights
+
+    assert path["codes"] == [0, 0]
+    root = path["root"]
+    before, after = read_hf_weights(root / "hf"), read_hf_weights(root / "export")
+    assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
+    moved = {name: float((after[name].float() - t.float()).abs().max()) for name, t in before.items()}
+    assert max(moved.values()) < 0.02, moved
+    assert sum(v > 0 for v in moved.values()) >= len(moved) // 2, moved  # trained, not copied through
+    if path["family"] == "qwen2":
+        assert any(name.endswith("q_proj.bias") for name in after)
+    original, exported = (json.loads((root / d / "config.json").read_text(encoding="utf-8")) for d in ("hf", "export"))
+    assert exported["rope_parameters"] == original["rope_parameters"]
