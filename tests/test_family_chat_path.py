@@ -6,6 +6,8 @@ for Qwen2, Llama-3's header tokens and <|eot_id|>), the loss mask covering exact
 content and the turn's end token; SFT from the imported weights, DPO on real pairs from the SFT
 weights; export to the family's own HF class, whose tokenizer's template renders chats as training
 did; the HF serving engine answers one /v1/chat/completions request on the exported directory.
+`qwen2_ext` walks the same path with Qwen2's tokenizer extended by Chinese words (issue 22: the
+extended byte-level BPE goes everywhere the original went), its new ids in the padding rows.
 """
 import json
 import math
@@ -26,7 +28,9 @@ SEQ = 64
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=SEQ)
 # family: (HF class, chat format, the format's end-of-turn token)
-FAMILIES = {"qwen2": ("Qwen2ForCausalLM", CHATML, "<|im_end|>"), "llama3": ("LlamaForCausalLM", LLAMA3, "<|eot_id|>")}
+FAMILIES = {"qwen2": ("Qwen2ForCausalLM", CHATML, "<|im_end|>"), "llama3": ("LlamaForCausalLM", LLAMA3, "<|eot_id|>"),
+            "qwen2_ext": ("Qwen2ForCausalLM", CHATML, "<|im_end|>")}
+BASE = {"qwen2": "qwen2", "llama3": "llama3", "qwen2_ext": "qwen2"}  # the family the model is made as
 SFT_RECORDS, DPO_PAIRS = 12, 8  # per language
 
 
@@ -70,17 +74,26 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(family)
     # 1. transformers makes the model and saves it with its tokenizer.
-    tok_dir = _tokenizer_dir(family, shared_data, qwen_style_bpe_dir, root)
+    tok_dir = _tokenizer_dir(BASE[family], shared_data, qwen_style_bpe_dir, root)
     hf_tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     # Qwen2 pads its embedding past the tokenizer's ids (151,936 rows for 151,665 ids): so do we.
-    rows = -(-len(hf_tok) // 64) * 64 if family == "qwen2" else len(hf_tok)
-    model = tiny_hf_model(family, rows, **TINY)
+    rows = -(-len(hf_tok) // 64) * 64 if BASE[family] == "qwen2" else len(hf_tok)
+    model = tiny_hf_model(BASE[family], rows, **TINY)
     model.config.bos_token_id, model.config.eos_token_id = hf_tok.bos_token_id, hf_tok.eos_token_id
     model.save_pretrained(str(root / "hf"))
     hf_tok.save_pretrained(str(root / "hf"))
 
-    # 2. import (the entry `megactllm convert import` calls).
-    checkpoint = import_from_hf(root / "hf", root / "imported", progress_stream=None).checkpoint
+    # 2. import (the entry `megactllm convert import` calls), for qwen2_ext with Chinese words added.
+    extended = None
+    if family == "qwen2_ext":
+        from bpe_fixtures import corpus_lines
+
+        from megactllm.tokenizer.extend_bpe import extend_bpe, frequent_new_words
+
+        words = frequent_new_words(corpus_lines(shared_data, "heldout")[:600], str(tok_dir / "tokenizer.json"), 8)
+        extend_bpe(str(tok_dir), str(root / "tok_ext"), pieces=words)
+        extended = root / "tok_ext"
+    checkpoint = import_from_hf(root / "hf", root / "imported", tokenizer_file=extended, progress_stream=None).checkpoint
     meta = read_metadata(checkpoint)
     tokenizer = load_tokenizer(meta.tokenizer.get("type"), str(meta.tokenizer_file))
 
@@ -102,7 +115,8 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     if codes == [0, 0]:
         export_to_hf(root / "dpo", root / "export", progress_stream=None)
     return dict(family=family, root=root, checkpoint=checkpoint, tokenizer=tokenizer, codes=codes,
-                sft_prefix=sft_prefix, dpo_prefix=dpo_prefix)
+                sft_prefix=sft_prefix, dpo_prefix=dpo_prefix, old_ids=len(hf_tok),
+                new_words=words if extended else [])
 
 
 def _masked_runs(tokenizer, tokens, mask) -> list[str]:
@@ -122,9 +136,14 @@ def test_import_keeps_the_family_and_its_tokenizer(path):
     from megactllm.checkpoint.save_load import read_metadata
 
     model = read_metadata(path["checkpoint"]).model_config
-    assert model.family == {"qwen2": "qwen2", "llama3": "llama"}[path["family"]]
-    assert model.add_qkv_bias == (path["family"] == "qwen2")
-    assert model.rope_scaling == (None if path["family"] == "qwen2" else "llama3")
+    base = BASE[path["family"]]
+    assert model.family == {"qwen2": "qwen2", "llama3": "llama"}[base]
+    assert model.add_qkv_bias == (base == "qwen2")
+    assert model.rope_scaling == (None if base == "qwen2" else "llama3")
+    # The extension's ids sit in the padding rows (the embedding keeps its size); each word is one token.
+    tokenizer = path["tokenizer"]
+    assert (tokenizer.vocab_size > path["old_ids"]) == bool(path["new_words"])
+    assert all(len(tokenizer.encode(word)) == 1 for word in path["new_words"])
     assert chat_format_of(path["tokenizer"]) is FAMILIES[path["family"]][1]
     # The model's own template (transformers 5 saves it as chat_template.jinja) comes with the copy.
     original = load_tokenizer("huggingface", str(path["root"] / "hf"))
@@ -224,10 +243,12 @@ def test_exported_weights_are_the_imported_ones_after_four_small_steps(path):
     root = path["root"]
     before, after = read_hf_weights(root / "hf"), read_hf_weights(root / "export")
     assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
-    moved = {name: float((after[name].float() - t.float()).abs().max()) for name, t in before.items()}
+    # Rows past the original ids: padding in `before`, the extension's mean-initialised words in `after`.
+    rows = slice(None, path["old_ids"]) if path["new_words"] else slice(None)
+    moved = {name: float((after[name][rows].float() - t[rows].float()).abs().max()) for name, t in before.items()}
     assert max(moved.values()) < 0.02, moved
     assert sum(v > 0 for v in moved.values()) >= len(moved) // 2, moved  # trained, not copied through
-    if path["family"] == "qwen2":
+    if BASE[path["family"]] == "qwen2":
         assert any(name.endswith("q_proj.bias") for name in after)
     original, exported = (json.loads((root / d / "config.json").read_text(encoding="utf-8")) for d in ("hf", "export"))
     assert exported["rope_parameters"] == original["rope_parameters"]
