@@ -15,10 +15,23 @@ import torch
 from megactllm.testing import run_distributed
 
 
-def _slow(fn, seconds):
+def _after_flag(fn, flag: str):
+    """fn, run once the other writer has finished (it creates `flag`): an order, not a race."""
     def run(*args, **kwargs):
-        time.sleep(seconds)
+        deadline = time.monotonic() + 300
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the other writer's result reaches the queue right after its flag
         return fn(*args, **kwargs)
+
+    return run
+
+
+def _then_flag(fn, flag: str):
+    def run(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        open(flag, "w").close()
+        return out
 
     return run
 
@@ -41,12 +54,14 @@ def _save_pair(root: str, combined: bool) -> dict:
         directory = os.path.join(root, name)
         os.makedirs(directory)
         requests.append(dist_checkpointing.save(sharded(tensors), directory, async_sharded_save=True))
-    # The first writer is the slow one, so the second's results reach the shared queue first.
-    requests[0] = requests[0]._replace(async_fn=_slow(requests[0].async_fn, 2.0))
     queue = AsyncCallsQueue()
     if combined:
         queue.schedule_async_request(combine_requests(requests, lambda: None))
     else:
+        # The first writer waits for the second, so the second's results reach the shared queue first.
+        flag = os.path.join(root, "second_written")
+        requests[0] = requests[0]._replace(async_fn=_after_flag(requests[0].async_fn, flag))
+        requests[1] = requests[1]._replace(async_fn=_then_flag(requests[1].async_fn, flag))
         for request in requests:
             queue.schedule_async_request(request)
     queue.maybe_finalize_async_calls(blocking=True)
