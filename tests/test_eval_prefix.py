@@ -7,6 +7,7 @@ ids (a Qwen2.5-Instruct's eos <|im_end|> is named only in tokenizer_config.json)
 of a Qwen2-family checkpoint must equal its HF original's.
 """
 import json
+import os
 import shutil
 
 import pytest
@@ -120,14 +121,18 @@ def qwen2_instruct(tmp_path_factory, qwen_style_bpe_dir):
     return hf, import_from_hf(hf, root / "ckpt", progress_stream=None).checkpoint
 
 
-def test_bpb_of_a_qwen2_checkpoint_equals_its_hf_original(qwen2_instruct, shared_data, tmp_path):
+def test_bpb_of_a_qwen2_checkpoint_equals_its_hf_original(qwen2_instruct, shared_data, tmp_path, monkeypatch):
     hf, checkpoint = qwen2_instruct
     corpus = _docs(shared_data, tmp_path)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
     figures = {}
     for name, model in (("hf", hf), ("parallel", checkpoint)):
         results = evaluate(EvalOptions(model=str(model), tasks=["bpb"], corpus=[str(corpus)], batch_size=4), stream=None)
         figures[name] = results["results"]["bpb_zh"]
         assert results["config"]["backend"] == name
+        # In-process evaluation leaves no rendezvous port behind for the processes a caller starts next.
+        assert "MASTER_PORT" not in os.environ
     hf_nll, parallel_nll = figures["hf"]["nll_nats"], figures["parallel"]["nll_nats"]
     print(f"bpb nll: hf {hf_nll:.6f} nats, parallel {parallel_nll:.6f} nats over {figures['hf']['tokens']} tokens")
     assert figures["hf"]["tokens"] == figures["parallel"]["tokens"] > 3 * 64  # several 64-token windows a document

@@ -76,12 +76,20 @@ def _init_parallel_for(opts: EvalOptions, num_layers: int):
     from megactllm.config import ParallelConfig
     from megactllm.parallel import initialize_parallel
 
-    if "RANK" not in os.environ and "MASTER_PORT" not in os.environ:
+    own_port = "RANK" not in os.environ and "MASTER_PORT" not in os.environ
+    if own_port:
         from megactllm.testing.distributed import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())  # a single process must not collide with a neighbour's run
     parallel = ParallelConfig(tensor_model_parallel_size=opts.tensor_parallel, pipeline_model_parallel_size=opts.pipeline_parallel)
-    initialize_parallel(parallel, num_layers=num_layers)
+    try:
+        initialize_parallel(parallel, num_layers=num_layers)
+    finally:
+        if own_port:
+            # Only the rendezvous needs it. Left set, every process this one starts later (a caller
+            # running evaluate in-process, then launching training) would inherit a port that this
+            # process's store still holds: EADDRINUSE.
+            os.environ.pop("MASTER_PORT", None)
     return parallel
 
 
