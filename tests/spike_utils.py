@@ -139,3 +139,18 @@ def train_observed(overrides: list[str], real_tokens: list, poison_positions=(),
     result = trainer.fit()
     return {"losses": result.losses, "state": asdict(result.state), "read_random": read_random, "unchanged": unchanged,
             "weights": [p.detach().clone() for p in trainer.model[0].parameters()]}
+
+
+def train_plain(overrides: list[str]) -> dict:
+    """Rank body: train as `megactllm train` does; the losses and the final train state."""
+    from dataclasses import asdict
+
+    from megactllm.config import load_config
+    from megactllm.parallel import initialize_parallel
+    from megactllm.training.loop import Trainer
+    from megactllm.training.pretrain import PretrainTask
+
+    cfg = load_config(None, overrides)
+    initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
+    result = Trainer(cfg, PretrainTask(cfg)).fit()
+    return {"losses": result.losses, "state": asdict(result.state)}

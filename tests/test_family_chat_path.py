@@ -1,4 +1,5 @@
-"""SFT, DPO, export and serving for the Qwen2 and Llama-3 families, end to end (issue 21, item 2).
+"""SFT, DPO, export and serving for the Qwen2, Qwen3, Llama-3 and Mistral families, end to end (issue
+21, item 2).
 
 Per family: transformers makes a tiny model and saves it with its tokenizer; megactllm imports it;
 real alpaca records are tokenized in the model's own chat format (ChatML's <|im_start|>/<|im_end|>
@@ -6,6 +7,9 @@ for Qwen2, Llama-3's header tokens and <|eot_id|>), the loss mask covering exact
 content and the turn's end token; SFT from the imported weights, DPO on real pairs from the SFT
 weights; export to the family's own HF class, whose tokenizer's template renders chats as training
 did; the HF serving engine answers one /v1/chat/completions request on the exported directory.
+Qwen3 shares Qwen2's tokenizer and ChatML. Mistral's SentencePiece vocabulary has no ChatML tokens:
+as for LLaMA-2 (the Linly route) they are added with `train-tokenizer extend --user-defined`, and the
+HF tokenizer saved beside the model carries ChatML's template.
 `qwen2_ext` walks the same path with Qwen2's tokenizer extended by Chinese words (issue 22: the
 extended byte-level BPE goes everywhere the original went), its new ids in the padding rows.
 """
@@ -29,14 +33,26 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_ke
             max_position_embeddings=SEQ)
 # family: (HF class, chat format, the format's end-of-turn token)
 FAMILIES = {"qwen2": ("Qwen2ForCausalLM", CHATML, "<|im_end|>"), "llama3": ("LlamaForCausalLM", LLAMA3, "<|eot_id|>"),
-            "qwen2_ext": ("Qwen2ForCausalLM", CHATML, "<|im_end|>")}
-BASE = {"qwen2": "qwen2", "llama3": "llama3", "qwen2_ext": "qwen2"}  # the family the model is made as
+            "qwen2_ext": ("Qwen2ForCausalLM", CHATML, "<|im_end|>"), "qwen3": ("Qwen3ForCausalLM", CHATML, "<|im_end|>"),
+            "mistral": ("MistralForCausalLM", CHATML, "<|im_end|>")}
+BASE = {"qwen2": "qwen2", "llama3": "llama3", "qwen2_ext": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
+FAMILY_OF = {"qwen2": "qwen2", "llama3": "llama", "qwen3": "qwen3", "mistral": "mistral"}  # megactllm's name, by BASE
+SHAPE = {"qwen3": dict(head_dim=32)}  # Qwen3's head_dim is not hidden/heads (64/4)
 SFT_RECORDS, DPO_PAIRS = 12, 8  # per language
 
 
 def _tokenizer_dir(family: str, shared_data: Path, qwen_style_bpe_dir: Path, out: Path) -> Path:
-    if family == "qwen2":
+    if family in ("qwen2", "qwen3"):
         return qwen_style_bpe_dir
+    if family == "mistral":
+        from megactllm.convert.tokenizer_export import export_tokenizer
+        from megactllm.tokenizer.extend import extend_sentencepiece
+
+        # The real MAP-NEO SentencePiece model stands in for Mistral's; ChatML's tokens added as pieces.
+        extend_sentencepiece(str(shared_data / "tokenizers" / "map_neo_sp.model"),
+                             user_defined=list(CHATML.special_tokens), output_path=str(out / "chat_sp.model"))
+        export_tokenizer("sentencepiece", out / "chat_sp.model", out / "mistral_tok", chat_template=CHATML.jinja)
+        return out / "mistral_tok"
     from bpe_fixtures import build_llama3_style_bpe
 
     # Llama-3-Instruct's tokenizer_config.json carries its chat template; ours renders as it does.
@@ -77,8 +93,8 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     tok_dir = _tokenizer_dir(BASE[family], shared_data, qwen_style_bpe_dir, root)
     hf_tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     # Qwen2 pads its embedding past the tokenizer's ids (151,936 rows for 151,665 ids): so do we.
-    rows = -(-len(hf_tok) // 64) * 64 if BASE[family] == "qwen2" else len(hf_tok)
-    model = tiny_hf_model(BASE[family], rows, **TINY)
+    rows = -(-len(hf_tok) // 64) * 64 if BASE[family] in ("qwen2", "qwen3") else len(hf_tok)
+    model = tiny_hf_model(BASE[family], rows, **{**TINY, **SHAPE.get(family, {})})
     model.config.bos_token_id, model.config.eos_token_id = hf_tok.bos_token_id, hf_tok.eos_token_id
     model.save_pretrained(str(root / "hf"))
     hf_tok.save_pretrained(str(root / "hf"))
@@ -137,9 +153,10 @@ def test_import_keeps_the_family_and_its_tokenizer(path):
 
     model = read_metadata(path["checkpoint"]).model_config
     base = BASE[path["family"]]
-    assert model.family == {"qwen2": "qwen2", "llama3": "llama"}[base]
+    assert model.family == FAMILY_OF[base]
     assert model.add_qkv_bias == (base == "qwen2")
-    assert model.rope_scaling == (None if base == "qwen2" else "llama3")
+    assert model.qk_layernorm == (base == "qwen3")
+    assert model.rope_scaling == ("llama3" if base == "llama3" else None)
     # The extension's ids sit in the padding rows (the embedding keeps its size); each word is one token.
     tokenizer = path["tokenizer"]
     assert (tokenizer.vocab_size > path["old_ids"]) == bool(path["new_words"])
@@ -148,7 +165,7 @@ def test_import_keeps_the_family_and_its_tokenizer(path):
     # The model's own template (transformers 5 saves it as chat_template.jinja) comes with the copy.
     original = load_tokenizer("huggingface", str(path["root"] / "hf"))
     assert path["tokenizer"].chat_template == original.chat_template
-    assert (original.chat_template is not None) == (path["family"] == "llama3")
+    assert (original.chat_template is not None) == (path["family"] in ("llama3", "mistral"))
 
 
 def test_sft_mask_is_the_assistant_content_and_the_end_token(path):
@@ -250,5 +267,36 @@ def test_exported_weights_are_the_imported_ones_after_four_small_steps(path):
     assert sum(v > 0 for v in moved.values()) >= len(moved) // 2, moved  # trained, not copied through
     if BASE[path["family"]] == "qwen2":
         assert any(name.endswith("q_proj.bias") for name in after)
+    if BASE[path["family"]] == "qwen3":
+        assert any(name.endswith("self_attn.q_norm.weight") for name in after)
     original, exported = (json.loads((root / d / "config.json").read_text(encoding="utf-8")) for d in ("hf", "export"))
     assert exported["rope_parameters"] == original["rope_parameters"]
+
+
+def test_both_evaluation_backends_score_the_import_as_its_hf_original(path, shared_data, monkeypatch):
+    """lm-eval's CMMLU log-likelihoods and bits per byte: the HF backend on the model transformers
+    saved, the parallel backend on its import, for every family."""
+    from megactllm.eval.evaluate import EvalOptions, evaluate
+
+    if path["new_words"]:
+        pytest.skip("the extended import has new rows its HF original lacks")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    docs = [r["output"] for r in json.loads((shared_data / "sft" / "alpaca_zh_demo.json").read_text(encoding="utf-8"))[:2]]
+    corpus = path["root"] / "zh.jsonl"  # read back as bpb_zh
+    corpus.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    answers, bpb = {}, {}
+    for name, model in (("hf", path["root"] / "hf"), ("parallel", path["checkpoint"])):
+        opts = EvalOptions(model=str(model), tasks=["cmmlu", "bpb"], data_dir=str(shared_data / "eval"),
+                           subjects=["agronomy"], corpus=[str(corpus)], shots=1, limit=3, log_samples=True, batch_size=4)
+        results = evaluate(opts, stream=None)
+        assert results["config"]["backend"] == name
+        answers[name] = [ll for s in results["samples"]["cmmlu_agronomy"] for ll in s["response"]]
+        bpb[name] = results["results"]["bpb_zh"]
+    assert len(answers["hf"]) == len(answers["parallel"]) == 12
+    worst = max(abs(a - b) for a, b in zip(answers["hf"], answers["parallel"]))
+    print(f"{path['family']}: CMMLU max |loglik diff| {worst:.1e}; bpb nll hf {bpb['hf']['nll_nats']:.6f} "
+          f"parallel {bpb['parallel']['nll_nats']:.6f} nats over {bpb['hf']['tokens']} tokens")
+    assert worst < 1e-4
+    assert bpb["hf"]["tokens"] == bpb["parallel"]["tokens"] > 0
+    assert abs(bpb["hf"]["nll_nats"] - bpb["parallel"]["nll_nats"]) <= 1e-5 * abs(bpb["hf"]["nll_nats"])

@@ -1,6 +1,7 @@
-"""GGUF export of the Qwen2, Qwen3 and Llama-3 (llama3 RoPE scaling) families loads in llama.cpp and
-gives transformers' f32 logits: Q/K biases (qwen2), per-head Q/K norms (qwen3, head_dim != hidden/heads)
-and the rope_freqs tensor (llama3) all reach llama.cpp's graphs."""
+"""GGUF export of the Qwen2, Qwen3, Llama-3 (llama3 RoPE scaling) and Mistral families loads in
+llama.cpp and gives transformers' f32 logits: Q/K biases (qwen2), per-head Q/K norms (qwen3, head_dim
+!= hidden/heads), the rope_freqs tensor (llama3) and Mistral's untied output through llama.cpp's
+llama graph all reach llama.cpp."""
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ SHAPES = {
     "qwen2": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2),
     "qwen3": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=128),
     "llama3": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64),
+    "mistral": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64),
 }
 
 
@@ -35,7 +37,7 @@ def test_family_gguf_logits_match_transformers(family, tmp_path, sp_model_path):
 
     reader = gguf.GGUFReader(str(out))
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    assert arch == {"qwen2": "qwen2", "qwen3": "qwen3", "llama3": "llama"}[family]
+    assert arch == {"qwen2": "qwen2", "qwen3": "qwen3", "llama3": "llama", "mistral": "llama"}[family]
     names = {t.name for t in reader.tensors}
     assert ("blk.0.attn_q.bias" in names) == (family == "qwen2")
     assert ("blk.0.attn_q_norm.weight" in names) == (family == "qwen3")

@@ -3,13 +3,14 @@
 Micro and global batch 1, so a step is one sample: after the warm-up exactly the steps that read
 random tokens are skipped, with weights and Adam state untouched, and the run then equals one that
 never read those samples (train.skip_samples, constant LR); the ~80 clean steps after the warm-up
-skip nothing.
+skip nothing, and 200 steps of clean text past the warm-up at the default window and sigma skip
+nothing either.
 """
 import json
 from pathlib import Path
 
 import pytest
-from spike_utils import overrides, train_observed, write_real_and_random
+from spike_utils import overrides, train_observed, train_plain, write_real_and_random
 
 from megactllm.testing import run_distributed
 from megactllm.training.spikes import SpikeWindow, min_steps
@@ -66,6 +67,23 @@ def test_random_documents_are_exactly_the_skipped_steps(data):
 
     assert all(torch.equal(a, b) for a, b in zip(r["weights"], ref["weights"]))
 
+
+
+def test_clean_text_skips_nothing_over_200_steps(data):
+    """The issue's false-positive check: real text only, the default window (128) and sigma (6)."""
+    root, d = data
+    iters = WARMUP + 200
+    ov = [o for o in overrides(d, str(root / "clean"), 0.0, **{
+        "train.train_iters": iters, "train.log_interval": 50, "train.save": str(root / "clean" / "ckpt"),
+        "train.save_interval": iters})
+          if not o.startswith("train.spike_window=")]
+    (r,) = run_distributed(train_plain, 1, ov, timeout=900)
+    state = r["state"]
+    assert state["iteration"] == iters and len(r["losses"]) == iters
+    assert len(state["spike_window"]["values"]) == 128, "the check was live: its window (saved at the end) is full"
+    assert state["spike_iterations"] == 0, state["spike_iterations"]
+    log = [json.loads(line) for line in (root / "clean" / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert not [rec["iteration"] for rec in log if rec.get("skipped_spike")]
 
 
 def test_rollback_equals_skipping_the_window_from_the_start(data):
