@@ -52,11 +52,28 @@ def _hf_model_dir(out, family, rows, tokenizer_dir, **widths):
     return out
 
 
+def _as_llama2_download(hf_dir):
+    """The tokenizer files as a LLaMA-2 download ships them: add_bos_token true and a post-processor
+    that puts <s> before the text (transformers 5 saves neither for a LlamaTokenizer of its own)."""
+    config = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}), encoding="utf-8")
+    tok = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    tok["post_processor"] = {
+        "type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    (hf_dir / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    return hf_dir
+
+
 @pytest.fixture(scope="module")
 def tokenizer_models(tmp_path_factory, qwen_style_bpe_dir, sp_model_path):
     """{name: (HF original, imported checkpoint)} for each kind of tokenizer, on a tiny LLaMA."""
     root = tmp_path_factory.mktemp("prefix")
-    models = {"sentencepiece_bos": save_tiny_llama(root / "sp", sp_model_path, hidden_size=16, intermediate_size=32)}
+    models = {"sentencepiece_bos": save_tiny_llama(root / "sp", sp_model_path, hidden_size=16, intermediate_size=32),
+              "llama2_adds_bos": _as_llama2_download(
+                  save_tiny_llama(root / "llama2", sp_model_path, hidden_size=16, intermediate_size=32))}
     for name, eos, bos, template in [("qwen_base", "<|endoftext|>", None, False),
                                      ("qwen_instruct", "<|im_end|>", None, False),
                                      ("llama3_bos", "<|end_of_text|>", "<|begin_of_text|>", True)]:
@@ -77,7 +94,7 @@ def _lm_eval_prefix_and_tokens(hf_dir, text):
 TEXT = "中文语言模型的评测，按字节计算比特数。Bits per byte."
 
 
-@pytest.mark.parametrize("name", ["sentencepiece_bos", "qwen_base", "qwen_instruct", "llama3_bos"])
+@pytest.mark.parametrize("name", ["sentencepiece_bos", "llama2_adds_bos", "qwen_base", "qwen_instruct", "llama3_bos"])
 def test_both_backends_start_from_lm_evals_prefix_token(tokenizer_models, name):
     from lm_eval import utils as lm_utils
 
@@ -91,8 +108,12 @@ def test_both_backends_start_from_lm_evals_prefix_token(tokenizer_models, name):
         destroy_parallel()
     assert hf.prefix_token_id == expected
     assert parallel_prefix == expected, f"{name}: the checkpoint's tokenizer starts from {parallel_prefix}, lm-eval from {expected}"
-    if name == "sentencepiece_bos":
-        return  # an SP original adds BOS by its tokenizer_config (add_bos_token); see the report of issue 21
+    if name in ("sentencepiece_bos", "llama2_adds_bos"):
+        # SentencePiece: BOS first exactly where transformers adds it to the original (a LLaMA-2
+        # download; not a LlamaTokenizer transformers 5 saved itself). The import records which.
+        assert (lm_tokens[0] == expected) == (name == "llama2_adds_bos")
+        assert hf.encode(TEXT) == lm_tokens and parallel_tokens == lm_tokens
+        return
     # Byte-level BPE: the same ids as lm-eval's tok_encode, so the same rolling windows as
     # lm-eval's get_rolling_token_windows + make_disjoint_window (lm_eval/utils.py).
     assert hf.encode(TEXT) == lm_tokens and parallel_tokens == lm_tokens
@@ -151,3 +172,25 @@ def test_cmmlu_loglikelihoods_of_a_qwen2_checkpoint_equal_its_hf_original(qwen2_
     assert len(responses["hf"]) == 12
     assert len({round(ll, 3) for ll in responses["hf"]}) > 6  # the model tells choices apart
     assert max(abs(a - b) for a, b in zip(responses["hf"], responses["parallel"])) < 1e-4
+
+
+def test_a_llama2_originals_bos_survives_export_and_gguf(tokenizer_models, tmp_path):
+    """The import's record of what the original adds reaches the HF export (AutoTokenizer adds BOS
+    as the original's did) and the GGUF's add_bos_token; a checkpoint whose original adds none
+    (and megactllm's own) exports without."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    from megactllm.convert import export_to_hf
+    from megactllm.convert.gguf import export_gguf
+
+    for name, adds in (("llama2_adds_bos", True), ("sentencepiece_bos", False)):
+        hf_dir, checkpoint = tokenizer_models[name]
+        original = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+        export_to_hf(checkpoint, tmp_path / name, progress_stream=None)
+        exported = AutoTokenizer.from_pretrained(str(tmp_path / name), local_files_only=True)
+        assert exported(TEXT)["input_ids"] == original(TEXT)["input_ids"]
+        assert (exported(TEXT)["input_ids"][0] == original.bos_token_id) == adds
+        export_gguf(checkpoint, tmp_path / f"{name}.gguf", "f32", progress_stream=None)
+        field = gguf.GGUFReader(str(tmp_path / f"{name}.gguf")).fields["tokenizer.ggml.add_bos_token"]
+        assert bool(field.parts[-1][0]) == adds

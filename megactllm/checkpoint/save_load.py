@@ -297,13 +297,14 @@ def save_checkpoint(
 # Beside a tokenizer.json, the files that name its eos/bos/pad tokens (a Qwen2.5-Instruct's eos is
 # <|im_end|>, which tokenizer.json alone does not say): without them the copy would resolve other ids.
 # transformers 5 saves the chat template as chat_template.jinja: the model's own format comes along.
+# Beside a tokenizer.model, tokenizer_config.json says whether the original adds BOS (tokenizer/bos.py).
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def _copy_tokenizer(tokenizer_path: Path, out_dir: Path) -> None:
     out_dir.mkdir(exist_ok=True)
     shutil.copy2(tokenizer_path, out_dir / tokenizer_path.name)
-    if tokenizer_path.suffix == ".json":
+    if tokenizer_path.suffix in (".json", ".model"):
         for name in TOKENIZER_SIDE_FILES:
             side = tokenizer_path.with_name(name)
             if side.is_file() and side != tokenizer_path:

@@ -2,6 +2,8 @@
 (`megactllm <command>`, or `python tools/{convert_checkpoint,export_gguf}.py`, the same mains)."""
 from __future__ import annotations
 
+import argparse
+
 from megactllm.common.command import CommandParser, entry_point, need_path, user_errors
 
 CONVERT = """Convert between megactllm checkpoints and Hugging Face LLaMA directories (CPU only, streaming).
@@ -50,8 +52,9 @@ def _parser(prog) -> CommandParser:
     e.add_argument("--max-shard-size", default="5G", type=parse_size,
                    help="largest safetensors shard, e.g. 2G, 500M (default 5G)")
     e.add_argument("--no-chat-template", action="store_true", help="leave the chat template out")
-    e.add_argument("--add-bos-token", action="store_true",
-                   help="HF tokenizer prepends BOS (megactllm trains without; leave off to match training)")
+    e.add_argument("--add-bos-token", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the HF tokenizer prepends BOS (default: as the checkpoint's tokenizer copy says: "
+                        "an imported LLaMA-2/Mistral's original does, megactllm's own tokenizers do not)")
     e.add_argument("--overwrite", action="store_true")
 
     i = sub.add_parser("import", help="HF LLaMA directory -> megactllm checkpoint for continued pretraining")

@@ -14,7 +14,6 @@ output rows of the new pieces are initialised from their old sub-tokens (see con
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TextIO
@@ -49,6 +48,7 @@ from megactllm.tokenizer.vocab_fit import (
     plan_extension,
 )
 from megactllm.tokenizer import load_tokenizer
+from megactllm.tokenizer.bos import hf_dir_adds_bos, record_sentencepiece_bos
 from megactllm.common.progress import STDERR
 
 
@@ -281,5 +281,8 @@ def import_from_hf(
         progress.message("saving the megatron checkpoint")
         save_checkpoint(staging, 0, [chunk], cfg, tokenizer_path=str(tokenizer_plan.file))
         del chunk
+        adds_bos = hf_dir_adds_bos(hf_dir) if tokenizer_plan.type == "sentencepiece" else None
+        if adds_bos is not None:  # a LLaMA-2/Mistral original prepends BOS: evaluation and export follow it
+            record_sentencepiece_bos(iteration_dir(staging, 0) / "tokenizer", adds_bos)
     progress.message(f"done: set train.pretrained_checkpoint={iteration_dir(out_dir, 0)}")
     return ImportResult(iteration_dir(out_dir, 0), model, target_dtype, extension)

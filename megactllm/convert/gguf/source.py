@@ -20,6 +20,7 @@ from megactllm.convert.errors import ConversionError
 from megactllm.convert.export import default_chat_template, hf_tensor_plan, hf_tensors
 from megactllm.convert.hf_config import model_config_from_hf, read_hf_config
 from megactllm.convert.safetensors_io import TensorSpec
+from megactllm.tokenizer.bos import hf_bos_eos, sentencepiece_adds_bos
 
 
 @dataclass
@@ -75,15 +76,24 @@ def open_source(path: str | Path, tokenizer_file: Optional[str | Path] = None):
             raise ConversionError(f"{meta.path}: tokenizer type {tok_type!r}; GGUF export supports SentencePiece and "
                                   "byte-level BPE (tokenizer.json) tokenizers")
         template, why = default_chat_template(tok_type, tok)
+        tok_config = _config_beside(tok)
+        # BOS as the original adds it: its tokenizer_config.json (copied by the import), or a
+        # tokenizer.json's post-processor (Llama-3's); megactllm's own tokenizers add none.
+        if tok_type == "sentencepiece":
+            add_bos, add_eos = sentencepiece_adds_bos(tok), False
+        else:
+            add_bos, add_eos = hf_bos_eos(tok.with_name("tokenizer_config.json"), tok_config,
+                                           json.loads(tok.read_text(encoding="utf-8")), bpe=True)
         yield ModelSource(
             path=meta.path, model=reader.model, dtype=reader.dtype, tokenizer_file=tok, chat_template=template,
             plan=hf_tensor_plan(reader.model, reader.dtype), tensors=lambda: hf_tensors(reader, reader.dtype), notes=[why],
-            tokenizer_type=tok_type, tokenizer_config=_config_beside(tok),
+            tokenizer_type=tok_type, tokenizer_config=tok_config, add_bos=add_bos, add_eos=add_eos,
         )
 
 
 def _config_beside(tokenizer_file: Path) -> dict:
-    """The tokenizer_config.json beside a tokenizer file (a checkpoint's copy has none)."""
+    """The tokenizer_config.json beside a tokenizer file (a checkpoint's copy has the original's since
+    the import copies it; older copies and megactllm's own tokenizers have none)."""
     config = tokenizer_file.parent / "tokenizer_config.json"
     return json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
 
@@ -173,37 +183,13 @@ def _hf_source(path: Path, tokenizer_file: Optional[str | Path]) -> ModelSource:
     tok_config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     tok_json_path = path / "tokenizer.json"
     tok_json = json.loads(tok_json_path.read_text(encoding="utf-8")) if tok_json_path.is_file() else None
-    add_bos, add_eos = _hf_bos_eos(config_path, tok_config, tok_json, bpe=tok.suffix == ".json")
+    add_bos, add_eos = hf_bos_eos(config_path, tok_config, tok_json, bpe=tok.suffix == ".json")
     return ModelSource(
         path=path, model=model, dtype=dtype, tokenizer_file=tok, chat_template=_hf_chat_template(path, tok_config),
         plan=plan, tensors=tensors, added_tokens=_hf_added_tokens(path, tok_config), add_bos=add_bos, add_eos=add_eos,
         chat_space_prefix=_hf_space_after_special(tok_config, tok_json), tokenizer_type=_tokenizer_type(tok),
         tokenizer_config=tok_config,
     )
-
-
-def _hf_bos_eos(config_path: Path, tok_config: dict, tok_json: Optional[dict], bpe: bool = False) -> tuple[bool, bool]:
-    """(BOS, EOS) the model's HF tokenizer adds to a text: tokenizer_config.json's add_bos_token and
-    add_eos_token where it says (transformers 4 writes them); else the special tokens around the
-    text in tokenizer.json's post-processor (transformers 5 keeps them there only; Llama-3's is in a
-    Sequence with ByteLevel); else the defaults of transformers' LlamaTokenizer (BOS, no EOS), or
-    nothing for a byte-level BPE (Qwen's ByteLevel post-processor adds no token)."""
-    post = (tok_json or {}).get("post_processor") or {}
-    template = next((p for p in post.get("processors") or [post] if p.get("type") == "TemplateProcessing"), {})
-    single = template.get("single")
-    if isinstance(single, list) and any("Sequence" in item for item in single):
-        at = next(i for i, item in enumerate(single) if "Sequence" in item)
-        defaults = {"add_bos_token": any("SpecialToken" in item for item in single[:at]),
-                    "add_eos_token": any("SpecialToken" in item for item in single[at + 1:])}
-    else:
-        defaults = {"add_bos_token": not bpe, "add_eos_token": False}
-    values = []
-    for key, default in defaults.items():
-        value = tok_config.get(key, default)
-        if not isinstance(value, bool):
-            raise ConversionError(f"{config_path}: {key} is {value!r}; expected true or false")
-        values.append(value)
-    return values[0], values[1]
 
 
 def _find(node, kind: str) -> Optional[dict]:

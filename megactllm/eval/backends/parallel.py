@@ -48,7 +48,12 @@ class ParallelBackend(Backend):
                  max_length: Optional[int] = None, micro_batch_size: Optional[int] = None):
         from megatron.core import parallel_state as ps
 
+        from megactllm.tokenizer.bos import sentencepiece_adds_bos
+        from megactllm.tokenizer.huggingface_tokenizer import HuggingFaceTokenizer
+
         self.chunks, self.model_config, self.tokenizer = model_chunks, model_config, tokenizer
+        # A LLaMA-2/Mistral original adds BOS (its tokenizer_config.json, copied by the import).
+        self.add_bos = not isinstance(tokenizer, HuggingFaceTokenizer) and sentencepiece_adds_bos(tokenizer.model_path)
         # Ids past the tokenizer's are padding rows (and the layout's): never scored or chosen.
         self.vocab_limit = min(model_config.vocab_size, tokenizer.vocab_size)
         self.batch_size = batch_size
@@ -82,12 +87,14 @@ class ParallelBackend(Backend):
     def encode(self, text: str) -> list[int]:
         """Ids as lm-eval's tok_encode gives them: the tokenizer's own defaults. A tokenizer.json's
         post-processor may add BOS (Llama-3's <|begin_of_text|>), which megactllm's encode (for
-        training data) leaves out; a SentencePiece model adds none, as its export (add_bos_token false)."""
+        training data) leaves out; a SentencePiece model adds BOS where its HF original's
+        tokenizer_config.json says so (megactllm's own add none, as their export says)."""
         from megactllm.tokenizer.huggingface_tokenizer import HuggingFaceTokenizer
 
         if isinstance(self.tokenizer, HuggingFaceTokenizer):
             return self.tokenizer.hf.encode(text, add_special_tokens=True).ids
-        return self.tokenizer.encode(text)
+        ids = self.tokenizer.encode(text)
+        return [self.tokenizer.bos_id] + ids if self.add_bos and self.tokenizer.bos_id is not None else ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
