@@ -115,6 +115,27 @@ def test_offline_history_equals_metrics_through_a_crash_and_a_resume(corpus):
     assert config["train"]["train_iters"] == 6 and config["train"]["wandb_name"] == "tiny"
 
 
+def test_two_ranks_make_one_wandb_run_that_rank_zero_writes(corpus):
+    """At TP2 (the loss is known on every rank) and at DP2, only rank 0 starts W&B: one run, and
+    its history is metrics.jsonl's, iteration by iteration."""
+    pytest.importorskip("wandb")
+    work, data = corpus
+    for layout in ("tp2", "dp2"):
+        run = work / f"two_ranks_{layout}"
+        parallel = {"parallel.tensor_model_parallel_size": 2} if layout == "tp2" else {}
+        ov = tiny_overrides(data, str(run), **{
+            "train.train_iters": 3, "train.global_batch_size": 4, "train.micro_batch_size": 2, **parallel,
+            "train.wandb_project": "megactllm-test", "train.wandb_dir": str(run / "wandb")})
+        run_distributed(train_in_process, 2, ov, timeout=600, env={"WANDB_MODE": "offline"})
+        files = glob.glob(str(run / "wandb" / "wandb" / "*-run-*" / "run-*.wandb"))  # not latest-run, a link
+        assert len(files) == 1, files
+        metrics = [json.loads(line) for line in (run / "log" / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in metrics if r.get("kind") == "train"]
+        rows = [row for row in history_rows(read_wandb_records(files[0])) if "train/loss" in row]
+        assert [(row["iteration"], row["train/loss"]) for row in rows] == [(r["iteration"], r["loss"]) for r in train]
+        assert [r["iteration"] for r in train] == [1, 2, 3]
+
+
 def test_wandb_settings_without_the_package_are_one_named_error(corpus):
     work, data = corpus
     args = ["--dry-run", *tiny_overrides(data, str(work / "missing"), **{"train.wandb_project": "p"})]
