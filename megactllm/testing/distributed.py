@@ -7,6 +7,7 @@ order, and a failure on any rank raises with that rank's traceback.
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing import reduction
 import os
 import pickle
 import queue
@@ -35,8 +36,26 @@ def _context():
     return ctx
 
 
+def _received_fd(fd):
+    return fd.detach()
+
+
+class _CallerFd:
+    """One of the caller's file descriptors (its stdout/stderr: a terminal, a log, pytest's capfd),
+    sent along with the fork request: a rank forked by the server would write to the server's."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        return _received_fd, (reduction.DupFd(self.fd),)
+
+
 def _rank_main(fn, rank, world_size, port, args, kwargs, results, env, caller):
-    cwd, path = caller
+    cwd, path, stdout, stderr = caller
+    for received, target in ((stdout, 1), (stderr, 2)):
+        os.dup2(received, target)
+        os.close(received)
     os.chdir(cwd)
     sys.path[:] = path
     os.environ.clear()
@@ -84,7 +103,9 @@ def run_distributed(
     results = ctx.Queue()
     port = free_port()
     full_env = {**os.environ, **(env or {})}
-    caller = (os.getcwd(), list(sys.path))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    caller = (os.getcwd(), list(sys.path), _CallerFd(1), _CallerFd(2))
     procs = [
         ctx.Process(target=_rank_main, args=(fn, rank, world_size, port, args, kwargs, results, full_env, caller))
         for rank in range(world_size)
