@@ -31,8 +31,12 @@ PRELOAD = ("torch", "megatron.core")
 
 
 def _context():
+    import torch
+
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
+    # A process forked after CUDA was initialised cannot use it, and imports may query the GPU: on a
+    # machine with one the server imports nothing and each rank imports for itself.
+    ctx.set_forkserver_preload([] if torch.cuda.is_available() else list(PRELOAD))
     return ctx
 
 
