@@ -141,7 +141,7 @@ def single_process_run(tmp_path_factory):
     """6 iterations, phase 'warm' for 1-3 and 'decay' for 4-6, in one process: the reference."""
     work = tmp_path_factory.mktemp("scheduled")
     corpora = write_corpora(str(work))
-    overrides = scheduled_overrides(corpora, str(work / "run"), 3, **{"train.train_iters": 6})
+    overrides = scheduled_overrides(corpora, str(work / "run"), 3, **{"train.duration": "6 iterations"})
     (result,) = run_distributed(train_recording_samples, 1, overrides, str(work / "out.txt"), timeout=300)
     return work, corpora, result
 
@@ -174,7 +174,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_parallel_layouts_read_the_same_samples_as_one_process(single_process_run, layout):
     work, corpora, reference = single_process_run
-    overrides = scheduled_overrides(corpora, str(work / layout), 3, **{"train.train_iters": 6, **LAYOUTS[layout]})
+    overrides = scheduled_overrides(corpora, str(work / layout), 3, **{"train.duration": "6 iterations", **LAYOUTS[layout]})
     results = run_distributed(train_recording_samples, 2, overrides, timeout=400)
     for step, expected in enumerate(reference["steps"]):
         expected = Counter(digest for digest, _ in expected)

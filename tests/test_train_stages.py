@@ -39,9 +39,9 @@ def test_unknown_and_registered_stages():
 
 
 def test_run_length_from_iters_tokens_and_epochs():
-    cfg = load_config(None, ["model.seq_length=128", "train.global_batch_size=16", "train.train_tokens=20000"])
+    cfg = load_config(None, ["model.seq_length=128", "train.global_batch_size=16", "train.duration=20000 tokens"])
     assert resolve_train_iters(cfg) == 10  # ceil(20000 / 2048)
-    cfg = load_config(None, ["train.train_epochs=2", "train.global_batch_size=8"])
+    cfg = load_config(None, ["train.duration=2 epochs", "train.global_batch_size=8"])
     assert resolve_train_iters(cfg, train_samples=100) == 25
     with pytest.raises(ScheduleError, match="finite training set"):
         resolve_train_iters(cfg)

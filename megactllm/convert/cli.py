@@ -11,7 +11,7 @@ CONVERT = """Convert between megactllm checkpoints and Hugging Face LLaMA direct
 Export a checkpoint saved at any TP/PP layout (a run dir or one iter_XXXXXXX dir):
     megactllm convert export runs/ctllm-2b hf/ctllm-2b [--dtype bf16]
 
-Import an HF model for continued pretraining (then train.pretrained_checkpoint=OUT/iter_0000000):
+Import an HF model for continued pretraining (then checkpoint.pretrained=OUT/iter_0000000):
     megactllm convert import hf/llama-2-7b ckpt/llama2-7b --target-tp 4 --target-pp 2
 With a tokenizer that extends the model's (new rows = mean of their old sub-token rows):
     megactllm convert import hf/llama-2-7b ckpt/llama2-7b-zh --tokenizer zh_ext.model

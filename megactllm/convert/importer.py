@@ -1,7 +1,7 @@
 """Hugging Face directory (LLaMA, Qwen2, Qwen3, Mistral families) -> megactllm checkpoint that megactllm.train can start from.
 
 The result is an ordinary megactllm checkpoint (iteration 0, no optimizer state): point
-`train.pretrained_checkpoint` at it to continue pretraining with a fresh optimizer and schedule.
+`checkpoint.pretrained` at it to continue pretraining with a fresh optimizer and schedule.
 The model is built once on CPU (local spec, no initialisation) at TP1/PP1 and filled tensor by
 tensor from the safetensors files; dist_checkpointing stores global tensors, so it loads at any
 TP/PP (megatron loads the padded vocabulary rows with `allow_shape_mismatch`, so even the
@@ -54,7 +54,7 @@ from megactllm.common.progress import STDERR
 
 @dataclass
 class ImportResult:
-    checkpoint: Path  # the iteration directory, for train.pretrained_checkpoint
+    checkpoint: Path  # the iteration directory, for checkpoint.pretrained
     model_config: ModelConfig
     dtype: torch.dtype
     extension: Optional[ExtensionReport]
@@ -284,5 +284,5 @@ def import_from_hf(
         adds_bos = hf_dir_adds_bos(hf_dir) if tokenizer_plan.type == "sentencepiece" else None
         if adds_bos is not None:  # a LLaMA-2/Mistral original prepends BOS: evaluation and export follow it
             record_sentencepiece_bos(iteration_dir(staging, 0) / "tokenizer", adds_bos)
-    progress.message(f"done: set train.pretrained_checkpoint={iteration_dir(out_dir, 0)}")
+    progress.message(f"done: set checkpoint.pretrained={iteration_dir(out_dir, 0)}")
     return ImportResult(iteration_dir(out_dir, 0), model, target_dtype, extension)

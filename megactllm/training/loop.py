@@ -78,9 +78,6 @@ class Trainer:
         from megactllm.parallel import default_device
         from megactllm.training.stages import build_task
 
-        from megactllm.parallel.initialize import check_context_parallel
-
-        check_context_parallel(cfg.parallel, cfg.model.seq_length)
         self.cfg = cfg
         self.task = task if task is not None else build_task(cfg)
         if not isinstance(getattr(self.task, "provides", None), StageCapabilities):
@@ -96,7 +93,7 @@ class Trainer:
         self.dp_size = ps.get_data_parallel_world_size()
         self.is_last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
         self.tokenizer, self.tokenizer_path = self._load_tokenizer()
-        self.log = RunLogger(self._log_dir(), cfg.train.tensorboard_dir, enabled=self.rank == 0)
+        self.log = RunLogger(self._log_dir(), cfg.logging.tensorboard_dir, enabled=self.rank == 0)
 
         # use_transformer_engine None: TE's layer spec when it imports on CUDA (the bench compares both).
         self.model = wrap_model_chunks(cfg, build_model(cfg.model, cfg.parallel, cfg.optim, use_transformer_engine))
@@ -116,16 +113,14 @@ class Trainer:
             self.dp_rank, self.dp_size, self.device, caps.collate, "train",
         )
         self.valid_reader = None
-        if self.valid_ds is not None and len(self.valid_ds) and cfg.train.eval_iters:
+        if self.valid_ds is not None and len(self.valid_ds) and cfg.validation.iters:
             self.valid_reader = GlobalBatchReader(
                 self.valid_ds, cfg.train.global_batch_size, cfg.train.micro_batch_size,
                 self.dp_rank, self.dp_size, self.device, caps.collate, "valid", wrap=True,
             )
         self.metric_names = list(self.task.metric_names())
         self.blend_schedule = None
-        if cfg.data.blend_schedule:
-            if not caps.blend_schedule:
-                raise ValueError(f"data.blend_schedule is read by stage pretrain only; stage {cfg.train.stage!r} ignores it: remove it")
+        if cfg.data.blend_schedule:  # the recipe allows a schedule with stage pretrain only
             self.blend_schedule = self.train_ds.schedule
         self.state = TrainState(blend_schedule=self.blend_schedule.spec() if self.blend_schedule else None)
         self.last_checkpoint: Optional[str] = None
@@ -148,8 +143,8 @@ class Trainer:
         return tok, d.tokenizer_model
 
     def _log_dir(self) -> str:
-        t = self.cfg.train
-        return t.log_dir or t.save or t.tensorboard_dir or "runs/latest"
+        c = self.cfg
+        return c.logging.dir or c.checkpoint.save or c.logging.tensorboard_dir or "runs/latest"
 
     def resume_or_initialise(self) -> None:
         resume.resume_or_initialise(self)
@@ -216,11 +211,11 @@ class Trainer:
             chunk.eval()
         totals: dict = {name: 0.0 for name in self.metric_names}
         with torch.no_grad():
-            for i in range(self.cfg.train.eval_iters):
+            for i in range(self.cfg.validation.iters):
                 mbs = self.valid_reader.step(i * self.cfg.train.global_batch_size)
                 mbs = self.task.prepare_global_batch(mbs, self.model)
                 for name, value in self._reduce_reports(self._forward_backward(mbs, forward_only=True)).items():
-                    totals[name] += value / self.cfg.train.eval_iters
+                    totals[name] += value / self.cfg.validation.iters
         for chunk in self.model:
             chunk.train()
         return totals

@@ -30,10 +30,7 @@ class SpikeVerdict:
 
 class SpikeWindow:
     def __init__(self, window: int, sigma: float):
-        if window < 2:
-            raise ValueError(f"train.spike_window={window}: it needs at least 2 steps for a standard deviation")
-        if sigma <= 0:
-            raise ValueError(f"train.spike_sigma={sigma}: it must be positive")
+        # stability.spike_window >= 2 (a standard deviation) and spike_sigma > 0: the recipe checks them.
         self.window = window
         self.sigma = sigma
         self.values: deque = deque(maxlen=window)  # (loss, grad_norm) of applied steps

@@ -1,5 +1,5 @@
-"""The save policy: every train.save_interval iterations and at the end, synchronously or in the
-background (train.async_save: one save in flight, published once every rank wrote it)."""
+"""The save policy: every checkpoint.interval iterations and at the end, synchronously or in the
+background (checkpoint.async_save: one save in flight, published once every rank wrote it)."""
 from __future__ import annotations
 
 from dataclasses import asdict

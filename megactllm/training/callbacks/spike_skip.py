@@ -1,4 +1,4 @@
-"""Spiky-step skipping (train.skip_spiky_steps) and rollback (train.spike_rollback_after).
+"""Spiky-step skipping (stability.skip_spiky_steps) and rollback (stability.spike_rollback_after).
 
 Once the grad norm is known and before the update, the step's loss and grad norm are judged
 against the window of recent applied steps (megactllm.training.spikes); every rank judges, and a
@@ -18,13 +18,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from megactllm.errors import UserError
 from megactllm.training.callbacks.base import Callback, Step
 from megactllm.training.spikes import SpikeWindow, min_steps
-
-
-class SpikeConfigError(UserError, ValueError):
-    pass
 
 
 class SpikeRollbackError(RuntimeError):
@@ -32,12 +27,8 @@ class SpikeRollbackError(RuntimeError):
 
 
 class SpikeSkipping(Callback):
-    def __init__(self, cfg):
-        t = cfg.train
-        if t.spike_rollback_after and not (t.save and t.save_interval):
-            raise SpikeConfigError(
-                f"train.spike_rollback_after={t.spike_rollback_after} reloads the last checkpoint: set train.save and train.save_interval"
-            )
+    def __init__(self, stability):
+        t = stability  # checked by the recipe (megactllm.config): window >= 2, sigma > 0, rollbacks saved
         self.window_size, self.sigma = t.spike_window, t.spike_sigma
         self.window = SpikeWindow(t.spike_window, t.spike_sigma)  # replaced from the train state at the start
         self.rollback_after = t.spike_rollback_after
@@ -102,7 +93,7 @@ class SpikeSkipping(Callback):
         if s.spike_rollbacks >= self.max_rollbacks:
             raise SpikeRollbackError(
                 f"{self.in_a_row} spikes in a row ending at iteration {last_iteration} after {s.spike_rollbacks} rollbacks "
-                f"(train.spike_max_rollbacks={self.max_rollbacks}): the run keeps spiking; the last checkpoint is {path}. "
+                f"(stability.spike_max_rollbacks={self.max_rollbacks}): the run keeps spiking; the last checkpoint is {path}. "
                 "Inspect the data at these samples, or lower the learning rate."
             )
         resume.resume(trainer, path)
