@@ -219,7 +219,7 @@ def bench_spikes(args, overrides):
 
 
 def on_window(overrides) -> int:
-    return load_config(None, overrides).train.spike_window
+    return load_config(None, overrides).stability.spike_window
 
 
 def bench_gpu_phase(args, overrides, use_te, which):

@@ -205,6 +205,6 @@ def test_recipes_warm_start_and_decay_phase_line_up_with_the_wsd_decay():
     assert warm.end_iteration * cfg.train.global_batch_size * cfg.model.seq_length >= 10_000_000_000
     assert cfg.optim.lr_decay_style == "WSD" and decay.start_iteration == iters - cfg.optim.lr_wsd_decay_iters
     tiny = load_config(str(recipes / "tiny_blend_schedule.yaml"))
-    t = BlendSchedule.from_config(tiny, tiny.train.train_iters)
+    t = BlendSchedule.from_config(tiny, tiny.known_train_iters())
     assert [(r.start_iteration, r.end_iteration) for r in t.resolved] == [(0, 30), (30, 70), (70, 100)]
-    assert t.resolved[2].start_iteration == tiny.train.train_iters - tiny.optim.lr_wsd_decay_iters
+    assert t.resolved[2].start_iteration == tiny.known_train_iters() - tiny.optim.lr_wsd_decay_iters

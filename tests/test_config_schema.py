@@ -205,3 +205,10 @@ def test_help_config_prints_the_reference(capsys):
     assert main(["--help-config"]) == 0
     out = capsys.readouterr().out
     assert "| `train.duration` | duration or null | `null` |" in out and "| `train.train_iters: N` |" in out
+
+
+def test_the_recipes_stages_are_the_built_in_ones():
+    from megactllm.config.schema import STAGES
+    from megactllm.training.stages import _BUILTIN
+
+    assert set(_BUILTIN) <= set(STAGES)

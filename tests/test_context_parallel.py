@@ -261,27 +261,24 @@ def test_packed_sft_and_dpo_at_cp2_match_cp1(pretrain, stage):
 
 # ----------------------------------------------------------------------------- named errors
 def test_sequence_not_divisible_by_two_cp_is_a_named_error():
-    from megactllm.parallel.initialize import ParallelLayoutError
+    from megactllm.config import ConfigError
     from megactllm.training.preflight import preflight
 
-    cfg = load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "model.seq_length=100", "parallel.context_parallel_size=4"])
-    with pytest.raises(ParallelLayoutError, match=r"model.seq_length=100 is not divisible by 2 x parallel.context_parallel_size = 8"):
-        preflight(cfg, world_size=4, check_memory=False)
+    with pytest.raises(ConfigError, match=r"model.seq_length=100: is not divisible by 2 x parallel.context_parallel_size = 8"):
+        load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "model.seq_length=100", "parallel.context_parallel_size=4"])
     ok = load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "model.seq_length=128", "parallel.context_parallel_size=4"])
     assert preflight(ok, world_size=8, check_memory=False).data_parallel_size == 2
 
 
 def test_cp_with_attention_that_cannot_split_is_a_named_error():
     from megactllm.config import ConfigError
-    from megactllm.parallel.initialize import ParallelLayoutError
-    from megactllm.training.preflight import preflight
 
-    cfg = load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "parallel.context_parallel_size=2", "eval.interval=10"])
     with pytest.raises(ConfigError, match="in-loop benchmark evaluation does not split prompts"):
-        preflight(cfg, world_size=2, check_memory=False)
-    cfg = load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "parallel.context_parallel_size=2", "parallel.cp_comm_type=ring"])
-    with pytest.raises(ParallelLayoutError, match="cp_comm_type='ring'; choose one of p2p, a2a, all_gather"):
-        preflight(cfg, world_size=2, check_memory=False)
+        load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "parallel.context_parallel_size=2",
+                           "eval.interval=10", "eval.data_dir=x", "data.tokenizer_model=t.model"])
+    with pytest.raises(ConfigError, match="parallel.cp_comm_type='ring': must be one of p2p, a2a, all_gather"):
+        load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "parallel.context_parallel_size=2",
+                           "parallel.cp_comm_type=ring"])
 
 
 def test_memory_estimate_divides_activations_by_cp():

@@ -24,6 +24,17 @@ LAYOUT_VOCAB_MULTIPLE = 128
 # The model families megactllm.model.families implements (that package registers the code for each).
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 Family = Literal["llama", "qwen2", "qwen3", "mistral"]
+# The stages train.stage may name: the built-in ones, and those megactllm.training.stages.register_stage
+# adds (it calls allow_stage). A new built-in stage: its name here and its Task in training/stages.py.
+STAGES: list[str] = ["pretrain", "sft", "dpo"]
+
+
+def allow_stage(name: str) -> None:
+    """Let recipes name a stage registered outside the built-in ones."""
+    if name not in STAGES:
+        STAGES.append(name)
+
+
 # The benchmarks in-loop evaluation can score (megactllm.eval.tasks).
 EVAL_TASKS = ("cmmlu", "ceval", "mmlu", "jsonl")
 
@@ -285,8 +296,8 @@ class TrainConfig(Section):
 
     NAME: ClassVar[str] = "train"
 
-    stage: Literal["pretrain", "sft", "dpo"] = option("pretrain", "pretrain (next-token loss on documents), sft "
-                                                                  "(on assistant turns) or dpo (preference pairs)")
+    stage: str = option("pretrain", "pretrain (next-token loss on documents), sft (on assistant turns), dpo "
+                                    "(preference pairs), or a stage registered by megactllm.training.stages")
     seed: int = option(1234, "seed of the initial weights and the data order", min=0)
     micro_batch_size: int = option(1, "samples per forward pass on one rank (DPO: pairs)", min=1)
     global_batch_size: int = option(8, "samples per optimizer step over all data-parallel ranks", min=1)
@@ -295,6 +306,8 @@ class TrainConfig(Section):
               "seq_length tokens) or '2 epochs' (sft and dpo); required to train")
 
     def check(self) -> None:
+        if self.stage not in STAGES:
+            self.fail("stage", f"must be one of {', '.join(STAGES)}")
         if self.global_batch_size % self.micro_batch_size:
             self.fail("global_batch_size", f"must be a multiple of train.micro_batch_size={self.micro_batch_size}")
         if self.duration is not None and self.duration.unit == "epochs" and self.stage == "pretrain":

@@ -208,6 +208,6 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
+    if isinstance(value, str) or hasattr(type(value), "parse"):  # a Duration shows as its text
+        return repr(str(value))
     return str(value)
