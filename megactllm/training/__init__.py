@@ -9,7 +9,8 @@ schedule.py    how long a run lasts (iterations, samples, epochs) and how its LR
 batches.py     which samples a data-parallel rank reads at each step
 model_setup.py the bare model chunks wrapped for megatron-core's schedules and optimizer
 context_parallel.py  the data side of context parallelism
-stages/        what differs per stage: pretrain, sft, dpo (a Task each) and the registry of stages
+stages/        what differs per stage: pretrain, sft, dpo, grpo (a Task each, a folder when it has more
+               than one file) and the registry of stages
 callbacks/     the loop's concerns, one callback each: checkpointing, exit conditions, run lock,
                throughput/MFU, validation, in-loop eval, non-finite and spike handling, W&B, ...
 run/           run operations: lock, signals, parent death, preflight, memory estimate, metrics, W&B sink
