@@ -262,6 +262,7 @@ def test_packed_sft_and_dpo_at_cp2_match_cp1(pretrain, stage):
 # ----------------------------------------------------------------------------- named errors
 def test_sequence_not_divisible_by_two_cp_is_a_named_error():
     from megactllm.config import ConfigError
+    from megactllm.training.run.preflight import preflight
 
     with pytest.raises(ConfigError, match=r"model.seq_length=100: is not divisible by 2 x parallel.context_parallel_size = 8"):
         load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "model.seq_length=100", "parallel.context_parallel_size=4"])
