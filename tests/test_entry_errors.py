@@ -30,7 +30,7 @@ def _cases(checkpoint, tmp_path, shared_data):
     start = [f"checkpoint.pretrained={checkpoint}", "train.duration=2 iterations", "train.global_batch_size=4"]
     return {
         "config": (small + ["train.bogus=1"], "unknown key(s) ['bogus']"),
-        "layout": (small + ["parallel.tensor_model_parallel_size=3"], "world size 2 is not divisible by TP x PP x CP"),
+        "layout": (small + ["parallel.pipeline_model_parallel_size=4"], "world size 2 is not divisible by TP x PP x CP"),
         "checkpoint": (start + ["model.num_layers=2"], "model.num_layers=2 (set by an override) but the checkpoint"),
         "tokenizer": (start + [f"data.tokenizer_model={shared_data}/tokenizers/cluecorpussmall_sp.model"],
                       "cluecorpussmall_sp.model has"),
