@@ -173,5 +173,6 @@ def test_recipe_layout_is_the_least_model_parallelism_that_fits_80gb(recipe, arc
     plan = preflight(cfg, 8, check_memory=False, raise_if_unfit=False)
     assert plan.estimate.total < 70 * GIB  # 80 GB GPUs, with room for what the estimate leaves out
     tp = cfg.parallel.tensor_model_parallel_size
-    less = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=tp // 2))
+    less = dataclasses.replace(cfg, parallel=dataclasses.replace(
+        cfg.parallel, tensor_model_parallel_size=tp // 2, sequence_parallel=tp // 2 > 1))  # SP needs TP > 1
     assert estimate_memory(less, 8).total > 70 * GIB
