@@ -112,7 +112,7 @@ def test_offline_history_equals_metrics_through_a_crash_and_a_resume(corpus):
 
     config = {item.key: json.loads(item.value_json)
               for r in resumed if r.WhichOneof("record_type") == "run" for item in r.run.config.update}
-    assert config["train"]["train_iters"] == 6 and config["train"]["wandb_name"] == "tiny"
+    assert config["train"]["duration"] == "6 iterations" and config["wandb"]["name"] == "tiny"
 
 
 def test_two_ranks_make_one_wandb_run_that_rank_zero_writes(corpus):

@@ -422,7 +422,7 @@ class RunConfig(Section):
     exit_interval: Optional[int] = option(None, "stop (after saving, when checkpoint.interval divides it) at the "
                                                 "first iteration that is a multiple", min=1)
     exit_duration_minutes: Optional[float] = option(None, "stop (save, exit 75 to be resumed) once this many "
-                                                          "minutes passed since the process started", above=0)
+                                                          "minutes passed since the process started (0: after the first step)", min=0)
     lock_stale_minutes: float = option(10.0, "checkpoint.save/run.lock with no heartbeat for this long is "
                                              "taken over", above=0)
     check_memory: bool = option(True, "refuse, before building, a run whose estimated per-rank memory exceeds "
