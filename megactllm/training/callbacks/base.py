@@ -68,9 +68,14 @@ class Step:
 class Callback:
     """Every hook is a no-op: a callback implements the ones its concern needs."""
 
-    # The key of its state in a checkpoint; one per callback in a run.
+    # The key of its state in a checkpoint, one per callback in a run (default: the class's name).
     name: ClassVar[str] = "callback"
     priority: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
     def on_step_start(self, trainer: "Trainer") -> None: ...
