@@ -1,7 +1,9 @@
 """The training loop's concerns, one callback each (OLMo-core's train/callbacks/ is the model).
 
-`default_callbacks(trainer)` is the list a run gets, in the order its hooks run; see base.py for
-the hooks and when the loop calls them.
+`default_callbacks(trainer)` is the set a run gets: only the concerns its recipe switches on. The
+order their hooks run in is each callback's declared `priority` (base.py says what each band is
+for); the loop prints it once at the start. Each callback saves its own state in the checkpoint
+under its `name`.
 """
 from __future__ import annotations
 
@@ -30,13 +32,11 @@ __all__ = [
 def default_callbacks(trainer) -> list[Callback]:
     """The callbacks of a run of trainer.cfg; only the concerns its recipe switches on."""
     cfg, s, ckpt, run = trainer.cfg, trainer.cfg.stability, trainer.cfg.checkpoint, trainer.cfg.run
-    callbacks: list[Callback] = [SkipDataWindows(s.skip_samples)]  # moves the data position before a step reads
+    callbacks: list[Callback] = [SkipDataWindows(s.skip_samples), NonFiniteStop(s.max_consecutive_nonfinite)]
     if trainer.blend_schedule is not None:
         callbacks.append(BlendAnnouncements(trainer.blend_schedule))
-    callbacks.append(NonFiniteStop(s.max_consecutive_nonfinite))  # raises before a diverged step is logged
-    # These add fields to the step's record: before the ThroughputLogger that writes it.
     if s.skip_spiky_steps:
-        callbacks.append(SpikeSkipping(cfg.stability))
+        callbacks.append(SpikeSkipping(s))
     if trainer.world_size > 1:
         callbacks.append(StragglerReport(cfg.logging.interval, cfg.logging.straggler_ratio))
     callbacks.append(ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule))
@@ -48,11 +48,11 @@ def default_callbacks(trainer) -> list[Callback]:
         callbacks.append(InLoopEvaluation(InLoopEvaluator(cfg.eval, trainer.model, cfg.model, trainer.tokenizer)))
     if ckpt.save:
         callbacks.append(RunLockHolder(ckpt.save, run.lock_stale_minutes * 60))
-    wandb = wandb_callback(cfg, trainer.rank)  # after the lock: a run refused its directory opens no W&B run
+    wandb = wandb_callback(cfg, trainer.rank)
     if wandb is not None:
         callbacks.append(wandb)
     callbacks += [
-        Checkpointing(ckpt.save, ckpt.interval, ckpt.async_save),
+        Checkpointing(ckpt.save, ckpt.interval),
         ExitConditions(run.exit_interval, run.exit_duration_minutes, saving=bool(ckpt.save)),
         LossPlot(),
     ]
