@@ -48,9 +48,14 @@ def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
     """Every HF tensor, in the order export produces them (one megatron key at a time)."""
     shapes = layout.Shapes(model)
     plan = [TensorSpec(layout.HF_EMBEDDING, shapes.vocab_rows(), dtype)]
-    for names in layout.layer_tensors(model).values():
+    if model.is_moe:  # layer by layer (layers differ; one layer's experts in memory at a time)
         for i in range(model.num_layers):
-            plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
+            for names in layout.layer_tensors_at(model, i).values():
+                plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
+    else:
+        for names in layout.layer_tensors(model).values():
+            for i in range(model.num_layers):
+                plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
     plan.append(TensorSpec(layout.HF_FINAL_NORM, (model.hidden_size,), dtype))
     if not model.tie_word_embeddings:
         plan.append(TensorSpec(layout.HF_LM_HEAD, shapes.vocab_rows(), dtype))
@@ -61,7 +66,9 @@ def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator
     """(HF name, tensor) in hf_tensor_plan order; holds one megatron key's stack at a time."""
     model = reader.model
     yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
-    for key, names in layout.layer_tensors(model).items():
+    if model.is_moe:
+        yield from _moe_layer_tensors(reader, dtype)
+    for key, names in ({} if model.is_moe else layout.layer_tensors(model)).items():
         stacked = reader.read(key)
         for i in range(model.num_layers):
             for name, tensor in zip(names, layout.to_hf(key, stacked[i], model), strict=True):
@@ -70,6 +77,19 @@ def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator
     yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
     if not model.tie_word_embeddings:
         yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)
+
+
+def _moe_layer_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """An MoE model's layer tensors, one layer (and one megatron key of it) in memory at a time."""
+    model = reader.model
+    for i in range(model.num_layers):
+        loaded: dict = {}
+        for (key, expert), names in layout.layer_tensors_at(model, i).items():
+            if key not in loaded:
+                loaded = {key: reader.read_layer(key, i)}
+            tensor = loaded[key] if expert is None else loaded[key][expert]
+            for name, part in zip(names, layout.to_hf(key, tensor, model), strict=True):
+                yield layout.hf_layer(i, name), part.to(dtype)
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -40,7 +40,12 @@ class MegatronCheckpointReader:
     def _expected(self) -> dict[str, tuple]:
         shapes = layout.Shapes(self.model)
         layers = self.model.num_layers
-        expected = {key: (layers, *shapes.megatron_layer(key)) for key in layout.layer_tensors(self.model)}
+        expected = {}
+        for i in range(layers):
+            for key, expert in layout.layer_tensors_at(self.model, i):
+                axes = (self.model.num_moe_experts,) if expert is not None else ()
+                stored = self.stored_key(key, i)
+                expected[stored] = ((layers,) if stored == key else ()) + axes + tuple(shapes.megatron_layer(key))
         expected[layout.FINAL_NORM] = (self.model.hidden_size,)
         expected[layout.EMBEDDING] = None  # padded rows: checked separately
         if not self.model.tie_word_embeddings:
@@ -67,6 +72,25 @@ class MegatronCheckpointReader:
                     f"implies {shape}"
                 )
 
+    def stored_key(self, key: str, i: int) -> str:
+        """Where layer i's `key` is stored: stacked over layers, or (layers that differ) on its own."""
+        if key in self.tensors:
+            return key
+        return layout.per_layer_key(key, i)
+
+    def read_layer(self, key: str, i: int) -> torch.Tensor:
+        """Layer i's tensor under `key` (all experts, for an expert key), reading only that layer."""
+        stored = self.stored_key(key, i)
+        if stored != key:
+            return self.read(stored)
+        from megatron.core.dist_checkpointing import ShardedTensor
+
+        info = self.tensors[key]
+        layers = info.global_shape[0]
+        target = torch.empty((1, *info.global_shape[1:]), dtype=info.dtype)
+        request = {key: ShardedTensor.from_rank_offsets(key, target, (0, i, layers), replica_id=0)}
+        return self._load(request, key, whole=False)[0]
+
     @property
     def dtype(self) -> torch.dtype:
         return self.tensors[layout.EMBEDDING].dtype
@@ -79,8 +103,14 @@ class MegatronCheckpointReader:
         info = self.tensors[key]
         target = torch.empty(tuple(info.global_shape), dtype=info.dtype)
         request = {key: ShardedTensor.from_rank_offsets(key, target, replica_id=0)}
+        return self._load(request, key)
+
+    def _load(self, request: dict, key: str, whole: bool = True) -> torch.Tensor:
+        from megatron.core import dist_checkpointing
+
         try:
-            return dist_checkpointing.load(request, str(self.model_dir))[key]
+            # A slice of a tensor is a request that does not cover it: its access check would refuse.
+            return dist_checkpointing.load(request, str(self.model_dir), validate_access_integrity=whole)[key]
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # torch's CheckpointException derives from BaseException
