@@ -1,8 +1,9 @@
 """megactllm checkpoint (any TP/PP layout) -> Hugging Face directory of the model family's own class.
 
-The ModelConfig comes from the checkpoint's own metadata. Tensors are read one dist_checkpointing
-key at a time (all layers of one weight), split into HF tensors and streamed into size-bounded
-safetensors shards, so memory stays near the largest single weight stack, not the model.
+The ModelConfig comes from the checkpoint's own metadata. Tensors are read a layer at a time (the
+embedding and output layer alone), split into HF tensors and streamed into size-bounded
+safetensors shards (`max_shard_bytes`, 5 GiB by default as transformers, with the index file),
+so memory stays near one layer or the embedding, whatever the depth.
 """
 from __future__ import annotations
 
@@ -45,17 +46,12 @@ class ExportResult:
 
 
 def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
-    """Every HF tensor, in the order export produces them (one megatron key at a time)."""
+    """Every HF tensor, in the order export produces them (a layer at a time, as HF saves them)."""
     shapes = layout.Shapes(model)
     plan = [TensorSpec(layout.HF_EMBEDDING, shapes.vocab_rows(), dtype)]
-    if model.is_moe:  # layer by layer (layers differ; one layer's experts in memory at a time)
-        for i in range(model.num_layers):
-            for names in layout.layer_tensors_at(model, i).values():
-                plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
-    else:
-        for names in layout.layer_tensors(model).values():
-            for i in range(model.num_layers):
-                plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
+    for i in range(model.num_layers):
+        for names in layout.layer_tensors_at(model, i).values():
+            plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
     plan.append(TensorSpec(layout.HF_FINAL_NORM, (model.hidden_size,), dtype))
     if not model.tie_word_embeddings:
         plan.append(TensorSpec(layout.HF_LM_HEAD, shapes.vocab_rows(), dtype))
@@ -63,33 +59,19 @@ def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
 
 
 def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) in hf_tensor_plan order; holds one megatron key's stack at a time."""
+    """(HF name, tensor) in hf_tensor_plan order; holds one layer (or the embedding) at a time."""
     model = reader.model
     yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
-    if model.is_moe:
-        yield from _moe_layer_tensors(reader, dtype)
-    for key, names in ({} if model.is_moe else layout.layer_tensors(model)).items():
-        stacked = reader.read(key)
-        for i in range(model.num_layers):
-            for name, tensor in zip(names, layout.to_hf(key, stacked[i], model), strict=True):
-                yield layout.hf_layer(i, name), tensor.to(dtype)
-        del stacked
+    for i in range(model.num_layers):
+        entries = layout.layer_tensors_at(model, i)  # (key, expert or None) -> HF names
+        tensors = reader.read_layer(list(dict.fromkeys(key for key, _ in entries)), i)
+        for (key, expert), names in entries.items():
+            tensor = tensors[key] if expert is None else tensors[key][expert]  # experts: [E, ...]
+            for name, part in zip(names, layout.to_hf(key, tensor, model), strict=True):
+                yield layout.hf_layer(i, name), part.to(dtype)
     yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
     if not model.tie_word_embeddings:
         yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)
-
-
-def _moe_layer_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """An MoE model's layer tensors, one layer (and one megatron key of it) in memory at a time."""
-    model = reader.model
-    for i in range(model.num_layers):
-        loaded: dict = {}
-        for (key, expert), names in layout.layer_tensors_at(model, i).items():
-            if key not in loaded:
-                loaded = {key: reader.read_layer(key, i)}
-            tensor = loaded[key] if expert is None else loaded[key][expert]
-            for name, part in zip(names, layout.to_hf(key, tensor, model), strict=True):
-                yield layout.hf_layer(i, name), part.to(dtype)
 
 
 def _write_json(path: Path, payload: dict) -> None:
