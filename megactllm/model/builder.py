@@ -44,6 +44,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
 
     family = family_of(model)
     family.check(model, where=f"model (family {family.name})")
+    check_expert_layout(model, parallel)
 
     on_gpu = torch.cuda.is_available()
     dtype = params_dtype(optim)
@@ -97,6 +98,22 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
         batch_p2p_comm=on_gpu,
         **moe_config_kwargs(model, parallel, on_gpu),
     )
+
+
+def check_expert_layout(model: ModelConfig, parallel: ParallelConfig) -> None:
+    """Expert parallelism splits whole experts: EP must divide them (and needs an MoE model)."""
+    from megactllm.parallel.initialize import ParallelLayoutError
+
+    ep = parallel.expert_model_parallel_size
+    if ep > 1 and not model.is_moe:
+        raise ParallelLayoutError(
+            f"parallel.expert_model_parallel_size={ep} but model family {model.family} has no experts; set it to 1"
+        )
+    if model.is_moe and model.num_moe_experts % ep:
+        raise ParallelLayoutError(
+            f"model.num_moe_experts={model.num_moe_experts} is not divisible by parallel.expert_model_parallel_size={ep}: "
+            f"each EP rank holds the same number of whole experts; pick an EP that divides {model.num_moe_experts}"
+        )
 
 
 def moe_config_kwargs(model: ModelConfig, parallel: ParallelConfig, on_gpu: bool) -> dict:

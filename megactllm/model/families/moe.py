@@ -97,6 +97,17 @@ class MoEFamily(ModelFamily):
         experts = hf.get("num_experts", hf.get("num_local_experts"))
         if not experts:
             raise ModelFamilyError(f"{where}: {self.hf_architecture} without num_experts is not a mixture of experts")
+        # Routers megatron-core would compute differently: refused by field, not converted approximately.
+        for field, computed in (("scoring_func", "softmax"), ("topk_method", "greedy")):
+            if hf.get(field) not in (None, computed):
+                raise ModelFamilyError(
+                    f"{where}: {field}={hf[field]!r} is not supported for {self.hf_architecture} (megactllm routes "
+                    f"with {field}={computed!r}, as the family's HF class does)"
+                )
+        for field in ("n_group", "topk_group", "routed_scaling_factor"):
+            if hf.get(field) not in (None, 1, 1.0):
+                raise ModelFamilyError(f"{where}: {field}={hf[field]!r} (group-limited or scaled routing) is not "
+                                       f"supported for {self.hf_architecture}")
         topk = int(hf.get("num_experts_per_tok") or 0)
         if not 1 <= topk <= int(experts):
             raise ModelFamilyError(f"{where}: num_experts_per_tok={topk} must be between 1 and num_experts={experts}")
