@@ -29,7 +29,7 @@ from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpec
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.model.families import family_of
-from megactllm.tokenizer.bos import sentencepiece_adds_bos
+from megactllm.tokenizer.bos import tokenizer_file_adds_bos
 from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
 from megactllm.common.progress import STDERR
 
@@ -124,7 +124,8 @@ def export_to_hf(
     the model's vocabulary (rows past its ids are padding, exported as they are: config vocab_size
     is the rows, as Qwen2.5's). chat_template="default" uses megactllm's chat format when the tokenizer
     has its special tokens; None leaves it out; any other string is used as the template.
-    add_bos_token=None: what the checkpoint's tokenizer copy says (a LLaMA-2 original's true, else false).
+    add_bos_token=None: what the checkpoint's tokenizer copy says (a LLaMA-2 original's true, a Llama-3
+    tokenizer.json's post-processor adds BOS, else false).
     """
     with single_process_group():
         reader = MegatronCheckpointReader(checkpoint)
@@ -152,7 +153,8 @@ def export_to_hf(
                 staging,
                 chat_template=template,
                 model_max_length=model.max_position_embeddings or model.seq_length,
-                add_bos_token=sentencepiece_adds_bos(tokenizer_file) if add_bos_token is None else add_bos_token,
+                add_bos_token=(tokenizer_file_adds_bos(tokenizer_type, tokenizer_file) if add_bos_token is None
+                               else add_bos_token),
             )
             check_tokenizer_fits(model, tokenizer, where=f"checkpoint {meta.path}",
                                  reference=_own_tokenizer(meta, tokenizer_file))
