@@ -212,3 +212,12 @@ def test_the_recipes_stages_are_the_built_in_ones():
     from megactllm.training.stages import _BUILTIN
 
     assert set(_BUILTIN) <= set(STAGES)
+
+
+def test_the_recipes_families_are_the_implemented_ones():
+    import typing
+
+    from megactllm.config.model import Family
+    from megactllm.model.families import FAMILIES
+
+    assert set(typing.get_args(Family)) == set(FAMILIES)

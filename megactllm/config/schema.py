@@ -1,7 +1,8 @@
 """The recipe's sections: every key a YAML recipe (or a `section.key=value` override) may set.
 
-A recipe has one mapping per section. To add a key: one `option(default, doc, range)` line in its
-section, with a Literal type for a choice. To add a section: a Section dataclass with NAME and a
+A recipe has one mapping per section (the model section lives in megactllm/config/model.py, since
+checkpoints store it). To add a key: one `option(default, doc, range)` line in its section, with a
+Literal type for a choice. To add a section: a Section dataclass with NAME and a
 docstring here, and one field in Config below (megactllm.config.section says how checks work).
 `model.arch` names a base architecture (megactllm.config.architectures); the recipe's other model
 keys override it. ModelConfig is the single source of truth for a model's shape: checkpoints store
@@ -16,14 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
 
+from megactllm.config.model import LAYOUT_VOCAB_MULTIPLE, ModelConfig  # noqa: F401 (the model section)
 from megactllm.config.section import ConfigError, Section, option
 
-# Rows the built embedding is padded to (times TP), beyond vocab_size; masked, never saved in exports.
-LAYOUT_VOCAB_MULTIPLE = 128
-
-# The model families megactllm.model.families implements (that package registers the code for each).
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
-Family = Literal["llama", "qwen2", "qwen3", "mistral"]
 # The stages train.stage may name: the built-in ones, and those megactllm.training.stages.register_stage
 # adds (it calls allow_stage). A new built-in stage: its name here and its Task in training/stages.py.
 STAGES: list[str] = ["pretrain", "sft", "dpo"]
@@ -37,10 +33,6 @@ def allow_stage(name: str) -> None:
 
 # The benchmarks in-loop evaluation can score (megactllm.eval.tasks).
 EVAL_TASKS = ("cmmlu", "ceval", "mmlu", "jsonl")
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return ((n + multiple - 1) // multiple) * multiple
 
 
 _SCALE = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -94,81 +86,6 @@ class Duration:
 
 
 @dataclass
-class ModelConfig(Section):
-    """The model's shape. Starting from a checkpoint, these come from the checkpoint's metadata and a
-    key the recipe also sets must agree with it."""
-
-    NAME: ClassVar[str] = "model"
-
-    # Checked where it is resolved (megactllm.config.load), since the architectures are ModelConfigs.
-    arch: Optional[str] = option(None, "a named architecture (ctllm-2b, llama2-7b, qwen2.5-7b, llama3.1-8b, "
-                                       "tiny) whose keys the recipe's other model keys override")
-    num_layers: int = option(2, "transformer layers", min=1)
-    hidden_size: int = option(64, "width of the residual stream", min=1)
-    ffn_hidden_size: int = option(176, "width of the SwiGLU feed-forward layer", min=1)
-    num_attention_heads: int = option(4, "query heads", min=1)
-    num_query_groups: Optional[int] = option(None, "key/value heads (GQA); null: as many as query heads", min=1)
-    kv_channels: Optional[int] = option(None, "per-head dimension; null: hidden_size / num_attention_heads", min=1)
-    seq_length: int = option(128, "tokens per training sequence", min=1)
-    max_position_embeddings: Optional[int] = option(None, "the longest position the model is meant for "
-                                                          "(exported as HF max_position_embeddings)", min=1)
-    vocab_size: int = option(32000, "embedding (and output) rows; the tokenizer may have fewer ids: the rows past "
-                                    "its last id are padding, never produced, sampled or scored", min=1)
-    make_vocab_size_divisible_by: Optional[int] = option(
-        None, "a fresh model's rows are the tokenizer's ids rounded up to this multiple (not times TP, so "
-              "checkpoints and exports do not depend on the layout); null: vocab_size as given", min=1)
-    rotary_base: float = option(10000.0, "RoPE base frequency", above=0)
-    norm_epsilon: float = option(1e-5, "RMSNorm epsilon", above=0)
-    tie_word_embeddings: bool = option(False, "share the input embedding with the output layer")
-    init_method_std: float = option(0.02, "standard deviation of the initial weights", above=0)
-    hidden_dropout: float = option(0.0, "dropout after attention and MLP", min=0, below=1)
-    attention_dropout: float = option(0.0, "dropout of the attention probabilities", min=0, below=1)
-    add_bias_linear: bool = option(False, "biases on every linear layer")
-    family: Family = option("llama", "the model family (megactllm.model.families): its HF mapping, "
-                                     "layer flags and weight names; metadata written before families is llama")
-    add_qkv_bias: bool = option(False, "biases on Q, K and V only (Qwen2)")
-    qk_layernorm: bool = option(False, "RMSNorm on each head's queries and keys before RoPE (Qwen3)")
-    rope_scaling: Optional[Literal["llama3"]] = option(
-        None, "RoPE frequency scaling: llama3 (megatron-core's low/high frequency factors 1 and 4, original "
-              "length 8192) or null")
-    rope_scaling_factor: Optional[float] = option(None, "the scaling factor of rope_scaling (8 for Llama-3.1)", above=0)
-    sliding_window: Optional[int] = option(None, "the HF model's attention window (Mistral); training refuses "
-                                                 "longer sequences", min=1)
-
-    def check(self) -> None:
-        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
-            self.fail("hidden_size", f"must be a multiple of model.num_attention_heads={self.num_attention_heads} "
-                                     "(or set model.kv_channels)")
-        if self.num_attention_heads % self.num_kv_heads:
-            self.fail("num_query_groups", f"must divide model.num_attention_heads={self.num_attention_heads}")
-        if self.rope_scaling and self.rope_scaling_factor is None:
-            self.fail("rope_scaling_factor", f"is needed by model.rope_scaling={self.rope_scaling!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.kv_channels or self.hidden_size // self.num_attention_heads
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.num_query_groups or self.num_attention_heads
-
-    def padded_vocab_size(self, tensor_parallel_size: int = 1) -> int:
-        """The rows as built at a layout: vocab_size rounded up to LAYOUT_VOCAB_MULTIPLE x TP.
-
-        A layout detail (the vocabulary-parallel split wants equal shards): these extra rows get a
-        logit of -inf in the model and are never exported.
-        """
-        multiple = LAYOUT_VOCAB_MULTIPLE * tensor_parallel_size
-        return _round_up(self.vocab_size, multiple)
-
-    def rows_for_tokenizer(self, tokenizer_ids: int) -> int:
-        """A fresh model's rows for a tokenizer: its ids rounded up to make_vocab_size_divisible_by, if set."""
-        if not self.make_vocab_size_divisible_by:
-            return self.vocab_size
-        return _round_up(tokenizer_ids, self.make_vocab_size_divisible_by)
-
-
-@dataclass
 class ParallelConfig(Section):
     """How the model and the batch are split over the ranks (world = TP x PP x CP x DP)."""
 
@@ -193,6 +110,12 @@ class ParallelConfig(Section):
     overlap_param_gather: bool = option(False, "overlap the parameter all-gather with the forward pass "
                                                "(distributed optimizer)")
     distributed_backend: Optional[Literal["nccl", "gloo"]] = option(None, "null: nccl on CUDA, gloo on CPU")
+    expert_model_parallel_size: int = option(1, "EP: ranks splitting the experts (whole experts each; EP divides "
+                                                "the data-parallel ranks x CP)", min=1)
+    expert_tensor_parallel_size: Optional[int] = option(None, "ranks splitting each expert's weights; null: as TP",
+                                                        min=1)
+    moe_token_dispatcher_type: Literal["alltoall", "allgather"] = option(
+        "alltoall", "how tokens reach their experts' ranks (megatron-core's dispatchers; both run on CPU)")
     distributed_timeout_minutes: int = option(10, "how long a collective may wait before the run fails", min=1)
 
     def check_layers(self, num_layers: int) -> None:
@@ -201,6 +124,16 @@ class ParallelConfig(Section):
         if num_layers % stages:
             self.fail("pipeline_model_parallel_size", f"x virtual stages = {stages} pipeline stages must divide "
                                                       f"the model's {num_layers} layers")
+
+    def check_experts(self, model: "ModelConfig") -> None:
+        """Expert parallelism splits whole experts: EP must divide them (and needs an MoE model)."""
+        ep = self.expert_model_parallel_size
+        if ep > 1 and not model.is_moe:
+            self.fail("expert_model_parallel_size", f"needs a model with experts (model family {model.family} has "
+                                                    "none): set it to 1")
+        if model.is_moe and model.num_moe_experts % ep:
+            self.fail("expert_model_parallel_size", f"must divide model.num_moe_experts={model.num_moe_experts}: "
+                                                    "each EP rank holds the same number of whole experts")
 
     def check(self) -> None:
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
@@ -505,6 +438,7 @@ class Config:
         if m.ffn_hidden_size % tp:
             p.fail("tensor_model_parallel_size", f"must divide model.ffn_hidden_size={m.ffn_hidden_size}")
         p.check_layers(m.num_layers)
+        p.check_experts(m)
         if cp > 1 and m.seq_length % (2 * cp):
             m.fail("seq_length", f"is not divisible by 2 x parallel.context_parallel_size = {2 * cp}: context "
                                  f"parallelism cuts each sequence into {2 * cp} equal chunks; pick a sequence "

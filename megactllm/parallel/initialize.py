@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megactllm.config import ParallelConfig
-from megactllm.parallel.cpu_compat import enable_cpu_compat
+from megactllm.parallel.cpu_compat import enable_cpu_compat, moe_te_general_gemm_shim
 from megactllm.parallel.environment import LaunchEnvironment, detect_launch_environment
 from megactllm.errors import UserError
 
@@ -34,6 +34,16 @@ def check_layout(parallel: ParallelConfig, world_size: int, num_layers: int | No
             f"world size {world_size} is not divisible by TP x PP x CP = "
             f"{parallel.tensor_model_parallel_size} x {parallel.pipeline_model_parallel_size} x "
             f"{parallel.context_parallel_size}; launch a multiple of {model_parallel} processes"
+        )
+    # Experts: their ranks (EP x expert TP) must tile each pipeline stage of the world.
+    ep = parallel.expert_model_parallel_size
+    etp = parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size
+    expert_parallel = ep * etp * parallel.pipeline_model_parallel_size
+    if world_size % expert_parallel:
+        raise ParallelLayoutError(
+            f"world size {world_size} is not divisible by EP x expert TP x PP = {ep} x {etp} x "
+            f"{parallel.pipeline_model_parallel_size}: the experts' ranks must tile each pipeline stage; "
+            f"launch a multiple of {expert_parallel} processes or lower parallel.expert_model_parallel_size"
         )
     if num_layers is not None:  # a layout given outside a recipe (evaluation, conversion)
         parallel.check_layers(num_layers)
@@ -79,7 +89,10 @@ def initialize_parallel(parallel: ParallelConfig, seed: int = 1234, num_layers: 
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size,
     )
+    moe_te_general_gemm_shim()  # without Transformer Engine, GPU or not
     set_random_seed(seed)
     return env
 

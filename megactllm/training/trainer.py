@@ -139,13 +139,14 @@ class Trainer:
         d = self.cfg.data
         if not d.tokenizer_model:
             return None, None
-        from megactllm.tokenizer import load_tokenizer
+        from megactllm.tokenizer import load_tokenizer, tokenizer_file
 
         from megactllm.tokenizer.vocab_fit import fit_model_to_tokenizer
 
         tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
         fit_model_to_tokenizer(self.cfg, tok)  # the preflight did it already under megactllm.train
-        return tok, d.tokenizer_model
+        # The checkpoint copies the file (an HF directory's tokenizer.json, with its side files).
+        return tok, tokenizer_file(d.tokenizer_type, d.tokenizer_model)
 
     def _log_dir(self) -> str:
         c = self.cfg

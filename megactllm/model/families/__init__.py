@@ -3,7 +3,8 @@
     family = family_of(model_config)          # by ModelConfig.family
     family = family_for_hf(hf_config, where)  # by config.json's architectures / model_type
 
-Adding a family is one file here (a ModelFamily subclass) plus its entry in FAMILIES.
+Adding a family is one file here (a ModelFamily subclass) plus its entry in FAMILIES and its name in
+the recipe's model.family choices (megactllm.config.model.Family).
 """
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ from megactllm.model.families.base import ModelFamily, ModelFamilyError
 from megactllm.model.families.llama import LlamaFamily
 from megactllm.model.families.mistral import MistralFamily
 from megactllm.model.families.qwen2 import Qwen2Family
+from megactllm.model.families.qwen2_moe import Qwen2MoeFamily
 from megactllm.model.families.qwen3 import Qwen3Family
+from megactllm.model.families.qwen3_moe import Qwen3MoeFamily
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (LlamaFamily(), Qwen2Family(), Qwen3Family(), MistralFamily())}
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f
+    for f in (LlamaFamily(), Qwen2Family(), Qwen3Family(), MistralFamily(), Qwen3MoeFamily(), Qwen2MoeFamily())
+}
 
 
 def family_of(model: ModelConfig) -> ModelFamily:
