@@ -24,6 +24,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "pretrain": ("megactllm.training.pretrain", "PretrainTask"),
     "sft": ("megactllm.training.sft", "SFTTask"),
     "dpo": ("megactllm.training.dpo", "DPOTask"),
+    "grpo": ("megactllm.training.grpo", "GRPOTask"),
 }
 _REGISTERED: dict[str, TaskFactory] = {}
 
