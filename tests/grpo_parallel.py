@@ -23,7 +23,7 @@ def grpo_run(workdir: str, tokenizer_model: str, prompts: str, seq: int, tp: int
 
     from megactllm.config import load_config
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.loop import run_training
+    from megactllm.training.trainer import run_training
 
     cfg = load_config(None, grpo_overrides(workdir, tokenizer_model, prompts, seq, tp, pp, extra))
     initialize_parallel(cfg.parallel, seed=cfg.train.seed, num_layers=cfg.model.num_layers)

@@ -82,8 +82,8 @@ def train_observed(overrides: list[str], real_tokens: list, poison_positions=(),
 
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import Trainer
-    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.trainer import Trainer
+    from megactllm.training.stages.pretrain import PretrainTask
 
     real = torch.tensor(real_tokens)
     read_random: dict = {}
@@ -147,8 +147,8 @@ def train_plain(overrides: list[str]) -> dict:
 
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import Trainer
-    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.trainer import Trainer
+    from megactllm.training.stages.pretrain import PretrainTask
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)

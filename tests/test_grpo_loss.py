@@ -2,7 +2,7 @@
 
 A tiny LLaMA (transformers) is the policy in both: TRL's `_compute_loss` runs its own forward and
 loss; ours computes the completion log-probs from the same model and applies
-megactllm.training.grpo_loss. Both normalisations (sequence = TRL's "grpo", token = TRL's "dapo"),
+megactllm.training.stages.grpo.loss. Both normalisations (sequence = TRL's "grpo", token = TRL's "dapo"),
 with the k3 KL term on and off, and DAPO's asymmetric clip with old log-probs that make it bite.
 """
 import copy
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megactllm.rl.advantages import group_advantages
-from megactllm.training.grpo_loss import grpo_loss_sums, grpo_token_losses
+from megactllm.training.stages.grpo.loss import grpo_loss_sums, grpo_token_losses
 
 trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")

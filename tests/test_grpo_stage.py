@@ -60,6 +60,7 @@ def test_tp2_follows_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_to
     records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 2, 1,
                               ("train.train_iters=2", *REWARD), timeout=600)[0]
     tp2 = _metrics(records)
+    print("grpo log-prob agreement TP1/TP2:", {s: (tp1[s]["rollout_logprob_diff_max"], tp2[s]["rollout_logprob_diff_max"], tp2[s]["rollout_logprob_diff_mean"]) for s in (1, 2)})
     for step in (1, 2):
         assert tp2[step]["rollout_logprob_diff_max"] < 1e-4, tp2[step]
         assert tp2[step]["rollout_logprob_diff_mean"] < 1e-5
@@ -75,6 +76,7 @@ def test_pp2_with_a_reference_token_normalisation_and_two_updates(tiny_tokenizer
              "grpo.updates_per_batch=2", "grpo.clip_high=0.28")
     records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 1, 2, extra, timeout=600)[0]
     m = _metrics(records)
+    print("grpo log-prob agreement PP2:", {s: (m[s]["rollout_logprob_diff_max"], m[s]["rollout_logprob_diff_mean"], m[s]["kl"]) for s in (1, 2)})
     for step in (1, 2):
         assert m[step]["rollout_logprob_diff_max"] < 1e-4, m[step]
     # The reference is the initial policy: no KL before the first update; after two, the policy has moved.
@@ -100,7 +102,7 @@ def test_bad_input_is_one_clear_error(tiny_tokenizer, prompts, tmp_path):
     from megactllm.rl.prompts import PromptFileError, load_prompts
     from megactllm.rl.rewards import RewardError
     from megactllm.tokenizer import load_tokenizer
-    from megactllm.training.grpo import GRPOTask
+    from megactllm.training.stages.grpo.task import GRPOTask
 
     tok = load_tokenizer("sentencepiece", tiny_tokenizer)
     no_answers = tmp_path / "no_answers.jsonl"

@@ -12,7 +12,7 @@ import pytest
 from spike_utils import overrides, train_observed, train_plain, write_real_and_random
 
 from megactllm.testing import run_distributed
-from megactllm.training.spikes import SpikeWindow, min_steps
+from megactllm.training.callbacks.spikes import SpikeWindow, min_steps
 
 ITERS = 120
 WARMUP = 40  # the spike window's minimum is 16 applied steps; the loss still falls fast until ~40

@@ -179,7 +179,7 @@ class TrainConfig:
     pretrained_checkpoint: Optional[str] = None
     tensorboard_dir: Optional[str] = None
     max_consecutive_nonfinite: int = 3
-    # Spiky steps (training/spikes.py): a step whose loss or grad norm is more than spike_sigma standard
+    # Spiky steps (training/callbacks/spikes.py): a step whose loss or grad norm is more than spike_sigma standard
     # deviations above the mean of the last spike_window applied steps is not applied (LR and data go
     # on). Never before the window holds max(min(16, window), window // 4) steps.
     skip_spiky_steps: bool = False
@@ -197,7 +197,7 @@ class TrainConfig:
     exit_interval: Optional[int] = None
     # Stop (save, exit 75 to be resumed) once this many minutes passed since the process started.
     exit_duration_minutes: Optional[float] = None
-    # {save}/run.lock: a lock with no heartbeat for this long is taken over (training/run_lock.py).
+    # {save}/run.lock: a lock with no heartbeat for this long is taken over (training/run/lock.py).
     lock_stale_minutes: float = 10.0
     # metrics.jsonl and loss_curve.png; default: the save dir, else tensorboard_dir, else runs/latest.
     log_dir: Optional[str] = None
@@ -217,7 +217,7 @@ class TrainConfig:
     # fully_reshardable (gathered per parameter; reshards over TP/PP/DP). See training/checkpoint.py.
     optimizer_checkpoint_format: str = "dp_reshardable"
     # Refuse, before building, a run whose estimated per-rank memory exceeds the device's (or the
-    # machine's free RAM); see megactllm.training.memory_estimate. false skips the check.
+    # machine's free RAM); see megactllm.training.run.memory_estimate. false skips the check.
     check_memory: bool = True
     # DPO
     dpo_beta: float = 0.5
@@ -228,7 +228,7 @@ class TrainConfig:
 
 @dataclass
 class GRPOConfig:
-    """train.stage=grpo (megactllm.training.grpo): one train_iters step = one rollout batch + its updates."""
+    """train.stage=grpo (megactllm.training.stages.grpo): one train_iters step = one rollout batch + its updates."""
 
     group_size: int = 8  # completions sampled per prompt (the group of the advantage)
     prompts_per_step: int = 8  # prompts per step over all data-parallel ranks (= train.global_batch_size)

@@ -1,8 +1,9 @@
 """megactllm checkpoint (any TP/PP layout) -> Hugging Face directory of the model family's own class.
 
-The ModelConfig comes from the checkpoint's own metadata. Tensors are read one dist_checkpointing
-key at a time (all layers of one weight), split into HF tensors and streamed into size-bounded
-safetensors shards, so memory stays near the largest single weight stack, not the model.
+The ModelConfig comes from the checkpoint's own metadata. Tensors are read a layer at a time (the
+embedding and output layer alone), split into HF tensors and streamed into size-bounded
+safetensors shards (`max_shard_bytes`, 5 GiB by default as transformers, with the index file),
+so memory stays near one layer or the embedding, whatever the depth.
 """
 from __future__ import annotations
 
@@ -45,11 +46,11 @@ class ExportResult:
 
 
 def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
-    """Every HF tensor, in the order export produces them (one megatron key at a time)."""
+    """Every HF tensor, in the order export produces them (a layer at a time, as HF saves them)."""
     shapes = layout.Shapes(model)
     plan = [TensorSpec(layout.HF_EMBEDDING, shapes.vocab_rows(), dtype)]
-    for names in layout.layer_tensors(model).values():
-        for i in range(model.num_layers):
+    for i in range(model.num_layers):
+        for names in layout.layer_tensors(model).values():
             plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
     plan.append(TensorSpec(layout.HF_FINAL_NORM, (model.hidden_size,), dtype))
     if not model.tie_word_embeddings:
@@ -58,15 +59,15 @@ def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
 
 
 def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) in hf_tensor_plan order; holds one megatron key's stack at a time."""
+    """(HF name, tensor) in hf_tensor_plan order; holds one layer (or the embedding) at a time."""
     model = reader.model
     yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
-    for key, names in layout.layer_tensors(model).items():
-        stacked = reader.read(key)
-        for i in range(model.num_layers):
-            for name, tensor in zip(names, layout.to_hf(key, stacked[i], model), strict=True):
+    keys = layout.layer_tensors(model)
+    for i in range(model.num_layers):
+        tensors = reader.read_layer(list(keys), i)
+        for key, names in keys.items():
+            for name, tensor in zip(names, layout.to_hf(key, tensors.pop(key), model), strict=True):
                 yield layout.hf_layer(i, name), tensor.to(dtype)
-        del stacked
     yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
     if not model.tie_word_embeddings:
         yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)

@@ -125,6 +125,8 @@ def pad_vocab(rows: torch.Tensor, padded_size: int) -> torch.Tensor:
     """Rows [vocab, hidden] -> [padded_size, hidden]; padding rows are zero (no id ever selects them)."""
     if rows.shape[0] > padded_size:
         raise ValueError(f"{rows.shape[0]} vocabulary rows do not fit a padded vocabulary of {padded_size}")
+    if rows.shape[0] == padded_size:  # nothing to pad (Qwen2.5's 152,064 rows): no copy of the largest tensor
+        return rows
     padded = rows.new_zeros((padded_size, rows.shape[1]))
     padded[: rows.shape[0]] = rows
     return padded

@@ -156,18 +156,24 @@ def with_qk_layernorm(spec):
     return spec
 
 
+def decoder_block_spec(model: ModelConfig, config, vp_stage: Optional[int] = None, spec=None):
+    """The decoder's layer specs (and final norm) for this model: what GPTModel builds, and what the
+    streamed import builds one layer at a time (convert.importer)."""
+    spec = spec if spec is not None else layer_spec()
+    if model.qk_layernorm:
+        spec = with_qk_layernorm(spec)
+    return block_spec(config, spec, vp_stage)
+
+
 def build_model_chunk(model: ModelConfig, config, vp_stage: Optional[int] = None, spec=None):
     """One GPTModel holding this rank's layers (of virtual stage `vp_stage` when VPP is on)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    spec = spec if spec is not None else layer_spec()
-    if model.qk_layernorm:
-        spec = with_qk_layernorm(spec)
     chunk = GPTModel(
         config=config,
-        transformer_layer_spec=block_spec(config, spec, vp_stage),
+        transformer_layer_spec=decoder_block_spec(model, config, vp_stage, spec),
         vocab_size=model.padded_vocab_size(tp),
         max_sequence_length=model.max_position_embeddings or model.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),

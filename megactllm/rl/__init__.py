@@ -7,5 +7,5 @@
     prompts.py      prompt files ({question, answer} jsonl) rendered through the chat template
     engine.py       the rollout engine interface and the transformers engine
 
-The stage and its loss live in megactllm.training (grpo.py, grpo_loss.py).
+The stage and its loss live in megactllm.training.stages.grpo.
 """

@@ -8,13 +8,13 @@ from __future__ import annotations
 from megactllm.training.callbacks.base import Callback, CallbackList, Step
 from megactllm.training.callbacks.blend import BlendAnnouncements
 from megactllm.training.callbacks.checkpointing import Checkpointing
-from megactllm.training.callbacks.exit import ExitConditions
+from megactllm.training.callbacks.exit_conditions import ExitConditions
 from megactllm.training.callbacks.inloop_eval import InLoopEvaluation
 from megactllm.training.callbacks.loss_plot import LossPlot
 from megactllm.training.callbacks.nonfinite import NonFiniteStop
-from megactllm.training.callbacks.run_lock import RunLockHolder
+from megactllm.training.callbacks.lock_holder import RunLockHolder
 from megactllm.training.callbacks.skip_data import SkipDataWindows
-from megactllm.training.callbacks.spike_skip import SpikeConfigError, SpikeSkipping
+from megactllm.training.callbacks.spikes import SpikeConfigError, SpikeSkipping
 from megactllm.training.callbacks.stragglers import StragglerReport
 from megactllm.training.callbacks.throughput import ThroughputLogger
 from megactllm.training.callbacks.validation import Validation

@@ -1,6 +1,6 @@
 """The hooks a training callback may implement, and the list that calls them in order.
 
-`Trainer.fit` (megactllm.training.loop) runs one iteration as:
+`Trainer.fit` (megactllm.training.trainer) runs one iteration as:
 
     on_step_start            before the step reads its batch (blend announcements, async publishes)
     -- forward/backward, grad norm; veto_update(loss, grad_norm) may skip the update (spikes) --
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
-    from megactllm.training.loop import Trainer
+    from megactllm.training.trainer import Trainer
 
 
 @dataclass

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from megactllm.training.callbacks.base import Callback
-from megactllm.training.metrics import plot_loss_curve
+from megactllm.training.run.metrics import plot_loss_curve
 
 
 class LossPlot(Callback):

@@ -11,7 +11,7 @@ import torch
 
 from megactllm.model.families import family_of
 from megactllm.training.callbacks.base import Callback, Step
-from megactllm.training.metrics import device_peak_tflops, peak_memory_gib, throughput
+from megactllm.training.run.metrics import device_peak_tflops, peak_memory_gib, throughput
 
 
 class ThroughputLogger(Callback):

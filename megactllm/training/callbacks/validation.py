@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from megactllm.training.callbacks.base import Callback
-from megactllm.training.metrics import perplexity
+from megactllm.training.run.metrics import perplexity
 
 
 class Validation(Callback):

@@ -1,4 +1,4 @@
-"""W&B logging on rank 0 (megactllm.training.wandb_sink): the run opens when training starts and
+"""W&B logging on rank 0 (megactllm.training.run.wandb_sink): the run opens when training starts and
 finishes on every way out of the loop (the end, a stop by signal or exit_interval: exit code 0;
 an exception: 1), so its history is complete whatever ended the process."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from megactllm.training.callbacks.base import Callback
-from megactllm.training.wandb_sink import WandbSink, wandb_wanted
+from megactllm.training.run.wandb_sink import WandbSink, wandb_wanted
 
 
 class WandbLogging(Callback):

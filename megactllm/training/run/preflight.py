@@ -15,8 +15,8 @@ from typing import Optional
 
 from megactllm.config import Config
 from megactllm.model.families import family_of
-from megactllm.training.wandb_sink import check_wandb
-from megactllm.training.memory_estimate import GIB, Available, MemoryEstimate
+from megactllm.training.run.wandb_sink import check_wandb
+from megactllm.training.run.memory_estimate import GIB, Available, MemoryEstimate
 
 
 @dataclass
@@ -73,7 +73,7 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     """Resolve and check the run before anything is built; raises the user error that names the fix."""
     from megactllm.errors import MemoryFitError
     from megactllm.parallel.initialize import check_layout
-    from megactllm.training.memory_estimate import available_memory, check_fits, estimate_memory
+    from megactllm.training.run.memory_estimate import available_memory, check_fits, estimate_memory
     from megactllm.training.schedule import ScheduleError, num_microbatches, resolve_train_iters
     from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
@@ -177,7 +177,7 @@ def _check_stage_options(cfg: Config) -> None:
     from megactllm.config import ConfigError
 
     if cfg.train.stage == "pretrain":
-        from megactllm.training.pretrain import check_document_resets
+        from megactllm.training.stages.pretrain import check_document_resets
 
         try:
             check_document_resets(cfg)

@@ -25,11 +25,11 @@ from megactllm.errors import UserError
 from megactllm.training import resume
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.callbacks import CallbackList, Step, default_callbacks
-from megactllm.training.metrics import RunLogger
+from megactllm.training.run.metrics import RunLogger
 from megactllm.training.model_setup import install_schedule_hooks, wrap_model_chunks
 from megactllm.training.optimizer import build_optimizer, guarded_step
 from megactllm.training.schedule import build_lr_scheduler, num_microbatches, resolve_train_iters
-from megactllm.training.task import StageCapabilities
+from megactllm.training.stages.task import StageCapabilities
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TrainState:
     skipped_iterations: int = 0
     nonfinite_iterations: int = 0
     spike_iterations: int = 0
-    # The spike detector's window of recent applied steps (megactllm.training.spikes), None when off.
+    # The spike detector's window of recent applied steps (megactllm.training.callbacks.spikes), None when off.
     spike_window: Optional[dict] = None
     # Sample windows [start, end) of the training order skipped by a spike rollback (never read again).
     skipped_samples: list = field(default_factory=list)
@@ -86,7 +86,7 @@ class Trainer:
         if not isinstance(getattr(self.task, "provides", None), StageCapabilities):
             raise StageError(
                 f"stage {cfg.train.stage!r}: its task {type(self.task).__name__} must declare `provides = "
-                f"StageCapabilities(...)` (megactllm.training.task)"
+                f"StageCapabilities(...)` (megactllm.training.stages.task)"
             )
         caps = self.task.provides
         self.device = default_device()

@@ -1,8 +1,8 @@
-"""One writer per checkpoint directory (megactllm.training.run_lock): taken at the start, checked
+"""One writer per checkpoint directory (megactllm.training.run.lock): taken at the start, checked
 before every checkpoint write, released at the end."""
 from __future__ import annotations
 
-from megactllm.training import run_lock
+from megactllm.training.run import lock as run_lock
 from megactllm.training.callbacks.base import Callback
 
 

@@ -16,7 +16,7 @@ data-parallel rank its share) and, in `prepare_global_batch`:
 
 The loop then runs `updates_per_batch` forward/backward passes and optimizer steps on those rows
 (StageCapabilities.updates_per_batch). Log-probs are taken at the sampling temperature (TRL's
-definition); the loss is megactllm.training.grpo_loss, equal to TRL's GRPOTrainer.
+definition); the loss is megactllm.training.stages.grpo.loss, equal to TRL's GRPOTrainer.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from megactllm.rl.answers import answers_match
 from megactllm.rl.engine import SamplingParams, TransformersEngine
 from megactllm.rl.prompts import PromptOrder, load_prompts
 from megactllm.rl.rewards import RewardError, RewardSet
-from megactllm.training.grpo_loss import grpo_loss_sums, grpo_token_losses
-from megactllm.training.task import StageCapabilities
+from megactllm.training.stages.grpo.loss import grpo_loss_sums, grpo_token_losses
+from megactllm.training.stages.task import StageCapabilities
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class GRPOTask:
         old = _forward_only_logps(model_chunks, rows, self.cfg.model.seq_length, per_mb, g.temperature)
         if g.kl_coeff > 0:
             if self.reference_chunks is None:
-                from megactllm.training.dpo import build_reference_model
+                from megactllm.training.stages.dpo.task import build_reference_model
 
                 self.reference_chunks = build_reference_model(self.cfg, model_chunks)
             ref = _forward_only_logps(self.reference_chunks, rows, self.cfg.model.seq_length, per_mb, g.temperature)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from megactllm.training.callbacks.base import Callback
-from megactllm.training.exit_signals import ExitWatch
+from megactllm.training.run.signals import ExitWatch
 
 
 class ExitConditions(Callback):
