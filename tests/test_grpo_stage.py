@@ -44,8 +44,34 @@ def prompts(shared_data, tiny_tokenizer, tmp_path_factory):
 def tp1_run(tiny_tokenizer, prompts, tmp_path_factory):
     work = tmp_path_factory.mktemp("grpo_tp1")
     (records,) = run_distributed(grpo_run, 1, str(work), tiny_tokenizer, prompts, SEQ, 1, 1,
-                                 ("train.train_iters=2", *REWARD), timeout=600)
-    return records
+                                 ("train.train_iters=2", *REWARD, f"train.save={work}/ckpt", "train.save_interval=2"), timeout=600)
+    return {"records": records, "checkpoint": work / "ckpt"}
+
+
+def test_evaluate_math_on_both_backends(tp1_run, prompts, tmp_path, monkeypatch):
+    """`evaluate --tasks math` (greedy, chat template, the GRPO answer checker) on the GRPO checkpoint
+    (parallel backend) and its HF export (transformers): the same answers and the same accuracy."""
+    from megactllm.convert import export_to_hf
+    from megactllm.eval.evaluate import EvalOptions, evaluate
+
+    export_to_hf(tp1_run["checkpoint"], tmp_path / "hf", progress_stream=None)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    answers, accuracy = {}, {}
+    for name, model in (("hf", tmp_path / "hf"), ("parallel", tp1_run["checkpoint"])):
+        out = tmp_path / f"results_{name}"
+        out.mkdir()
+        opts = EvalOptions(model=str(model), tasks=["math"], math_file=prompts, limit=4, max_new_tokens=8,
+                           output=str(out / "results.json"), batch_size=4)
+        results = evaluate(opts, stream=None)
+        assert results["config"]["backend"] == name
+        summary = results["results"]["math_prompts"]
+        accuracy[name] = summary["accuracy"]
+        records = [json.loads(line) for line in open(summary["answers_file"], encoding="utf-8")]
+        assert len(records) == 4 and all(r["correct"] in (True, False) for r in records)
+        answers[name] = [r["completion"] for r in records]
+    assert answers["hf"] == answers["parallel"]
+    assert accuracy["hf"] == accuracy["parallel"]
 
 
 def _metrics(records):
@@ -53,7 +79,7 @@ def _metrics(records):
 
 
 def test_tp2_follows_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_tokenizer, prompts, tmp_path):
-    tp1 = _metrics(tp1_run)
+    tp1 = _metrics(tp1_run["records"])
     # One process: the engine (transformers, weights exported in memory) and megatron agree in fp32.
     assert tp1[1]["rollout_logprob_diff_max"] < 1e-4
     assert 0.0 < tp1[1]["reward_mean"] < 0.3  # a random model: a little signal, far from the goal
@@ -90,7 +116,7 @@ def test_resume_after_a_stop_gives_the_same_next_step(tp1_run, tiny_tokenizer, p
                     ("train.train_iters=1", *REWARD, *save), timeout=600)
     resumed = run_distributed(grpo_run, 1, str(tmp_path / "b"), tiny_tokenizer, prompts, SEQ, 1, 1,
                               ("train.train_iters=2", *REWARD, *save, "train.load=" + str(tmp_path / "ckpt")), timeout=600)[0]
-    again, straight = _metrics(resumed)[2], _metrics(tp1_run)[2]
+    again, straight = _metrics(resumed)[2], _metrics(tp1_run["records"])[2]
     for key in ("reward_mean", "reward_std", "completion_length"):
         assert again[key] == straight[key], key
     assert again["grpo loss"] == pytest.approx(straight["grpo loss"], abs=1e-6)
