@@ -138,11 +138,12 @@ def train_observed(overrides: list[str], real_tokens: list, poison_positions=(),
     trainer.train_step = observed_step
     result = trainer.fit()
     return {"losses": result.losses, "state": asdict(result.state), "read_random": read_random, "unchanged": unchanged,
-            "weights": [p.detach().clone() for p in trainer.model[0].parameters()]}
+            "weights": [p.detach().clone() for p in trainer.model[0].parameters()],
+            "callbacks": trainer.callbacks.state_dict()}
 
 
 def train_plain(overrides: list[str]) -> dict:
-    """Rank body: train as `megactllm train` does; the losses and the final train state."""
+    """Rank body: train as `megactllm train` does; the losses, the final train state and callbacks' states."""
     from dataclasses import asdict
 
     from megactllm.config import load_config
@@ -152,5 +153,6 @@ def train_plain(overrides: list[str]) -> dict:
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
-    result = Trainer(cfg, PretrainTask(cfg)).fit()
-    return {"losses": result.losses, "state": asdict(result.state)}
+    trainer = Trainer(cfg, PretrainTask(cfg))
+    result = trainer.fit()
+    return {"losses": result.losses, "state": asdict(result.state), "callbacks": trainer.callbacks.state_dict()}

@@ -48,6 +48,10 @@ SHAPE_FIELDS = (
     "family",
     "add_qkv_bias",
     "qk_layernorm",
+    "num_moe_experts",
+    "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size",
+    "moe_layer_pattern",
 )
 
 
@@ -64,6 +68,7 @@ class CheckpointMetadata:
     tokenizer: dict = field(default_factory=dict)
     parallel: dict = field(default_factory=dict)
     train_state: dict = field(default_factory=dict)
+    callbacks: dict = field(default_factory=dict)  # callback name -> its saved state
     has_optimizer: bool = False
     stage: str = "pretrain"
     world_size: Optional[int] = None
@@ -149,6 +154,7 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         tokenizer=raw.get("tokenizer", {}),
         parallel=raw.get("parallel", {}),
         train_state=raw.get("train_state", {}),
+        callbacks=raw.get("callbacks", {}),
         has_optimizer=bool(raw.get("has_optimizer", False)),
         stage=raw.get("stage", "pretrain"),
         world_size=raw.get("world_size"),
@@ -198,6 +204,7 @@ def save_checkpoint(
     tokenizer_path: Optional[str] = None,
     rng_state: Optional[dict] = None,
     async_queue=None,
+    callbacks: Optional[dict] = None,
 ) -> Path:
     """Collectively save model (and optimizer/scheduler when given); returns the iteration dir.
 
@@ -260,6 +267,7 @@ def save_checkpoint(
         "optimizer_format": optimizer_format,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "train_state": state,
+        "callbacks": dict(callbacks or {}),  # each training callback's own state, by its name
     }
 
     def publish() -> None:

@@ -1,7 +1,9 @@
 """The training loop's concerns, one callback each (OLMo-core's train/callbacks/ is the model).
 
-`default_callbacks(trainer)` is the list a run gets, in the order its hooks run; see base.py for
-the hooks and when the loop calls them.
+`default_callbacks(trainer)` is the set a run gets: only the concerns its recipe switches on. The
+order their hooks run in is each callback's declared `priority` (base.py says what each band is
+for); the loop prints it once at the start. Each callback saves its own state in the checkpoint
+under its `name`.
 """
 from __future__ import annotations
 
@@ -30,11 +32,9 @@ __all__ = [
 def default_callbacks(trainer) -> list[Callback]:
     """The callbacks of a run of trainer.cfg; only the concerns its recipe switches on."""
     cfg, t = trainer.cfg, trainer.cfg.train
-    callbacks: list[Callback] = [SkipDataWindows(t.skip_samples)]  # moves the data position before a step reads
+    callbacks: list[Callback] = [SkipDataWindows(t.skip_samples), NonFiniteStop(t.max_consecutive_nonfinite)]
     if trainer.blend_schedule is not None:
         callbacks.append(BlendAnnouncements(trainer.blend_schedule))
-    callbacks.append(NonFiniteStop(t.max_consecutive_nonfinite))  # raises before a diverged step is logged
-    # These add fields to the step's record: before the ThroughputLogger that writes it.
     if t.skip_spiky_steps:
         callbacks.append(SpikeSkipping(cfg))
     elif t.spike_rollback_after:
@@ -50,11 +50,11 @@ def default_callbacks(trainer) -> list[Callback]:
         callbacks.append(InLoopEvaluation(InLoopEvaluator(cfg.eval, trainer.model, cfg.model, trainer.tokenizer)))
     if t.save:
         callbacks.append(RunLockHolder(t.save, t.lock_stale_minutes * 60))
-    wandb = wandb_callback(cfg, trainer.rank)  # after the lock: a run refused its directory opens no W&B run
+    wandb = wandb_callback(cfg, trainer.rank)
     if wandb is not None:
         callbacks.append(wandb)
     callbacks += [
-        Checkpointing(t.save, t.save_interval, t.async_save),
+        Checkpointing(t.save, t.save_interval),
         ExitConditions(t.exit_interval, t.exit_duration_minutes, saving=bool(t.save)),
         LossPlot(),
     ]

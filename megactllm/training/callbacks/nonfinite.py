@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from megactllm.training.callbacks.base import Callback, Step
+from megactllm.training.callbacks.base import PRIORITY_GUARD, Callback, Step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +44,9 @@ class NonFiniteGuard:
 
 
 class NonFiniteStop(Callback):
+    name = "nonfinite"
+    priority = PRIORITY_GUARD
+
     def __init__(self, max_consecutive: int):
         self.guard = NonFiniteGuard(max_consecutive)
 

@@ -7,9 +7,9 @@ state stay, the LR schedule and the data position go on. The step is logged at o
 `skipped_spike: true`.
 
 After spike_rollback_after spikes in a row the run reloads its last checkpoint (saves wait while
-the streak runs, so it predates the streak), records the samples read since as a skipped window
-in the train state (megactllm.training.callbacks.skip_data jumps over it) and saves at once, so a
-later resume never reads that window again either.
+the streak runs, so it predates the streak) through the loop's restore_checkpoint, asks the loop
+to skip the samples read since (megactllm.training.callbacks.skip_data records the window and
+jumps over it) and saves at once, so a later resume never reads that window again either.
 
 What a spike is: a step whose loss or gradient norm lies more than `sigma` standard deviations
 above the mean of the last `window` applied steps (skipped steps never enter the window, so a
@@ -17,7 +17,7 @@ burst of junk cannot raise the bar for itself). Until the window holds `min_step
 values nothing is a spike: early training moves too fast for a mean to mean anything.
 
 The window is plain numbers (`state()` / `SpikeWindow.from_state`) so it travels in the
-checkpoint's train state and a resumed run decides exactly as the uninterrupted one would.
+checkpoint as this callback's state and a resumed run decides exactly as the uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from megactllm.errors import UserError
-from megactllm.training.callbacks.base import Callback, Step
+from megactllm.training.callbacks.base import PRIORITY_NOTES, Callback, Step
 
 
 def min_steps(window: int) -> int:
@@ -98,6 +98,9 @@ class SpikeRollbackError(RuntimeError):
 
 
 class SpikeSkipping(Callback):
+    name = "spikes"
+    priority = PRIORITY_NOTES + 1  # its skipped_spike note first, then the straggler report's
+
     def __init__(self, cfg):
         t = cfg.train
         if t.spike_rollback_after and not (t.save and t.save_interval):
@@ -105,17 +108,28 @@ class SpikeSkipping(Callback):
                 f"train.spike_rollback_after={t.spike_rollback_after} reloads the last checkpoint: set train.save and train.save_interval"
             )
         self.window_size, self.sigma = t.spike_window, t.spike_sigma
-        self.window = SpikeWindow(t.spike_window, t.spike_sigma)  # replaced from the train state at the start
+        self.window = SpikeWindow(t.spike_window, t.spike_sigma)
         self.rollback_after = t.spike_rollback_after
         self.max_rollbacks = t.spike_max_rollbacks
+        self.rollbacks = 0
         self.in_a_row = 0
         self.reason: Optional[str] = None
 
-    def _load_window(self, trainer) -> None:
-        self.window = SpikeWindow.from_state(self.window_size, self.sigma, trainer.state.spike_window)
+    # A resumed run's window, so it decides as the uninterrupted one would; a streak is never saved
+    # (no save while one runs), so in_a_row starts at 0.
+    def state_dict(self) -> dict:
+        return {"window": self.window.state(), "rollbacks": self.rollbacks}
 
-    def on_train_start(self, trainer) -> None:
-        self._load_window(trainer)  # a resumed run's window, so it decides as the uninterrupted one would
+    def load_state_dict(self, state: dict) -> None:
+        self.window = SpikeWindow.from_state(self.window_size, self.sigma, state.get("window"))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.in_a_row = 0
+
+    def legacy_state(self, train_state: dict) -> Optional[dict]:
+        # Up to 2c88b3a the loop's train state held the window and the rollback count.
+        if train_state.get("spike_window") is None and not train_state.get("spike_rollbacks"):
+            return None
+        return {"window": train_state.get("spike_window"), "rollbacks": train_state.get("spike_rollbacks", 0)}
 
     def veto_update(self, trainer, loss: float, grad_norm: float) -> Optional[str]:
         verdict = self.window.judge(loss, grad_norm)
@@ -144,9 +158,6 @@ class SpikeSkipping(Callback):
             self.window.record(step.loss, step.outcome.grad_norm)
             self.in_a_row = 0
 
-    def before_save(self, trainer) -> None:
-        trainer.state.spike_window = self.window.state()
-
     def save_allowed(self, trainer) -> bool:
         return self.in_a_row == 0  # the last checkpoint must predate a streak a rollback returns to
 
@@ -155,9 +166,6 @@ class SpikeSkipping(Callback):
             self._roll_back(trainer)
 
     def _roll_back(self, trainer) -> None:
-        from megactllm.training import resume
-        from megactllm.training.callbacks.checkpointing import Checkpointing
-
         s = trainer.state
         path, last_iteration, end = trainer.last_checkpoint, s.iteration, s.consumed_samples
         if path is None:
@@ -165,24 +173,23 @@ class SpikeSkipping(Callback):
                                 "to roll back to yet: skipping on")
             self.in_a_row = 0
             return
-        if s.spike_rollbacks >= self.max_rollbacks:
+        if self.rollbacks >= self.max_rollbacks:
             raise SpikeRollbackError(
-                f"{self.in_a_row} spikes in a row ending at iteration {last_iteration} after {s.spike_rollbacks} rollbacks "
+                f"{self.in_a_row} spikes in a row ending at iteration {last_iteration} after {self.rollbacks} rollbacks "
                 f"(train.spike_max_rollbacks={self.max_rollbacks}): the run keeps spiking; the last checkpoint is {path}. "
                 "Inspect the data at these samples, or lower the learning rate."
             )
-        resume.resume(trainer, path)
+        streak = self.in_a_row
+        trainer.restore_checkpoint(path)  # every callback's state too: this one's window and count
         s = trainer.state
         start = s.consumed_samples
-        s.skipped_samples = sorted([list(w) for w in s.skipped_samples] + [[start, end]])
-        s.spike_rollbacks += 1
-        self._load_window(trainer)
-        self.in_a_row = 0
+        trainer.skip_samples(start, end)
+        self.rollbacks += 1
         trainer.log.warning(
-            f"spike rollback: {self.rollback_after} spikes in a row ending at iteration {last_iteration}; reloaded {path} "
+            f"spike rollback: {streak} spikes in a row ending at iteration {last_iteration}; reloaded {path} "
             f"(iteration {s.iteration}) and skip the {end - start} samples [{start}, {end}) read since"
         )
         trainer.log.event({"kind": "rollback", "iteration": s.iteration, "from_iteration": last_iteration,
                            "checkpoint": path, "skipped_samples": [start, end], "skipped_sample_count": end - start})
         # Saved at once, so that a resume never reads the window again.
-        trainer.callbacks.of(Checkpointing).save(trainer)
+        trainer.save_checkpoint()

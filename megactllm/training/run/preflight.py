@@ -84,6 +84,9 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     _check_stage_options(cfg)
     check_wandb(cfg.train)
     dp = check_layout(cfg.parallel, world_size, cfg.model.num_layers)
+    from megactllm.model.builder import check_expert_layout
+
+    check_expert_layout(cfg.model, cfg.parallel)
     check_context_parallel_run(cfg)
     _check_heads_split(cfg)
     microbatches = num_microbatches(cfg, dp)
@@ -159,18 +162,21 @@ def _check_blend_schedule(cfg: Config, train_iters: Optional[int]) -> None:
 
 def _check_tokenizer_fits(cfg: Config) -> None:
     """A fresh model's rows hold every id of the tokenizer (model.make_vocab_size_divisible_by may set them)."""
-    from pathlib import Path
-
     from megactllm.config import ConfigError
-    from megactllm.tokenizer import load_tokenizer
+    from megactllm.tokenizer import load_tokenizer, tokenizer_file
     from megactllm.tokenizer.vocab_fit import fit_model_to_tokenizer
 
     d = cfg.data
     if not d.tokenizer_model:
         return
-    if not Path(d.tokenizer_model).is_file():
-        raise ConfigError(f"data.tokenizer_model {d.tokenizer_model} does not exist")
-    fit_model_to_tokenizer(cfg, load_tokenizer(d.tokenizer_type, d.tokenizer_model))
+    # What the tokenizer loader accepts (a file, or an HF tokenizer directory), else what is missing.
+    try:
+        tokenizer_file(d.tokenizer_type, d.tokenizer_model, what="data.tokenizer_model")
+        tokenizer = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e) if str(e).startswith("data.tokenizer_model") else
+                          f"data.tokenizer_model {d.tokenizer_model}: {e}") from None
+    fit_model_to_tokenizer(cfg, tokenizer)
 
 
 def _check_stage_options(cfg: Config) -> None:
