@@ -74,8 +74,8 @@ def hf_state_dict_from_chunks(chunks: list, model: ModelConfig) -> Optional[dict
     """{HF name: fp32 CPU tensor} on the first rank of the model-parallel group, None on the others."""
     from megatron.core import parallel_state as ps
 
-    if ps.get_expert_model_parallel_world_size() > 1 if hasattr(ps, "get_expert_model_parallel_world_size") else False:
-        raise NotImplementedError("in-memory HF weights of an expert-parallel model are not implemented")
+    if model.num_moe_experts:
+        raise NotImplementedError("in-memory HF weights of a mixture-of-experts model are not implemented")
     tensors = _megatron_tensors(chunks)
     if ps.get_tensor_model_parallel_rank() != 0:
         return None

@@ -83,6 +83,9 @@ class GRPOTask:
         g = cfg.grpo
         if cfg.parallel.context_parallel_size > 1:
             raise ConfigError("train.stage=grpo with parallel.context_parallel_size > 1 is not supported yet")
+        if cfg.model.num_moe_experts:
+            # The in-memory hand-over to the rollout engine maps dense layers only so far.
+            raise ConfigError("train.stage=grpo on a mixture-of-experts model is not supported yet")
         t = cfg.train
         if t.global_batch_size != g.prompts_per_step:
             if cfg.origin("train", "global_batch_size"):
