@@ -50,7 +50,7 @@ def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
     shapes = layout.Shapes(model)
     plan = [TensorSpec(layout.HF_EMBEDDING, shapes.vocab_rows(), dtype)]
     for i in range(model.num_layers):
-        for names in layout.layer_tensors(model).values():
+        for names in layout.layer_tensors_at(model, i).values():
             plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
     plan.append(TensorSpec(layout.HF_FINAL_NORM, (model.hidden_size,), dtype))
     if not model.tie_word_embeddings:
@@ -62,12 +62,13 @@ def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator
     """(HF name, tensor) in hf_tensor_plan order; holds one layer (or the embedding) at a time."""
     model = reader.model
     yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
-    keys = layout.layer_tensors(model)
     for i in range(model.num_layers):
-        tensors = reader.read_layer(list(keys), i)
-        for key, names in keys.items():
-            for name, tensor in zip(names, layout.to_hf(key, tensors.pop(key), model), strict=True):
-                yield layout.hf_layer(i, name), tensor.to(dtype)
+        entries = layout.layer_tensors_at(model, i)  # (key, expert or None) -> HF names
+        tensors = reader.read_layer(list(dict.fromkeys(key for key, _ in entries)), i)
+        for (key, expert), names in entries.items():
+            tensor = tensors[key] if expert is None else tensors[key][expert]  # experts: [E, ...]
+            for name, part in zip(names, layout.to_hf(key, tensor, model), strict=True):
+                yield layout.hf_layer(i, name), part.to(dtype)
     yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
     if not model.tie_word_embeddings:
         yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)

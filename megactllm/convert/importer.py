@@ -21,6 +21,7 @@ output rows of the new pieces are initialised from their old sub-tokens (see con
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TextIO
@@ -47,6 +48,7 @@ from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import SafetensorsCheckpoint
 from megactllm.model.families import family_of
+from megactllm.model.families.moe import HF_FUSED_DOWN, HF_FUSED_GATE_UP, MOE_PRE_MLP_NORM, expert_of
 from megactllm.tokenizer.vocab_fit import (
     ExtensionReport,
     check_tokenizer_fits,
@@ -128,21 +130,68 @@ def check_target_layout(model: ModelConfig, tp: int, pp: int, where: str) -> Non
         raise ConversionError(f"{where}: the model cannot be split for the target layout: " + "; ".join(problems))
 
 
+class HfLayerTensors:
+    """Layer tensors of an HF checkpoint by (layer, name within the layer), either expert layout.
+
+    Per-expert names (`mlp.experts.{e}.gate_proj.weight`, the Hub's layout and what transformers 5
+    saves) are read as they are; a checkpoint holding transformers 5's fused per-layer tensors
+    (`mlp.experts.gate_up_proj` [E, 2f, h], `mlp.experts.down_proj` [E, h, f]) gives each expert's
+    slice of them, after their shapes are checked.
+    """
+
+    def __init__(self, weights: SafetensorsCheckpoint, model: ModelConfig):
+        self.weights, self.model = weights, model
+        self.shapes = layout.Shapes(model)
+
+    def _fused(self, i: int, name: str) -> Optional[tuple[str, int, str]]:
+        expert = expert_of(name)
+        if expert is None:
+            return None
+        fused = HF_FUSED_DOWN if expert[1] == "down_proj" else HF_FUSED_GATE_UP
+        return layout.hf_layer(i, fused), expert[0], expert[1]
+
+    def check(self, i: int, name: str) -> None:
+        full = layout.hf_layer(i, name)
+        fused = self._fused(i, name) if full not in self.weights else None
+        if fused is not None and fused[0] in self.weights:
+            full, shape = fused[0], self.shapes.hf_layer(fused[0].split(".", 3)[3])
+        else:
+            shape = self.shapes.hf_layer(name)
+        spec = self.weights.spec(full)  # raises, naming the directory, when absent
+        if tuple(spec.shape) != tuple(shape):
+            raise ConversionError(
+                f"{self.weights.entries[full].file}: {full} is {tuple(spec.shape)} but config.json implies {tuple(shape)}"
+            )
+
+    def read(self, i: int, name: str) -> torch.Tensor:
+        full = layout.hf_layer(i, name)
+        fused = self._fused(i, name) if full not in self.weights else None
+        if fused is None:
+            return self.weights.read(full)
+        stacked, expert, part = self.weights.read(fused[0]), fused[1], fused[2]
+        if part == "down_proj":
+            return stacked[expert].clone()
+        gate, up = stacked[expert].chunk(2, dim=0)
+        return (gate if part == "gate_proj" else up).clone()
+
+
 def check_hf_tensors(weights: SafetensorsCheckpoint, model: ModelConfig) -> None:
     """Every tensor the family's HF class needs is present with its shape, before any work starts."""
     shapes = layout.Shapes(model)
     expected = {layout.HF_EMBEDDING: shapes.vocab_rows(), layout.HF_FINAL_NORM: (model.hidden_size,)}
     if not model.tie_word_embeddings:
         expected[layout.HF_LM_HEAD] = shapes.vocab_rows()
-    for names in layout.layer_tensors(model).values():
-        for i in range(model.num_layers):
-            expected.update({layout.hf_layer(i, n): shapes.hf_layer(n) for n in names})
     for name, shape in expected.items():
         spec = weights.spec(name)  # raises, naming the directory, when absent
         if tuple(spec.shape) != tuple(shape):
             raise ConversionError(
                 f"{weights.entries[name].file}: {name} is {tuple(spec.shape)} but config.json implies {tuple(shape)}"
             )
+    layers = HfLayerTensors(weights, model)
+    for i in range(model.num_layers):
+        for names in layout.layer_tensors_at(model, i).values():
+            for name in names:
+                layers.check(i, name)
 
 
 # Parameter names inside one layer of either spec -> the checkpoint key they are saved under
@@ -176,11 +225,25 @@ class _Filler:
         self.weights, self.model, self.padded_vocab = weights, model, padded_vocab
         self.vocab_rows = vocab_rows
         self.progress = progress
-        self.layer_tensors = layout.layer_tensors(model)
+        self.layers = HfLayerTensors(weights, model)
 
-    def _layer_tensor(self, i: int, key: str) -> torch.Tensor:
-        parts = [self.weights.read(layout.hf_layer(i, n)) for n in self.layer_tensors[key]]
-        return layout.to_megatron(key, parts, self.model)
+    def _layer_tensor(self, i: int, key: str, expert: Optional[int] = None) -> torch.Tensor:
+        names = layout.layer_tensors_at(self.model, i)[(key, expert)]
+        return layout.to_megatron(key, [self.layers.read(i, n) for n in names], self.model)
+
+    def _layer_key(self, i: int, rest: str) -> Optional[tuple[str, Optional[int]]]:
+        """(megatron key, expert) of a parameter `rest` within layer i, if the family maps it."""
+        here = layout.layer_tensors_at(self.model, i)
+        match = re.match(r"^mlp\.experts\.local_experts\.(\d+)\.(.+)$", rest)
+        if match:  # SequentialMLP's expert e (TP1/EP1 build: local index = global index)
+            candidate = (f"decoder.layers.mlp.experts.experts.{match.group(2)}", int(match.group(1)))
+        elif rest == "pre_mlp_layernorm.weight" and (MOE_PRE_MLP_NORM, None) in here:
+            candidate = (MOE_PRE_MLP_NORM, None)
+        elif rest in _LAYER_KEYS:
+            candidate = (_LAYER_KEYS[rest], None)
+        else:
+            candidate = (f"decoder.layers.{rest}", None)
+        return candidate if candidate in here else None
 
     def tensor_for(self, param_name: str) -> torch.Tensor:
         if param_name == "embedding.word_embeddings.weight":
@@ -191,8 +254,9 @@ class _Filler:
             return self.weights.read(layout.HF_FINAL_NORM)
         if param_name.startswith("decoder.layers."):
             _, _, index, rest = param_name.split(".", 3)
-            if rest in _LAYER_KEYS and _LAYER_KEYS[rest] in self.layer_tensors:
-                return self._layer_tensor(int(index), _LAYER_KEYS[rest])
+            found = self._layer_key(int(index), rest)
+            if found is not None:
+                return self._layer_tensor(int(index), *found)
         raise ConversionError(f"megatron parameter {param_name} has no Hugging Face source (unsupported model part)")
 
     def fill(self, chunk) -> None:
@@ -347,8 +411,9 @@ def _group_bytes(job: _StreamJob, group: str) -> int:
     if group == "head":
         rows = 0 if job.model.tie_word_embeddings else job.model.padded_vocab_size(1)
         return (rows + 1) * job.model.hidden_size * size
-    split, replicated = family_of(job.model).layer_parameters(job.model)
-    return (split + replicated) * size
+    family = family_of(job.model)
+    split, replicated = family.layer_parameters(job.model)
+    return (split + replicated + family.expert_parameters(job.model) // job.model.num_layers) * size
 
 
 def _write_groups(job: _StreamJob, groups: list[str], progress: Optional[ConversionProgress] = None) -> list[str]:

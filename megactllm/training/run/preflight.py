@@ -84,6 +84,9 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     _check_stage_options(cfg)
     check_wandb(cfg.train)
     dp = check_layout(cfg.parallel, world_size, cfg.model.num_layers)
+    from megactllm.model.builder import check_expert_layout
+
+    check_expert_layout(cfg.model, cfg.parallel)
     check_context_parallel_run(cfg)
     _check_heads_split(cfg)
     microbatches = num_microbatches(cfg, dp)
