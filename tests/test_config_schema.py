@@ -90,6 +90,10 @@ def _every_bad_override() -> list[tuple[str, str]]:
         "wandb.name": ["wandb.name=run"],
         "dpo.label_smoothing": ["dpo.loss_type=ipo", "dpo.label_smoothing=0.1"],
         "eval.interval": ["eval.interval=5"],
+        "grpo.reward_weights": ["grpo.reward_weights=[1.0, 2.0]"],
+        "grpo.rewards": ["grpo.rewards=[]"],
+        "grpo.max_completion_tokens": ["train.stage=grpo", "data.prompts_path=p.jsonl", "grpo.max_completion_tokens=128"],
+        "data.prompts_path": ["train.stage=grpo", "grpo.max_completion_tokens=8"],
         "eval.tasks": ["eval.tasks=[cmmlu, gsm8k]"],
     }
     for key, overrides in relations.items():

@@ -12,7 +12,7 @@ from typing import Optional
 
 from megactllm.common import recipe
 from megactllm.config import legacy
-from megactllm.config.schema import SECTIONS, Config, ModelConfig
+from megactllm.config.schema import SECTIONS, Config, GRPOConfig, ModelConfig
 from megactllm.config.section import ConfigError, _show
 
 _OVERRIDE_EXAMPLE = "train.duration='100 iterations'"
@@ -121,6 +121,15 @@ def _one_data_source(raw: dict, overridden: set) -> list[str]:
     )
 
 
+def _grpo_batch(raw: dict) -> None:
+    """A GRPO step reads grpo.prompts_per_step prompts: the global batch follows it unless the recipe
+    sets one (then the two must agree, which the schema checks)."""
+    train, grpo = raw.get("train"), raw.get("grpo")
+    if isinstance(train, dict) and train.get("stage") == "grpo" and "global_batch_size" not in train:
+        per_step = grpo.get("prompts_per_step") if isinstance(grpo, dict) else None
+        train["global_batch_size"] = per_step if per_step is not None else GRPOConfig().prompts_per_step
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
     """The checked Config of the recipe at `path` (none: the defaults) with `overrides` applied."""
     where = path or "config"
@@ -137,6 +146,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     raw = recipe.apply_overrides(raw, new_overrides, SECTIONS, ConfigError, _OVERRIDE_EXAMPLE)
     overridden = {item.split("=", 1)[0] for item in new_overrides}
     data_notes = _one_data_source(raw, overridden)
+    _grpo_batch(raw)
     cfg = config_from_dict(raw, where=where)
     cfg.notes[:] = ([legacy.note(read)] if read else []) + data_notes
     # Which keys the user set (recipe or override) and which are defaults: a checkpoint's metadata

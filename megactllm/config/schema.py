@@ -22,7 +22,7 @@ from megactllm.config.section import ConfigError, Section, option
 
 # The stages train.stage may name: the built-in ones, and those megactllm.training.stages.register_stage
 # adds (it calls allow_stage). A new built-in stage: its name here and its Task in training/stages.py.
-STAGES: list[str] = ["pretrain", "sft", "dpo"]
+STAGES: list[str] = ["pretrain", "sft", "dpo", "grpo"]
 
 
 def allow_stage(name: str) -> None:
@@ -172,6 +172,8 @@ class DataConfig(Section):
             "end_tokens, blend: [\"0.3\", a, \"0.7\", b]}, ...]; the last may have no end", factory=list)
     allow_blend_schedule_change: bool = option(False, "resume under a schedule other than the checkpoint's")
     packing: bool = option(True, "SFT/DPO: pack several conversations into one sequence")
+    prompts_path: Optional[str] = option(None, "GRPO: the prompts, jsonl records {question, answer, ...}; the "
+                                               "other fields reach the rewards")
 
     def check(self) -> None:
         if not _SPLIT.match(self.split) or not sum(float(x) for x in self.split.split(",")) > 0:
@@ -230,7 +232,8 @@ class TrainConfig(Section):
     NAME: ClassVar[str] = "train"
 
     stage: str = option("pretrain", "pretrain (next-token loss on documents), sft (on assistant turns), dpo "
-                                    "(preference pairs), or a stage registered by megactllm.training.stages")
+                                    "(preference pairs), grpo (rollouts and rewards), or a stage registered by "
+                                    "megactllm.training.stages")
     seed: int = option(1234, "seed of the initial weights and the data order", min=0)
     micro_batch_size: int = option(1, "samples per forward pass on one rank (DPO: pairs)", min=1)
     global_batch_size: int = option(8, "samples per optimizer step over all data-parallel ranks", min=1)
@@ -243,9 +246,11 @@ class TrainConfig(Section):
             self.fail("stage", f"must be one of {', '.join(STAGES)}")
         if self.global_batch_size % self.micro_batch_size:
             self.fail("global_batch_size", f"must be a multiple of train.micro_batch_size={self.micro_batch_size}")
-        if self.duration is not None and self.duration.unit == "epochs" and self.stage == "pretrain":
-            self.fail("duration", "in epochs needs a finite training set (stage sft or dpo); "
-                                  "give pretraining iterations or tokens")
+        if self.duration is not None and self.duration.unit == "epochs" and self.stage in ("pretrain", "grpo"):
+            self.fail("duration", f"in epochs needs a finite training set (stage sft or dpo); give {self.stage} "
+                                  "iterations" + (" or tokens" if self.stage == "pretrain" else ""))
+        if self.duration is not None and self.duration.unit == "tokens" and self.stage == "grpo":
+            self.fail("duration", "of a GRPO run counts steps (one step = one rollout batch): give iterations")
 
 
 @dataclass
@@ -381,6 +386,40 @@ class DpoConfig(Section):
 
 
 @dataclass
+class GRPOConfig(Section):
+    """Group relative policy optimisation (train.stage=grpo, megactllm.training.stages.grpo): one
+    iteration is one rollout batch and its updates."""
+
+    NAME: ClassVar[str] = "grpo"
+
+    group_size: int = option(8, "completions sampled per prompt (the group of the advantage)", min=2)
+    prompts_per_step: int = option(8, "prompts per step over all data-parallel ranks (= train.global_batch_size, "
+                                      "which follows it when not set)", min=1)
+    max_completion_tokens: int = option(256, "longest completion sampled", min=1)
+    temperature: float = option(1.0, "sampling temperature of the rollouts", above=0)
+    top_p: float = option(1.0, "nucleus sampling of the rollouts", above=0, max=1)
+    clip_low: float = option(0.2, "the ratio is clipped to [1 - clip_low, 1 + clip_high] (DAPO: 0.2 / 0.28)",
+                             min=0, below=1)
+    clip_high: float = option(0.2, "see clip_low", min=0)
+    kl_coeff: float = option(0.0, "k3 KL to the frozen reference; 0 builds no reference (and saves its memory)",
+                             min=0)
+    kl_ratio_correction: bool = option(False, "weight the k3 KL by the ratio (DeepSeek-V3.2's unbiased gradient; "
+                                              "TRL's use_bias_correction_kl)")
+    loss_normalization: Literal["sequence", "token"] = option("sequence", "sequence (GRPO) or token (DAPO, "
+                                                                          "Dr. GRPO)")
+    updates_per_batch: int = option(1, "optimizer steps on each rollout batch (TRL's num_iterations)", min=1)
+    rewards: list[str] = option(doc="rewards: math, format or module:function", factory=lambda: ["math"])
+    reward_weights: list[float] = option(doc="one weight per reward; empty: 1.0 each", factory=list)
+    scale_rewards: bool = option(True, "divide the centred rewards by the group's std (false: Dr. GRPO)")
+
+    def check(self) -> None:
+        if not self.rewards:
+            self.fail("rewards", "must name at least one reward: math, format or module:function")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            self.fail("reward_weights", f"must hold one weight per reward ({len(self.rewards)}: {self.rewards})")
+
+
+@dataclass
 class EvalConfig(Section):
     """In-loop benchmark evaluation (megactllm.eval.inloop) on the live model."""
 
@@ -421,6 +460,7 @@ class Config:
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     dpo: DpoConfig = dataclasses.field(default_factory=DpoConfig)
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -447,11 +487,11 @@ class Config:
             self.eval.fail("interval", f"with parallel.context_parallel_size={cp}: in-loop benchmark evaluation "
                                        "does not split prompts over the CP group; set eval.interval=0 and evaluate "
                                        "the saved checkpoints (megactllm eval) at context_parallel_size=1")
-        if self.eval.interval and not self.data.tokenizer_model:
-            self.eval.fail("interval", "needs data.tokenizer_model to encode the benchmark prompts")
         if self.data.blend_schedule and t.stage != "pretrain":
             self.data.fail("blend_schedule", f"is read by stage pretrain only; train.stage={t.stage!r} "
                                              "ignores it: remove it", value="[...]")
+        if t.stage == "grpo":
+            self._check_grpo()
         c = self.checkpoint
         if t.stage == "dpo" and c.load and not c.pretrained and not self.dpo.reference_logprobs:
             c.fail("load", "with train.stage=dpo needs checkpoint.pretrained (the SFT model) to rebuild the "
@@ -462,6 +502,20 @@ class Config:
         iters = self.known_train_iters()
         if iters is not None:
             check_warmup(self, iters)
+
+    def _check_grpo(self) -> None:
+        g, t = self.grpo, self.train
+        if self.parallel.context_parallel_size > 1:
+            self.parallel.fail("context_parallel_size", "with train.stage=grpo is not supported yet")
+        if self.model.is_moe:  # the in-memory hand-over to the rollout engine maps dense layers only so far
+            self.model.fail("num_moe_experts", "with train.stage=grpo is not supported yet")
+        if t.global_batch_size != g.prompts_per_step:
+            t.fail("global_batch_size", f"differs from grpo.prompts_per_step={g.prompts_per_step}: a GRPO step "
+                                        "reads prompts_per_step prompts; drop train.global_batch_size")
+        if g.max_completion_tokens >= self.model.seq_length:
+            g.fail("max_completion_tokens", f"leaves no room for a prompt in model.seq_length={self.model.seq_length}")
+        if not self.data.prompts_path:
+            self.data.fail("prompts_path", "is needed by train.stage=grpo (the prompts, a jsonl file)")
 
     def known_train_iters(self) -> Optional[int]:
         """The run's iterations when the recipe alone decides them (iterations or tokens), else None."""

@@ -51,7 +51,8 @@ class InLoopEvaluator:
     """Built once by the Trainer (subjects read once); `run()` scores the live model chunks."""
 
     def __init__(self, eval_cfg, model_chunks: list, model_config, tokenizer):
-        # The recipe refuses eval.interval without data.tokenizer_model (the prompts' tokenizer).
+        if tokenizer is None:  # neither data.tokenizer_model nor the checkpoint's copy
+            raise ConfigError("in-loop evaluation (eval.interval) needs data.tokenizer_model to encode the prompts")
         self.cfg = eval_cfg
         self.subjects = load_eval_subjects(eval_cfg)
         self.backend = ParallelBackend(model_chunks, model_config, tokenizer, batch_size=eval_cfg.batch_size,
