@@ -56,7 +56,11 @@ def main(argv=None, prog=None) -> int:
                    help="--model is a run directory: score every iter_* (records as in-loop eval; default output RUN/checkpoint_evals.jsonl)")
     p.add_argument("--tp", type=int, default=1, help="checkpoint: tensor-parallel size of this launch")
     p.add_argument("--pp", type=int, default=1, help="checkpoint: pipeline-parallel size of this launch")
+    p.add_argument("--verbose", action="store_true", help="show third-party warnings and progress bars")
     a = p.parse_args(argv)
+    from megactllm.output import configure_output
+
+    configure_output(verbose=a.verbose)  # before transformers and megatron-core are imported
     need_path(a.model, "--model", "dir")
     for flag, path in (("--data-dir", a.data_dir), ("--questions-file", a.questions_file), ("--math-file", a.math_file)):
         if path:
