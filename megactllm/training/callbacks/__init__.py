@@ -11,6 +11,7 @@ from megactllm.training.callbacks.base import Callback, CallbackList, Step
 from megactllm.training.callbacks.blend import BlendAnnouncements
 from megactllm.training.callbacks.checkpointing import Checkpointing
 from megactllm.training.callbacks.exit_conditions import ExitConditions
+from megactllm.training.callbacks.expert_load import ExpertLoad
 from megactllm.training.callbacks.inloop_eval import InLoopEvaluation
 from megactllm.training.callbacks.loss_plot import LossPlot
 from megactllm.training.callbacks.nonfinite import NonFiniteStop
@@ -23,7 +24,7 @@ from megactllm.training.callbacks.validation import Validation
 from megactllm.training.callbacks.wandb_logging import WandbLogging, wandb_callback
 
 __all__ = [
-    "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "InLoopEvaluation",
+    "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "ExpertLoad", "InLoopEvaluation",
     "LossPlot", "NonFiniteStop", "RunLockHolder", "SkipDataWindows", "SpikeSkipping", "Step", "StragglerReport",
     "ThroughputLogger", "Validation", "WandbLogging", "default_callbacks",
 ]
@@ -39,6 +40,8 @@ def default_callbacks(trainer) -> list[Callback]:
         callbacks.append(SpikeSkipping(s))
     if trainer.world_size > 1:
         callbacks.append(StragglerReport(cfg.logging.interval, cfg.logging.straggler_ratio))
+    if cfg.model.is_moe:
+        callbacks.append(ExpertLoad(cfg, cfg.logging.interval))
     callbacks.append(ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule))
     if trainer.valid_reader is not None and cfg.validation.interval:
         callbacks.append(Validation(cfg.validation.interval, trainer.task.provides.perplexity))
