@@ -140,9 +140,12 @@ def test_bad_input_is_one_clear_error(tiny_tokenizer, prompts, tmp_path):
         load_prompts(str(no_answers), tok, need_answers=True, max_prompt_tokens=56)
     with pytest.raises(PromptFileError, match=r"prompts.jsonl:1: the prompt is \d+ tokens .* must fit model.seq_length"):
         load_prompts(prompts, tok, need_answers=True, max_prompt_tokens=10)
-    with pytest.raises(ConfigError, match=r"grpo.group_size=1: a group needs at least 2"):
-        load_config(None, ["train.stage=grpo", "grpo.group_size=1"])
-    with pytest.raises(ConfigError, match=r"grpo.max_completion_tokens=64 leaves no room"):
-        GRPOTask(load_config(None, ["train.stage=grpo", f"model.seq_length={SEQ}", "grpo.max_completion_tokens=64"]))
+    inputs = ["train.stage=grpo", "data.prompts_path=prompts.jsonl"]
+    with pytest.raises(ConfigError, match=r"grpo.group_size=1: must be at least 2"):
+        load_config(None, inputs + ["grpo.group_size=1"])
+    with pytest.raises(ConfigError, match=r"grpo.max_completion_tokens=64: leaves no room"):
+        load_config(None, inputs + [f"model.seq_length={SEQ}", "grpo.max_completion_tokens=64"])
+    with pytest.raises(ConfigError, match=r"data.prompts_path=null: is needed by train.stage=grpo"):
+        load_config(None, ["train.stage=grpo", "grpo.max_completion_tokens=8"])
     with pytest.raises(RewardError, match=r"cannot import module 'no_such_rewards'"):
-        GRPOTask(load_config(None, ["train.stage=grpo", "grpo.max_completion_tokens=8", "grpo.rewards=[no_such_rewards:score]"]))
+        GRPOTask(load_config(None, inputs + ["grpo.max_completion_tokens=8", "grpo.rewards=[no_such_rewards:score]"]))
