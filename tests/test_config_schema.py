@@ -5,9 +5,7 @@ new ones; docs/recipe.md is what `--help-config` prints.
     pytest -q tests/test_config_schema.py -k every_key -s    # prints "refused N of N bad values"
 """
 import dataclasses
-import signal
 import typing
-import warnings
 from pathlib import Path
 
 import pytest
@@ -101,44 +99,64 @@ def _every_bad_override() -> list[tuple[str, str]]:
     return cases
 
 
-def _dry_run(overrides: list[str], capsys) -> tuple[int, str, str]:
-    from megactllm.train import main
+# The dry runs go through the real entry point in one child process: it imports torch and
+# megatron-core and installs signal handlers, which a pytest process that later forks must not hold.
+_DRIVER = r"""
+import contextlib, io, json, sys
+real = sys.stdout
+from megactllm.training.main import main
+import megactllm.training.run.preflight  # noqa: F401 (its imports' warnings before the first case)
+results = []
+for argv in json.load(sys.stdin):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append([code, out.getvalue(), err.getvalue()])
+real.write(json.dumps(results))
+"""
 
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        with warnings.catch_warnings():
-            code = main(["--dry-run", *overrides])
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+
+def _dry_runs(cases: list[list[str]]) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of `megactllm train ARGS` for each case, in one child process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(cases), capture_output=True,
+                          text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [tuple(r) for r in json.loads(proc.stdout)]
 
 
-def test_the_base_recipe_passes_the_dry_run(capsys):
-    code, out, err = _dry_run(BASE, capsys)
+def _dry_run(overrides: list[str]) -> tuple[int, str, str]:
+    return _dry_runs([["--dry-run", *overrides]])[0]
+
+
+def test_the_base_recipe_passes_the_dry_run():
+    code, out, err = _dry_run(BASE)
     assert code == 0 and "schedule: stage pretrain, 2 iterations" in out, out + err
 
 
-def test_every_key_refuses_a_bad_value_in_the_dry_run(capsys):
+def test_every_key_refuses_a_bad_value_in_the_dry_run():
     cases = _every_bad_override()
     keys = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     assert keys <= {key for key, _ in cases}
     refused = []
-    for key, override in cases:
-        overrides = override if isinstance(override, list) else [override]
-        code, out, err = _dry_run(BASE + overrides, capsys)
+    runs = _dry_runs([["--dry-run", *BASE, *(o if isinstance(o, list) else [o])] for _, o in cases])
+    for (key, override), (code, out, err) in zip(cases, runs):
         lines = [line for line in err.splitlines() if line.strip()]
         if code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0] \
                 and "Traceback" not in out + err:
             refused.append(key)
         else:
-            print(f"NOT REFUSED: {overrides}: exit {code}: {err.strip()[-300:]}")
+            print(f"NOT REFUSED: {override}: exit {code}: {err.strip()[-300:]}")
     print(f"refused {len(refused)} of {len(cases)} bad values ({len(keys)} keys in {len(SECTIONS)} sections)")
     assert len(refused) == len(cases)
 
 
-@pytest.mark.parametrize("override, message", [
+ISSUE_EXAMPLES = [
     ("train.stage=ppo", "train.stage='ppo': must be one of pretrain, sft, dpo"),
     ("optim.lr_decay_style=cosinee", "optim.lr_decay_style='cosinee': must be one of cosine"),
     ("optim.optimizer=adamw2", "optim.optimizer='adamw2': must be one of adam, sgd"),
@@ -146,11 +164,14 @@ def test_every_key_refuses_a_bad_value_in_the_dry_run(capsys):
     ("model.seq_length=-5", "model.seq_length=-5: must be at least 1"),
     ("train.micro_batch_size=0", "train.micro_batch_size=0: must be at least 1"),
     ("model.arch=tinyy", "model.arch='tinyy': must be one of ctllm-2b"),
-])
-def test_the_issues_examples_are_one_error_line(override, message, capsys):
-    code, out, err = _dry_run(BASE + [override], capsys)
-    assert code == 2 and err.strip() == f"error: {message}" or err.startswith(f"error: {message}"), err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+]
+
+
+def test_the_issues_examples_are_one_error_line():
+    runs = _dry_runs([["--dry-run", *BASE, override] for override, _ in ISSUE_EXAMPLES])
+    for (override, message), (code, out, err) in zip(ISSUE_EXAMPLES, runs):
+        assert code == 2 and err.strip() == f"error: {message}" or err.startswith(f"error: {message}"), err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in OLD_RECIPES.glob("*.yaml")))
@@ -203,11 +224,9 @@ def test_every_key_is_documented_and_docs_recipe_md_is_current():
         "docs/recipe.md is stale: megactllm train --help-config > docs/recipe.md"
 
 
-def test_help_config_prints_the_reference(capsys):
-    from megactllm.train import main
-
-    assert main(["--help-config"]) == 0
-    out = capsys.readouterr().out
+def test_help_config_prints_the_reference():
+    code, out, err = _dry_runs([["--help-config"]])[0]
+    assert code == 0, err
     assert "| `train.duration` | duration or null | `null` |" in out and "| `train.train_iters: N` |" in out
 
 

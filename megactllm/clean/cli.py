@@ -11,13 +11,12 @@ corpus is <output_dir>/dedup/NNNNN.jsonl; the report is <output_dir>/report.md.
 """
 from __future__ import annotations
 
-from megactllm.common.command import CommandParser, entry_point, need_path, user_errors
+from megactllm.common.command import CommandParser, entry_point, need_path
 
 
 @entry_point
 def main(argv=None, prog=None) -> int:
     from megactllm.clean import STAGES, CleanConfig, run_all, slurm_task
-    from megactllm.clean.runner import StageNotReady
 
     p = CommandParser(prog=prog, description=__doc__)
     p.add_argument("recipe", help="YAML recipe (see examples/clean/mapcc.yaml)")
@@ -29,13 +28,11 @@ def main(argv=None, prog=None) -> int:
     p.add_argument("--num-tasks", type=int, help="number of tasks (default: SLURM_ARRAY_TASK_COUNT)")
     args = p.parse_args(argv)
     need_path(args.recipe, "recipe", "file")
-    with user_errors(OSError, ValueError, TypeError):
-        cfg = CleanConfig.from_yaml(args.recipe, args.overrides)
+    cfg = CleanConfig.from_yaml(args.recipe, args.overrides)  # a bad recipe is a CleanConfigError (a UserError)
     task = slurm_task()
     if args.task_index is not None or args.num_tasks is not None:
         if args.task_index is None or args.num_tasks is None:
             p.error("--task-index and --num-tasks go together")
         task = (args.task_index, args.num_tasks)
-    with user_errors(StageNotReady, FileNotFoundError, ValueError):
-        run_all(cfg, tuple(args.stage or STAGES), task, args.workers)
+    run_all(cfg, tuple(args.stage or STAGES), task, args.workers)  # its user errors are UserErrors; bugs keep tracebacks
     return 0

@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from megactllm.common.recipe import load_recipe
+from megactllm.errors import UserError
+
+
+class CleanConfigError(UserError, ValueError):
+    """A cleaning recipe (or override) with an unknown section or key, or a value of the wrong kind."""
 
 
 @dataclass
@@ -121,17 +126,17 @@ class CleanConfig:
         sections = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(data) - set(sections)
         if unknown:
-            raise ValueError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(sections)}")
+            raise CleanConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(sections)}")
         kwargs = {}
         for name, f in sections.items():
             section_cls = f.default_factory().__class__  # type: ignore[misc]
             values = data.get(name) or {}
             if not isinstance(values, dict):
-                raise ValueError(f"{source}: section '{name}' must be a mapping, got {type(values).__name__}")
+                raise CleanConfigError(f"{source}: section '{name}' must be a mapping, got {type(values).__name__}")
             known = {sf.name for sf in dataclasses.fields(section_cls)}
             bad = set(values) - known
             if bad:
-                raise ValueError(f"{source}: unknown key(s) {sorted(bad)} in section '{name}'; "
+                raise CleanConfigError(f"{source}: unknown key(s) {sorted(bad)} in section '{name}'; "
                                  f"expected some of {sorted(known)}")
             kwargs[name] = section_cls(**values)
         cfg = cls(**kwargs)
@@ -153,7 +158,11 @@ class CleanConfig:
         for name in ("max_top_ngram_coverage", "max_dup_ngram_coverage"):
             value = getattr(f, name)
             if value is not None:
-                setattr(f, name, {int(k): float(v) for k, v in value.items()})
+                try:
+                    setattr(f, name, {int(k): float(v) for k, v in value.items()})
+                except (AttributeError, TypeError, ValueError):
+                    raise CleanConfigError(f"filters.{name}={value!r}: expected a mapping of n-gram size to "
+                                           "coverage, e.g. {2: 0.2, 3: 0.18}") from None
         d = self.dedup
         if d.fuzzy and d.bands * d.rows > d.num_perm:
-            raise ValueError(f"dedup: bands * rows = {d.bands * d.rows} exceeds num_perm = {d.num_perm}")
+            raise CleanConfigError(f"dedup: bands * rows = {d.bands * d.rows} exceeds num_perm = {d.num_perm}")

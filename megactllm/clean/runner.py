@@ -32,6 +32,10 @@ class StageNotReady(UserError, RuntimeError):
     pass
 
 
+class CleanRunError(UserError, ValueError):
+    """A stage name, task index or SLURM array that does not fit the run."""
+
+
 def slurm_task() -> tuple[int, int] | None:
     """(task index, task count) of a SLURM array task, or None outside one."""
     env = os.environ
@@ -44,7 +48,8 @@ def slurm_task() -> tuple[int, int] | None:
     elif "SLURM_ARRAY_TASK_MAX" in env:
         count = int(env["SLURM_ARRAY_TASK_MAX"]) - lo + 1
     else:
-        raise RuntimeError("SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor _MAX is")
+        raise CleanRunError("SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor _MAX is: "
+                            "launch with sbatch --array or pass --task-index and --num-tasks")
     return task_id - lo, count
 
 
@@ -90,7 +95,7 @@ def run_stage(cfg: CleanConfig, stage: str, task: tuple[int, int] | None = None,
               workers: int | None = None, log=sys.stderr) -> dict:
     """Run this task's share of a stage's units; returns {"done": [...], "skipped": [...]}."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
+        raise CleanRunError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
     wd = Workdir(cfg)
     if stage == "filter":
         wd.prepare()
@@ -102,7 +107,7 @@ def run_stage(cfg: CleanConfig, stage: str, task: tuple[int, int] | None = None,
         return {"done": [0], "skipped": []}
     index, count = task or (0, 1)
     if not 0 <= index < count:
-        raise ValueError(f"task index {index} is outside [0, {count})")
+        raise CleanRunError(f"task index {index} is outside [0, {count})")
     mine = list(range(num_units(wd, stage)))[index::count]
     todo = wd.missing(stage, mine)
     skipped = [u for u in mine if u not in todo]

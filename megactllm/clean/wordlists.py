@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from megactllm.common.command import InputNotFoundError
+
 
 def read_list(path: str | Path, what: str) -> list[str]:
     """Non-empty, non-comment lines of a UTF-8 file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{what} file {p} does not exist (set it in the recipe or remove the key)")
+        raise InputNotFoundError(f"{what} file {p} does not exist (set it in the recipe or remove the key)")
     words = []
     with open(p, encoding="utf-8", errors="strict") as f:
         for lineno, line in enumerate(f, 1):
@@ -49,11 +51,11 @@ class UrlBlacklist:
             if categories is not None:
                 missing = set(categories) - {f.parent.name for f in files}
                 if missing:
-                    raise FileNotFoundError(f"URL blacklist {p} has no categories {sorted(missing)} "
+                    raise InputNotFoundError(f"URL blacklist {p} has no categories {sorted(missing)} "
                                             f"(it has {sorted(f.parent.name for f in files)})")
                 files = [f for f in files if f.parent.name in categories]
             if not files:
-                raise FileNotFoundError(f"URL blacklist directory {p} has no */domains files (UT1 layout)")
+                raise InputNotFoundError(f"URL blacklist directory {p} has no */domains files (UT1 layout)")
         else:
             files = [p]
         self.domains: set[str] = set()

@@ -12,8 +12,9 @@ import json
 import os
 from pathlib import Path
 
-from .config import CleanConfig
+from .config import CleanConfig, CleanConfigError
 from megactllm.common.atomic import write_json_atomic
+from megactllm.common.command import InputNotFoundError
 
 # Sections whose change alters results; run settings (workers, progress) do not.
 RESULT_SECTIONS = ("input", "normalize", "lines", "filters", "dedup")
@@ -21,16 +22,16 @@ RESULT_SECTIONS = ("input", "normalize", "lines", "filters", "dedup")
 
 def expand_inputs(patterns: list[str]) -> list[str]:
     if not patterns:
-        raise FileNotFoundError("input.paths is empty: set it in the recipe or on the command line, "
+        raise InputNotFoundError("input.paths is empty: set it in the recipe or on the command line, "
                                 "e.g. input.paths='[/data/raw/*.jsonl]'")
     files: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not matches:
-            raise FileNotFoundError(f"input path '{pattern}' matches no file")
+            raise InputNotFoundError(f"input path '{pattern}' matches no file")
         files.extend(m for m in matches if os.path.isfile(m))
     if not files:
-        raise FileNotFoundError(f"input paths {patterns} name no files")
+        raise InputNotFoundError(f"input paths {patterns} name no files")
     return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
@@ -48,7 +49,7 @@ class Workdir:
         if self.manifest_path.exists():
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
             if manifest["recipe_digest"] != digest:
-                raise ValueError(f"{self.root} was made with a different recipe (digest {manifest['recipe_digest']}, "
+                raise CleanConfigError(f"{self.root} was made with a different recipe (digest {manifest['recipe_digest']}, "
                                  f"now {digest}); use a new run.output_dir or delete the old one")
             return manifest["shards"]
         shards = expand_inputs(self.cfg.input.paths)
@@ -57,7 +58,7 @@ class Workdir:
 
     def shards(self) -> list[str]:
         if not self.manifest_path.exists():
-            raise FileNotFoundError(f"{self.manifest_path} is missing: run the filter stage first")
+            raise InputNotFoundError(f"{self.manifest_path} is missing: run the filter stage first")
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))["shards"]
 
     def path(self, stage: str, unit: int, suffix: str) -> Path:

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
 
-from megactllm.config.model import LAYOUT_VOCAB_MULTIPLE, ModelConfig  # noqa: F401 (the model section)
-from megactllm.config.section import ConfigError, Section, option
+from megactllm.config.model import ModelConfig
+from megactllm.config.section import Section, option
 
 # The stages train.stage may name: the built-in ones, and those megactllm.training.stages.register_stage
 # adds (it calls allow_stage). A new built-in stage: its name here and its Task in training/stages.py.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from megactllm.common.command import CommandParser, entry_point, need_path, user_errors
+from megactllm.common.command import CommandParser, entry_point, need_path
 
 CONVERT = """Convert between megactllm checkpoints and Hugging Face LLaMA directories (CPU only, streaming).
 
@@ -89,20 +89,20 @@ def convert_main(argv=None, prog=None) -> int:
         need_path(args.tokenizer, "--tokenizer")
     from megactllm.convert import export_to_hf, import_from_hf
 
-    with user_errors(ValueError, OSError):
-        if args.command == "export":
-            export_to_hf(
-                need_path(args.checkpoint, "checkpoint", "dir"), args.out_dir, dtype=args.dtype,
-                tokenizer_file=args.tokenizer, tokenizer_type=args.tokenizer_type,
-                max_shard_bytes=args.max_shard_size, chat_template=None if args.no_chat_template else "default",
-                add_bos_token=args.add_bos_token, overwrite=args.overwrite, workers=args.workers,
-            )
-        else:
-            import_from_hf(
-                need_path(args.hf_dir, "hf_dir", "dir"), args.out_dir, target_tp=args.target_tp,
-                target_pp=args.target_pp, dtype=args.dtype, tokenizer_file=args.tokenizer,
-                tokenizer_type=args.tokenizer_type, overwrite=args.overwrite, spec=args.spec, workers=args.workers,
-            )
+    # Their user errors are ConversionError, CheckpointError, tokenizer errors (UserErrors); a bug keeps its traceback.
+    if args.command == "export":
+        export_to_hf(
+            need_path(args.checkpoint, "checkpoint", "dir"), args.out_dir, dtype=args.dtype,
+            tokenizer_file=args.tokenizer, tokenizer_type=args.tokenizer_type,
+            max_shard_bytes=args.max_shard_size, chat_template=None if args.no_chat_template else "default",
+            add_bos_token=args.add_bos_token, overwrite=args.overwrite, workers=args.workers,
+        )
+    else:
+        import_from_hf(
+            need_path(args.hf_dir, "hf_dir", "dir"), args.out_dir, target_tp=args.target_tp,
+            target_pp=args.target_pp, dtype=args.dtype, tokenizer_file=args.tokenizer,
+            tokenizer_type=args.tokenizer_type, overwrite=args.overwrite, spec=args.spec, workers=args.workers,
+        )
     return 0
 
 

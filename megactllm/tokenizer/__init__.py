@@ -14,6 +14,7 @@ Extending an existing model's vocabulary: `megactllm.tokenizer.extend.extend_sen
 from __future__ import annotations
 
 from .base import Tokenizer
+from megactllm.tokenizer.errors import TokenizerFileError, TokenizerNotFoundError
 
 TOKENIZER_TYPES = ("sentencepiece", "huggingface")
 
@@ -42,7 +43,7 @@ def tokenizer_file(tokenizer_type: str, model_path: str, what: str = "the tokeni
 
     path = str(model_path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise TokenizerNotFoundError(f"{what} {path} does not exist")
     if not os.path.isdir(path):
         return path
     kind = canonical_type(tokenizer_type)
@@ -52,7 +53,7 @@ def tokenizer_file(tokenizer_type: str, model_path: str, what: str = "the tokeni
         json_path = os.path.join(path, "tokenizer.json")
         if os.path.isfile(json_path):
             return json_path
-        raise FileNotFoundError(
+        raise TokenizerNotFoundError(
             f"{what} {path} is a directory without tokenizer.json (it holds {listing}); a Hugging Face tokenizer "
             "directory holds tokenizer.json, and tokenizer_config.json naming its special tokens"
             + ("; its tokenizer.model is a SentencePiece model: set the tokenizer type to sentencepiece and give "
@@ -63,7 +64,7 @@ def tokenizer_file(tokenizer_type: str, model_path: str, what: str = "the tokeni
         hint = f"; give the file {os.path.join(path, 'tokenizer.model')}"
     elif "tokenizer.json" in present:
         hint = "; it holds tokenizer.json: set the tokenizer type to huggingface"
-    raise FileNotFoundError(f"{what} {path} is a directory, but a {tokenizer_type} tokenizer is a file "
+    raise TokenizerNotFoundError(f"{what} {path} is a directory, but a {tokenizer_type} tokenizer is a file "
                             f"(it holds {listing}){hint}")
 
 
@@ -78,7 +79,7 @@ def load_tokenizer(tokenizer_type: str, model_path: str) -> Tokenizer:
         from .huggingface_tokenizer import HuggingFaceTokenizer
 
         return HuggingFaceTokenizer(str(model_path))
-    raise ValueError(f"unknown tokenizer type {tokenizer_type!r}; expected one of {TOKENIZER_TYPES}")
+    raise TokenizerFileError(f"unknown tokenizer type {tokenizer_type!r}; expected one of {TOKENIZER_TYPES}")
 
 
 __all__ = ["TOKENIZER_TYPES", "Tokenizer", "canonical_type", "load_tokenizer", "tokenizer_file"]

@@ -25,6 +25,7 @@ from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from megactllm.common.atomic import write_bytes_atomic
 from megactllm.common.optional import require
+from megactllm.tokenizer.errors import TokenizerFileError
 
 Piece = model_pb2.ModelProto.SentencePiece
 
@@ -60,9 +61,9 @@ def load_model_proto(model_path: str) -> model_pb2.ModelProto:
     try:
         proto.ParseFromString(data)
     except Exception as exc:  # protobuf's DecodeError
-        raise ValueError(f"{model_path} is not a SentencePiece model: {exc}") from exc
+        raise TokenizerFileError(f"{model_path} is not a SentencePiece model: {exc}") from exc
     if not proto.pieces:
-        raise ValueError(f"{model_path} is not a SentencePiece model (no pieces)")
+        raise TokenizerFileError(f"{model_path} is not a SentencePiece model (no pieces)")
     return proto
 
 
@@ -96,10 +97,10 @@ def extend_sentencepiece(
     """Appends pieces to `model_path` and writes the extended model (default `<stem>.extended.model`)."""
     proto = load_model_proto(model_path)
     if proto.trainer_spec.model_type not in (model_pb2.TrainerSpec.BPE, model_pb2.TrainerSpec.UNIGRAM):
-        raise ValueError(f"{model_path}: only BPE and unigram models can be extended")
+        raise TokenizerFileError(f"{model_path}: only BPE and unigram models can be extended")
     output_path = output_path or default_output_path(model_path)
     if os.path.abspath(output_path) == os.path.abspath(model_path):
-        raise ValueError("the extended model must not overwrite the original (old ids are referenced by checkpoints)")
+        raise TokenizerFileError("the extended model must not overwrite the original (old ids are referenced by checkpoints)")
     existing = {p.piece: i for i, p in enumerate(proto.pieces)}
     result = ExtendResult(output_path, len(proto.pieces), len(proto.pieces))
     min_score = min((p.score for p in proto.pieces if p.type == Piece.NORMAL), default=0.0)
@@ -121,7 +122,7 @@ def extend_sentencepiece(
     result.already_present.extend(p for p in _clean(pieces) if p in existing)
     if any(c.isspace() for w in words for c in w):
         bad = [w for w in words if any(c.isspace() for c in w)][:5]
-        raise ValueError(f"pieces must not contain whitespace (SentencePiece marks spaces with '▁'): {bad}")
+        raise TokenizerFileError(f"pieces must not contain whitespace (SentencePiece marks spaces with '▁'): {bad}")
     # Ids follow the given order; scores rank shorter words higher, so BPE merges a longer new word
     # through a shorter one added in the same call.
     rank = {w: r for r, w in enumerate(sorted(words, key=len))}

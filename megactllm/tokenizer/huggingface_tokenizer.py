@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from tokenizers import Tokenizer as _HFTokenizer
 
 from .base import BOS_CANDIDATES, EOD_CANDIDATES, PAD_CANDIDATES, Tokenizer
+from megactllm.tokenizer.errors import TokenizerFileError, TokenizerNotFoundError
 
 UNSET = object()  # a key the tokenizer's files do not name at all (null names "none")
 
@@ -64,21 +65,21 @@ class HuggingFaceTokenizer(Tokenizer):
         model_dir = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
         json_path = os.path.join(model_path, "tokenizer.json") if os.path.isdir(model_path) else model_path
         if not os.path.isfile(json_path):
-            raise FileNotFoundError(
+            raise TokenizerNotFoundError(
                 f"Hugging Face tokenizer {json_path} does not exist (give a tokenizer.json file or a "
                 "directory that holds one)"
             )
         try:
             self.hf = _HFTokenizer.from_file(json_path)
         except Exception as exc:  # the Rust side raises a bare Exception on parse errors
-            raise ValueError(f"{json_path} is not a Hugging Face tokenizer.json: {exc}") from exc
+            raise TokenizerFileError(f"{json_path} is not a Hugging Face tokenizer.json: {exc}") from exc
         named = named_special_tokens(model_dir)
         self._vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
         marked = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
         # EOD is required: a null eos_token still falls back to the marked spellings.
         self._eod = resolve_special(named.get("eos_token") or UNSET, EOD_CANDIDATES, marked, self.token_to_id)
         if self._eod is None:
-            raise ValueError(
+            raise TokenizerFileError(
                 f"{json_path} has no end-of-document token (no eos_token named in tokenizer_config.json or "
                 f"special_tokens_map.json, and none of {EOD_CANDIDATES} among its special added tokens)"
             )

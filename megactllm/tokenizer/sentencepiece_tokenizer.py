@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import sentencepiece as spm
 
 from .base import BOS_CANDIDATES, EOD_CANDIDATES, PAD_CANDIDATES, Tokenizer
+from megactllm.tokenizer.errors import TokenizerFileError, TokenizerNotFoundError
 
 # SentencePiece piece types the model itself marks as special (sentencepiece_model.proto).
 _MARKED_TYPES = (3, 4)  # CONTROL, USER_DEFINED
@@ -21,18 +22,18 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_path: str, num_threads: int = 1) -> None:
         super().__init__(model_path)
         if not os.path.isfile(model_path):
-            raise FileNotFoundError(f"SentencePiece model {model_path} does not exist")
+            raise TokenizerNotFoundError(f"SentencePiece model {model_path} does not exist")
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.Load(str(model_path))
         except (OSError, RuntimeError) as exc:
-            raise ValueError(f"{model_path} is not a SentencePiece model: {exc}") from exc
+            raise TokenizerFileError(f"{model_path} is not a SentencePiece model: {exc}") from exc
         # One native thread per call by default: parallelism comes from preprocess workers.
         self.num_threads = num_threads
         self._vocab_size = self.sp.GetPieceSize()
         self._eod = self._special(self.sp.eos_id(), EOD_CANDIDATES)
         if self._eod is None:
-            raise ValueError(
+            raise TokenizerFileError(
                 f"{model_path} has no end-of-document piece (eos id unset and none of {EOD_CANDIDATES}); "
                 "retrain or extend it with one"
             )

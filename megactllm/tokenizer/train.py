@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import sentencepiece as spm
 
 from megactllm.common.corpus import expand_inputs, plan_chunks, read_batches
+from megactllm.tokenizer.errors import TokenizerFileError
 
 CHAT_PIECES = ("<|im_start|>", "<|im_end|>")
 
@@ -59,14 +60,14 @@ def train_sentencepiece(config: TokenizerTrainingSettings) -> str:
     specials = [config.unk_piece, config.bos_piece, config.eod_piece, config.pad_piece]
     clashes = [p for p in config.user_defined if p in specials]
     if clashes:
-        raise ValueError(f"user-defined pieces {clashes} clash with the unk/bos/eod/pad pieces")
+        raise TokenizerFileError(f"user-defined pieces {clashes} clash with the unk/bos/eod/pad pieces")
     parent = os.path.dirname(config.model_prefix)
     if parent:
         os.makedirs(parent, exist_ok=True)
     sentences = iter_training_text(config.input, config.json_keys, config.input_format, config.max_sentence_length)
     first = next(sentences, None)
     if first is None:
-        raise ValueError(f"no text found in {list(config.input)} under keys {list(config.json_keys)}")
+        raise TokenizerFileError(f"no text found in {list(config.input)} under keys {list(config.json_keys)}")
 
     def all_sentences() -> Iterator[str]:
         yield first
@@ -76,7 +77,7 @@ def train_sentencepiece(config: TokenizerTrainingSettings) -> str:
         _train(config, all_sentences())
     except RuntimeError as exc:
         if "required_chars" in str(exc):
-            raise ValueError(
+            raise TokenizerFileError(
                 f"vocab_size {config.vocab_size} cannot hold every character at coverage {config.character_coverage}: "
                 f"{exc}. Raise the vocabulary size or lower the character coverage (byte fallback covers the rest)"
             ) from None

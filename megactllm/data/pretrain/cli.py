@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from megactllm.common.command import CommandParser, entry_point, need_path, user_errors
+from megactllm.common.command import CommandParser, entry_point, need_path
 
 TOKENIZE = r"""Tokenize a corpus into Megatron indexed datasets ({prefix}_{key}_document.bin/.idx).
 
@@ -48,8 +48,8 @@ def _stderr(line: str) -> None:
 
 @entry_point
 def tokenize_main(argv=None, prog=None) -> int:
-    from megactllm.common.corpus import FORMATS, InputError
-    from megactllm.data.pretrain.preprocess import PreprocessConfig, PreprocessError, preprocess
+    from megactllm.common.corpus import FORMATS
+    from megactllm.data.pretrain.preprocess import PreprocessConfig, preprocess
 
     p = CommandParser(prog=prog, description=TOKENIZE)
     g = p.add_argument_group("input")
@@ -84,8 +84,8 @@ def tokenize_main(argv=None, prog=None) -> int:
         workers=args.workers, strict=args.strict, per_shard=args.per_shard, input_format=args.input_format,
         chunk_bytes=args.chunk_mb << 20, log_interval=args.log_interval,
     )
-    with user_errors(PreprocessError, InputError, FileNotFoundError, ValueError):
-        summary = preprocess(config, report=None if args.quiet else _stderr)
+    # PreprocessError, InputError, tokenizer and dataset errors are UserErrors; a bug keeps its traceback.
+    summary = preprocess(config, report=None if args.quiet else _stderr)
     print(summary.format())
     return 0
 
@@ -155,8 +155,8 @@ def merge_main(argv=None, prog=None) -> int:
     prefixes = _expand(args.input)
     if args.output_prefix in prefixes:
         raise DatasetFormatError(f"--output-prefix {args.output_prefix} is also an input")
-    with user_errors(RuntimeError, OSError):
-        merged = merge_datasets(prefixes, args.output_prefix)
+    # A missing or damaged input is a DatasetFormatError (a UserError); a bug keeps its traceback.
+    merged = merge_datasets(prefixes, args.output_prefix)
     print(f"merged {len(prefixes)} datasets into {args.output_prefix}: {merged.num_documents:,} documents, "
           f"{merged.num_tokens:,} tokens, dtype {merged.dtype}")
     return 0
@@ -167,7 +167,6 @@ def parallel_main(argv=None, prog=None) -> int:
     from megactllm.data.pretrain.parallel_corpus import (
         DEFAULT_LANGUAGE_NAMES,
         DEFAULT_TEMPLATE,
-        ParallelCorpusError,
         write_parallel_documents,
     )
     from megactllm.data.pretrain.parallel_corpus import ParallelCorpusSettings
@@ -212,22 +211,20 @@ def parallel_main(argv=None, prog=None) -> int:
         p.error("tokenizing needs --tokenizer-type, --tokenizer-model and --output-prefix")
     if tokenize:
         need_path(args.tokenizer_model, "--tokenizer-model")
-    with user_errors(ParallelCorpusError):
-        summary = write_parallel_documents(config, _stderr)
+    summary = write_parallel_documents(config, _stderr)
     print(summary.format())
     print(f"documents: {args.output}")
     if not tokenize:
         return 0
-    from megactllm.common.corpus import InputError
-    from megactllm.data.pretrain.preprocess import PreprocessConfig, PreprocessError, preprocess
+    from megactllm.data.pretrain.preprocess import PreprocessConfig, preprocess
 
-    with user_errors(PreprocessError, InputError, FileNotFoundError, ValueError):
-        tokenized = preprocess(
-            PreprocessConfig(
-                input=[args.output], output_prefix=args.output_prefix, tokenizer_type=args.tokenizer_type,
-                tokenizer_model=args.tokenizer_model, append_eod=args.append_eod, workers=args.workers, strict=True,
-            ),
-            report=_stderr,
-        )
+    # PreprocessError, InputError, tokenizer and dataset errors are UserErrors; a bug keeps its traceback.
+    tokenized = preprocess(
+        PreprocessConfig(
+            input=[args.output], output_prefix=args.output_prefix, tokenizer_type=args.tokenizer_type,
+            tokenizer_model=args.tokenizer_model, append_eod=args.append_eod, workers=args.workers, strict=True,
+        ),
+        report=_stderr,
+    )
     print(tokenized.format())
     return 0

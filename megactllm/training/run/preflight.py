@@ -106,8 +106,6 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
 
 def _check_blend_schedule(cfg: Config, train_iters: Optional[int]) -> None:
     """The schedule parses and covers the run (read by pretraining only), before anything is built."""
-    from megactllm.config import ConfigError
-
     if not cfg.data.blend_schedule:
         return
     from megactllm.data.pretrain.blend_schedule import BlendSchedule, parse_schedule
