@@ -78,23 +78,26 @@ def _metrics(records):
     return {r["iteration"]: r["metrics"] for r in records}
 
 
-def test_tp2_follows_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_tokenizer, prompts, tmp_path):
+@pytest.mark.parametrize("tp,name", [(2, "TP2"), (1, "DP2")])
+def test_tp2_and_dp2_follow_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_tokenizer, prompts, tmp_path, tp, name):
     tp1 = _metrics(tp1_run["records"])
     # One process: the engine (transformers, weights exported in memory) and megatron agree in fp32.
     assert tp1[1]["rollout_logprob_diff_max"] < 1e-4
     assert 0.0 < tp1[1]["reward_mean"] < 0.3  # a random model: a little signal, far from the goal
-    records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 2, 1,
+    records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, tp, 1,
                               ("train.train_iters=2", *REWARD), timeout=600)[0]
-    tp2 = _metrics(records)
-    print("grpo log-prob agreement TP1/TP2:", {s: (tp1[s]["rollout_logprob_diff_max"], tp2[s]["rollout_logprob_diff_max"], tp2[s]["rollout_logprob_diff_mean"]) for s in (1, 2)})
+    other = _metrics(records)
+    print(f"grpo log-prob agreement TP1/{name}:", {s: (tp1[s]["rollout_logprob_diff_max"], other[s]["rollout_logprob_diff_max"],
+                                                      other[s]["rollout_logprob_diff_mean"]) for s in (1, 2)})
     for step in (1, 2):
-        assert tp2[step]["rollout_logprob_diff_max"] < 1e-4, tp2[step]
-        assert tp2[step]["rollout_logprob_diff_mean"] < 1e-5
-    # The sampler's seed is the prompt's position: the same completions, rewards and loss at TP2.
-    assert tp2[1]["reward_mean"] == tp1[1]["reward_mean"]
-    assert tp2[1]["completion_length"] == tp1[1]["completion_length"]
-    assert tp2[1]["grpo loss"] == pytest.approx(tp1[1]["grpo loss"], abs=1e-5)
-    assert tp2[2]["reward_mean"] == pytest.approx(tp1[2]["reward_mean"], abs=0.02)
+        assert other[step]["rollout_logprob_diff_max"] < 1e-4, other[step]
+        assert other[step]["rollout_logprob_diff_mean"] < 1e-5
+    # The sampler's seed is the prompt's position: the same completions, rewards and loss at TP2 and
+    # with the prompts split over two data-parallel ranks.
+    assert other[1]["reward_mean"] == pytest.approx(tp1[1]["reward_mean"], abs=1e-9)
+    assert other[1]["completion_length"] == pytest.approx(tp1[1]["completion_length"], abs=1e-9)
+    assert other[1]["grpo loss"] == pytest.approx(tp1[1]["grpo loss"], abs=1e-5)
+    assert other[2]["reward_mean"] == pytest.approx(tp1[2]["reward_mean"], abs=0.02)
 
 
 def test_pp2_with_a_reference_token_normalisation_and_two_updates(tiny_tokenizer, prompts, tmp_path):

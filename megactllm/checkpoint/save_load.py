@@ -464,6 +464,14 @@ def _optimizer_metadata(fmt: Optional[str]) -> Optional[dict]:
     return {"distrib_optim_sharding_type": fmt}
 
 
+# Expert parallelism; checkpoints written before MoE have neither key (which is EP1, ETP as TP).
+_EXPERT_KEYS = {"expert_model_parallel_size": 1, "expert_tensor_parallel_size": None}
+
+
+def _same_experts_split(meta: CheckpointMetadata, current: dict) -> bool:
+    return all(meta.parallel.get(k, default) == current.get(k, default) for k, default in _EXPERT_KEYS.items())
+
+
 def same_model_parallel(meta: CheckpointMetadata, parallel) -> bool:
     keys = (
         "tensor_model_parallel_size",
@@ -472,14 +480,14 @@ def same_model_parallel(meta: CheckpointMetadata, parallel) -> bool:
         "context_parallel_size",
     )
     current = asdict(parallel)
-    return all(meta.parallel.get(k) == current[k] for k in keys)
+    return all(meta.parallel.get(k) == current[k] for k in keys) and _same_experts_split(meta, current)
 
 
 def same_weight_split(meta: CheckpointMetadata, parallel) -> bool:
     """Whether the weights are split as when saved (TP/PP/VPP); context parallelism splits no weight."""
     keys = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
     current = asdict(parallel)
-    return all(meta.parallel.get(k) == current[k] for k in keys)
+    return all(meta.parallel.get(k) == current[k] for k in keys) and _same_experts_split(meta, current)
 
 
 def optimizer_loadable(meta: CheckpointMetadata, parallel) -> tuple[bool, str]:
@@ -489,6 +497,11 @@ def optimizer_loadable(meta: CheckpointMetadata, parallel) -> tuple[bool, str]:
     saved_dist = bool(meta.parallel.get("use_distributed_optimizer"))
     if saved_dist != parallel.use_distributed_optimizer:
         return False, "the distributed optimizer was switched on or off since the save"
+    saved_ep = int(meta.parallel.get("expert_model_parallel_size") or 1)
+    if (saved_ep > 1) != (parallel.expert_model_parallel_size > 1):
+        # At EP > 1 megatron-core chains a second optimizer for the experts: another state layout.
+        return False, (f"expert parallelism went from EP={saved_ep} to EP={parallel.expert_model_parallel_size} "
+                       "(megatron-core keeps the experts' optimizer apart only at EP > 1)")
     fmt = meta.optimizer_format or ("dp_reshardable" if saved_dist else "model_space")
     if same_model_parallel(meta, parallel) or fmt in ("model_space", "fully_reshardable"):
         return True, ""
@@ -508,7 +521,8 @@ def same_layout(meta: CheckpointMetadata, parallel, world_size: int) -> bool:
         "use_distributed_optimizer",
     )
     current = asdict(parallel)
-    return meta.world_size == world_size and all(meta.parallel.get(k) == current[k] for k in keys)
+    return (meta.world_size == world_size and all(meta.parallel.get(k) == current[k] for k in keys)
+            and _same_experts_split(meta, current))
 
 
 def load_rng_state(meta: CheckpointMetadata) -> Optional[dict]:

@@ -486,6 +486,7 @@ def _publish_model(run_dir: Path, cfg: Config, tokenizer_file: Path) -> Path:
         "optimizer_format": None,
         "world_size": 1,
         "train_state": {},
+        "callbacks": {},
     }
     save_load._write_json_atomic(final / save_load.METADATA_FILE, metadata)
     from megactllm.common.atomic import write_text_atomic
