@@ -423,7 +423,7 @@ def load_checkpoint(path: str | os.PathLike, model_chunks: list, optimizer=None,
     meta = load_model_weights(path, model_chunks, model_config)
     if optimizer is not None:
         if not meta.has_optimizer:
-            raise CheckpointError(f"{meta.path} holds no optimizer state; start with train.pretrained_checkpoint instead")
+            raise CheckpointError(f"{meta.path} holds no optimizer state; start with checkpoint.pretrained instead")
         _materialize_adam_state(optimizer)
         optim_sd = optimizer.sharded_state_dict(
             model_sharded_state_dict(model_chunks), is_loading=True, metadata=_optimizer_metadata(meta.optimizer_format)
@@ -450,18 +450,21 @@ OPTIMIZER_FORMATS = ("model_space", "dp_reshardable", "fully_reshardable")
 def optimizer_checkpoint_format(cfg: Config) -> str:
     if not cfg.parallel.use_distributed_optimizer:
         return "model_space"
-    fmt = cfg.train.optimizer_checkpoint_format
-    if fmt not in ("dp_reshardable", "fully_reshardable"):
-        raise CheckpointError(
-            f"train.optimizer_checkpoint_format={fmt!r}; the distributed optimizer saves as dp_reshardable or fully_reshardable"
-        )
-    return fmt
+    return cfg.checkpoint.optimizer_format  # dp_reshardable or fully_reshardable (the recipe's choice)
 
 
 def _optimizer_metadata(fmt: Optional[str]) -> Optional[dict]:
     if fmt in (None, "model_space"):
         return None
     return {"distrib_optim_sharding_type": fmt}
+
+
+# Expert parallelism; checkpoints written before MoE have neither key (which is EP1, ETP as TP).
+_EXPERT_KEYS = {"expert_model_parallel_size": 1, "expert_tensor_parallel_size": None}
+
+
+def _same_experts_split(meta: CheckpointMetadata, current: dict) -> bool:
+    return all(meta.parallel.get(k, default) == current.get(k, default) for k, default in _EXPERT_KEYS.items())
 
 
 def same_model_parallel(meta: CheckpointMetadata, parallel) -> bool:
@@ -472,14 +475,14 @@ def same_model_parallel(meta: CheckpointMetadata, parallel) -> bool:
         "context_parallel_size",
     )
     current = asdict(parallel)
-    return all(meta.parallel.get(k) == current[k] for k in keys)
+    return all(meta.parallel.get(k) == current[k] for k in keys) and _same_experts_split(meta, current)
 
 
 def same_weight_split(meta: CheckpointMetadata, parallel) -> bool:
     """Whether the weights are split as when saved (TP/PP/VPP); context parallelism splits no weight."""
     keys = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
     current = asdict(parallel)
-    return all(meta.parallel.get(k) == current[k] for k in keys)
+    return all(meta.parallel.get(k) == current[k] for k in keys) and _same_experts_split(meta, current)
 
 
 def optimizer_loadable(meta: CheckpointMetadata, parallel) -> tuple[bool, str]:
@@ -489,12 +492,17 @@ def optimizer_loadable(meta: CheckpointMetadata, parallel) -> tuple[bool, str]:
     saved_dist = bool(meta.parallel.get("use_distributed_optimizer"))
     if saved_dist != parallel.use_distributed_optimizer:
         return False, "the distributed optimizer was switched on or off since the save"
+    saved_ep = int(meta.parallel.get("expert_model_parallel_size") or 1)
+    if (saved_ep > 1) != (parallel.expert_model_parallel_size > 1):
+        # At EP > 1 megatron-core chains a second optimizer for the experts: another state layout.
+        return False, (f"expert parallelism went from EP={saved_ep} to EP={parallel.expert_model_parallel_size} "
+                       "(megatron-core keeps the experts' optimizer apart only at EP > 1)")
     fmt = meta.optimizer_format or ("dp_reshardable" if saved_dist else "model_space")
     if same_model_parallel(meta, parallel) or fmt in ("model_space", "fully_reshardable"):
         return True, ""
     return False, (
         f"its optimizer state was saved as {fmt}, which megatron-core reshards over data-parallel ranks only "
-        "(save with train.optimizer_checkpoint_format=fully_reshardable to change TP/PP with the optimizer state)"
+        "(save with checkpoint.optimizer_format=fully_reshardable to change TP/PP with the optimizer state)"
     )
 
 
@@ -508,7 +516,8 @@ def same_layout(meta: CheckpointMetadata, parallel, world_size: int) -> bool:
         "use_distributed_optimizer",
     )
     current = asdict(parallel)
-    return meta.world_size == world_size and all(meta.parallel.get(k) == current[k] for k in keys)
+    return (meta.world_size == world_size and all(meta.parallel.get(k) == current[k] for k in keys)
+            and _same_experts_split(meta, current))
 
 
 def load_rng_state(meta: CheckpointMetadata) -> Optional[dict]:
