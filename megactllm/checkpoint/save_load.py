@@ -423,7 +423,7 @@ def load_checkpoint(path: str | os.PathLike, model_chunks: list, optimizer=None,
     meta = load_model_weights(path, model_chunks, model_config)
     if optimizer is not None:
         if not meta.has_optimizer:
-            raise CheckpointError(f"{meta.path} holds no optimizer state; start with train.pretrained_checkpoint instead")
+            raise CheckpointError(f"{meta.path} holds no optimizer state; start with checkpoint.pretrained instead")
         _materialize_adam_state(optimizer)
         optim_sd = optimizer.sharded_state_dict(
             model_sharded_state_dict(model_chunks), is_loading=True, metadata=_optimizer_metadata(meta.optimizer_format)
@@ -450,12 +450,7 @@ OPTIMIZER_FORMATS = ("model_space", "dp_reshardable", "fully_reshardable")
 def optimizer_checkpoint_format(cfg: Config) -> str:
     if not cfg.parallel.use_distributed_optimizer:
         return "model_space"
-    fmt = cfg.train.optimizer_checkpoint_format
-    if fmt not in ("dp_reshardable", "fully_reshardable"):
-        raise CheckpointError(
-            f"train.optimizer_checkpoint_format={fmt!r}; the distributed optimizer saves as dp_reshardable or fully_reshardable"
-        )
-    return fmt
+    return cfg.checkpoint.optimizer_format  # dp_reshardable or fully_reshardable (the recipe's choice)
 
 
 def _optimizer_metadata(fmt: Optional[str]) -> Optional[dict]:
@@ -507,7 +502,7 @@ def optimizer_loadable(meta: CheckpointMetadata, parallel) -> tuple[bool, str]:
         return True, ""
     return False, (
         f"its optimizer state was saved as {fmt}, which megatron-core reshards over data-parallel ranks only "
-        "(save with train.optimizer_checkpoint_format=fully_reshardable to change TP/PP with the optimizer state)"
+        "(save with checkpoint.optimizer_format=fully_reshardable to change TP/PP with the optimizer state)"
     )
 
 

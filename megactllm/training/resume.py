@@ -1,8 +1,8 @@
-"""Where a run starts: resumed from `train.load` (model, optimizer, scheduler, counters, RNG) or
-initialised from `train.pretrained_checkpoint` (weights only), else from scratch.
+"""Where a run starts: resumed from `checkpoint.load` (model, optimizer, scheduler, counters, RNG) or
+initialised from `checkpoint.pretrained` (weights only), else from scratch.
 
 A data-parallel change is routine (megatron-core reshards over DP); a TP/PP change loads the
-optimizer only with train.reshard_optimizer; a layout the optimizer cannot follow loads weights,
+optimizer only with checkpoint.reshard_optimizer; a layout the optimizer cannot follow loads weights,
 schedule and counters and says that Adam's moments start from zero.
 
 Nothing here touches the trainer: `start` and `resume` load into the model, optimizer and
@@ -50,11 +50,11 @@ def reload_master_weights(optimizer) -> None:
 
 def start(cfg, model, optimizer, scheduler, world_size: int, blend_schedule, log) -> Resumed:
     """Collective: load what the run starts from into model/optimizer/scheduler."""
-    t = cfg.train
-    if t.load and has_checkpoint(t.load):
-        return resume(cfg, model, optimizer, scheduler, world_size, blend_schedule, log, t.load)
-    if t.pretrained_checkpoint:
-        meta = ckpt.load_model_weights(t.pretrained_checkpoint, model, cfg.model)
+    c = cfg.checkpoint
+    if c.load and has_checkpoint(c.load):
+        return resume(cfg, model, optimizer, scheduler, world_size, blend_schedule, log, c.load)
+    if c.pretrained:
+        meta = ckpt.load_model_weights(c.pretrained, model, cfg.model)
         log.info(f"initialised weights from {meta.path} (iteration {meta.iteration}); fresh optimizer and schedule")
         reload_master_weights(optimizer)
     return Resumed()
@@ -67,10 +67,10 @@ def resume(cfg, model, optimizer, scheduler, world_size: int, blend_schedule, lo
     loadable, why_not = ckpt.optimizer_loadable(meta, cfg.parallel)
     # A CP change splits no weight: with optimizer state loadable it loads like a DP change.
     tp_pp_changed = not ckpt.same_weight_split(meta, cfg.parallel)
-    load_optimizer = loadable and (not tp_pp_changed or cfg.train.reshard_optimizer)
+    load_optimizer = loadable and (not tp_pp_changed or cfg.checkpoint.reshard_optimizer)
     if not load_optimizer:
         if loadable:
-            why_not = "the TP/PP layout changed and train.reshard_optimizer is false"
+            why_not = "the TP/PP layout changed and checkpoint.reshard_optimizer is false"
         log.warning(
             f"{meta.path} was written at {layout_text(meta.parallel, meta.world_size)}; this run is "
             f"{layout_text(asdict(cfg.parallel), world_size)}. Model weights, LR schedule and counters are "
