@@ -25,7 +25,7 @@ from megactllm.convert import (
 )
 from megactllm.testing import run_distributed
 from megactllm.tokenizer import load_tokenizer
-from megactllm.checkpoint.save_load import read_metadata
+from megactllm.checkpoint import read_metadata
 
 VOCAB = 300
 

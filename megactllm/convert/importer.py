@@ -48,7 +48,7 @@ from megactllm.tokenizer.vocab_fit import (
     plan_extension,
 )
 from megactllm.tokenizer import load_tokenizer
-from megactllm.tokenizer.bos import hf_dir_adds_bos, record_sentencepiece_bos
+from megactllm.tokenizer.bos import hf_dir_adds_bos
 from megactllm.common.progress import STDERR
 
 
@@ -242,7 +242,7 @@ def import_from_hf(
     spec: str = "local",
 ) -> ImportResult:
     """Convert an HF directory of a supported family into a megactllm checkpoint run directory `out_dir`."""
-    from megactllm.checkpoint.save_load import iteration_dir, save_checkpoint
+    from megactllm.checkpoint import Checkpointer, iteration_dir
 
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
@@ -279,10 +279,9 @@ def import_from_hf(
             train=TrainConfig(stage="pretrain"),
         )
         progress.message("saving the megatron checkpoint")
-        save_checkpoint(staging, 0, [chunk], cfg, tokenizer_path=str(tokenizer_plan.file))
-        del chunk
+        # A LLaMA-2/Mistral original prepends BOS: recorded in the tokenizer copy, evaluation and export follow it.
         adds_bos = hf_dir_adds_bos(hf_dir) if tokenizer_plan.type == "sentencepiece" else None
-        if adds_bos is not None:  # a LLaMA-2/Mistral original prepends BOS: evaluation and export follow it
-            record_sentencepiece_bos(iteration_dir(staging, 0) / "tokenizer", adds_bos)
+        Checkpointer(staging).save(0, [chunk], cfg, tokenizer_path=str(tokenizer_plan.file), tokenizer_adds_bos=adds_bos)
+        del chunk
     progress.message(f"done: set train.pretrained_checkpoint={iteration_dir(out_dir, 0)}")
     return ImportResult(iteration_dir(out_dir, 0), model, target_dtype, extension)

@@ -69,7 +69,7 @@ def evaluate_checkpoints(run_dir, eval_cfg, parallel, out: Optional[str] = None,
     loop would have; returns the records and writes them (rank 0) as JSON lines."""
     import torch.distributed as dist
 
-    from megactllm.checkpoint.save_load import METADATA_FILE, read_metadata
+    from megactllm.checkpoint import METADATA_FILE, read_metadata
 
     run = Path(run_dir)
     iterations = sorted(p for p in run.glob("iter_*") if (p / METADATA_FILE).is_file())

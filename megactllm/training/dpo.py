@@ -75,9 +75,9 @@ def build_reference_model(cfg, policy_chunks: list | None = None) -> list:
         torch.set_rng_state(cpu_state)
         tensor_parallel.get_cuda_rng_tracker().set_states(tracker_states)
     if cfg.train.pretrained_checkpoint:
-        from megactllm.checkpoint.save_load import load_model_weights
+        from megactllm.checkpoint import Checkpointer
 
-        load_model_weights(cfg.train.pretrained_checkpoint, chunks, cfg.model)
+        Checkpointer.load_weights(cfg.train.pretrained_checkpoint, chunks, cfg.model)
     elif cfg.train.load:
         raise ValueError(
             "DPO resumed from train.load needs train.pretrained_checkpoint (the SFT model) to rebuild its "

@@ -152,7 +152,27 @@ class Trainer:
         return t.log_dir or t.save or t.tensorboard_dir or "runs/latest"
 
     def resume_or_initialise(self) -> None:
-        resume.resume_or_initialise(self)
+        self._adopt(resume.start(self.cfg, self.model, self.optimizer, self.scheduler, self.world_size,
+                                 self.state.blend_schedule, self.log))
+
+    def restore_checkpoint(self, path: str) -> None:
+        """Go back to the checkpoint at `path` (model, optimizer, schedule, counters, RNG), e.g. a spike rollback."""
+        self._adopt(resume.resume(self.cfg, self.model, self.optimizer, self.scheduler, self.world_size,
+                                  self.state.blend_schedule, self.log, path))
+
+    def _adopt(self, start: "resume.Resumed") -> None:
+        if start.train_state is None:
+            return
+        known = set(TrainState.__dataclass_fields__)
+        current_schedule = self.state.blend_schedule
+        self.state = TrainState(**{k: v for k, v in start.train_state.items() if k in known})
+        self.state.blend_schedule = current_schedule
+        self.last_checkpoint = self.resumed_from = start.checkpoint
+        s = self.state
+        self.log.info(
+            f"resumed from {start.checkpoint}: iteration {s.iteration}, {s.consumed_samples} samples, "
+            f"{s.skipped_iterations} skipped"
+        )
 
     def request_stop(self, reason: Optional[str]) -> None:
         """End the run after this iteration; a reason (a signal, the time budget) means "resume me"."""

@@ -1,11 +1,11 @@
 """The save policy: every train.save_interval iterations and at the end, synchronously or in the
-background (train.async_save: one save in flight, published once every rank wrote it)."""
+background (train.async_save: one save in flight, published once every rank wrote it). The
+format, publishing and the disk checks are the Checkpointer's (megactllm.checkpoint)."""
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from megactllm.checkpoint import save_load as ckpt
-from megactllm.checkpoint.async_save import AsyncCheckpointSaver
+from megactllm.checkpoint import Checkpointer
 from megactllm.training.callbacks.base import Callback
 from megactllm.training.rng import capture_rng_state
 
@@ -14,11 +14,13 @@ class Checkpointing(Callback):
     def __init__(self, save_dir, save_interval, async_save: bool):
         self.save_dir = save_dir
         self.save_interval = save_interval
-        self.async_saver = AsyncCheckpointSaver() if async_save else None
+        self.checkpointer = Checkpointer(save_dir, async_save=async_save) if save_dir else None
         self.first_iteration = None
 
     def on_train_start(self, trainer) -> None:
         self.first_iteration = trainer.state.iteration
+        if self.checkpointer is not None:
+            self.checkpointer.warn = trainer.log.warning
 
     def on_step_start(self, trainer) -> None:
         self._publish(trainer, blocking=False)
@@ -38,19 +40,18 @@ class Checkpointing(Callback):
 
     def _publish(self, trainer, blocking: bool) -> None:
         """Publish a finished background save (collective; a no-op with none in flight)."""
-        if self.async_saver is None or self.async_saver.in_flight is None:
+        if self.checkpointer is None or self.checkpointer.in_flight is None:
             return
         trainer.callbacks.call("before_save", trainer)  # publishing writes the directory's latest pointer
-        published = self.async_saver.poll(blocking)
+        published = self.checkpointer.poll(blocking)
         if published is not None:
-            trainer.last_checkpoint = published
+            trainer.last_checkpoint = str(published)
             trainer.log.info(f"saved checkpoint {published} (written in the background)")
 
     def save(self, trainer) -> None:
         self._publish(trainer, blocking=True)  # one save in flight at a time
         trainer.callbacks.call("before_save", trainer)
-        path = ckpt.save_checkpoint(
-            self.save_dir,
+        path = self.checkpointer.save(
             trainer.state.iteration,
             trainer.model,
             trainer.cfg,
@@ -59,10 +60,8 @@ class Checkpointing(Callback):
             train_state=asdict(trainer.state),
             tokenizer_path=trainer.tokenizer_path,
             rng_state=capture_rng_state(),
-            async_queue=self.async_saver.queue if self.async_saver is not None else None,
         )
-        if self.async_saver is not None:
-            self.async_saver.scheduled(path)
+        if self.checkpointer.in_flight is not None:
             return
         trainer.last_checkpoint = str(path)
         trainer.log.info(f"saved checkpoint {path}")

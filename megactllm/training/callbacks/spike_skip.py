@@ -89,7 +89,6 @@ class SpikeSkipping(Callback):
             self._roll_back(trainer)
 
     def _roll_back(self, trainer) -> None:
-        from megactllm.training import resume
         from megactllm.training.callbacks.checkpointing import Checkpointing
 
         s = trainer.state
@@ -105,7 +104,7 @@ class SpikeSkipping(Callback):
                 f"(train.spike_max_rollbacks={self.max_rollbacks}): the run keeps spiking; the last checkpoint is {path}. "
                 "Inspect the data at these samples, or lower the learning rate."
             )
-        resume.resume(trainer, path)
+        trainer.restore_checkpoint(path)
         s = trainer.state
         start = s.consumed_samples
         s.skipped_samples = sorted([list(w) for w in s.skipped_samples] + [[start, end]])
