@@ -64,7 +64,9 @@ setup(
         "monitor": ["tensorboard", "matplotlib"],
         # Weights & Biases logging (train.wandb_project); WANDB_MODE=offline works with no network.
         "wandb": ["wandb>=0.19"],
-        "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate", "schemathesis>=4.0"],
+        "test": ["pytest", "pytest-timeout", "datasketch", "openai", "lm-eval==0.4.13", "accelerate", "schemathesis>=4.0",
+                 # the numerical reference of the GRPO loss (tests/test_grpo_loss.py)
+                 "trl>=1.16"],
         # Running and serving models: GGUF files (written with gguf, run and quantized by llama.cpp
         # through llama-cpp-python, which builds from source) and the OpenAI-compatible server.
         # The API key is checked on the routed path (the ASGI scope), so no starlette version's URL

@@ -77,7 +77,7 @@ def main() -> int:
 
     from megactllm.parallel import initialize_parallel
     from megactllm.training.batches import GlobalBatchReader
-    from megactllm.training.loop import Trainer
+    from megactllm.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as work:
         prefixes = [f"{work}/{name}" for name in ("a", "b", "c")]

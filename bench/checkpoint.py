@@ -43,7 +43,7 @@ def overrides(args, data: str, run_dir: str, async_save: bool) -> list[str]:
 def timed_fit(overrides_: list[str]) -> float:
     """Rank body: build the trainer, then time fit() alone (no start-up, no data indexing)."""
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import Trainer
+    from megactllm.training.trainer import Trainer
 
     cfg = load_config(None, overrides_)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)

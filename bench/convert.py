@@ -1,23 +1,26 @@
 #!/usr/bin/env python
-"""Benchmark: HF <-> megactllm conversion of a ~500M-parameter LLaMA model, against plain safetensors I/O.
+"""Benchmark: HF <-> megactllm conversion against plain safetensors I/O, at one or two depths.
 
 Each phase runs in its own process (clean peak-memory figures) and prints wall time and peak
 resident memory; ratios compare with the reference measured in the same run:
-  baseline  read every tensor of the HF safetensors and write them back out (safetensors library):
-            the I/O any conversion must do.
-  import    HF directory -> megactllm checkpoint (megatron dist_checkpointing).
-  export    megactllm checkpoint -> HF directory (sharded safetensors, config, tokenizer).
+  baseline  read every tensor of the HF safetensors and write them back out (safetensors library,
+            a shard at a time): the I/O any conversion must do.
+  import    HF directory -> megactllm checkpoint (streamed a layer at a time, convert.importer).
+  export    megactllm checkpoint -> HF directory (a layer at a time, 1 GiB safetensors shards).
   verify    the exported tensors equal the originals bit for bit (not timed).
 Files are written in bf16 (as HF models ship); all files stay in the page cache between phases.
 Library imports are done before the clock starts (a fixed few seconds). Memory is the peak of
-the process's RSS plus its helper processes' unique memory (megatron's checkpoint writer runs
-in helpers), minus the RSS after imports: the conversion's own working set, also shown relative
-to the model's size (target: at most ~1.5x).
+the process's RSS plus its helper processes' unique memory, minus the RSS after imports: the
+conversion's own working set, also shown relative to the model's size.
 
+With two depths of the same widths (--layers 2 8) it also prints how the working set grows with
+depth (issue 34's targets: the deeper peak within 0.5 GiB of the shallower one and below the
+model's size; time at most 1.5x the baseline).
+
+    python bench/convert.py --preset qwen2.5-7b --layers 2 8   # Qwen2.5-7B widths, 2 and 8 of its layers
     python bench/convert.py                  # ~500M parameters (28 layers, hidden 1024, vocab 64000)
     python bench/convert.py --preset 2b      # CT-LLM 2B shape (needs ~20 GB disk, several minutes)
-    python bench/convert.py --preset tiny    # smoke run
-    python bench/convert.py --preset qwen2.5-7b-2l   # Qwen2.5-7B widths, 2 layers (1.56B parameters, ~3 GiB)
+    python bench/convert.py --preset tiny --layers 2 4   # smoke run
 """
 import argparse
 import json
@@ -39,6 +42,9 @@ PRESETS = {
     "2b": dict(num_hidden_layers=32, hidden_size=2048, intermediate_size=5504, num_attention_heads=16),
     "tiny": dict(num_hidden_layers=2, hidden_size=128, intermediate_size=352, num_attention_heads=4),
     # Qwen2.5-7B's real widths (QKV bias, 4 KV heads, 152,064 untied rows), 2 of its 28 layers: 1.56B parameters.
+    "qwen2.5-7b": dict(family="qwen2", vocab_size=152064, num_hidden_layers=28, hidden_size=3584,
+                       intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
+                       rope_theta=1000000.0, rms_norm_eps=1e-6),
     "qwen2.5-7b-2l": dict(family="qwen2", vocab_size=152064, num_hidden_layers=2, hidden_size=3584,
                           intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
                           rope_theta=1000000.0, rms_norm_eps=1e-6),
@@ -99,18 +105,21 @@ class MemorySampler:
         self.peak = max(self.peak, self.now())
 
 
-def phase_make_hf(work: Path, preset: str, tokenizer: Path) -> dict:
+def phase_make_hf(work: Path, preset: str, tokenizer: Path, layers: str = "") -> dict:
     import torch
     import transformers
 
     values = dict(vocab_size=64000, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
     values.update(PRESETS[preset])
+    if layers:
+        values["num_hidden_layers"] = int(layers)
     family = values.pop("family", "llama")
     prefix = {"llama": "Llama", "qwen2": "Qwen2"}[family]
     config = getattr(transformers, f"{prefix}Config")(**values)
     torch.set_default_dtype(torch.bfloat16)
     torch.manual_seed(0)
     model = getattr(transformers, f"{prefix}ForCausalLM")(config)
+    # Shards of 1 GB split layers across files, as HF's own 7B uploads do.
     model.save_pretrained(work / "hf_in", max_shard_size="1GB")
     if family == "llama":
         shutil.copy(tokenizer, work / "hf_in" / "tokenizer.model")
@@ -192,7 +201,7 @@ def child(args) -> None:
     with MemorySampler() as memory:
         base = memory.now()
         start = time.perf_counter()
-        extra = PHASES[args.phase](args.work, *([args.preset, args.tokenizer] if args.phase == "make-hf" else []))
+        extra = PHASES[args.phase](args.work, *([args.preset, args.tokenizer, args.make_layers] if args.phase == "make-hf" else []))
         seconds = time.perf_counter() - start
     print(json.dumps(dict(seconds=seconds, peak=memory.peak, base=base, **extra)))
 
@@ -201,14 +210,47 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def measure(work: Path, args, layers: str) -> tuple[dict, int, int]:
+    """Make the HF model at `layers` depth (preset's own when empty), run every phase; (results, bytes, params)."""
+    made = run_phase("make-hf", work, ["--preset", args.preset, "--tokenizer", str(args.tokenizer),
+                                       "--make-layers", layers])
+    model_bytes = sum(f.stat().st_size for f in (work / "hf_in").glob("*.safetensors"))
+    print(f"model: {made['parameters'] / 1e6:.0f}M parameters{f' ({layers} layers)' if layers else ''}, "
+          f"{model_bytes / 2**30:.2f} GiB of bf16 safetensors ({os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f})", flush=True)
+    results = {}
+    for _ in range(args.repeats):
+        for name in ("baseline", "import", "export"):
+            for leftover in ("baseline", "ckpt", "hf_out"):
+                if name != "export" or leftover != "ckpt":
+                    shutil.rmtree(work / leftover, ignore_errors=True)
+            r = run_phase(name, work, [])
+            if name not in results or r["seconds"] < results[name]["seconds"]:
+                results[name] = r
+    run_phase("verify", work, [])
+    base_time = results["baseline"]["seconds"]
+    print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'peak GiB':>9} {'working set GiB':>16} {'x model':>8}")
+    for name, r in results.items():
+        working = r["peak"] - r["base"]
+        print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['peak'] / 2**30:9.2f} "
+              f"{working / 2**30:16.2f} {working / model_bytes:7.2f}x")
+    print(f"megatron checkpoint: {_dir_bytes(work / 'ckpt') / 2**30:.2f} GiB; export verified bit-exact", flush=True)
+    for leftover in ("hf_in", "baseline", "ckpt", "hf_out"):
+        shutil.rmtree(work / leftover, ignore_errors=True)
+    return results, model_bytes, made["parameters"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="500m")
+    p.add_argument("--layers", nargs="*", type=int, default=[],
+                   help="depths to measure at the preset's widths (two, e.g. 2 8, to see growth with depth)")
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="SentencePiece model with 64,000 pieces")
     p.add_argument("--repeats", type=int, default=1, help="repeat baseline/import/export, keep the best time")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--make-layers", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:
         return child(args)
@@ -217,27 +259,16 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="megactllm-bench-convert-"))
     try:
-        made = run_phase("make-hf", work, ["--preset", args.preset, "--tokenizer", str(args.tokenizer)])
-        model_bytes = sum(f.stat().st_size for f in (work / "hf_in").glob("*.safetensors"))
-        print(f"model: {made['parameters'] / 1e6:.0f}M parameters, {model_bytes / 2**30:.2f} GiB of bf16 safetensors "
-              f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
-        results = {}
-        for _ in range(args.repeats):
+        runs = [(str(n), *measure(work, args, str(n))) for n in (args.layers or [""])]
+        if len(runs) == 2:
+            (l1, r1, b1, _), (l2, r2, b2, _) = runs
+            print(f"\ngrowth with depth, {l1} -> {l2} layers (model {b1 / 2**30:.2f} -> {b2 / 2**30:.2f} GiB):")
+            print(f"{'phase':<9} {'working set GiB':>16} {'growth GiB':>11} {'deep x model':>13} {'time vs baseline':>17}")
             for name in ("baseline", "import", "export"):
-                for leftover in ("baseline", "ckpt", "hf_out"):
-                    if name != "export" or leftover != "ckpt":
-                        shutil.rmtree(work / leftover, ignore_errors=True)
-                r = run_phase(name, work, [])
-                if name not in results or r["seconds"] < results[name]["seconds"]:
-                    results[name] = r
-        run_phase("verify", work, [])
-        base_time = results["baseline"]["seconds"]
-        print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'peak GiB':>9} {'working set GiB':>16} {'x model':>8}")
-        for name, r in results.items():
-            working = r["peak"] - r["base"]
-            print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['peak'] / 2**30:9.2f} "
-                  f"{working / 2**30:16.2f} {working / model_bytes:7.2f}x")
-        print(f"megatron checkpoint: {_dir_bytes(work / 'ckpt') / 2**30:.2f} GiB; export verified bit-exact")
+                w1, w2 = (r[name]["peak"] - r[name]["base"] for r in (r1, r2))
+                ratio = r2[name]["seconds"] / r2["baseline"]["seconds"]
+                print(f"{name:<9} {w1 / 2**30:7.2f} -> {w2 / 2**30:5.2f} {(w2 - w1) / 2**30:11.2f} "
+                      f"{w2 / b2:12.2f}x {ratio:16.2f}x")
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -6,7 +6,7 @@ plus the frozen reference forward over the same 2P sequences. The yardstick is t
 same batch: one over the P chosen sequences, one over the P rejected ones (same micro-batch shape).
 Expected: DPO / (2 x SFT) near (3 + 1) / 3 with the live reference (a forward is about a third of
 forward+backward), near 1 with precomputed reference log-probs. All three are timed in one run,
-in alternation, through the real training loop (megactllm.training.loop.Trainer.train_step), on
+in alternation, through the real training loop (megactllm.training.trainer.Trainer.train_step), on
 real pairs; the three models are in memory together (use TP/PP to fit a large one).
 
     python bench/dpo_step.py                                     # tiny model, one CPU process
@@ -93,7 +93,7 @@ class HalvesDataset:
 
 def sft_task_on_halves(pairs_per_step: int):
     from megactllm.data.chat.dpo_dataset import build_dpo_datasets
-    from megactllm.training.sft import SFTTask
+    from megactllm.training.stages.sft import SFTTask
 
     class HalvesSFTTask(SFTTask):
         def build_datasets(self, cfg, tokenizer):
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
     from megactllm.config import load_config
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.checkpoint import Checkpointer
-    from megactllm.training.dpo_reference import precompute_reference_logps
-    from megactllm.training.loop import Trainer
+    from megactllm.training.stages.dpo.reference import precompute_reference_logps
+    from megactllm.training.trainer import Trainer
 
     if not SHARED.is_dir():
         print(f"error: {SHARED} (real DPO pairs, tokenizer) is absent; set MEGACTLLM_SHARED_DATA", file=sys.stderr)
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     ]
     results = {}
 
-    from megactllm.training.dpo import forward_only_pair_logps
+    from megactllm.training.stages.dpo.task import forward_only_pair_logps
 
     # The three runs live side by side and their steps are timed in alternation, so that on a
     # shared machine each kind of step sees the same background load.

@@ -124,7 +124,7 @@ class BareLoop:
 
 class OurLoop:
     def __init__(self, cfg, use_te):
-        from megactllm.training.loop import Trainer
+        from megactllm.training.trainer import Trainer
 
         from megactllm.training.callbacks import NonFiniteStop, SpikeSkipping
 
@@ -231,7 +231,7 @@ def bench_gpu_phase(args, overrides, use_te, which):
     if which == "ours":
         loop = OurLoop(cfg, use_te)
     else:
-        from megactllm.training.pretrain import PretrainTask
+        from megactllm.training.stages.pretrain import PretrainTask
 
         datasets = PretrainTask(cfg).build_datasets(cfg, None)
         loop = BareLoop(cfg, datasets[0], use_te)
@@ -258,7 +258,7 @@ def main():
     args = p.parse_args()
 
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.metrics import H100_BF16_PEAK_TFLOPS
+    from megactllm.training.run.metrics import H100_BF16_PEAK_TFLOPS
 
     gpu = args.gpu
     if gpu and not torch.cuda.is_available():

@@ -25,8 +25,8 @@ COMMANDS = {
     "merge-datasets": ("megactllm.data.pretrain.cli", "merge_main", "merge indexed datasets into one"),
     "preprocess-sft": ("megactllm.data.chat.cli", "sft_main", "tokenize instruction data into an SFT dataset"),
     "preprocess-dpo": ("megactllm.data.chat.cli", "dpo_main", "tokenize preference pairs into a DPO dataset"),
-    "train": ("megactllm.train", "main", "pretrain, SFT or DPO from a YAML recipe (run it under torchrun or srun)"),
-    "precompute-dpo-reference": ("megactllm.training.cli", "precompute_dpo_reference_main",
+    "train": ("megactllm.training.main", "main", "pretrain, SFT or DPO from a YAML recipe (run it under torchrun or srun)"),
+    "precompute-dpo-reference": ("megactllm.training.stages.dpo.cli", "precompute_dpo_reference_main",
                                  "store the DPO reference model's log-probs once (under torchrun)"),
     "convert": ("megactllm.convert.cli", "convert_main", "megactllm checkpoint <-> Hugging Face directory"),
     "checkpoint": ("megactllm.checkpoint.cli", "main", "verify a checkpoint's files, list a run's checkpoints"),
@@ -68,7 +68,7 @@ def console_main() -> None:
     """The console script: exit with the command's code (training's failing ranks leave together)."""
     code = main()
     if sys.argv[1:2] == ["train"]:
-        from megactllm.train import exit_for
+        from megactllm.training.main import exit_for
 
         exit_for(code)
     sys.exit(code)

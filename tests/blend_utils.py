@@ -54,8 +54,8 @@ def train_recording_samples(overrides: list[str], stdout_path: str = None) -> di
 
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import run_training
-    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.trainer import run_training
+    from megactllm.training.stages.pretrain import PretrainTask
 
     seen: list = []
 

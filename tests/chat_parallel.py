@@ -34,8 +34,8 @@ def save_tiny_checkpoint(path: str, seq: int, seed: int = 7) -> str:
 
 
 def make_task(stage: str, cfg):
-    from megactllm.training.dpo import DPOTask
-    from megactllm.training.sft import SFTTask
+    from megactllm.training.stages.dpo.task import DPOTask
+    from megactllm.training.stages.sft import SFTTask
 
     return {"sft": SFTTask, "dpo": DPOTask}[stage](cfg)
 
@@ -98,7 +98,7 @@ def precompute_then_report(pp: int, policy: str, reference: str, tokenizer_model
     from megactllm.data.chat.dpo_dataset import build_dpo_datasets
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.tokenizer import load_tokenizer
-    from megactllm.training.dpo_reference import precompute_reference_logps
+    from megactllm.training.stages.dpo.reference import precompute_reference_logps
 
     tokenizer = load_tokenizer("sentencepiece", tokenizer_model)
     cfg = tiny_config(1, pp, seq, (f"train.pretrained_checkpoint={reference}", f"data.train_data_path=['{prefix}']",
@@ -164,7 +164,7 @@ def sft_then_dpo_through_the_loop(workdir: str, tokenizer_model: str, sft_blend:
 
     from megactllm.config import load_config
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.training.loop import run_training
+    from megactllm.training.trainer import run_training
 
     common = [
         "model.arch=tiny", f"model.vocab_size={VOCAB}", "model.make_vocab_size_divisible_by=1", f"model.seq_length={seq}",

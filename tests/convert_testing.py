@@ -202,7 +202,7 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
     )
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.checkpoint import read_metadata
-    from megactllm.training.loop import run_training
+    from megactllm.training.trainer import run_training
 
     model = dataclasses.replace(read_metadata(checkpoint).model_config, seq_length=seq)
     cfg = Config(

@@ -77,6 +77,6 @@ def load_logits_and_resave(jobs: list[dict]) -> dict:
 def train_runs(runs: list[list[str]]) -> list[int]:
     """Each run: the overrides of one `megactllm train` (the entry the CLI calls), one after the other
     in this process. Returns their exit codes."""
-    from megactllm.train import main
+    from megactllm.training.main import main
 
     return [main(overrides) for overrides in runs]

@@ -82,8 +82,8 @@ def train_observed(overrides: list[str], real_tokens: list, poison_positions=(),
 
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import Trainer
-    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.trainer import Trainer
+    from megactllm.training.stages.pretrain import PretrainTask
 
     real = torch.tensor(real_tokens)
     read_random: dict = {}
@@ -138,19 +138,21 @@ def train_observed(overrides: list[str], real_tokens: list, poison_positions=(),
     trainer.train_step = observed_step
     result = trainer.fit()
     return {"losses": result.losses, "state": asdict(result.state), "read_random": read_random, "unchanged": unchanged,
-            "weights": [p.detach().clone() for p in trainer.model[0].parameters()]}
+            "weights": [p.detach().clone() for p in trainer.model[0].parameters()],
+            "callbacks": trainer.callbacks.state_dict()}
 
 
 def train_plain(overrides: list[str]) -> dict:
-    """Rank body: train as `megactllm train` does; the losses and the final train state."""
+    """Rank body: train as `megactllm train` does; the losses, the final train state and callbacks' states."""
     from dataclasses import asdict
 
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import Trainer
-    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.trainer import Trainer
+    from megactllm.training.stages.pretrain import PretrainTask
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
-    result = Trainer(cfg, PretrainTask(cfg)).fit()
-    return {"losses": result.losses, "state": asdict(result.state)}
+    trainer = Trainer(cfg, PretrainTask(cfg))
+    result = trainer.fit()
+    return {"losses": result.losses, "state": asdict(result.state), "callbacks": trainer.callbacks.state_dict()}

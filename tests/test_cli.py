@@ -136,3 +136,32 @@ def test_the_console_command_exit_codes(tmp_path):
                           "import sys\nsys.exit(entry_point(lambda argv, prog: 1 / 0)())"],
                          capture_output=True, text=True, timeout=60)
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr
+
+
+# Stands in for an environment without the serve extra: its packages fail to import (issue 31).
+_WITHOUT_SERVE_EXTRA = """
+import sys
+class _Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("fastapi", "uvicorn", "starlette", "llama_cpp"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _Missing())
+from megactllm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_help_works_without_the_serve_extra(tmp_path):
+    """`megactllm serve --help` prints the help where the serve extra is missing; the missing-extra
+    error (one line, exit 2) comes when the server is used."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", _WITHOUT_SERVE_EXTRA, *args], capture_output=True, text=True,
+                              timeout=300)
+
+    helped = run("serve", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "--max-queue" in helped.stdout and "OpenAI-compatible" in helped.stdout
+    used = run("serve", "--model", str(tmp_path / "m.gguf"))
+    assert used.returncode == 2
+    assert used.stderr.strip().splitlines()[-1].startswith("error: ") and "fastapi" in used.stderr
+    assert 'pip install -e ".[serve]"' in used.stderr and "Traceback" not in used.stderr

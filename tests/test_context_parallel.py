@@ -115,7 +115,7 @@ def _train_both(data, workdir, init, extra):
 
 
 def _grad_norms(log_dir):
-    from megactllm.training.metrics import read_metrics
+    from megactllm.training.run.metrics import read_metrics
 
     train, _ = read_metrics(log_dir)
     return {r["iteration"]: r["grad_norm"] for r in train}
@@ -207,8 +207,8 @@ def _step(stage: str, cp: int, init: str, items: list):
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.training.dpo import DPOTask
-    from megactllm.training.sft import SFTTask
+    from megactllm.training.stages.dpo.task import DPOTask
+    from megactllm.training.stages.sft import SFTTask
 
     cfg = load_config(None, ["model.arch=tiny", f"model.vocab_size={VOCAB}", f"model.seq_length={SEQ}",
                              f"model.max_position_embeddings={SEQ}", f"parallel.context_parallel_size={cp}",
@@ -262,7 +262,7 @@ def test_packed_sft_and_dpo_at_cp2_match_cp1(pretrain, stage):
 # ----------------------------------------------------------------------------- named errors
 def test_sequence_not_divisible_by_two_cp_is_a_named_error():
     from megactllm.parallel.initialize import ParallelLayoutError
-    from megactllm.training.preflight import preflight
+    from megactllm.training.run.preflight import preflight
 
     cfg = load_config(None, ["model.arch=tiny", "train.train_iters=1", "model.seq_length=100", "parallel.context_parallel_size=4"])
     with pytest.raises(ParallelLayoutError, match=r"model.seq_length=100 is not divisible by 2 x parallel.context_parallel_size = 8"):
@@ -274,7 +274,7 @@ def test_sequence_not_divisible_by_two_cp_is_a_named_error():
 def test_cp_with_attention_that_cannot_split_is_a_named_error():
     from megactllm.config import ConfigError
     from megactllm.parallel.initialize import ParallelLayoutError
-    from megactllm.training.preflight import preflight
+    from megactllm.training.run.preflight import preflight
 
     cfg = load_config(None, ["model.arch=tiny", "train.train_iters=1", "parallel.context_parallel_size=2", "eval.interval=10"])
     with pytest.raises(ConfigError, match="in-loop benchmark evaluation does not split prompts"):
@@ -285,7 +285,7 @@ def test_cp_with_attention_that_cannot_split_is_a_named_error():
 
 
 def test_memory_estimate_divides_activations_by_cp():
-    from megactllm.training.memory_estimate import estimate_memory
+    from megactllm.training.run.memory_estimate import estimate_memory
 
     overrides = ["model.arch=tiny", "model.seq_length=8192", "train.micro_batch_size=1", "train.global_batch_size=8"]
     one = estimate_memory(load_config(None, overrides), world_size=1)
@@ -297,8 +297,8 @@ def test_memory_estimate_divides_activations_by_cp():
 def test_long_context_recipe_passes_preflight_on_eight_gpus():
     from pathlib import Path
 
-    from megactllm.training.memory_estimate import GIB
-    from megactllm.training.preflight import preflight
+    from megactllm.training.run.memory_estimate import GIB
+    from megactllm.training.run.preflight import preflight
 
     recipe = Path(__file__).resolve().parents[1] / "examples" / "configs" / "ctllm_2b_long.yaml"
     # The 4k checkpoint and tokenizer are not in CI: the recipe's shape is CT-LLM 2B's own.

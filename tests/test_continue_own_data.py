@@ -14,7 +14,7 @@ from convert_testing import REPO_ROOT, tiny_hf_llama, train_tiny_sentencepiece
 from train_utils import torchrun_env
 
 from megactllm.config import ConfigError, load_config
-from megactllm.training.preflight import preflight
+from megactllm.training.run.preflight import preflight
 
 RECIPE = str(REPO_ROOT / "examples" / "configs" / "llama2_7b_continue.yaml")
 MY_DATA = "data.data_path=[my_zh_text_document]"

@@ -9,7 +9,7 @@ from chat_fixtures import SEQ
 from megactllm.config import load_config
 from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 from megactllm.testing import run_distributed
-from megactllm.training.dpo_loss import dpo_loss
+from megactllm.training.stages.dpo.loss import dpo_loss
 
 # Fixtures shared across the SFT/DPO test modules (one instance per session, not per module).
 pytest_plugins = ["chat_fixtures"]
@@ -63,7 +63,7 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
     from megactllm.checkpoint import Checkpointer
-    from megactllm.training.dpo import DPOTask
+    from megactllm.training.stages.dpo.task import DPOTask
 
     cfg = tiny_config(seq=SEQ)
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)

@@ -17,7 +17,7 @@ from megactllm.config import load_config
 from megactllm.convert.errors import VocabMismatchError
 from megactllm.errors import MemoryFitError, ModelShapeError
 from megactllm.testing.distributed import run_distributed
-from megactllm.training.memory_estimate import GIB, Available, check_fits, estimate_memory
+from megactllm.training.run.memory_estimate import GIB, Available, check_fits, estimate_memory
 from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
 SAVED = ["model.arch=tiny", "model.vocab_size=64000", "model.seq_length=32", "model.max_position_embeddings=32",
@@ -113,7 +113,7 @@ def test_llama_recipe_continues_an_imported_llama_without_model_overrides(tmp_pa
     from convert_testing import REPO_ROOT, extend_sentencepiece_proto, tiny_hf_llama, train_tiny_sentencepiece
 
     from megactllm.convert import import_from_hf
-    from megactllm.training.preflight import preflight
+    from megactllm.training.run.preflight import preflight
 
     base = train_tiny_sentencepiece(tmp_path / "tiny.model", 300)
     hf = tmp_path / "hf"

@@ -8,7 +8,7 @@ import sys
 from eval_testing import train_then_score_checkpoints
 from train_utils import tiny_overrides, write_corpus
 
-from megactllm.training.metrics import read_benchmarks, read_metrics
+from megactllm.training.run.metrics import read_benchmarks, read_metrics
 from megactllm.testing import run_distributed
 
 
@@ -44,7 +44,7 @@ def test_inloop_eval_logs_and_matches_checkpoint_evals(tmp_path, shared_data, sp
             assert abs(saved["metrics"][k] - v) < 1e-9, k
     assert read_benchmarks(run / "checkpoint_evals.jsonl") == records
 
-    out = subprocess.run([sys.executable, "-m", "megactllm.training.metrics", str(run)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "megactllm.training.run.metrics", str(run)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert (run / "loss_curve.png").stat().st_size > 0
     json.dumps(records)

@@ -20,8 +20,8 @@ def _train(overrides, signal_rank=None, at_iteration=None):
     """Rank body: train; `signal_rank` sends itself SIGUSR1 inside iteration `at_iteration`'s step."""
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training import exit_signals
-    from megactllm.training.loop import Trainer
+    from megactllm.training.run import signals as exit_signals
+    from megactllm.training.trainer import Trainer
 
     exit_signals.reset()
     exit_signals.install()
@@ -40,7 +40,7 @@ def _train(overrides, signal_rank=None, at_iteration=None):
 
 
 def _main(argv):
-    from megactllm.train import main
+    from megactllm.training.main import main
 
     return main(argv)
 
@@ -75,7 +75,7 @@ def test_exit_duration_minutes_saves_and_exits_75(tmp_path):
 
 def test_stop_file_counts_as_sigusr1(tmp_path, monkeypatch):
     """A batch shell that got SLURM's warning creates $MEGACTLLM_STOP_FILE instead of signalling the step."""
-    from megactllm.training import exit_signals
+    from megactllm.training.run import signals as exit_signals
 
     exit_signals.reset()
     monkeypatch.setenv(exit_signals.STOP_FILE_ENV, str(tmp_path / "job.stop"))

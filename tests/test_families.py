@@ -165,8 +165,8 @@ def test_recipe_layout_is_the_least_model_parallelism_that_fits_80gb(recipe, arc
     from convert_testing import REPO_ROOT
 
     from megactllm.config import load_config
-    from megactllm.training.memory_estimate import GIB, estimate_memory
-    from megactllm.training.preflight import preflight
+    from megactllm.training.run.memory_estimate import GIB, estimate_memory
+    from megactllm.training.run.preflight import preflight
 
     overrides = [f"model.arch={arch}", "train.pretrained_checkpoint=null", "train.load=null"]
     cfg = load_config(str(REPO_ROOT / "examples" / "configs" / f"{recipe}.yaml"), overrides)

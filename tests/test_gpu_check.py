@@ -99,3 +99,53 @@ def test_offline_wheels_refuses_a_bad_python_version(tmp_path):
     done = subprocess.run(["bash", str(REPO / "scripts" / "offline_wheels.sh"), str(tmp_path), "--python", "312"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "give major.minor" in done.stderr
+
+
+# pybind11 as the offline wheels leave it: a build-isolation requirement of `pip install -e .`,
+# absent from the environment (the venv's copy is hidden; one installed elsewhere still imports).
+_HIDE_PYBIND11 = """
+import importlib.machinery, sys
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name != "pybind11":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and "site-packages" in (spec.origin or ""):
+            raise ModuleNotFoundError("No module named 'pybind11'")
+        return spec
+sys.meta_path.insert(0, _Hide())
+"""
+
+
+def _build_stage(tmp_path, *args, **env):
+    hide = tmp_path / "hide"
+    hide.mkdir(exist_ok=True)
+    (hide / "sitecustomize.py").write_text(_HIDE_PYBIND11)
+    out = tmp_path / "out"
+    environ = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": f"{REPO}{os.pathsep}{hide}", **env}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--cpu", "--only", "build C++",
+                           "--output", str(out), *args], cwd=REPO, env=environ, capture_output=True, text=True,
+                          timeout=600)
+    rows = {r["stage"]: r for r in json.loads((out / "gpu_check.json").read_text())["rows"]}
+    return done, rows["build C++ extensions"]
+
+
+def test_a_failed_stage_makes_the_run_exit_non_zero(tmp_path):
+    """pybind11 neither installed nor reachable (no index): the build row fails, and so does the run."""
+    done, row = _build_stage(tmp_path, PIP_NO_INDEX="1", MEGACTLLM_WHEELS="")
+    assert row["status"] == "failed" and "pybind11" in row["note"], row
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "error: 1 stage(s) failed: build C++ extensions" in done.stderr
+
+
+def test_the_build_stage_takes_pybind11_from_the_wheels_directory(tmp_path):
+    from importlib.metadata import version
+
+    wheels = tmp_path / "wheels"
+    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                              "-d", str(wheels), f"pybind11=={version('pybind11')}"], capture_output=True, text=True)
+    if fetched.returncode != 0:
+        pytest.skip(f"no pybind11 wheel to put in the wheels directory: {fetched.stderr.strip()[-300:]}")
+    done, row = _build_stage(tmp_path, "--wheels", str(wheels), PIP_NO_INDEX="1")
+    assert row["status"] == "ok" and f"pybind11 from {wheels}" in row["note"], row
+    assert done.returncode == 0, done.stderr[-2000:]

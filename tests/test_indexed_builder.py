@@ -171,6 +171,19 @@ def test_reader_refuses_truncated_bin(tmp_path):
         read_index_header(str(tmp_path / "x.idx"))
 
 
+def test_reader_names_an_idx_of_another_bin_as_a_mismatch(tmp_path):
+    """An .idx copied beside a larger dataset's .bin: the pair does not belong together; nothing
+    was cut short, so the error must not say "truncated" (issue 31)."""
+    small, large = str(tmp_path / "small"), str(tmp_path / "large")
+    for prefix, n in ((small, 10), (large, 300)):
+        with IndexedDatasetWriter(prefix, dtype=np.uint16) as w:
+            w.add_document(list(range(n)))
+    os.replace(small + ".idx", large + ".idx")
+    with pytest.raises(DatasetFormatError, match="do not belong together") as err:
+        IndexedDatasetReader(large)
+    assert "truncated" not in str(err.value) and "large.idx" in str(err.value) and "large.bin" in str(err.value)
+
+
 def test_exception_inside_writer_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         with IndexedDatasetWriter(str(tmp_path / "d"), dtype=np.uint16) as w:

@@ -56,8 +56,8 @@ def _train(overrides):
     import os
 
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import run_training
-    from megactllm.training.preflight import preflight
+    from megactllm.training.trainer import run_training
+    from megactllm.training.run.preflight import preflight
 
     cfg = load_config(None, overrides)
     preflight(cfg, int(os.environ["WORLD_SIZE"]), check_memory=False)
@@ -125,7 +125,7 @@ def _swap_pieces(source: Path, target: Path, a: int, b: int) -> Path:
 
 
 def test_make_vocab_size_divisible_by_sets_the_rows_and_refuses_a_contradiction(corpus, tokenizer, tmp_path):
-    from megactllm.training.preflight import preflight
+    from megactllm.training.run.preflight import preflight
 
     base = [f"data.data_path=[{corpus}]", f"data.tokenizer_model={tokenizer}", "model.arch=tiny", "train.train_iters=4"]
     cfg = load_config(None, base + [f"model.make_vocab_size_divisible_by={MULTIPLE}"])

@@ -1,5 +1,5 @@
 """Workers die with their launcher: SIGKILL of torchrun while it trains leaves no orphan worker
-(megactllm.training.parent_death, PR_SET_PDEATHSIG), so a relaunch never trains beside them."""
+(megactllm.training.run.parent_death, PR_SET_PDEATHSIG), so a relaunch never trains beside them."""
 import os
 import signal
 import subprocess

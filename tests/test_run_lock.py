@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from train_utils import tiny_overrides, torchrun_env, write_corpus
 
-from megactllm.training.run_lock import LOCK_FILE, RunLock, RunLockError
+from megactllm.training.run.lock import LOCK_FILE, RunLock, RunLockError
 
 
 def _holder(directory: Path, **fields) -> None:
@@ -80,7 +80,7 @@ def test_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog, monkeypatch, 
         monkeypatch.setenv("SLURM_JOB_ID", "77")
         monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
         expected = "earlier run of this requeued SLURM job"
-    with caplog.at_level(logging.WARNING, logger="megactllm.training.run_lock"):
+    with caplog.at_level(logging.WARNING, logger="megactllm.training.run.lock"):
         lock = RunLock(str(tmp_path), stale_after_s=60).acquire()
     try:
         assert expected in caplog.text and "taking over the stale lock" in caplog.text
@@ -104,7 +104,7 @@ def test_second_training_run_at_a_held_checkpoint_dir_exits_naming_the_holder(tm
 
 def test_lock_appears_with_its_content_and_never_replaces(tmp_path, live_pid):
     """Created by linking a written temporary file: no empty window, an existing lock is never replaced."""
-    import megactllm.training.run_lock as run_lock
+    import megactllm.training.run.lock as run_lock
 
     seen = []
     real_link = os.link
@@ -164,7 +164,7 @@ def test_heartbeat_retries_read_and_write_errors(tmp_path, caplog):
         real_write()
 
     lock._mine_now, lock._write_heartbeat = flaky_mine, flaky_write
-    with caplog.at_level(logging.WARNING, logger="megactllm.training.run_lock"):
+    with caplog.at_level(logging.WARNING, logger="megactllm.training.run.lock"):
         with lock:
             first = json.loads((tmp_path / LOCK_FILE).read_text())["heartbeat"]
             deadline = time.time() + 10
@@ -189,13 +189,13 @@ def _take_over(directory: Path, pid: int) -> None:
 
 
 def test_a_taken_over_lock_is_seen_lost_and_never_written_or_removed(tmp_path, caplog):
-    from megactllm.training.run_lock import RunLockLostError, check_still_held
+    from megactllm.training.run.lock import RunLockLostError, check_still_held
 
     lock = RunLock(str(tmp_path), heartbeat_s=0.02).acquire()
     check_still_held(lock, str(tmp_path))  # held: no error
     _take_over(tmp_path, pid=4242)
     theirs = (tmp_path / LOCK_FILE).read_bytes()
-    with caplog.at_level(logging.WARNING, logger="megactllm.training.run_lock"):
+    with caplog.at_level(logging.WARNING, logger="megactllm.training.run.lock"):
         deadline = time.time() + 10
         while lock.lost is None:
             assert time.time() < deadline
@@ -210,7 +210,7 @@ def test_a_taken_over_lock_is_seen_lost_and_never_written_or_removed(tmp_path, c
 
 RACER = """
 import json, sys, time
-from megactllm.training.run_lock import RunLock, RunLockError
+from megactllm.training.run.lock import RunLock, RunLockError
 directory, start, stale = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 lock = RunLock(directory, stale_after_s=stale, heartbeat_s=0.05)
 while time.time() < start:
@@ -252,8 +252,8 @@ def _train_and_lose_the_lock(overrides, at_iteration):
     """Rank body: train; during iteration `at_iteration` another run takes the lock and starts writing."""
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import Trainer
-    from megactllm.training.run_lock import RunLockLostError
+    from megactllm.training.trainer import Trainer
+    from megactllm.training.run.lock import RunLockLostError
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)

@@ -26,7 +26,7 @@ def _per_sample_losses(checkpoint, rows_packed, rows_single):
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
     from megactllm.checkpoint import Checkpointer
-    from megactllm.training.sft import model_forward
+    from megactllm.training.stages.sft import model_forward
 
     cfg = tiny_config(seq=rows_packed[0]["tokens"].shape[-1])
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)

@@ -74,3 +74,8 @@ def test_the_ground_floor_imports_nothing_above_it():
 def test_no_module_over_600_lines():
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
     assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_production_code_never_imports_the_test_helpers():
+    graph = import_graph(PACKAGE)
+    assert {unit for unit, imported in graph.items() if unit != "testing" and "testing" in imported} == set()

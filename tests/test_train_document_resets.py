@@ -2,7 +2,7 @@
 import pytest
 
 from megactllm.config import load_config
-from megactllm.training.pretrain import check_document_resets
+from megactllm.training.stages.pretrain import check_document_resets
 
 
 def test_position_reset_alone_is_refused():

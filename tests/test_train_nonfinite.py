@@ -16,7 +16,7 @@ class PoisonedPretrainTask:
     """PretrainTask whose loss is NaN on the given iterations (1-based)."""
 
     def __init__(self, cfg, poisoned):
-        from megactllm.training.pretrain import PretrainTask
+        from megactllm.training.stages.pretrain import PretrainTask
 
         self.inner = PretrainTask(cfg)
         self.name = "poisoned"
@@ -53,8 +53,8 @@ def _train(overrides, poisoned):
 
     from megactllm.config import load_config
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import Trainer
-    from megactllm.training.nonfinite import NonFiniteLossError
+    from megactllm.training.trainer import Trainer
+    from megactllm.training.callbacks.nonfinite import NonFiniteLossError
     from megactllm.training.stages import build_task, register_stage
 
     register_stage("poisoned", lambda cfg: PoisonedPretrainTask(cfg, poisoned))

@@ -12,7 +12,7 @@ import pytest
 from spike_utils import overrides, train_observed, train_plain, write_real_and_random
 
 from megactllm.testing import run_distributed
-from megactllm.training.spikes import SpikeWindow, min_steps
+from megactllm.training.callbacks.spikes import SpikeWindow, min_steps
 
 ITERS = 120
 WARMUP = 40  # the spike window's minimum is 16 applied steps; the loss still falls fast until ~40
@@ -84,7 +84,7 @@ def test_clean_text_skips_nothing_over_200_steps(data):
     (r,) = run_distributed(train_plain, 1, ov, timeout=900)
     state = r["state"]
     assert state["iteration"] == iters and len(r["losses"]) == iters
-    assert len(state["spike_window"]["values"]) == 128, "the check was live: its window (saved at the end) is full"
+    assert len(r["callbacks"]["spikes"]["window"]["values"]) == 128, "the check was live: its window is full"
     assert state["spike_iterations"] == 0, state["spike_iterations"]
     log = [json.loads(line) for line in (root / "clean" / "log" / "metrics.jsonl").read_text().splitlines()]
     assert not [rec["iteration"] for rec in log if rec.get("skipped_spike")]
@@ -99,16 +99,16 @@ def test_rollback_equals_skipping_the_window_from_the_start(data):
         "train.train_iters": iters, "train.spike_rollback_after": 1, "train.save": str(root / "rollback" / "ckpt"),
         "train.save_interval": 10})
     (r,) = run_distributed(train_observed, 1, ov, d["real_tokens"], timeout=900)
-    state = r["state"]
-    windows = [list(w) for w in state["skipped_samples"]]
-    assert state["spike_rollbacks"] == len(windows) >= 1 and state["iteration"] == iters, state
+    state, callbacks = r["state"], r["callbacks"]
+    windows = [list(w) for w in callbacks["skip_data"]["skipped_samples"]]
+    assert callbacks["spikes"]["rollbacks"] == len(windows) >= 1 and state["iteration"] == iters, (state, callbacks)
     log = [json.loads(line) for line in (root / "rollback" / "log" / "metrics.jsonl").read_text().splitlines()]
     rollbacks = [rec for rec in log if rec.get("kind") == "rollback"]
     assert [rec["skipped_samples"] for rec in rollbacks] == windows
     # The last checkpoint holds the windows, so a resume never reads them again.
     from megactllm.checkpoint import read_metadata
 
-    assert [list(w) for w in read_metadata(str(root / "rollback" / "ckpt")).train_state["skipped_samples"]] == windows
+    assert read_metadata(str(root / "rollback" / "ckpt")).callbacks["skip_data"]["skipped_samples"] == windows
 
     ref_ov = overrides(d, str(root / "rollback_ref"), 0.04, **{
         "train.train_iters": iters, "train.skip_spiky_steps": "false", "train.skip_samples": json.dumps(windows)})

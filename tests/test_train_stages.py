@@ -59,11 +59,11 @@ def test_recipes_load_and_yaml_exponents_are_numbers():
 
 
 def test_stages_declare_what_they_provide_and_the_loop_probes_nothing():
-    from megactllm.training.dpo import DPOTask
-    from megactllm.training.loop import StageError, Trainer
-    from megactllm.training.pretrain import PretrainTask
-    from megactllm.training.sft import SFTTask
-    from megactllm.training.task import StageCapabilities
+    from megactllm.training.stages.dpo.task import DPOTask
+    from megactllm.training.trainer import StageError, Trainer
+    from megactllm.training.stages.pretrain import PretrainTask
+    from megactllm.training.stages.sft import SFTTask
+    from megactllm.training.stages.task import StageCapabilities
 
     assert PretrainTask.provides == StageCapabilities(perplexity=True, blend_schedule=True)
     assert SFTTask.provides == StageCapabilities(perplexity=True)
@@ -92,6 +92,7 @@ def test_callbacks_close_all_even_when_one_raises():
             closed.append("releasing")
 
     callbacks = CallbackList([Failing(), Releasing()])
+    callbacks.on_train_start(None)  # only started callbacks are closed
     with pytest.raises(OSError, match="disk gone"):
         callbacks.close(None)
     assert closed == ["failing", "releasing"]

@@ -16,7 +16,7 @@ def _slowed_task(cfg):
 
     import torch.distributed as dist
 
-    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.stages.pretrain import PretrainTask
 
     class Slowed(PretrainTask):
         def forward_step(self, data_iterator, model):

@@ -20,7 +20,7 @@ CRASH_AT_FORWARD = 5  # one micro-batch per step: the 5th step dies before it is
 
 def _crashing_task(cfg):
     """PretrainTask whose 5th forward raises: the run ends by an exception after iteration 4."""
-    from megactllm.training.pretrain import PretrainTask
+    from megactllm.training.stages.pretrain import PretrainTask
 
     class Crashing(PretrainTask):
         calls = 0
@@ -139,7 +139,7 @@ def test_two_ranks_make_one_wandb_run_that_rank_zero_writes(corpus):
 def test_wandb_settings_without_the_package_are_one_named_error(corpus):
     work, data = corpus
     args = ["--dry-run", *tiny_overrides(data, str(work / "missing"), **{"train.wandb_project": "p"})]
-    code = ("import sys; sys.modules['wandb'] = None; from megactllm.train import main, exit_for; "
+    code = ("import sys; sys.modules['wandb'] = None; from megactllm.training.main import main, exit_for; "
             f"exit_for(main({args!r}))")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
@@ -152,7 +152,7 @@ def test_wandb_settings_without_the_package_are_one_named_error(corpus):
 
 def test_wandb_details_without_a_project_are_refused():
     from megactllm.config import ConfigError, load_config
-    from megactllm.training.wandb_sink import wandb_wanted
+    from megactllm.training.run.wandb_sink import wandb_wanted
 
     assert not wandb_wanted(load_config(None, []).train)
     with pytest.raises(ConfigError, match=r"train.wandb_entity is set but train.wandb_project is not"):

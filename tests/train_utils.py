@@ -66,7 +66,7 @@ def train_in_process(overrides: list[str], task_factory=None) -> dict:
     from dataclasses import asdict
 
     from megactllm.parallel import initialize_parallel
-    from megactllm.training.loop import run_training
+    from megactllm.training.trainer import run_training
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
@@ -100,7 +100,7 @@ def torchrun_env() -> dict:
 
 
 def read_losses(log_dir: str) -> dict:
-    from megactllm.training.metrics import read_metrics
+    from megactllm.training.run.metrics import read_metrics
 
     train, _ = read_metrics(log_dir)
     return {r["iteration"]: r["loss"] for r in train}

@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("--cmmlu", type=Path, default=SHARED / "eval" / "cmmlu")
     p.add_argument("--eval-tokenizer", type=Path, default=SHARED / "tokenizers" / "map_neo_sp.model")
     p.add_argument("--only", help="comma-separated stage names (substrings) to run; the rest are skipped")
+    p.add_argument("--wheels", type=Path, default=os.environ.get("MEGACTLLM_WHEELS") or None,
+                   help="scripts/offline_wheels.sh's directory: build requirements (pybind11) are installed from it")
     a = p.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     header = f"megactllm GPU check ({'CPU, tiny shapes' if a.cpu else 'GPU'}), {time.strftime('%Y-%m-%d %H:%M')}"
     with tempfile.TemporaryDirectory(prefix="megactllm-gpu-check-") as tmp:
-        ctx = Context(REPO, Path(tmp), gpu, a.minutes, a.cmmlu if a.cmmlu.is_dir() else None, a.eval_tokenizer)
+        ctx = Context(REPO, Path(tmp), gpu, a.minutes, a.cmmlu if a.cmmlu.is_dir() else None, a.eval_tokenizer,
+                      Path(a.wheels) if a.wheels else None)
         environment = {}
         for name, body in stages(ctx):
             if a.only and not any(s.strip() in name for s in a.only.split(",")):
@@ -92,7 +95,10 @@ def main(argv=None) -> int:
     failed = [r.stage for r in rows if r.status == "failed"]
     print(f"[gpu-check] {len(rows)} stages: {sum(r.status == 'ok' for r in rows)} ok, {len(failed)} failed, "
           f"{sum(r.status == 'skipped' for r in rows)} skipped; table in {a.output / 'gpu_check.md'}", flush=True)
-    return 0
+    # Every stage still runs after a failure, but the run as a whole is not a success then.
+    if failed:
+        print(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

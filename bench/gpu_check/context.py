@@ -16,6 +16,7 @@ class Context:
     minutes: float
     cmmlu: Optional[Path]    # CMMLU csv directory (dev/ and test/), if present
     eval_tokenizer: Optional[Path]  # a real SentencePiece model for the eval stage's random LLaMA
+    wheels: Optional[Path] = None   # scripts/offline_wheels.sh's directory: build requirements (pybind11) from it
     cache: dict = field(default_factory=dict)
 
     @property

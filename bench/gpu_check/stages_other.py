@@ -1,6 +1,7 @@
 """Build, environment, SDPA kernels, HF export parity, CMMLU speed, Transformer Engine rows."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -18,9 +19,33 @@ BF16_PEAKS = (("GH200", 989.0), ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 
 SDPA_KERNELS = {"flash": "flash", "efficient": "memory-efficient", "cudnn": "cuDNN", "math": "math"}
 
 
+def _pybind11_env(ctx: Context) -> tuple[dict, str]:
+    """The environment setup.py builds in. Where pybind11 was only a build-isolation requirement of
+    `pip install -e .` (the offline wheels' install), it is not importable here: install it from
+    the wheels directory (--wheels, else the package index) into a scratch folder on PYTHONPATH."""
+    env = dict(os.environ)
+    try:
+        import pybind11  # noqa: F401
+        return env, ""
+    except ImportError:
+        pass
+    target = ctx.work / "build-requirements"
+    source = ["--no-index", "--find-links", str(ctx.wheels)] if ctx.wheels else []
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                          *source, "pybind11"], capture_output=True, text=True)
+    if out.returncode != 0:
+        where = f"the wheels in {ctx.wheels}" if ctx.wheels else "the package index (offline? pass --wheels DIR)"
+        raise RuntimeError(f"pybind11 is not installed and could not be installed from {where}: "
+                           f"{out.stderr.strip()[-400:]}")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), env.get("PYTHONPATH")]))
+    return env, f"; pybind11 from {ctx.wheels or 'the package index'}"
+
+
 def build_extensions(ctx: Context) -> tuple[dict, str]:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ctx.repo, capture_output=True, text=True)
+    env, note = _pybind11_env(ctx)
+    out = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ctx.repo, capture_output=True,
+                         text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"setup.py build_ext failed: {out.stderr.strip()[-600:]}")
     seconds = time.perf_counter() - start
@@ -31,7 +56,7 @@ def build_extensions(ctx: Context) -> tuple[dict, str]:
     for name in names:
         importlib.import_module(f"megactllm._{name}")
     return ({"extensions": len(names), "compiled": built, "build s": seconds},
-            f"python setup.py build_ext --inplace; imported {', '.join('_' + n for n in names)}")
+            f"python setup.py build_ext --inplace; imported {', '.join('_' + n for n in names)}{note}")
 
 
 def peak_tflops(name: str):

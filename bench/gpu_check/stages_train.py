@@ -25,7 +25,7 @@ BF16_LOSS_RTOL = 0.02
 def _trainer(overrides: list[str], use_te=False):
     from megactllm.config import load_config
     from megactllm.parallel.initialize import set_random_seed
-    from megactllm.training.loop import Trainer
+    from megactllm.training.trainer import Trainer
 
     cfg = load_config(None, overrides)
     # Every run in this process starts from the seed, as a fresh process would (same initial weights).
@@ -98,8 +98,8 @@ def throughput(ctx: Context, recompute: bool, use_te: bool = False) -> tuple[dic
     """The big shape on one device: tokens/s, TFLOP/s, MFU, peak memory against the estimate."""
     from megactllm.config import load_config
     from megactllm.model.families import family_of
-    from megactllm.training.memory_estimate import estimate_memory
-    from megactllm.training.metrics import device_peak_tflops
+    from megactllm.training.run.memory_estimate import estimate_memory
+    from megactllm.training.run.metrics import device_peak_tflops
 
     s = ctx.shapes
     if use_te and not ctx.gpu:

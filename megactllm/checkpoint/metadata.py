@@ -29,6 +29,10 @@ SHAPE_FIELDS = (
     "family",
     "add_qkv_bias",
     "qk_layernorm",
+    "num_moe_experts",
+    "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size",
+    "moe_layer_pattern",
 )
 
 

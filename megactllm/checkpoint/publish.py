@@ -38,13 +38,15 @@ def publish_checkpoint(
     tokenizer_adds_bos: Optional[bool] = None,
 ) -> Path:
     """Collective (or single-process): publish `partial` (…/iter_XXXXXXX.partial) with `metadata`
-    (metadata.build_metadata's JSON); returns the published iteration directory."""
+    (metadata.build_metadata's JSON); returns the published iteration directory.
+
+    A writer whose whole output directory is staged elsewhere and renamed into place at the end (the
+    HF importer) may pass the iter_XXXXXXX directory itself: it is published where it is."""
     from megactllm.checkpoint.async_save import StorageIndexError, check_storage_index
 
     partial = Path(partial)
-    if not partial.name.endswith(PARTIAL_SUFFIX):
-        raise ValueError(f"{partial}: a checkpoint is published from an iter_XXXXXXX{PARTIAL_SUFFIX} directory")
-    final = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
+    in_place = not partial.name.endswith(PARTIAL_SUFFIX)
+    final = partial if in_place else partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
     save_dir = final.parent
     rank, world = collective.rank(), collective.world_size()
     collective.barrier()
@@ -78,9 +80,10 @@ def publish_checkpoint(
         payload = dict(metadata, manifest=manifest.manifest_of(entries))
         # durable (fsync) before the rename and the latest pointer that follow
         write_text_atomic(partial / METADATA_FILE, json.dumps(payload, indent=2, sort_keys=True))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        if not in_place:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
         write_text_atomic(save_dir / LATEST_FILE, str(metadata["iteration"]))
     collective.barrier()
     return final

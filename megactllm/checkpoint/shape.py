@@ -41,6 +41,13 @@ FIXED_FIELDS = (
     "rope_scaling_factor",
     "sliding_window",
     "make_vocab_size_divisible_by",
+    "num_moe_experts",
+    "moe_router_topk",
+    "moe_ffn_hidden_size",
+    "moe_norm_topk_prob",
+    "moe_shared_expert_intermediate_size",
+    "moe_shared_expert_gate",
+    "moe_layer_pattern",
 )
 # Fields a run may set differently from the checkpoint it starts from.
 RUN_FIELDS = (
@@ -50,6 +57,8 @@ RUN_FIELDS = (
     "hidden_dropout",
     "attention_dropout",
     "init_method_std",
+    "moe_aux_loss_coeff",
+    "moe_z_loss_coeff",
 )
 
 

@@ -37,3 +37,12 @@ def launch_world_size(env: Optional[Mapping[str, str]] = None) -> int:
 def launch_local_rank(env: Optional[Mapping[str, str]] = None) -> int:
     """This process's rank on its node (0 for a lone process)."""
     return _first_int(_LOCAL_RANK, 0, env)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now: the rendezvous port of a lone process or a local test launch."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -62,6 +62,33 @@ class ModelConfig:
     rope_scaling_factor: Optional[float] = None
     # Attention window of the HF model (Mistral); training refuses sequences longer than it.
     sliding_window: Optional[int] = None
+    # Mixture of experts (qwen3_moe, qwen2_moe): None is a dense model. Each MoE layer routes a token
+    # to moe_router_topk of num_moe_experts SwiGLU experts of width moe_ffn_hidden_size.
+    num_moe_experts: Optional[int] = None
+    moe_router_topk: int = 2
+    moe_ffn_hidden_size: Optional[int] = None
+    # Renormalise the top-k routing probabilities to sum to 1 (HF norm_topk_prob).
+    moe_norm_topk_prob: bool = True
+    # One always-on shared expert of this width (Qwen2-MoE), scaled by sigmoid(gate . x) when gated.
+    moe_shared_expert_intermediate_size: Optional[int] = None
+    moe_shared_expert_gate: bool = False
+    # Per layer 1 (MoE) or 0 (dense SwiGLU of ffn_hidden_size); None: every layer is MoE.
+    moe_layer_pattern: Optional[list] = None
+    # Load-balancing (Switch/GShard aux) loss and router z-loss coefficients; 0 / None: off.
+    moe_aux_loss_coeff: float = 0.0
+    moe_z_loss_coeff: Optional[float] = None
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.num_moe_experts)
+
+    def moe_layers(self) -> list:
+        """Per layer: True where the MLP is a mixture of experts."""
+        if not self.is_moe:
+            return [False] * self.num_layers
+        if self.moe_layer_pattern is None:
+            return [True] * self.num_layers
+        return [bool(x) for x in self.moe_layer_pattern]
 
     @property
     def head_dim(self) -> int:
@@ -105,6 +132,12 @@ class ParallelConfig:
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
     distributed_backend: Optional[str] = None  # None: nccl on CUDA, gloo on CPU
+    # Mixture of experts: experts split over EP ranks (EP divides the data-parallel ranks x CP);
+    # each expert's weights split over ETP ranks (None: as TP).
+    expert_model_parallel_size: int = 1
+    expert_tensor_parallel_size: Optional[int] = None
+    # How tokens reach their experts' ranks: "alltoall" or "allgather" (megatron-core dispatchers).
+    moe_token_dispatcher_type: str = "alltoall"
     distributed_timeout_minutes: int = 10
 
 
@@ -177,7 +210,7 @@ class TrainConfig:
     pretrained_checkpoint: Optional[str] = None
     tensorboard_dir: Optional[str] = None
     max_consecutive_nonfinite: int = 3
-    # Spiky steps (training/spikes.py): a step whose loss or grad norm is more than spike_sigma standard
+    # Spiky steps (training/callbacks/spikes.py): a step whose loss or grad norm is more than spike_sigma standard
     # deviations above the mean of the last spike_window applied steps is not applied (LR and data go
     # on). Never before the window holds max(min(16, window), window // 4) steps.
     skip_spiky_steps: bool = False
@@ -195,7 +228,7 @@ class TrainConfig:
     exit_interval: Optional[int] = None
     # Stop (save, exit 75 to be resumed) once this many minutes passed since the process started.
     exit_duration_minutes: Optional[float] = None
-    # {save}/run.lock: a lock with no heartbeat for this long is taken over (training/run_lock.py).
+    # {save}/run.lock: a lock with no heartbeat for this long is taken over (training/run/lock.py).
     lock_stale_minutes: float = 10.0
     # metrics.jsonl and loss_curve.png; default: the save dir, else tensorboard_dir, else runs/latest.
     log_dir: Optional[str] = None
@@ -215,7 +248,7 @@ class TrainConfig:
     # fully_reshardable (gathered per parameter; reshards over TP/PP/DP). See training/checkpoint.py.
     optimizer_checkpoint_format: str = "dp_reshardable"
     # Refuse, before building, a run whose estimated per-rank memory exceeds the device's (or the
-    # machine's free RAM); see megactllm.training.memory_estimate. false skips the check.
+    # machine's free RAM); see megactllm.training.run.memory_estimate. false skips the check.
     check_memory: bool = True
     # DPO
     dpo_beta: float = 0.5

@@ -11,8 +11,10 @@ CONVERT = """Convert between megactllm checkpoints and Hugging Face LLaMA direct
 Export a checkpoint saved at any TP/PP layout (a run dir or one iter_XXXXXXX dir):
     megactllm convert export runs/ctllm-2b hf/ctllm-2b [--dtype bf16]
 
-Import an HF model for continued pretraining (then train.pretrained_checkpoint=OUT/iter_0000000):
-    megactllm convert import hf/llama-2-7b ckpt/llama2-7b --target-tp 4 --target-pp 2
+Import an HF model for continued pretraining (then train.pretrained_checkpoint=OUT/iter_0000000);
+it streams a layer at a time (memory about one layer per worker), and a killed import rerun with
+the same arguments continues from the layers already written:
+    megactllm convert import hf/llama-2-7b ckpt/llama2-7b --target-tp 4 --target-pp 2 --workers 4
 With a tokenizer that extends the model's (new rows = mean of their old sub-token rows):
     megactllm convert import hf/llama-2-7b ckpt/llama2-7b-zh --tokenizer zh_ext.model
 """
@@ -68,6 +70,8 @@ def _parser(prog) -> CommandParser:
     i.add_argument("--tokenizer", help="tokenizer to train with; a larger one that extends the model's own "
                                        "adds vocabulary rows (default: the HF directory's)")
     i.add_argument("--tokenizer-type", choices=["sentencepiece", "huggingface"])
+    i.add_argument("--workers", type=int, default=1,
+                   help="processes converting layers in parallel (default 1); memory grows by about one layer each")
     i.add_argument("--overwrite", action="store_true")
     return p
 
@@ -94,7 +98,7 @@ def convert_main(argv=None, prog=None) -> int:
             import_from_hf(
                 need_path(args.hf_dir, "hf_dir", "dir"), args.out_dir, target_tp=args.target_tp,
                 target_pp=args.target_pp, dtype=args.dtype, tokenizer_file=args.tokenizer,
-                tokenizer_type=args.tokenizer_type, overwrite=args.overwrite, spec=args.spec,
+                tokenizer_type=args.tokenizer_type, overwrite=args.overwrite, spec=args.spec, workers=args.workers,
             )
     return 0
 

@@ -1,8 +1,9 @@
 """megactllm checkpoint (any TP/PP layout) -> Hugging Face directory of the model family's own class.
 
-The ModelConfig comes from the checkpoint's own metadata. Tensors are read one dist_checkpointing
-key at a time (all layers of one weight), split into HF tensors and streamed into size-bounded
-safetensors shards, so memory stays near the largest single weight stack, not the model.
+The ModelConfig comes from the checkpoint's own metadata. Tensors are read a layer at a time (the
+embedding and output layer alone), split into HF tensors and streamed into size-bounded
+safetensors shards (`max_shard_bytes`, 5 GiB by default as transformers, with the index file),
+so memory stays near one layer or the embedding, whatever the depth.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpec
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.model.families import family_of
-from megactllm.tokenizer.bos import sentencepiece_adds_bos
+from megactllm.tokenizer.bos import tokenizer_file_adds_bos
 from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
 from megactllm.common.progress import STDERR
 
@@ -45,11 +46,11 @@ class ExportResult:
 
 
 def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
-    """Every HF tensor, in the order export produces them (one megatron key at a time)."""
+    """Every HF tensor, in the order export produces them (a layer at a time, as HF saves them)."""
     shapes = layout.Shapes(model)
     plan = [TensorSpec(layout.HF_EMBEDDING, shapes.vocab_rows(), dtype)]
-    for names in layout.layer_tensors(model).values():
-        for i in range(model.num_layers):
+    for i in range(model.num_layers):
+        for names in layout.layer_tensors_at(model, i).values():
             plan += [TensorSpec(layout.hf_layer(i, n), shapes.hf_layer(n), dtype) for n in names]
     plan.append(TensorSpec(layout.HF_FINAL_NORM, (model.hidden_size,), dtype))
     if not model.tie_word_embeddings:
@@ -58,15 +59,16 @@ def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
 
 
 def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) in hf_tensor_plan order; holds one megatron key's stack at a time."""
+    """(HF name, tensor) in hf_tensor_plan order; holds one layer (or the embedding) at a time."""
     model = reader.model
     yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
-    for key, names in layout.layer_tensors(model).items():
-        stacked = reader.read(key)
-        for i in range(model.num_layers):
-            for name, tensor in zip(names, layout.to_hf(key, stacked[i], model), strict=True):
-                yield layout.hf_layer(i, name), tensor.to(dtype)
-        del stacked
+    for i in range(model.num_layers):
+        entries = layout.layer_tensors_at(model, i)  # (key, expert or None) -> HF names
+        tensors = reader.read_layer(list(dict.fromkeys(key for key, _ in entries)), i)
+        for (key, expert), names in entries.items():
+            tensor = tensors[key] if expert is None else tensors[key][expert]  # experts: [E, ...]
+            for name, part in zip(names, layout.to_hf(key, tensor, model), strict=True):
+                yield layout.hf_layer(i, name), part.to(dtype)
     yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
     if not model.tie_word_embeddings:
         yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)
@@ -122,7 +124,8 @@ def export_to_hf(
     the model's vocabulary (rows past its ids are padding, exported as they are: config vocab_size
     is the rows, as Qwen2.5's). chat_template="default" uses megactllm's chat format when the tokenizer
     has its special tokens; None leaves it out; any other string is used as the template.
-    add_bos_token=None: what the checkpoint's tokenizer copy says (a LLaMA-2 original's true, else false).
+    add_bos_token=None: what the checkpoint's tokenizer copy says (a LLaMA-2 original's true, a Llama-3
+    tokenizer.json's post-processor adds BOS, else false).
     """
     with single_process_group():
         reader = MegatronCheckpointReader(checkpoint)
@@ -150,7 +153,8 @@ def export_to_hf(
                 staging,
                 chat_template=template,
                 model_max_length=model.max_position_embeddings or model.seq_length,
-                add_bos_token=sentencepiece_adds_bos(tokenizer_file) if add_bos_token is None else add_bos_token,
+                add_bos_token=(tokenizer_file_adds_bos(tokenizer_type, tokenizer_file) if add_bos_token is None
+                               else add_bos_token),
             )
             check_tokenizer_fits(model, tokenizer, where=f"checkpoint {meta.path}",
                                  reference=_own_tokenizer(meta, tokenizer_file))

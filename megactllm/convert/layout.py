@@ -19,6 +19,7 @@ from megactllm.config import ModelConfig
 
 # Checkpoint keys and HF names live with the model families; re-exported for convert's callers.
 from megactllm.model.families import family_of
+from megactllm.model.families.moe import GATE_UP_KEYS
 from megactllm.model.families.base import (  # noqa: F401
     BASE_LAYER_TENSORS as LAYER_TENSORS,
     EMBEDDING,
@@ -41,6 +42,16 @@ from megactllm.model.families.base import (  # noqa: F401
 
 def hf_layer(i: int, name: str) -> str:
     return f"model.layers.{i}.{name}"
+
+
+def layer_tensors_at(model: ModelConfig, i: int) -> dict:
+    """Layer i's (megatron key, expert or None) -> HF names it is made of (fused order)."""
+    return family_of(model).layer_tensors_at(model, i)
+
+
+def per_layer_key(key: str, i: int) -> str:
+    """The key megatron saves layer i's `key` under when layers differ (dense and MoE mixed)."""
+    return key.replace("decoder.layers.", f"decoder.layers.{i}.", 1)
 
 
 def layer_tensors(model: ModelConfig) -> dict[str, tuple[str, ...]]:
@@ -106,7 +117,7 @@ def to_megatron(key: str, hf_parts: list[torch.Tensor], model: ModelConfig) -> t
     """One layer's megatron tensor for `key` from its HF parts (in layer_tensors order)."""
     if key in (QKV, QKV_BIAS):
         return fuse_qkv(*hf_parts, model)
-    if key == FC1:
+    if key in GATE_UP_KEYS:
         return fuse_gate_up(*hf_parts)
     (only,) = hf_parts
     return only
@@ -116,7 +127,7 @@ def to_hf(key: str, tensor: torch.Tensor, model: ModelConfig) -> tuple[torch.Ten
     """One layer's HF parts (in layer_tensors order) from its megatron tensor for `key`."""
     if key in (QKV, QKV_BIAS):
         return split_qkv(tensor, model)
-    if key == FC1:
+    if key in GATE_UP_KEYS:
         return split_gate_up(tensor)
     return (tensor,)
 
@@ -125,6 +136,8 @@ def pad_vocab(rows: torch.Tensor, padded_size: int) -> torch.Tensor:
     """Rows [vocab, hidden] -> [padded_size, hidden]; padding rows are zero (no id ever selects them)."""
     if rows.shape[0] > padded_size:
         raise ValueError(f"{rows.shape[0]} vocabulary rows do not fit a padded vocabulary of {padded_size}")
+    if rows.shape[0] == padded_size:  # nothing to pad (Qwen2.5's 152,064 rows): no copy of the largest tensor
+        return rows
     padded = rows.new_zeros((padded_size, rows.shape[1]))
     padded[: rows.shape[0]] = rows
     return padded

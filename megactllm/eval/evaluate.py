@@ -78,7 +78,7 @@ def _init_parallel_for(opts: EvalOptions, num_layers: int):
 
     own_port = "RANK" not in os.environ and "MASTER_PORT" not in os.environ
     if own_port:
-        from megactllm.testing.distributed import free_port
+        from megactllm.common.env import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())  # a single process must not collide with a neighbour's run
     parallel = ParallelConfig(tensor_model_parallel_size=opts.tensor_parallel, pipeline_model_parallel_size=opts.pipeline_parallel)

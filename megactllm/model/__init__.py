@@ -4,6 +4,7 @@ from megactllm.model.builder import (
     build_model,
     build_model_chunk,
     build_transformer_config,
+    decoder_block_spec,
     layer_spec,
     transformer_engine_available,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "build_model",
     "build_model_chunk",
     "build_transformer_config",
+    "decoder_block_spec",
     "get_architecture",
     "layer_spec",
     "transformer_engine_available",

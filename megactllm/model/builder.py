@@ -44,6 +44,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
 
     family = family_of(model)
     family.check(model, where=f"model (family {family.name})")
+    check_expert_layout(model, parallel)
 
     on_gpu = torch.cuda.is_available()
     dtype = params_dtype(optim)
@@ -95,7 +96,59 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
         # interleaved schedule's forward and backward tensors to the same peer (PP=2 ring) in an order
         # that swaps them on gloo. The unbatched path pairs them even/odd; NCCL keeps the batched one.
         batch_p2p_comm=on_gpu,
+        **moe_config_kwargs(model, parallel, on_gpu),
     )
+
+
+def check_expert_layout(model: ModelConfig, parallel: ParallelConfig) -> None:
+    """Expert parallelism splits whole experts: EP must divide them (and needs an MoE model)."""
+    from megactllm.parallel.initialize import ParallelLayoutError
+
+    ep = parallel.expert_model_parallel_size
+    if ep > 1 and not model.is_moe:
+        raise ParallelLayoutError(
+            f"parallel.expert_model_parallel_size={ep} but model family {model.family} has no experts; set it to 1"
+        )
+    if model.is_moe and model.num_moe_experts % ep:
+        raise ParallelLayoutError(
+            f"model.num_moe_experts={model.num_moe_experts} is not divisible by parallel.expert_model_parallel_size={ep}: "
+            f"each EP rank holds the same number of whole experts; pick an EP that divides {model.num_moe_experts}"
+        )
+
+
+def moe_config_kwargs(model: ModelConfig, parallel: ParallelConfig, on_gpu: bool) -> dict:
+    """TransformerConfig fields of a mixture-of-experts model (none for a dense one).
+
+    The router runs in fp32 whatever the weights' dtype. Top-k renormalised probabilities are
+    megatron's softmax over the k largest logits (equal to HF's norm_topk_prob); unrenormalised
+    ones are its pre-softmax routing (softmax over all experts, then the top k), HF's norm_topk_prob
+    false. Grouped GEMM needs Transformer Engine; CPU runs each expert in turn (SequentialMLP).
+    """
+    if not model.is_moe:
+        return {}
+    kwargs = dict(
+        num_moe_experts=model.num_moe_experts,
+        moe_router_topk=model.moe_router_topk,
+        moe_ffn_hidden_size=model.moe_ffn_hidden_size or model.ffn_hidden_size,
+        moe_router_pre_softmax=not model.moe_norm_topk_prob,
+        moe_router_score_function="softmax",
+        moe_router_dtype="fp32",
+        moe_router_load_balancing_type="aux_loss" if model.moe_aux_loss_coeff else "none",
+        moe_aux_loss_coeff=model.moe_aux_loss_coeff,
+        moe_z_loss_coeff=model.moe_z_loss_coeff or None,
+        moe_token_dispatcher_type=parallel.moe_token_dispatcher_type,
+        moe_grouped_gemm=on_gpu and transformer_engine_available(),
+        moe_permute_fusion=False,
+        moe_router_fusion=False,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size,
+        moe_shared_expert_intermediate_size=model.moe_shared_expert_intermediate_size,
+        moe_shared_expert_gate=model.moe_shared_expert_gate,
+        moe_shared_expert_overlap=False,
+    )
+    if model.moe_layer_pattern is not None:
+        kwargs["moe_layer_freq"] = [int(x) for x in model.moe_layer_pattern]
+    return kwargs
 
 
 LOCAL_ATTENTION = ("sdpa", "megatron")
@@ -133,12 +186,60 @@ def block_spec(config, spec, vp_stage: Optional[int] = None):
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     final_norm = RMSNorm
-    if spec.submodules.input_layernorm is not RMSNorm:  # TE spec: TE's own norm for the final one
+    first = spec[0] if isinstance(spec, (list, tuple)) else spec
+    if first.submodules.input_layernorm is not RMSNorm:  # TE spec: TE's own norm for the final one
         from megatron.core.extensions.transformer_engine import TENorm
 
         final_norm = TENorm
     layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=final_norm)
+    if not isinstance(spec, (list, tuple)):
+        return TransformerBlockSubmodules(layer_specs=[spec] * layers, layer_norm=final_norm)
+    from megatron.core import parallel_state
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    # One spec per global layer (dense and MoE layers mixed): this stage's slice of them.
+    offset = get_transformer_layer_offset(config, vp_stage=vp_stage,
+                                          pp_rank=parallel_state.get_pipeline_model_parallel_rank())
+    return TransformerBlockSubmodules(layer_specs=list(spec[offset : offset + layers]), layer_norm=final_norm)
+
+
+def moe_layer_spec(model: ModelConfig, dense_spec, use_transformer_engine: bool):
+    """The spec of one MoE layer, built like `dense_spec` (same attention and norms).
+
+    Its pre-MLP norm is a module of its own under both specs (TE cannot fuse it into a router), so it
+    is saved as `pre_mlp_layernorm.weight`: a checkpoint moves between the local and the TE spec.
+    """
+    import copy
+
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if use_transformer_engine:
+        moe = get_gpt_layer_with_transformer_engine_spec(num_experts=model.num_moe_experts, moe_grouped_gemm=True)
+        spec = copy.deepcopy(dense_spec)
+        spec.submodules.mlp = moe.submodules.mlp
+        spec.submodules.pre_mlp_layernorm = moe.submodules.pre_mlp_layernorm
+        spec.submodules.sharded_state_dict_keys_map = dict(moe.submodules.sharded_state_dict_keys_map)
+        return spec
+    moe = get_gpt_layer_local_spec(num_experts=model.num_moe_experts, moe_grouped_gemm=False, normalization="RMSNorm")
+    spec = copy.deepcopy(dense_spec)
+    spec.submodules.mlp = moe.submodules.mlp
+    spec.submodules.sharded_state_dict_keys_map = {
+        k: v for k, v in spec.submodules.sharded_state_dict_keys_map.items() if not k.startswith("pre_mlp_layernorm")
+    }
+    return spec
+
+
+def model_layer_specs(model: ModelConfig, spec, use_transformer_engine: Optional[bool] = None):
+    """The spec(s) for `model`: `spec` itself for a dense model, else one spec per global layer."""
+    if not model.is_moe:
+        return spec
+    if use_transformer_engine is None:
+        use_transformer_engine = spec.submodules.input_layernorm is not RMSNorm
+    moe = moe_layer_spec(model, spec, use_transformer_engine)
+    return [moe if is_moe else spec for is_moe in model.moe_layers()]
 
 
 def with_qk_layernorm(spec):
@@ -156,18 +257,24 @@ def with_qk_layernorm(spec):
     return spec
 
 
+def decoder_block_spec(model: ModelConfig, config, vp_stage: Optional[int] = None, spec=None):
+    """The decoder's layer specs (and final norm) for this model: what GPTModel builds, and what the
+    streamed import builds one layer at a time (convert.importer)."""
+    spec = spec if spec is not None else layer_spec()
+    if model.qk_layernorm:
+        spec = with_qk_layernorm(spec)
+    return block_spec(config, model_layer_specs(model, spec), vp_stage)
+
+
 def build_model_chunk(model: ModelConfig, config, vp_stage: Optional[int] = None, spec=None):
     """One GPTModel holding this rank's layers (of virtual stage `vp_stage` when VPP is on)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    spec = spec if spec is not None else layer_spec()
-    if model.qk_layernorm:
-        spec = with_qk_layernorm(spec)
     chunk = GPTModel(
         config=config,
-        transformer_layer_spec=block_spec(config, spec, vp_stage),
+        transformer_layer_spec=decoder_block_spec(model, config, vp_stage, spec),
         vocab_size=model.padded_vocab_size(tp),
         max_sequence_length=model.max_position_embeddings or model.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),

@@ -9,7 +9,9 @@ makes each of those mean "the CPU" for the life of the process:
   the identity and reports CPU tensors' `.type()` under the CUDA name megatron checks for;
 - `pin_memory=True` (the rotary embedding's context-parallel index) is dropped;
 - `torch.cuda` functions megatron calls get CPU stand-ins (streams and events that are already
-  complete, the CPU RNG as "the CUDA RNG", zero memory statistics).
+  complete, the CPU RNG as "the CUDA RNG", zero memory statistics);
+- mixture-of-experts layers (shims named below, each with its test in tests/test_moe_cpu.py):
+  `moe_te_general_gemm_shim`, `gloo_all_to_all_split_sizes_shim`, `custom_backward_under_mode_shim`.
 
 It is switched on only when CUDA is absent (`enable_cpu_compat()` is a no-op on a GPU machine),
 so the GPU path runs megatron-core untouched.
@@ -182,6 +184,69 @@ def _patch_megatron_rng():
     mcore_random._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
 
 
+def custom_backward_under_mode_shim() -> None:
+    """Run every custom autograd Function's backward under the CUDA->CPU mode.
+
+    The autograd engine does not carry torch-function modes into backward, so megatron's
+    Functions whose backward allocates on `torch.cuda.current_device()` (the expert-parallel
+    all-to-all and all-gather of the MoE dispatchers, tensor_parallel/mappings.py) met the bare CUDA
+    device there. The engine calls BackwardCFunction.apply by name: wrap it once.
+    """
+    from torch.autograd.function import BackwardCFunction
+
+    original = BackwardCFunction.apply
+    if getattr(original, "_megactllm_cpu_mode", False):
+        return
+
+    def apply(self, *args):
+        with _CudaToCpuMode():
+            return original(self, *args)
+
+    apply._megactllm_cpu_mode = True
+    BackwardCFunction.apply = apply
+
+
+def moe_te_general_gemm_shim() -> bool:
+    """megatron-core 0.16's moe_utils imports `te_general_gemm` from Transformer Engine and tests
+    `te_general_gemm is not None` in the router's linear; without TE the import fails and the name is
+    never bound (NameError at the first routed token; upstream binds it to None from 0.17). Bind it
+    to None so the router takes its torch.mm path. Needed wherever TE is absent, GPU or not.
+    Returns True when it bound the name."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if hasattr(moe_utils, "te_general_gemm"):
+        return False
+    moe_utils.te_general_gemm = None
+    return True
+
+
+def _split_sizes(sizes):
+    # The alltoall dispatcher keeps split sizes as tensors (or numpy arrays) where its CUDA path
+    # synchronises them lazily; gloo's all_to_all_single takes a list of ints only.
+    if sizes is None or isinstance(sizes, list):
+        return sizes
+    if isinstance(sizes, torch.Tensor):
+        return [int(n) for n in sizes.tolist()]
+    return [int(n) for n in sizes]
+
+
+def gloo_all_to_all_split_sizes_shim() -> None:
+    """Make torch.distributed.all_to_all_single accept split sizes given as tensors or arrays
+    (megatron-core's alltoall token dispatcher at expert parallelism > 1), as NCCL's path does."""
+    import torch.distributed as dist
+
+    original = dist.all_to_all_single
+    if getattr(original, "_megactllm_split_sizes", False):
+        return
+
+    def all_to_all_single(output, input, output_split_sizes=None, input_split_sizes=None, group=None, async_op=False):
+        return original(output, input, output_split_sizes=_split_sizes(output_split_sizes),
+                        input_split_sizes=_split_sizes(input_split_sizes), group=group, async_op=async_op)
+
+    all_to_all_single._megactllm_split_sizes = True
+    dist.all_to_all_single = all_to_all_single
+
+
 def enable_cpu_compat() -> bool:
     """Make megatron-core's CUDA assumptions mean the CPU in this process; False (no-op) on CUDA."""
     global _enabled
@@ -192,6 +257,9 @@ def enable_cpu_compat() -> bool:
             return True
         _patch_torch_cuda()
         _patch_megatron_rng()
+        moe_te_general_gemm_shim()
+        custom_backward_under_mode_shim()
+        gloo_all_to_all_split_sizes_shim()
         # Entered for the life of the process: megatron creates tensors on "cuda" from many places.
         _CudaToCpuMode().__enter__()
         _enabled = True

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megactllm.config import ParallelConfig
-from megactllm.parallel.cpu_compat import enable_cpu_compat
+from megactllm.parallel.cpu_compat import enable_cpu_compat, moe_te_general_gemm_shim
 from megactllm.parallel.environment import LaunchEnvironment, detect_launch_environment
 from megactllm.errors import UserError
 
@@ -26,6 +26,8 @@ class ParallelLayoutError(UserError, ValueError):
 # Transformer Engine's context-parallel attention algorithms (parallel.cp_comm_type); the local
 # spec's SDPA attention always all-gathers keys and values.
 CP_COMM_TYPES = ("p2p", "a2a", "all_gather")
+# megatron-core's token dispatchers that run on CPU (gloo) as on GPUs; "flex" needs DeepEP.
+MOE_DISPATCHERS = ("alltoall", "allgather")
 
 
 def check_layout(parallel: ParallelConfig, world_size: int, num_layers: int | None = None) -> int:
@@ -42,6 +44,24 @@ def check_layout(parallel: ParallelConfig, world_size: int, num_layers: int | No
     if parallel.cp_comm_type not in CP_COMM_TYPES:
         raise ParallelLayoutError(
             f"parallel.cp_comm_type={parallel.cp_comm_type!r}; choose one of {', '.join(CP_COMM_TYPES)}"
+        )
+    ep = parallel.expert_model_parallel_size
+    etp = parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size
+    if ep < 1 or etp < 1:
+        raise ParallelLayoutError(
+            f"parallel.expert_model_parallel_size={ep} and expert_tensor_parallel_size={etp} must be 1 or more"
+        )
+    expert_parallel = ep * etp * parallel.pipeline_model_parallel_size
+    if world_size % expert_parallel:
+        raise ParallelLayoutError(
+            f"world size {world_size} is not divisible by EP x expert TP x PP = {ep} x {etp} x "
+            f"{parallel.pipeline_model_parallel_size}: the experts' ranks must tile each pipeline stage; "
+            f"launch a multiple of {expert_parallel} processes or lower parallel.expert_model_parallel_size"
+        )
+    if parallel.moe_token_dispatcher_type not in MOE_DISPATCHERS:
+        raise ParallelLayoutError(
+            f"parallel.moe_token_dispatcher_type={parallel.moe_token_dispatcher_type!r}; choose one of "
+            f"{', '.join(MOE_DISPATCHERS)}"
         )
     if parallel.sequence_parallel and parallel.tensor_model_parallel_size == 1:
         raise ParallelLayoutError("sequence_parallel needs tensor_model_parallel_size > 1")
@@ -106,7 +126,10 @@ def initialize_parallel(parallel: ParallelConfig, seed: int = 1234, num_layers: 
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size,
     )
+    moe_te_general_gemm_shim()  # without Transformer Engine, GPU or not
     set_random_seed(seed)
     return env
 

@@ -134,8 +134,9 @@ def generate_main(argv=None, prog=None) -> int:
 
 @entry_point
 def serve_main(argv=None, prog=None) -> int:
+    # Only the flags' defaults before parsing: --help works without the serve extra, whose
+    # missing packages are named when the server is started (serve.run imports it).
     from megactllm.serve.requests import Limits
-    from megactllm.serve.run import serve
 
     p = CommandParser(prog=prog, description=SERVE)
     p.add_argument("--model", required=True, help=".gguf file, HF LLaMA directory or megactllm checkpoint")
@@ -153,6 +154,8 @@ def serve_main(argv=None, prog=None) -> int:
     p.add_argument("--max-queue", type=int, default=Limits.max_queue, help="requests waiting; more get 503")
     p.add_argument("--timeout", type=float, default=Limits.timeout_s, help="seconds per request, queue included")
     args = p.parse_args(argv)
+    from megactllm.serve.run import serve
+
     options = dict(threads=args.threads, name=args.model_name)
     if args.model.endswith(".gguf"):
         options.update(n_ctx=args.ctx, logits_all=args.logits_all)

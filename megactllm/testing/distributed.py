@@ -11,16 +11,12 @@ from multiprocessing import reduction
 import os
 import pickle
 import queue
-import socket
 import sys
 import traceback
 from typing import Any, Callable
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from megactllm.common.env import free_port  # noqa: F401  (tests and benches take it from here)
 
 
 # A fresh interpreter per rank would import torch and megatron-core again: about 5 s of CPU a rank on

@@ -1,4 +1,4 @@
-"""Measure a training run's peak memory on CPU against megactllm.training.memory_estimate.
+"""Measure a training run's peak memory on CPU against megactllm.training.run.memory_estimate.
 
     python -m megactllm.testing.memory_probe --iters 3 [section.key=value ...]   # prints one JSON line
 
@@ -45,7 +45,7 @@ def measure(overrides: list[str], iters: int, live: bool = True) -> dict:
     from megactllm.output import configure_output
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.testing.distributed import free_port
-    from megactllm.training.memory_estimate import estimate_memory
+    from megactllm.training.run.memory_estimate import estimate_memory
 
     configure_output()
     if live:
@@ -54,7 +54,7 @@ def measure(overrides: list[str], iters: int, live: bool = True) -> dict:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
-    from megactllm.training.loop import Trainer  # imported before the baseline: its modules are baseline
+    from megactllm.training.trainer import Trainer  # imported before the baseline: its modules are baseline
 
     import megatron.core.distributed  # noqa: F401
     import megatron.core.optimizer  # noqa: F401

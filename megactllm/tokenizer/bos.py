@@ -96,3 +96,18 @@ def record_sentencepiece_bos(copy_dir: Path, adds_bos: bool) -> None:
     config = read_json(config_path) or {}
     config["add_bos_token"] = adds_bos
     write_json_atomic(config_path, config, ensure_ascii=False, indent=2)
+
+
+def tokenizer_file_adds_bos(tokenizer_type: str, tokenizer_file: Optional[str | Path]) -> bool:
+    """Whether the original behind a checkpoint's tokenizer copy puts BOS before a text: for a
+    SentencePiece model what the import recorded; for a tokenizer.json what its tokenizer_config.json
+    says, else its post-processor (Llama-3's adds <|begin_of_text|>, Qwen's adds nothing). The HF
+    export and GGUF follow it, so AutoTokenizer on the export encodes as on the original."""
+    if tokenizer_file is None:
+        return False
+    path = Path(tokenizer_file)
+    if tokenizer_type != "huggingface" or path.suffix != ".json":
+        return sentencepiece_adds_bos(path)
+    config_path = path.with_name(CONFIG)
+    tok_json = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return hf_bos_eos(config_path, read_json(config_path) or {}, tok_json, bpe=True)[0]

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 import sentencepiece as spm
 
-from .base import BOS_CANDIDATES, EOD_CANDIDATES, PAD_CANDIDATES, Tokenizer, first_known
+from .base import BOS_CANDIDATES, EOD_CANDIDATES, PAD_CANDIDATES, Tokenizer
+
+# SentencePiece piece types the model itself marks as special (sentencepiece_model.proto).
+_MARKED_TYPES = (3, 4)  # CONTROL, USER_DEFINED
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -37,9 +40,21 @@ class SentencePieceTokenizer(Tokenizer):
         self._pad = self._special(self.sp.pad_id(), PAD_CANDIDATES)
 
     def _special(self, native_id: int, candidates: Sequence[str]) -> int | None:
+        """The model's own id; where it sets none, a candidate spelling only if the model marks that
+        piece control or user-defined (never a normal piece spelled like a special token)."""
         if 0 <= native_id < self._vocab_size:
             return native_id
-        return first_known(self, candidates)
+        marked = self._marked_pieces()
+        return next((self.token_to_id(c) for c in candidates if c in marked), None)
+
+    def _marked_pieces(self) -> set[str]:
+        if not hasattr(self, "_marked"):
+            from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+            proto = model_pb2.ModelProto()
+            proto.ParseFromString(self.sp.serialized_model_proto())
+            self._marked = {p.piece for p in proto.pieces if p.type in _MARKED_TYPES}
+        return self._marked
 
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)

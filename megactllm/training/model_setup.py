@@ -8,6 +8,8 @@ divides by the global token count, so every layout averages exactly like one pro
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 from megactllm.config import Config
 
 
@@ -53,12 +55,23 @@ def unwrap(chunks: list) -> list:
     return unwrap_model(chunks)
 
 
-def install_schedule_hooks(cfg: Config, model: list, optimizer) -> None:
-    """Point the shared TransformerConfig at DDP's sync hooks and the optimizer's loss scaler."""
+def install_schedule_hooks(cfg: Config, model: list, optimizer, before_grad_sync: Optional[Callable[[], None]] = None) -> None:
+    """Point the shared TransformerConfig at DDP's sync hooks and the optimizer's loss scaler.
+
+    `before_grad_sync()` runs when the schedule has finished this rank's forward and backward work
+    of a step and calls finalize_model_grads, whose gradient all-reduce waits for the other ranks.
+    """
     from megatron.core.distributed import finalize_model_grads
 
     config = model[0].config
-    config.finalize_model_grads_func = finalize_model_grads
+    if before_grad_sync is None:
+        config.finalize_model_grads_func = finalize_model_grads
+    else:
+        def finalize_after_hook(*args, **kwargs):
+            before_grad_sync()
+            return finalize_model_grads(*args, **kwargs)
+
+        config.finalize_model_grads_func = finalize_after_hook
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
     if cfg.parallel.overlap_grad_reduce:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """The training and validation records of a run's metrics.jsonl (megactllm.training.metrics)."""
+    """The training and validation records of a run's metrics.jsonl (megactllm.training.run.metrics)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is absent: the training run wrote no metrics")

@@ -24,7 +24,7 @@ from .subprocesses import megactllm_cmd, run_logged, torchrun_cmd
 from .figures import clean_summary, loss_summary
 from .runner import Stage, StageResult
 
-# The training run's own records (megactllm.training.metrics writes them into train.log_dir).
+# The training run's own records (megactllm.training.run.metrics writes them into train.log_dir).
 METRICS_FILE = "metrics.jsonl"
 QUESTION = "怎样才能保持健康？"  # asked of the exported model through its chat template
 

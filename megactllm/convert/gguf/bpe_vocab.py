@@ -19,7 +19,9 @@ from typing import Optional
 
 from megactllm.convert.errors import ConversionError
 from megactllm.convert.gguf.vocab import CONTROL, NORMAL, USER_DEFINED, GGUFVocab
+from megactllm.tokenizer.base import BOS_CANDIDATES, EOD_CANDIDATES, PAD_CANDIDATES
 from megactllm.tokenizer.chat_template import IM_END, IM_START
+from megactllm.tokenizer.huggingface_tokenizer import UNSET, resolve_special
 
 # The split regexes of the families llama.cpp names, as their tokenizer.json files write them,
 # with what llama.cpp's BPE does for that name (ignore_merges: a pre-token already in the
@@ -123,12 +125,19 @@ def read_bpe_vocab(tokenizer_json: str | Path, tokenizer_config: Optional[dict] 
     def find(*names: Optional[str]) -> Optional[int]:
         return next((ids[n] for n in names if n and n in ids), None)
 
-    bos = find(_named(config, "bos_token"), *([] if "bos_token" in config else ["<|begin_of_text|>"]))
-    eos = find(_named(config, "eos_token"), "<|endoftext|>", "<|end_of_text|>")
+    # The same answer as megactllm's tokenizer gives (tokenizer/huggingface_tokenizer.py): only
+    # tokens the tokenizer names or marks special; Qwen's plain "<s>" is no BOS.
+    marked = {t["content"] for t in data.get("added_tokens", []) if t.get("special")}
+
+    def named(key: str):
+        return (_named(config, key) or None) if key in config else UNSET
+
+    bos = resolve_special(named("bos_token"), BOS_CANDIDATES, marked, ids.get)
+    eos = resolve_special(named("eos_token") or UNSET, EOD_CANDIDATES, marked, ids.get)
     if eos is None:
         raise ConversionError(f"{path}: no end-of-text token (no eos_token in tokenizer_config.json, none of "
-                              "<|endoftext|>, <|end_of_text|>)")
-    pad = find(_named(config, "pad_token"))
+                              f"{EOD_CANDIDATES} among its special added tokens)")
+    pad = resolve_special(named("pad_token"), PAD_CANDIDATES, marked, ids.get)
     eot = find(IM_END) if find(IM_START) is not None else find("<|eot_id|>")
     return GGUFVocab(tokens, [], types, bos, eos, None, pad, eot, False, model="gpt2", pre=pre,
                      merges=_merges(data["model"]))

@@ -2,7 +2,7 @@
 
 A sample of n tokens fills n - 1 positions (inputs are tokens[:-1], labels tokens[1:]). A packed row
 holds several whole samples back to back: positions restart at 0 in each, and `segment_ids` tells
-the model where attention must stop (see megactllm.training.sft.attention_mask_from_segments), so
+the model where attention must stop (see megactllm.training.stages.sft.attention_mask_from_segments), so
 every sample is computed exactly as if it were alone. Padding (segment 0) is never trained.
 """
 from __future__ import annotations

@@ -246,9 +246,17 @@ class IndexedDatasetReader:
             raise DatasetFormatError(f"{ipath}: document indices do not run from 0 to the sequence count (corrupt)")
         self.num_tokens = int(self.sequence_lengths.sum(dtype=np.int64))
         bin_bytes = os.path.getsize(bpath)
-        if bin_bytes != self.num_tokens * self.dtype.itemsize:
+        described = self.num_tokens * self.dtype.itemsize
+        if bin_bytes > described:
+            # A cut-short file is never longer than described: these two files were not written together.
             raise DatasetFormatError(
-                f"{bpath} holds {bin_bytes} bytes but {ipath} describes {self.num_tokens * self.dtype.itemsize}: "
+                f"{ipath} and {bpath} do not belong together: the .idx describes {described} bytes of tokens, "
+                f"the .bin holds {bin_bytes} (more); the .idx belongs to another .bin (or the .bin to another "
+                "dataset); rebuild the dataset or pair each .idx with its own .bin"
+            )
+        if bin_bytes < described:
+            raise DatasetFormatError(
+                f"{bpath} holds {bin_bytes} bytes but {ipath} describes {described}: "
                 "the .bin is truncated or belongs to another index; rebuild the dataset"
             )
         self._bin = np.memmap(bpath, mode="r", dtype=self.dtype) if bin_bytes else np.zeros(0, self.dtype)

@@ -12,9 +12,14 @@ from megactllm.model.families.base import ModelFamily, ModelFamilyError
 from megactllm.model.families.llama import LlamaFamily
 from megactllm.model.families.mistral import MistralFamily
 from megactllm.model.families.qwen2 import Qwen2Family
+from megactllm.model.families.qwen2_moe import Qwen2MoeFamily
 from megactllm.model.families.qwen3 import Qwen3Family
+from megactllm.model.families.qwen3_moe import Qwen3MoeFamily
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (LlamaFamily(), Qwen2Family(), Qwen3Family(), MistralFamily())}
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f
+    for f in (LlamaFamily(), Qwen2Family(), Qwen3Family(), MistralFamily(), Qwen3MoeFamily(), Qwen2MoeFamily())
+}
 
 
 def family_of(model: ModelConfig) -> ModelFamily:

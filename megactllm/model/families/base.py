@@ -96,6 +96,7 @@ class ModelFamily:
     # The GGUF rotary layout: llama.cpp's llama graph rotates adjacent pairs (Q/K rows permuted on
     # export); its qwen2/qwen3 graphs rotate halves as HF does ("neox"), so rows stay as they are.
     gguf_permutes_qk: bool = True
+    moe: bool = False  # a mixture-of-experts family (model/families/moe.py)
 
     # --- Hugging Face config.json <-> ModelConfig -------------------------------------------------
     def model_config_from_hf(self, hf: dict, where: str) -> ModelConfig:
@@ -158,6 +159,11 @@ class ModelFamily:
 
     def check(self, model: ModelConfig, where: str) -> None:
         """Refuse a ModelConfig this family cannot build exactly (called before building a model)."""
+        if model.is_moe and not self.moe:
+            raise ModelFamilyError(
+                f"{where}: model.num_moe_experts={model.num_moe_experts} but family {self.name} is dense; "
+                "the mixture-of-experts families are qwen3_moe and qwen2_moe"
+            )
         if model.sliding_window is not None and model.sliding_window < model.seq_length:
             raise ModelFamilyError(
                 f"{where}: sliding_window={model.sliding_window} is shorter than the sequence length "
@@ -189,6 +195,21 @@ class ModelFamily:
         if model.qk_layernorm:
             tensors.update(QK_NORM_TENSORS)
         return tensors
+
+    def layer_tensors_at(self, model: ModelConfig, i: int) -> dict:
+        """Layer i's tensors: (megatron key, expert index or None) -> its HF names (fused order).
+
+        The same for every layer of a dense model; an MoE family's layers differ (dense layers mixed
+        in) and its routed experts are one entry each (the megatron key has an expert axis)."""
+        return {(key, None): names for key, names in self.layer_tensors(model).items()}
+
+    def num_active_parameters(self, model: ModelConfig) -> int:
+        """The parameters one token uses (all of them in a dense model)."""
+        return self.num_parameters(model)
+
+    def expert_parameters(self, model: ModelConfig) -> int:
+        """Parameters in routed experts (split over expert-parallel ranks): none in a dense model."""
+        return 0
 
     def megatron_layer_shape(self, model: ModelConfig, key: str) -> tuple:
         h, f, d = model.hidden_size, model.ffn_hidden_size, model.head_dim

@@ -1,20 +1,22 @@
 """The training loop's concerns, one callback each (OLMo-core's train/callbacks/ is the model).
 
-`default_callbacks(trainer)` is the list a run gets, in the order its hooks run; see base.py for
-the hooks and when the loop calls them.
+`default_callbacks(trainer)` is the set a run gets: only the concerns its recipe switches on. The
+order their hooks run in is each callback's declared `priority` (base.py says what each band is
+for); the loop prints it once at the start. Each callback saves its own state in the checkpoint
+under its `name`.
 """
 from __future__ import annotations
 
 from megactllm.training.callbacks.base import Callback, CallbackList, Step
 from megactllm.training.callbacks.blend import BlendAnnouncements
 from megactllm.training.callbacks.checkpointing import Checkpointing
-from megactllm.training.callbacks.exit import ExitConditions
+from megactllm.training.callbacks.exit_conditions import ExitConditions
 from megactllm.training.callbacks.inloop_eval import InLoopEvaluation
 from megactllm.training.callbacks.loss_plot import LossPlot
 from megactllm.training.callbacks.nonfinite import NonFiniteStop
-from megactllm.training.callbacks.run_lock import RunLockHolder
+from megactllm.training.callbacks.lock_holder import RunLockHolder
 from megactllm.training.callbacks.skip_data import SkipDataWindows
-from megactllm.training.callbacks.spike_skip import SpikeConfigError, SpikeSkipping
+from megactllm.training.callbacks.spikes import SpikeConfigError, SpikeSkipping
 from megactllm.training.callbacks.stragglers import StragglerReport
 from megactllm.training.callbacks.throughput import ThroughputLogger
 from megactllm.training.callbacks.validation import Validation
@@ -30,11 +32,9 @@ __all__ = [
 def default_callbacks(trainer) -> list[Callback]:
     """The callbacks of a run of trainer.cfg; only the concerns its recipe switches on."""
     cfg, t = trainer.cfg, trainer.cfg.train
-    callbacks: list[Callback] = [SkipDataWindows(t.skip_samples)]  # moves the data position before a step reads
+    callbacks: list[Callback] = [SkipDataWindows(t.skip_samples), NonFiniteStop(t.max_consecutive_nonfinite)]
     if trainer.blend_schedule is not None:
         callbacks.append(BlendAnnouncements(trainer.blend_schedule))
-    callbacks.append(NonFiniteStop(t.max_consecutive_nonfinite))  # raises before a diverged step is logged
-    # These add fields to the step's record: before the ThroughputLogger that writes it.
     if t.skip_spiky_steps:
         callbacks.append(SpikeSkipping(cfg))
     elif t.spike_rollback_after:
@@ -50,11 +50,11 @@ def default_callbacks(trainer) -> list[Callback]:
         callbacks.append(InLoopEvaluation(InLoopEvaluator(cfg.eval, trainer.model, cfg.model, trainer.tokenizer)))
     if t.save:
         callbacks.append(RunLockHolder(t.save, t.lock_stale_minutes * 60))
-    wandb = wandb_callback(cfg, trainer.rank)  # after the lock: a run refused its directory opens no W&B run
+    wandb = wandb_callback(cfg, trainer.rank)
     if wandb is not None:
         callbacks.append(wandb)
     callbacks += [
-        Checkpointing(t.save, t.save_interval, t.async_save),
+        Checkpointing(t.save, t.save_interval),
         ExitConditions(t.exit_interval, t.exit_duration_minutes, saving=bool(t.save)),
         LossPlot(),
     ]

@@ -1,10 +1,13 @@
 """A blend schedule's table at the start and a line wherever its phase changes (pretraining only)."""
 from __future__ import annotations
 
-from megactllm.training.callbacks.base import Callback
+from megactllm.training.callbacks.base import PRIORITY_DATA, Callback
 
 
 class BlendAnnouncements(Callback):
+    name = "blend_schedule"
+    priority = PRIORITY_DATA
+
     def __init__(self, schedule):
         self.schedule = schedule  # megactllm.data.pretrain.blend_schedule.BlendSchedule
         self.first_iteration = None

@@ -1,10 +1,13 @@
 """Benchmark accuracy during training (eval.interval): megactllm.eval.inloop on the live model."""
 from __future__ import annotations
 
-from megactllm.training.callbacks.base import Callback
+from megactllm.training.callbacks.base import PRIORITY_EVALUATE, Callback
 
 
 class InLoopEvaluation(Callback):
+    name = "inloop_eval"
+    priority = PRIORITY_EVALUATE
+
     def __init__(self, evaluator):
         self.evaluator = evaluator  # megactllm.eval.inloop.InLoopEvaluator
 

@@ -1,11 +1,14 @@
 """The loss-curve PNG beside metrics.jsonl, drawn by rank 0 when the run ends (even by an error)."""
 from __future__ import annotations
 
-from megactllm.training.callbacks.base import Callback
-from megactllm.training.metrics import plot_loss_curve
+from megactllm.training.callbacks.base import PRIORITY_REPORT, Callback
+from megactllm.training.run.metrics import plot_loss_curve
 
 
 class LossPlot(Callback):
+    name = "loss_plot"
+    priority = PRIORITY_REPORT
+
     def on_close(self, trainer) -> None:
         if trainer.rank != 0 or trainer.log.log_dir is None:
             return

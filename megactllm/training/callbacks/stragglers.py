@@ -2,9 +2,9 @@
 
 Wall time per step is the same on every rank (collectives make the fast ones wait), so each rank
 times its own part: from the start of the step to its arrival at the gradient synchronisation
-(megatron's finalize_model_grads), i.e. reading data plus forward and backward before any wait
-for other data-parallel ranks. With pipeline parallelism that time includes the pipeline's own
-waits. Each log interval the ranks all-gather their mean and the record gets
+(the trainer's grad-sync hook, before megatron's finalize_model_grads), i.e. reading data plus
+forward and backward before any wait for other data-parallel ranks. With pipeline parallelism
+that time includes the pipeline's own waits. Each log interval the ranks all-gather their mean and the record gets
 step_time_slowest_rank (seconds), slowest_rank, step_time_median and
 step_time_slowest_over_median; rank 0 warns when the ratio stays above train.straggler_ratio
 (two reports in a row).
@@ -16,10 +16,13 @@ import time
 import torch
 import torch.distributed as dist
 
-from megactllm.training.callbacks.base import Callback, Step
+from megactllm.training.callbacks.base import PRIORITY_NOTES, Callback, Step
 
 
 class StragglerReport(Callback):
+    name = "stragglers"
+    priority = PRIORITY_NOTES
+
     def __init__(self, log_interval: int, ratio: float):
         self.log_interval = log_interval
         self.ratio = ratio
@@ -27,22 +30,15 @@ class StragglerReport(Callback):
         self.busy_seconds = 0.0
         self.steps = 0
         self.over_in_a_row = 0
-        self._config = None
-        self._original = None
 
     def on_train_start(self, trainer) -> None:
-        self._config = trainer.model[0].config
-        self._original = self._config.finalize_model_grads_func
-        original = self._original
+        trainer.add_grad_sync_hook(self._arrived_at_grad_sync)
 
-        def timed_finalize(*args, **kwargs):
-            if self.step_start is not None:  # first arrival this step: this rank's own work is done
-                self.busy_seconds += time.perf_counter() - self.step_start
-                self.steps += 1
-                self.step_start = None
-            return original(*args, **kwargs)
-
-        self._config.finalize_model_grads_func = timed_finalize
+    def _arrived_at_grad_sync(self) -> None:
+        if self.step_start is not None:  # first arrival this step: this rank's own work is done
+            self.busy_seconds += time.perf_counter() - self.step_start
+            self.steps += 1
+            self.step_start = None
 
     def on_step_start(self, trainer) -> None:
         if torch.cuda.is_available():
@@ -74,7 +70,12 @@ class StragglerReport(Callback):
                 f"(train.straggler_ratio={self.ratio})"
             )
 
-    def on_close(self, trainer) -> None:
-        if self._config is not None:
-            self._config.finalize_model_grads_func = self._original
-            self._config = None
+    # The reports in a row over the ratio are the same on every rank (from the gathered times): a
+    # resumed run warns as the uninterrupted one would. The per-rank timings of a partial log
+    # interval are not kept (the checkpoint holds one state for all ranks): the report after a
+    # resume averages the steps since.
+    def state_dict(self) -> dict:
+        return {"over_in_a_row": self.over_in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.over_in_a_row = int(state.get("over_in_a_row", 0))

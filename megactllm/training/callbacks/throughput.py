@@ -10,11 +10,14 @@ import time
 import torch
 
 from megactllm.model.families import family_of
-from megactllm.training.callbacks.base import Callback, Step
-from megactllm.training.metrics import device_peak_tflops, peak_memory_gib, throughput
+from megactllm.training.callbacks.base import PRIORITY_LOG, Callback, Step
+from megactllm.training.run.metrics import device_peak_tflops, peak_memory_gib, throughput
 
 
 class ThroughputLogger(Callback):
+    name = "throughput"
+    priority = PRIORITY_LOG
+
     def __init__(self, cfg, world_size: int, blend_schedule=None):
         self.log_interval = cfg.train.log_interval
         self.flops_per_token = family_of(cfg.model).flops_per_token(cfg.model, cfg.model.seq_length)

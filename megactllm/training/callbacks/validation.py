@@ -1,11 +1,14 @@
 """Validation loss every train.eval_interval iterations, and once more at the end of the run."""
 from __future__ import annotations
 
-from megactllm.training.callbacks.base import Callback
-from megactllm.training.metrics import perplexity
+from megactllm.training.callbacks.base import PRIORITY_EVALUATE, Callback
+from megactllm.training.run.metrics import perplexity
 
 
 class Validation(Callback):
+    name = "validation"
+    priority = PRIORITY_EVALUATE + 1  # the validation record before the benchmarks', as before
+
     def __init__(self, eval_interval: int, perplexity_of_first_metric: bool):
         self.eval_interval = eval_interval
         self.perplexity = perplexity_of_first_metric  # a token NLL; a DPO loss has none

@@ -1,12 +1,16 @@
-"""One writer per checkpoint directory (megactllm.training.run_lock): taken at the start, checked
-before every checkpoint write, released at the end."""
+"""One writer per checkpoint directory (megactllm.training.run.lock): taken at the start before any
+other callback starts, checked before every checkpoint write, released however the run ended
+(on_close runs on every way out of a started run; a lock another run took over is left to it)."""
 from __future__ import annotations
 
-from megactllm.training import run_lock
-from megactllm.training.callbacks.base import Callback
+from megactllm.training.callbacks.base import PRIORITY_LOCK, Callback
+from megactllm.training.run import lock as run_lock
 
 
 class RunLockHolder(Callback):
+    name = "run_lock"
+    priority = PRIORITY_LOCK
+
     def __init__(self, directory: str, stale_after_s: float):
         self.directory = directory
         self.stale_after_s = stale_after_s

@@ -20,7 +20,7 @@ def precompute_dpo_reference_main(argv=None, prog=None) -> int:
     from megactllm.config import load_config
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.tokenizer import load_tokenizer
-    from megactllm.training.dpo_reference import precompute_reference_logps
+    from megactllm.training.stages.dpo.reference import precompute_reference_logps
 
     p = CommandParser(prog=prog, description=__doc__)
     p.add_argument("--config", required=True, help="the DPO recipe (YAML)")

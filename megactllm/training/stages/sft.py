@@ -16,7 +16,7 @@ import torch
 
 from megactllm.data.chat.sft_dataset import build_sft_datasets
 from megactllm.training.context_parallel import split_for_context_parallel
-from megactllm.training.task import StageCapabilities
+from megactllm.training.stages.task import StageCapabilities
 
 
 def attention_mask_from_segments(segment_ids: torch.Tensor) -> torch.Tensor | None:

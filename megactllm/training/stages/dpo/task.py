@@ -9,7 +9,7 @@ built with the same parallel layout, without gradients or optimizer state. Once 
 `prepare_global_batch` runs it through megatron-core's pipeline schedule, forward only, over the
 step's micro-batches and attaches `reference_logps` [mbs, 2] to each (on the last pipeline stage,
 where the loss is computed). With train.dpo_reference_logprobs the values come precomputed with
-the data (see megactllm.training.dpo_reference) and no reference model is built.
+the data (see megactllm.training.stages.dpo.reference) and no reference model is built.
 
 `loss_func` returns (sum of per-pair losses, number of pairs, report): the loop's division by the
 global pair count averages exactly as one process would over the whole global batch.
@@ -22,10 +22,10 @@ from functools import partial
 import torch
 
 from megactllm.data.chat.dpo_dataset import build_dpo_datasets
-from megactllm.training.dpo_loss import dpo_loss
+from megactllm.training.stages.dpo.loss import dpo_loss
 from megactllm.training.context_parallel import is_context_parallel_leader, sum_over_context_parallel
-from megactllm.training.sft import model_forward, model_rows
-from megactllm.training.task import StageCapabilities
+from megactllm.training.stages.sft import model_forward, model_rows
+from megactllm.training.stages.task import StageCapabilities
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,10 @@
 
 Rank 0 opens the run; every scalar TensorBoard gets (loss, LR, grad norm, tokens/s, MFU, memory,
 blend phase, validation, in-loop benchmarks, skipped spikes, the straggler report) goes to W&B
-against the `iteration` metric, so a resumed run's repeated iterations append. The run id lives in
-the run directory (the log dir) as wandb_run_id.txt: a resumed run continues the same W&B run
-(id=..., resume="allow"). WANDB_MODE=offline writes the run under wandb_dir with no network;
+against the `iteration` metric, so a resumed run's repeated iterations append. The run id is saved
+in every checkpoint (the W&B callback's state) and kept in the run directory (the log dir) as
+wandb_run_id.txt: a resumed run continues the same W&B run (id=..., resume="allow"), the
+checkpoint's id first. WANDB_MODE=offline writes the run under wandb_dir with no network;
 `wandb sync` uploads it later.
 
 wandb-core writes an offline run's .wandb file in the background (every 15 s, or when the run
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Optional
 
 from megactllm.common.atomic import write_text_atomic
 from megactllm.common.optional import require
@@ -59,17 +61,19 @@ class WandbSink:
         self.cfg = cfg
         self.wandb = require("wandb", PURPOSE)
         self.run = None
+        self.run_id = None
 
-    def open(self, run_dir: Path) -> str:
-        """Start (or continue) the run; returns a line saying where it goes."""
+    def open(self, run_dir: Path, run_id: Optional[str] = None) -> str:
+        """Start (or continue) the run `run_id` (None: the run directory's); returns a line saying where it goes."""
         t = self.cfg.train
         # Silent unless verbose (MEGACTLLM_VERBOSE, --verbose): the returned line says where the run
         # goes. console="off": wandb does not wrap this process's stdout/stderr.
         settings = self.wandb.Settings(silent=not verbose_requested(), console="off", disable_git=True)
         self.run = self.wandb.init(
             project=t.wandb_project, entity=t.wandb_entity, name=t.wandb_name, dir=t.wandb_dir or str(run_dir),
-            id=run_id_for(run_dir), resume="allow", config=self.cfg.to_dict(), settings=settings,
+            id=run_id or run_id_for(run_dir), resume="allow", config=self.cfg.to_dict(), settings=settings,
         )
+        self.run_id = self.run.id
         self.run.define_metric("iteration")
         self.run.define_metric("*", step_metric="iteration")
         if self.run.offline:  # run.dir is the run's files/ folder; `wandb sync` takes the run folder

@@ -21,7 +21,7 @@ from megactllm.data.chat.dpo_dataset import DPODataset, save_reference_logps
 from megactllm.data.chat.sft_dataset import open_sources, pad_id_of, split_blends
 from megactllm.data.blend import Blend
 from megactllm.training.batches import collate
-from megactllm.training.dpo import build_reference_model, forward_only_pair_logps
+from megactllm.training.stages.dpo.task import build_reference_model, forward_only_pair_logps
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 the loss-curve PNG.
 
 Only one rank (the loop picks global rank 0, which holds the globally reduced values) writes.
-`python -m megactllm.training.metrics RUN_DIR` redraws the PNG from RUN_DIR/metrics.jsonl at any time.
+`python -m megactllm.training.run.metrics RUN_DIR` redraws the PNG from RUN_DIR/metrics.jsonl at any time.
 """
 from __future__ import annotations
 
@@ -289,5 +289,5 @@ def _mark_blend_phases(ax, train: list[dict]) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m megactllm.training.metrics RUN_DIR [OUT.png]")
+        sys.exit("usage: python -m megactllm.training.run.metrics RUN_DIR [OUT.png]")
     print(plot_loss_curve(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else None))

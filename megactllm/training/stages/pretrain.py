@@ -14,7 +14,7 @@ from megactllm.config import Config
 from megactllm.data.pretrain.gpt_dataset import build_gpt_datasets
 from megactllm.training.context_parallel import split_for_context_parallel
 from megactllm.training.schedule import dataset_sample_counts, resolve_train_iters
-from megactllm.training.task import StageCapabilities
+from megactllm.training.stages.task import StageCapabilities
 
 LM_LOSS = "lm loss"
 

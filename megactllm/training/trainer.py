@@ -6,47 +6,48 @@ Per iteration: read this data-parallel rank's micro-batches, let the Task prepar
 megatron-core's forward/backward schedule (no pipelining, 1F1B or interleaved), reduce the
 Task's (sum, count) reports globally, take a guarded optimizer step (skipped and counted on a
 non-finite loss or grad norm) and advance the LR schedule. Everything else a run does (logging
-and throughput, validation, in-loop benchmarks, checkpoints, the run lock, the non-finite guard,
-exit signals, the loss plot) is a callback in megactllm.training.callbacks, called at the hooks
-named in callbacks/base.py. Where a run starts is megactllm.training.resume.
+and throughput, validation, in-loop benchmarks, when to save, the run lock, the non-finite guard,
+spikes, exit signals, the loss plot) is a callback in megactllm.training.callbacks, called by
+priority at the hooks named in callbacks/base.py. Callbacks act on the run only through the
+methods below (request_stop, save_checkpoint, restore_checkpoint, skip_samples,
+add_grad_sync_hook); each keeps its own state, saved in the checkpoint under its name. Where a
+run starts is megactllm.training.resume.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
+from megactllm.checkpoint import Checkpointer
 from megactllm.config import Config
 from megactllm.errors import UserError
 from megactllm.training import resume
 from megactllm.training.batches import GlobalBatchReader
 from megactllm.training.callbacks import CallbackList, Step, default_callbacks
-from megactllm.training.metrics import RunLogger
+from megactllm.training.run.metrics import RunLogger
 from megactllm.training.model_setup import install_schedule_hooks, wrap_model_chunks
 from megactllm.training.optimizer import build_optimizer, guarded_step
+from megactllm.training.rng import capture_rng_state
 from megactllm.training.schedule import build_lr_scheduler, num_microbatches, resolve_train_iters
-from megactllm.training.task import StageCapabilities
+from megactllm.training.stages.task import StageCapabilities
 
 
 @dataclass
 class TrainState:
-    """Counters saved in every checkpoint and restored on resume."""
+    """The loop's own counters, saved in every checkpoint and restored on resume (each callback
+    saves its own state beside them)."""
 
     iteration: int = 0
     consumed_samples: int = 0
     consumed_tokens: int = 0
     skipped_iterations: int = 0
     nonfinite_iterations: int = 0
-    spike_iterations: int = 0
-    # The spike detector's window of recent applied steps (megactllm.training.spikes), None when off.
-    spike_window: Optional[dict] = None
-    # Sample windows [start, end) of the training order skipped by a spike rollback (never read again).
-    skipped_samples: list = field(default_factory=list)
-    spike_rollbacks: int = 0
+    spike_iterations: int = 0  # steps whose update a callback vetoed (spikes)
     # data.blend_schedule as written (None: a fixed blend); a resume under another one is refused.
     blend_schedule: Optional[list] = None
 
@@ -86,7 +87,7 @@ class Trainer:
         if not isinstance(getattr(self.task, "provides", None), StageCapabilities):
             raise StageError(
                 f"stage {cfg.train.stage!r}: its task {type(self.task).__name__} must declare `provides = "
-                f"StageCapabilities(...)` (megactllm.training.task)"
+                f"StageCapabilities(...)` (megactllm.training.stages.task)"
             )
         caps = self.task.provides
         self.device = default_device()
@@ -101,7 +102,6 @@ class Trainer:
         # use_transformer_engine None: TE's layer spec when it imports on CUDA (the bench compares both).
         self.model = wrap_model_chunks(cfg, build_model(cfg.model, cfg.parallel, cfg.optim, use_transformer_engine))
         self.optimizer = build_optimizer(cfg, self.model)
-        install_schedule_hooks(cfg, self.model, self.optimizer)
 
         self.train_ds, self.valid_ds, _ = self.task.build_datasets(cfg, self.tokenizer)
         if self.train_ds is None:
@@ -133,32 +133,97 @@ class Trainer:
         self.result: Optional[TrainResult] = None
         self.stop_requested = False
         self.paused_seconds = 0.0  # spent in evaluation and checkpoints: not training throughput
+        self._grad_sync_hooks: list = []
+        install_schedule_hooks(cfg, self.model, self.optimizer, before_grad_sync=self._before_grad_sync)
+        # Background saves (train.async_save): one in flight, published once every rank wrote it.
+        self._checkpointer = Checkpointer(cfg.train.save, async_save=cfg.train.async_save) if cfg.train.save else None
+        if self._checkpointer is not None:
+            self._checkpointer.warn = self.log.warning  # e.g. little room left for the next save
         self.callbacks = CallbackList(callbacks if callbacks is not None else default_callbacks(self))
 
     def _load_tokenizer(self):
         d = self.cfg.data
         if not d.tokenizer_model:
             return None, None
-        from megactllm.tokenizer import load_tokenizer
+        from megactllm.tokenizer import load_tokenizer, tokenizer_file
 
         from megactllm.tokenizer.vocab_fit import fit_model_to_tokenizer
 
         tok = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
         fit_model_to_tokenizer(self.cfg, tok)  # the preflight did it already under megactllm.train
-        return tok, d.tokenizer_model
+        # The checkpoint copies the file (an HF directory's tokenizer.json, with its side files).
+        return tok, tokenizer_file(d.tokenizer_type, d.tokenizer_model)
 
     def _log_dir(self) -> str:
         t = self.cfg.train
         return t.log_dir or t.save or t.tensorboard_dir or "runs/latest"
 
+    # ----------------------------------------------------------------- what callbacks may ask of the loop
+    def request_stop(self, reason: Optional[str]) -> None:
+        """End the run after this iteration; a reason (a signal, the time budget) means "resume me"."""
+        self.stop_requested = True
+        if reason:
+            self.result.stop_reason = reason
+
+    def save_allowed(self) -> bool:
+        """Whether every callback agrees to a checkpoint now (none while a non-finite or spike streak runs)."""
+        return self.callbacks.save_allowed(self)
+
+    def save_checkpoint(self) -> None:
+        """Collective: write a checkpoint of the run now into train.save: model, optimizer, schedule,
+        the loop's counters, RNG and every callback's state. With train.async_save it is written in
+        the background and published later (publish_checkpoint)."""
+        self.publish_checkpoint(blocking=True)  # one save in flight at a time
+        self.callbacks.before_save(self)
+        path = self._checkpointer.save(
+            self.state.iteration,
+            self.model,
+            self.cfg,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            train_state=asdict(self.state),
+            callbacks=self.callbacks.state_dict(),
+            tokenizer_path=self.tokenizer_path,
+            rng_state=capture_rng_state(),
+        )
+        if self._checkpointer.in_flight is not None:
+            return
+        self.last_checkpoint = str(path)
+        self.log.info(f"saved checkpoint {path}")
+
+    def publish_checkpoint(self, blocking: bool) -> None:
+        """Collective: publish a finished background save (a no-op with none in flight); blocking waits for it."""
+        if self._checkpointer is None or self._checkpointer.in_flight is None:
+            return
+        self.callbacks.before_save(self)  # publishing writes the directory's latest pointer
+        published = self._checkpointer.poll(blocking)
+        if published is not None:
+            self.last_checkpoint = str(published)
+            self.log.info(f"saved checkpoint {published} (written in the background)")
+
+    def restore_checkpoint(self, path: str) -> None:
+        """Collective: go back to the checkpoint at `path`: model, optimizer, schedule, the loop's
+        counters, RNG and every callback's state (e.g. a spike rollback)."""
+        self._adopt(resume.resume(self.cfg, self.model, self.optimizer, self.scheduler, self.world_size,
+                                  self.state.blend_schedule, self.log, path))
+
+    def skip_samples(self, start: int, end: int) -> None:
+        """Never read the training samples [start, end) (the callback that skips data windows records it)."""
+        self.callbacks.on_samples_skipped(self, start, end)
+
+    def add_grad_sync_hook(self, hook: Callable[[], None]) -> None:
+        """Call `hook()` on this rank when its forward/backward work of a step is done, before the
+        gradient synchronisation waits for the other ranks (megatron-core's finalize_model_grads)."""
+        self._grad_sync_hooks.append(hook)
+
+    def _before_grad_sync(self) -> None:
+        for hook in self._grad_sync_hooks:
+            hook()
+
+    # ----------------------------------------------------------------- where the run starts
     def resume_or_initialise(self) -> None:
         self._adopt(resume.start(self.cfg, self.model, self.optimizer, self.scheduler, self.world_size,
                                  self.state.blend_schedule, self.log))
-
-    def restore_checkpoint(self, path: str) -> None:
-        """Go back to the checkpoint at `path` (model, optimizer, schedule, counters, RNG), e.g. a spike rollback."""
-        self._adopt(resume.resume(self.cfg, self.model, self.optimizer, self.scheduler, self.world_size,
-                                  self.state.blend_schedule, self.log, path))
 
     def _adopt(self, start: "resume.Resumed") -> None:
         if start.train_state is None:
@@ -167,18 +232,16 @@ class Trainer:
         current_schedule = self.state.blend_schedule
         self.state = TrainState(**{k: v for k, v in start.train_state.items() if k in known})
         self.state.blend_schedule = current_schedule
+        # A checkpoint written before callbacks saved their own state kept some in the train state.
+        self.callbacks.load_state_dict(start.callbacks, start.train_state)
         self.last_checkpoint = self.resumed_from = start.checkpoint
+        if self.result is not None:
+            self.result.state = self.state
         s = self.state
         self.log.info(
             f"resumed from {start.checkpoint}: iteration {s.iteration}, {s.consumed_samples} samples, "
             f"{s.skipped_iterations} skipped"
         )
-
-    def request_stop(self, reason: Optional[str]) -> None:
-        """End the run after this iteration; a reason (a signal, the time budget) means "resume me"."""
-        self.stop_requested = True
-        if reason:
-            self.result.stop_reason = reason
 
     # ----------------------------------------------------------------- one step
     def _forward_backward(self, microbatches: list, forward_only: bool) -> list:
@@ -274,20 +337,25 @@ class Trainer:
             f"DP={self.dp_size}, "
             f"{self.num_microbatches} micro-batches of {t.micro_batch_size} per step"
         )
+        self.log.info(f"callbacks, in order: {self.callbacks.order()}")
         for chunk in self.model:
             chunk.train()
-        self.callbacks.call("on_train_start", self)  # takes the run lock: it raises before the try
+        cb = self.callbacks
         try:
+            cb.on_train_start(self)  # the run lock first: a refused run starts no other callback
             while self.state.iteration < self.train_iters and not self.stop_requested:
-                self.callbacks.call("on_step_start", self)
+                cb.on_step_start(self)
                 step = self._count(*self.train_step())
-                self.callbacks.call("on_step_end", self, step)
+                cb.on_step_end(self, step)
                 paused = time.perf_counter()
-                self.callbacks.call("on_evaluate", self)
-                self.callbacks.call("on_save_boundary", self)
+                cb.on_evaluate(self)
+                cb.on_save_boundary(self)
                 self.paused_seconds += time.perf_counter() - paused
-                self.callbacks.call("on_iteration_end", self)
-            self.callbacks.call("on_train_end", self)
+                cb.on_iteration_end(self)
+            cb.on_train_end(self)
+        except BaseException as e:
+            cb.on_error(self, e)
+            raise
         finally:
             try:
                 self.callbacks.close(self)

@@ -7,7 +7,7 @@ line to _BUILTIN (module path and factory name) or calls `register_stage` before
     from megactllm.training.stages import register_stage
     register_stage("my_stage", lambda cfg: MyTask(cfg))
 
-A factory takes the run's Config and returns an object implementing megactllm.training.task.Task.
+A factory takes the run's Config and returns an object implementing megactllm.training.stages.task.Task.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ TaskFactory = Callable[[Config], object]
 
 # stage name -> (module, factory attribute): imported on first use.
 _BUILTIN: dict[str, tuple[str, str]] = {
-    "pretrain": ("megactllm.training.pretrain", "PretrainTask"),
-    "sft": ("megactllm.training.sft", "SFTTask"),
-    "dpo": ("megactllm.training.dpo", "DPOTask"),
+    "pretrain": ("megactllm.training.stages.pretrain", "PretrainTask"),
+    "sft": ("megactllm.training.stages.sft", "SFTTask"),
+    "dpo": ("megactllm.training.stages.dpo.task", "DPOTask"),
 }
 _REGISTERED: dict[str, TaskFactory] = {}
 

@@ -15,8 +15,8 @@ from typing import Optional
 
 from megactllm.config import Config
 from megactllm.model.families import family_of
-from megactllm.training.wandb_sink import check_wandb
-from megactllm.training.memory_estimate import GIB, Available, MemoryEstimate
+from megactllm.training.run.wandb_sink import check_wandb
+from megactllm.training.run.memory_estimate import GIB, Available, MemoryEstimate
 
 
 @dataclass
@@ -73,7 +73,7 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     """Resolve and check the run before anything is built; raises the user error that names the fix."""
     from megactllm.errors import MemoryFitError
     from megactllm.parallel.initialize import check_layout
-    from megactllm.training.memory_estimate import available_memory, check_fits, estimate_memory
+    from megactllm.training.run.memory_estimate import available_memory, check_fits, estimate_memory
     from megactllm.training.schedule import ScheduleError, num_microbatches, resolve_train_iters
     from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
@@ -84,6 +84,9 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     _check_stage_options(cfg)
     check_wandb(cfg.train)
     dp = check_layout(cfg.parallel, world_size, cfg.model.num_layers)
+    from megactllm.model.builder import check_expert_layout
+
+    check_expert_layout(cfg.model, cfg.parallel)
     check_context_parallel_run(cfg)
     _check_heads_split(cfg)
     microbatches = num_microbatches(cfg, dp)
@@ -159,25 +162,28 @@ def _check_blend_schedule(cfg: Config, train_iters: Optional[int]) -> None:
 
 def _check_tokenizer_fits(cfg: Config) -> None:
     """A fresh model's rows hold every id of the tokenizer (model.make_vocab_size_divisible_by may set them)."""
-    from pathlib import Path
-
     from megactllm.config import ConfigError
-    from megactllm.tokenizer import load_tokenizer
+    from megactllm.tokenizer import load_tokenizer, tokenizer_file
     from megactllm.tokenizer.vocab_fit import fit_model_to_tokenizer
 
     d = cfg.data
     if not d.tokenizer_model:
         return
-    if not Path(d.tokenizer_model).is_file():
-        raise ConfigError(f"data.tokenizer_model {d.tokenizer_model} does not exist")
-    fit_model_to_tokenizer(cfg, load_tokenizer(d.tokenizer_type, d.tokenizer_model))
+    # What the tokenizer loader accepts (a file, or an HF tokenizer directory), else what is missing.
+    try:
+        tokenizer_file(d.tokenizer_type, d.tokenizer_model, what="data.tokenizer_model")
+        tokenizer = load_tokenizer(d.tokenizer_type, d.tokenizer_model)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e) if str(e).startswith("data.tokenizer_model") else
+                          f"data.tokenizer_model {d.tokenizer_model}: {e}") from None
+    fit_model_to_tokenizer(cfg, tokenizer)
 
 
 def _check_stage_options(cfg: Config) -> None:
     from megactllm.config import ConfigError
 
     if cfg.train.stage == "pretrain":
-        from megactllm.training.pretrain import check_document_resets
+        from megactllm.training.stages.pretrain import check_document_resets
 
         try:
             check_document_resets(cfg)

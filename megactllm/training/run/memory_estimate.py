@@ -80,6 +80,17 @@ def _stage_params(cfg: Config, first: bool, last: bool) -> int:
     return n
 
 
+def _stage_expert_params(cfg: Config) -> int:
+    """Routed-expert parameters on one rank of a stage: the stage's share of the layers' experts,
+    split over expert parallelism (EP) and expert tensor parallelism (ETP, default TP)."""
+    m, p = cfg.model, cfg.parallel
+    experts = family_of(m).expert_parameters(m)
+    if not experts:
+        return 0
+    etp = p.expert_tensor_parallel_size or p.tensor_model_parallel_size
+    return experts // p.pipeline_model_parallel_size // (p.expert_model_parallel_size * etp)
+
+
 def _act_bytes_per_layer(cfg: Config, micro_batch: int, recompute: str | None) -> int:
     """Saved activations of one layer for one micro-batch, in bytes."""
     m, p = cfg.model, cfg.parallel
@@ -89,6 +100,8 @@ def _act_bytes_per_layer(cfg: Config, micro_batch: int, recompute: str | None) -
     cp = p.context_parallel_size
     s_full = m.seq_length
     s, b, h, f, a = s_full // cp, micro_batch, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads
+    if m.is_moe:  # a token's SwiGLU activations are its k experts' (and the shared expert's)
+        f = m.moe_router_topk * (m.moe_ffn_hidden_size or f) + (m.moe_shared_expert_intermediate_size or 0)
     q, kv = a * m.head_dim, m.num_kv_heads * m.head_dim
     norms = 2 * (4 + 2 * e) * s * b * h // sp  # fp32 statistics input, normalised, output (x2 norms)
     # The fused QKV output, contiguous copies of q and k (and of v when grouped-query heads are
@@ -173,15 +186,21 @@ def estimate_memory(cfg: Config, world_size: int) -> MemoryEstimate:
     stages = [("only", True, True)] if pp == 1 else [("first", True, False), ("last", False, True)]
     best = None
     for name, first, last in stages:
-        params = _stage_params(cfg, first, last)
+        dense = _stage_params(cfg, first, last)
+        experts = _stage_expert_params(cfg)
+        params = dense + experts
         weights = params * _elem_bytes(cfg)
         grads = params * 4
         state_bytes = 8 if o.optimizer == "adam" else 4  # Adam moments; SGD momentum
         master = 4 if _elem_bytes(cfg) < 4 else 0
-        # megatron shards the distributed optimizer over data x context parallel ranks.
+        # megatron shards the distributed optimizer over data x context parallel ranks; routed experts
+        # over their own data-parallel ranks (world / (EP x ETP x PP)).
         shard = dp * p.context_parallel_size if p.use_distributed_optimizer else 1
-        optimizer = params * (state_bytes + master) // shard
-        step_temp = params * 4 // shard
+        etp = p.expert_tensor_parallel_size or p.tensor_model_parallel_size
+        expert_dp = max(1, world_size // (p.expert_model_parallel_size * etp * pp))
+        expert_shard = expert_dp if p.use_distributed_optimizer else 1
+        optimizer = dense * (state_bytes + master) // shard + experts * (state_bytes + master) // expert_shard
+        step_temp = dense * 4 // shard + experts * 4 // expert_shard
         acts = max(_activations(cfg, dp, first, last), step_temp)
         est = MemoryEstimate(weights, grads, optimizer, acts, params, name)
         if best is None or est.total > best.total:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-from megactllm.training.callbacks.base import Callback
-from megactllm.training.exit_signals import ExitWatch
+from megactllm.training.callbacks.base import PRIORITY_EXIT, Callback
+from megactllm.training.run.signals import ExitWatch
 
 
 class ExitConditions(Callback):
+    name = "exit"
+    priority = PRIORITY_EXIT
+
     def __init__(self, exit_interval, exit_duration_minutes, saving: bool):
         self.exit_interval = exit_interval
         self.watch = ExitWatch(exit_duration_minutes)

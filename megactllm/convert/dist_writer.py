@@ -1,0 +1,157 @@
+"""Write a megatron-core dist_checkpointing directory (torch_dist format) one group of tensors at a time.
+
+`dist_checkpointing.save` takes the whole state dict at once; a converted model does not fit in
+memory whole. Here each group (the embedding, one layer, the last norm and output layer) goes
+through megatron-core's own translation (factories applied, ShardedTensors turned into the
+torch ShardedTensors its torch_dist strategy writes, its save planner) and torch's
+FileSystemWriter into files of its own (`__<group>_0.distcp`), and the group's storage index is
+kept beside the checkpoint. `finish` merges the indexes into the one `.metadata` a load reads
+and writes megatron's `common.pt` and `metadata.json`: the directory then reads exactly as one
+that `dist_checkpointing.save` wrote (the same keys, chunks, shapes and bytes; file names differ,
+and nothing reads them but the index).
+
+A group's index is written after its data is on disk (fsync), so a killed run leaves finished
+groups that a rerun keeps (`has`) and at most one unfinished group, whose files it rewrites.
+Call inside a process group (convert.process_group.single_process_group): megatron-core asks
+for the rank while translating.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import re
+import uuid
+from pathlib import Path
+
+import torch
+
+from megactllm.common.atomic import write_bytes_atomic
+from megactllm.convert.errors import ConversionError
+
+_GROUP_NAME = re.compile(r"^[a-z0-9]+$")
+INDEX_SUFFIX = ".index"
+
+
+def _group_writer_class():
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint.filesystem import _StoragePrefix
+
+    class GroupWriter(FileSystemWriter):
+        """torch's writer with a file prefix of our own and the index kept aside (not `.metadata`)."""
+
+        def __init__(self, path: Path, prefix: str, index_path: Path):
+            super().__init__(str(path), single_file_per_rank=True, sync_files=True, thread_count=1, overwrite=True)
+            self.prefix, self.index_path = prefix, index_path
+
+        def prepare_local_plan(self, plan):
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+            return dataclasses.replace(plan, storage_data=_StoragePrefix(self.prefix))
+
+        def prepare_global_plan(self, plans):
+            return [dataclasses.replace(p, storage_data=_StoragePrefix(self.prefix)) for p in plans]
+
+        def finish(self, metadata, results) -> None:
+            metadata.storage_data = {wr.index: wr.storage_data for wrs in results for wr in wrs}
+            write_bytes_atomic(self.index_path, pickle.dumps(metadata))
+
+    return GroupWriter
+
+
+class DistCheckpointWriter:
+    """Groups of megatron ShardedTensors/ShardedObjects -> one dist_checkpointing directory.
+
+        writer = DistCheckpointWriter(run / "model", progress_dir)
+        for name, build in groups:
+            if not writer.has(name):
+                writer.write(name, build())      # a sharded state dict of that group only
+        writer.finish()
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, index_dir: str | os.PathLike):
+        self.model_dir, self.index_dir = Path(model_dir), Path(index_dir)
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+
+    def _index(self, group: str) -> Path:
+        return self.index_dir / f"{group}{INDEX_SUFFIX}"
+
+    def has(self, group: str) -> bool:
+        return self._index(group).is_file()
+
+    def write(self, group: str, sharded_state_dict: dict) -> None:
+        from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
+        from megatron.core.dist_checkpointing.strategies.torch import (
+            MCoreSavePlanner,
+            _replace_state_dict_keys_with_sharded_keys,
+            mcore_to_pyt_state_dict,
+        )
+        from torch.distributed.checkpoint import state_dict_saver
+
+        if not _GROUP_NAME.match(group):
+            raise ValueError(f"group name {group!r}: lower-case letters and digits only (it names files)")
+        prefix = f"__{group}_"
+        for stale in self.model_dir.glob(f"{prefix}*"):  # an unfinished earlier attempt at this group
+            stale.unlink()
+        sharded, common = save_preprocess(sharded_state_dict, validate_access_integrity=False)
+        if common:
+            raise ConversionError(f"group {group}: unexpected non-sharded state {sorted(common)} (megatron-core changed?)")
+        flat, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded, keep_only_main_replica=True)
+        flat = {key: [_without_prepended_axes(item) for item in items] for key, items in flat.items()}
+        writer = _group_writer_class()(self.model_dir, prefix, self._index(group))
+        state_dict_saver.save(mcore_to_pyt_state_dict(flat, False), storage_writer=writer,
+                              planner=MCoreSavePlanner(flatten_state_dict=False), no_dist=True)
+
+    def finish(self, groups: list[str]) -> None:
+        """Merge the groups' indexes into `.metadata`, then megatron's common.pt and metadata.json."""
+        from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+        from megatron.core.dist_checkpointing.strategies.common import TorchCommonSaveStrategy
+        from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+
+        merged = Metadata(state_dict_metadata={}, planner_data=None, storage_data={})
+        for group in groups:
+            part = pickle.loads(self._index(group).read_bytes())
+            merged.version = part.version
+            for fqn, item in part.state_dict_metadata.items():
+                have = merged.state_dict_metadata.get(fqn)
+                if have is None:
+                    merged.state_dict_metadata[fqn] = item
+                elif isinstance(item, TensorStorageMetadata) and isinstance(have, TensorStorageMetadata):
+                    if have.size != item.size or have.properties.dtype != item.properties.dtype:
+                        raise ConversionError(f"{fqn}: groups disagree on its shape or dtype ({have.size} vs {item.size})")
+                    have.chunks.extend(item.chunks)
+                else:
+                    raise ConversionError(f"{fqn} is written by two groups")
+            merged.storage_data.update(part.storage_data)
+        for item in merged.state_dict_metadata.values():
+            if isinstance(item, TensorStorageMetadata):
+                item.chunks.sort(key=lambda c: tuple(c.offsets))
+        merged.storage_meta = StorageMeta(checkpoint_id=str(self.model_dir), save_id=str(uuid.uuid4()))
+        write_bytes_atomic(self.model_dir / ".metadata", pickle.dumps(merged))
+        TorchCommonSaveStrategy("torch", 1).save_common({}, self.model_dir)
+        save_config(CheckpointingConfig("torch_dist", 1), str(self.model_dir))
+
+
+def _without_prepended_axes(item):
+    """A layer's tensor with its layer axis as a real axis of size 1 (the same chunk on disk).
+
+    megatron-core turns a tensor with prepended axes into a torch ShardedTensor that must list
+    every layer's chunk as local in a world of one process, so one layer alone cannot be saved
+    that way; viewed with the axis made real it is saved as the chunk (i, 0, ...) of size
+    (1, ...) that the whole model's save writes, through megatron's CheckpointableShardedTensor.
+    """
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    if not isinstance(item, ShardedTensor) or not item.prepend_axis_num:
+        return item
+    ones = (1,) * item.prepend_axis_num
+    shape = ones + tuple(item.local_shape)
+    return dataclasses.replace(item, data=item.data.reshape(shape), local_shape=shape, prepend_axis_num=0)
+
+
+def sharded_tensor(key: str, tensor: torch.Tensor, tp_axis=None, **kwargs):
+    """A whole (TP1) tensor as megatron-core's embedding / norm / output layer declare it."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    offsets = [(tp_axis, 0, 1)] if tp_axis is not None else []
+    return ShardedTensor.from_rank_offsets(key, tensor, *offsets, replica_id=0, **kwargs)

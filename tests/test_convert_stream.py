@@ -1,0 +1,136 @@
+"""Streamed conversion (issue 34): the import written a layer at a time is the checkpoint the whole
+model's save wrote (every tensor, key, chunk and file-level metadata), for every family, from HF
+shards that split layers; export gives every HF tensor back bit for bit; a killed import rerun
+(in worker processes) finishes with the same checkpoint and never leaves a complete-looking one.
+Memory against depth is measured by bench/convert.py, not here."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from convert_testing import read_hf_weights
+from family_testing import FAMILY_MODELS, tiny_hf_model
+
+from megactllm.convert import export_to_hf, import_from_hf
+from megactllm.convert.dist_writer import DistCheckpointWriter
+from megactllm.convert.errors import ConversionError
+from megactllm.convert.megatron_reader import MegatronCheckpointReader
+from megactllm.convert.process_group import single_process_group
+
+VOCAB = 320
+
+
+def _word_tokenizer(path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"t{i}": i for i in range(VOCAB - 1)}
+    vocab["<|endoftext|>"] = VOCAB - 1
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    tokenizer.save(str(path))
+
+
+def _hf_dir(root, family, layers=3, dtype=torch.float32):
+    """A tiny model of the family saved in shards small enough that each layer spans several."""
+    model = tiny_hf_model(family, VOCAB, num_hidden_layers=layers).to(dtype)
+    out = root / f"hf-{family}"
+    model.save_pretrained(out, max_shard_size="200KB")
+    _word_tokenizer(out / "tokenizer.json")
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    layer0 = {f for name, f in weight_map.items() if name.startswith("model.layers.0.")}
+    assert len(layer0) > 1, "the fixture must split a layer across shards"
+    return out
+
+
+def _tensors(checkpoint) -> dict:
+    with single_process_group():
+        reader = MegatronCheckpointReader(checkpoint)
+        return {key: reader.read(key) for key in reader.tensors}
+
+
+def _layout(checkpoint) -> dict:
+    """Key -> (kind, global shape, dtype, chunks) of the dist_checkpointing index, and the model files."""
+    model_dir = checkpoint / "model"
+    metadata = pickle.loads((model_dir / ".metadata").read_bytes())
+    out = {}
+    for key, item in metadata.state_dict_metadata.items():
+        chunks = sorted((tuple(c.offsets), tuple(c.sizes)) for c in getattr(item, "chunks", []))
+        props = getattr(item, "properties", None)
+        out[key] = (type(item).__name__, tuple(getattr(item, "size", ()) or ()), str(props and props.dtype), chunks)
+    out["common.pt"] = torch.load(model_dir / "common.pt", weights_only=False)
+    out["metadata.json"] = json.loads((model_dir / "metadata.json").read_text())
+    return out
+
+
+def _same_checkpoint(a, b) -> None:
+    assert _layout(a) == _layout(b)
+    left, right = _tensors(a), _tensors(b)
+    assert sorted(left) == sorted(right)
+    for key in left:
+        assert left[key].dtype == right[key].dtype and torch.equal(left[key], right[key]), key
+    meta_a = json.loads((a / "megactllm.json").read_text())
+    meta_b = json.loads((b / "megactllm.json").read_text())
+    assert meta_a == meta_b
+    assert sorted(p.name for p in (a / "tokenizer").iterdir()) == sorted(p.name for p in (b / "tokenizer").iterdir())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_streamed_import_is_the_whole_model_save_and_round_trips(tmp_path, family):
+    hf = _hf_dir(tmp_path, family)
+    streamed = import_from_hf(hf, tmp_path / "streamed", progress_stream=None)
+    whole = import_from_hf(hf, tmp_path / "whole", progress_stream=None, spec="local-whole")
+    _same_checkpoint(streamed.checkpoint, whole.checkpoint)
+    assert not list(tmp_path.glob("streamed.*")), "no staging directory is left behind"
+
+    export_to_hf(streamed.checkpoint, tmp_path / "out", max_shard_bytes=300 * 2**10, progress_stream=None)
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    before, after = read_hf_weights(hf), read_hf_weights(tmp_path / "out")
+    assert sorted(before) == sorted(after)
+    for name in before:
+        assert before[name].dtype == after[name].dtype and torch.equal(before[name], after[name]), name
+
+
+def test_killed_import_reruns_to_the_same_checkpoint(tmp_path, monkeypatch):
+    hf = _hf_dir(tmp_path, "qwen2", layers=4, dtype=torch.bfloat16)
+    reference = import_from_hf(hf, tmp_path / "reference", progress_stream=None)
+
+    out = tmp_path / "ckpt"
+    real_write, written = DistCheckpointWriter.write, []
+
+    def dies_after_two(self, group, state):
+        if len(written) == 2:
+            # What a kill leaves: the group's data file half written and no index for it.
+            (self.model_dir / f"__{group}_0.distcp").write_bytes(b"torn")
+            raise KeyboardInterrupt("killed")
+        real_write(self, group, state)
+        written.append(group)
+
+    monkeypatch.setattr(DistCheckpointWriter, "write", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        import_from_hf(hf, out, progress_stream=None)
+    assert not out.exists(), "a killed import must not leave a directory that looks complete"
+    staging = tmp_path / "ckpt.resume"
+    assert sorted(p.name for p in (staging / ".groups").iterdir()) == ["embedding.index", "layer000000.index"]
+    monkeypatch.setattr(DistCheckpointWriter, "write", real_write)
+
+    # The rerun keeps the two finished groups, redoes the torn one, and runs layers in 2 processes.
+    resumed = import_from_hf(hf, out, progress_stream=None, workers=2)
+    assert not staging.exists()
+    _same_checkpoint(resumed.checkpoint, reference.checkpoint)
+
+
+def test_a_staging_directory_of_another_input_is_not_continued(tmp_path):
+    hf = _hf_dir(tmp_path, "llama3", layers=2)
+    staging = tmp_path / "ckpt.resume"
+    (staging / ".groups").mkdir(parents=True)
+    (staging / ".groups" / "embedding.index").write_bytes(b"from another model")
+    (staging / ".conversion-plan.json").write_text("{}")
+    imported = import_from_hf(hf, tmp_path / "ckpt", progress_stream=None)
+    assert _tensors(imported.checkpoint)  # readable: the stale index was discarded, not merged
+    with pytest.raises(ConversionError, match="workers=0"):
+        import_from_hf(hf, tmp_path / "other", progress_stream=None, workers=0)
