@@ -134,3 +134,34 @@ def test_a_staging_directory_of_another_input_is_not_continued(tmp_path):
     assert _tensors(imported.checkpoint)  # readable: the stale index was discarded, not merged
     with pytest.raises(ConversionError, match="workers=0"):
         import_from_hf(hf, tmp_path / "other", progress_stream=None, workers=0)
+
+
+def test_killed_export_reruns_to_the_same_files(tmp_path, monkeypatch):
+    from megactllm.convert import export as export_module
+
+    hf = _hf_dir(tmp_path, "mistral", layers=4, dtype=torch.bfloat16)
+    checkpoint = import_from_hf(hf, tmp_path / "ckpt", progress_stream=None).checkpoint
+    export_to_hf(checkpoint, tmp_path / "reference", max_shard_bytes=300 * 2**10, progress_stream=None)
+
+    real_groups, seen = export_module.hf_group_tensors, []
+
+    def dies_in_the_third_group(reader, group, dtype):
+        seen.append(group)
+        for i, item in enumerate(real_groups(reader, group, dtype)):
+            if len(seen) == 3 and i == 1:
+                raise KeyboardInterrupt("killed")  # mid-group: some of its tensors are already in the shards
+            yield item
+
+    monkeypatch.setattr(export_module, "hf_group_tensors", dies_in_the_third_group)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        export_to_hf(checkpoint, out, max_shard_bytes=300 * 2**10, progress_stream=None)
+    assert not out.exists() and not (tmp_path / "out.resume" / "config.json").exists()
+    assert sorted(p.name for p in (tmp_path / "out.resume" / ".groups").iterdir()) == ["embedding", "layer000000"]
+    monkeypatch.setattr(export_module, "hf_group_tensors", real_groups)
+
+    export_to_hf(checkpoint, out, max_shard_bytes=300 * 2**10, progress_stream=None, workers=2)
+    reference = sorted(p.name for p in (tmp_path / "reference").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == reference
+    for name in reference:
+        assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name

@@ -20,6 +20,7 @@ def v1_to_v2(raw: dict) -> dict:
     - no `optimizer_format` (before the distributed optimizer's formats were named): what the
       optimizer kind saved then, dp_reshardable with the distributed optimizer, else model_space;
     - no `stage`, `world_size`, `dtype`: pretrain, unknown, unknown;
+    - no expert-parallel sizes (before MoE): EP=1, expert TP as TP (None);
     - no manifest: verification reads dist_checkpointing's own storage index instead (sizes only).
     """
     out = dict(raw)
@@ -28,6 +29,10 @@ def v1_to_v2(raw: dict) -> dict:
     if multiple and int(model.get("vocab_size", 0)) % int(multiple):
         model["make_vocab_size_divisible_by"] = None
     out["model"] = model
+    parallel = dict(out.get("parallel") or {})
+    parallel.setdefault("expert_model_parallel_size", 1)
+    parallel.setdefault("expert_tensor_parallel_size", None)
+    out["parallel"] = parallel
     out.setdefault("stage", "pretrain")
     out.setdefault("world_size", None)
     out.setdefault("dtype", None)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-# What splits the weights; context parallelism splits the sequence, no weight.
-WEIGHT_SPLIT = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size")
+# What splits the weights (the experts' split included); context parallelism splits the sequence, no weight.
+WEIGHT_SPLIT = (
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
+    "expert_model_parallel_size", "expert_tensor_parallel_size",
+)
 MODEL_PARALLEL = WEIGHT_SPLIT + ("context_parallel_size",)
 COMPARED = MODEL_PARALLEL + ("use_distributed_optimizer",)
 
@@ -50,6 +53,11 @@ def optimizer_loadable(meta, parallel) -> tuple[bool, str]:
         return False, "the checkpoint holds no optimizer state"
     if bool(meta.parallel.get("use_distributed_optimizer")) != parallel.use_distributed_optimizer:
         return False, "the distributed optimizer was switched on or off since the save"
+    saved_ep = int(meta.parallel.get("expert_model_parallel_size") or 1)
+    if (saved_ep > 1) != (parallel.expert_model_parallel_size > 1):
+        # At EP > 1 megatron-core chains a second optimizer for the experts: another state layout.
+        return False, (f"expert parallelism went from EP={saved_ep} to EP={parallel.expert_model_parallel_size} "
+                       "(megatron-core keeps the experts' optimizer apart only at EP > 1)")
     fmt = meta.optimizer_format
     if not compare_layout(meta, parallel).model_parallel_changed or fmt in ("model_space", "fully_reshardable"):
         return True, ""

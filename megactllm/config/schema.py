@@ -163,6 +163,8 @@ class DataConfig:
     allow_blend_schedule_change: bool = False
     # SFT / DPO: prefixes written by tools/preprocess_sft.py or tools/preprocess_dpo.py, blended by weight.
     packing: bool = True
+    # GRPO: the prompts, jsonl records {question, answer, ...}; the other fields reach the rewards.
+    prompts_path: Optional[str] = None
 
 
 @dataclass
@@ -189,7 +191,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "pretrain"  # pretrain, sft, dpo
+    stage: str = "pretrain"  # pretrain, sft, dpo, grpo
     seed: int = 1234
     micro_batch_size: int = 1
     global_batch_size: int = 8
@@ -258,6 +260,53 @@ class TrainConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """train.stage=grpo (megactllm.training.stages.grpo): one train_iters step = one rollout batch + its updates."""
+
+    group_size: int = 8  # completions sampled per prompt (the group of the advantage)
+    prompts_per_step: int = 8  # prompts per step over all data-parallel ranks (= train.global_batch_size)
+    max_completion_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high] (DAPO: 0.2 / 0.28)
+    clip_high: float = 0.2
+    kl_coeff: float = 0.0  # k3 KL to the frozen reference; 0 builds no reference (and saves its memory)
+    # Weight the k3 KL by the ratio (DeepSeek-V3.2's unbiased gradient; TRL's use_bias_correction_kl).
+    kl_ratio_correction: bool = False
+    loss_normalization: str = "sequence"  # sequence (GRPO) or token (DAPO, Dr. GRPO)
+    updates_per_batch: int = 1  # optimizer steps on each rollout batch (TRL's num_iterations)
+    rewards: list = field(default_factory=lambda: ["math"])  # math, format, module:function
+    reward_weights: list = field(default_factory=list)  # empty: 1.0 each
+    scale_rewards: bool = True  # divide the centred rewards by the group's std (false: Dr. GRPO)
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ConfigError(f"grpo.{key}={getattr(self, key)!r}: {why}")
+
+        if self.group_size < 2:
+            bad("group_size", "a group needs at least 2 completions (the advantage compares them)")
+        for key in ("prompts_per_step", "max_completion_tokens", "updates_per_batch"):
+            if getattr(self, key) < 1:
+                bad(key, "must be at least 1")
+        if self.temperature <= 0:
+            bad("temperature", "must be positive (the rollouts sample)")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", "must be in (0, 1]")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            bad("clip_low" if not 0 <= self.clip_low < 1 else "clip_high", "clip_low in [0, 1), clip_high >= 0")
+        if self.kl_coeff < 0:
+            bad("kl_coeff", "must be >= 0")
+        if self.loss_normalization not in ("sequence", "token"):
+            bad("loss_normalization", "one of sequence, token")
+        if isinstance(self.rewards, str):
+            self.rewards = [self.rewards]
+        if not self.rewards:
+            bad("rewards", "name at least one reward: math, format or module:function")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            bad("reward_weights", f"one weight per reward ({len(self.rewards)}: {self.rewards})")
+
+
+@dataclass
 class EvalConfig:
     """In-loop benchmark evaluation (megactllm.eval.inloop): every `interval` iterations (0: off)."""
 
@@ -279,6 +328,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -299,6 +349,7 @@ _SECTION_CLASSES = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "grpo": GRPOConfig,
 }
 
 

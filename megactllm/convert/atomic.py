@@ -15,6 +15,7 @@ from typing import Iterator
 
 from megactllm.common.atomic import atomic_output_dir as _atomic_output_dir, fsync_path, write_text_atomic
 from megactllm.convert.errors import ConversionError
+from megactllm.errors import UserError
 
 PLAN_FILE = ".conversion-plan.json"
 OWNER_FILE = ".conversion-owner"
@@ -44,7 +45,8 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def resumable_output_dir(out_dir: str | os.PathLike, plan: dict, overwrite: bool = False) -> Iterator[tuple[Path, bool]]:
-    """Yield (staging directory, resumed); on success it becomes `out_dir`, on failure it stays for a rerun.
+    """Yield (staging directory, resumed); on success it becomes `out_dir`; interrupted or crashed, it
+    stays for a rerun (a UserError, bad input, removes it).
 
     `plan` (JSON) names everything the output depends on (inputs, their sizes and times, options):
     a staging directory left by a run with another plan is removed, not continued. Two runs for one
@@ -70,7 +72,12 @@ def resumable_output_dir(out_dir: str | os.PathLike, plan: dict, overwrite: bool
         staging.mkdir()
         write_text_atomic(staging / PLAN_FILE, wanted)
     write_text_atomic(staging / OWNER_FILE, str(os.getpid()))
-    yield staging, resumed
+    try:
+        yield staging, resumed
+    except UserError:
+        # Bad input or options: a rerun cannot continue this; an interruption or a crash keeps it.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     (staging / PLAN_FILE).unlink()
     (staging / OWNER_FILE).unlink()
     fsync_path(staging)

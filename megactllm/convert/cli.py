@@ -8,8 +8,9 @@ from megactllm.common.command import CommandParser, entry_point, need_path, user
 
 CONVERT = """Convert between megactllm checkpoints and Hugging Face LLaMA directories (CPU only, streaming).
 
-Export a checkpoint saved at any TP/PP layout (a run dir or one iter_XXXXXXX dir):
-    megactllm convert export runs/ctllm-2b hf/ctllm-2b [--dtype bf16]
+Export a checkpoint saved at any TP/PP layout (a run dir or one iter_XXXXXXX dir), a layer at a
+time into safetensors shards of --max-shard-size; a killed export rerun continues:
+    megactllm convert export runs/ctllm-2b hf/ctllm-2b [--dtype bf16] [--workers 4]
 
 Import an HF model for continued pretraining (then train.pretrained_checkpoint=OUT/iter_0000000);
 it streams a layer at a time (memory about one layer per worker), and a killed import rerun with
@@ -54,6 +55,8 @@ def _parser(prog) -> CommandParser:
     e.add_argument("--max-shard-size", default="5G", type=parse_size,
                    help="largest safetensors shard, e.g. 2G, 500M (default 5G)")
     e.add_argument("--no-chat-template", action="store_true", help="leave the chat template out")
+    e.add_argument("--workers", type=int, default=1,
+                   help="processes writing layers in parallel (default 1); memory grows by about one layer each")
     e.add_argument("--add-bos-token", action=argparse.BooleanOptionalAction, default=None,
                    help="whether the HF tokenizer prepends BOS (default: as the checkpoint's tokenizer copy says: "
                         "an imported LLaMA-2/Mistral's original does, megactllm's own tokenizers do not)")
@@ -92,7 +95,7 @@ def convert_main(argv=None, prog=None) -> int:
                 need_path(args.checkpoint, "checkpoint", "dir"), args.out_dir, dtype=args.dtype,
                 tokenizer_file=args.tokenizer, tokenizer_type=args.tokenizer_type,
                 max_shard_bytes=args.max_shard_size, chat_template=None if args.no_chat_template else "default",
-                add_bos_token=args.add_bos_token, overwrite=args.overwrite,
+                add_bos_token=args.add_bos_token, overwrite=args.overwrite, workers=args.workers,
             )
         else:
             import_from_hf(

@@ -10,8 +10,9 @@ and writes megatron's `common.pt` and `metadata.json`: the directory then reads 
 that `dist_checkpointing.save` wrote (the same keys, chunks, shapes and bytes; file names differ,
 and nothing reads them but the index).
 
-A group's index is written after its data is on disk (fsync), so a killed run leaves finished
-groups that a rerun keeps (`has`) and at most one unfinished group, whose files it rewrites.
+A group's index is written after its data is written, so a killed run leaves finished groups that
+a rerun keeps (`has`, which also checks the data the index points at is there) and at most one
+unfinished group, whose files it rewrites. Every file is fsynced once, in `finish`.
 Call inside a process group (convert.process_group.single_process_group): megatron-core asks
 for the rank while translating.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from megactllm.common.atomic import write_bytes_atomic
+from megactllm.common.atomic import fsync_path, write_bytes_atomic
 from megactllm.convert.errors import ConversionError
 
 _GROUP_NAME = re.compile(r"^[a-z0-9]+$")
@@ -41,7 +42,9 @@ def _group_writer_class():
         """torch's writer with a file prefix of our own and the index kept aside (not `.metadata`)."""
 
         def __init__(self, path: Path, prefix: str, index_path: Path):
-            super().__init__(str(path), single_file_per_rank=True, sync_files=True, thread_count=1, overwrite=True)
+            # No fsync per group: `finish` syncs every file once before the checkpoint is published
+            # (per-group syncs made the import wait on the disk for each layer).
+            super().__init__(str(path), single_file_per_rank=True, sync_files=False, thread_count=1, overwrite=True)
             self.prefix, self.index_path = prefix, index_path
 
         def prepare_local_plan(self, plan):
@@ -77,7 +80,21 @@ class DistCheckpointWriter:
         return self.index_dir / f"{group}{INDEX_SUFFIX}"
 
     def has(self, group: str) -> bool:
-        return self._index(group).is_file()
+        """Whether an earlier run finished `group`: its index is there and so is all the data it indexes."""
+        path = self._index(group)
+        if not path.is_file():
+            return False
+        try:
+            index = pickle.loads(path.read_bytes())
+            ends: dict[str, int] = {}
+            for info in index.storage_data.values():
+                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+            if all((self.model_dir / name).stat().st_size >= end for name, end in ends.items()):
+                return True
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            pass
+        path.unlink()  # torn by a crash of the machine: the group is redone
+        return False
 
     def write(self, group: str, sharded_state_dict: dict) -> None:
         from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
@@ -127,6 +144,8 @@ class DistCheckpointWriter:
             if isinstance(item, TensorStorageMetadata):
                 item.chunks.sort(key=lambda c: tuple(c.offsets))
         merged.storage_meta = StorageMeta(checkpoint_id=str(self.model_dir), save_id=str(uuid.uuid4()))
+        for path in self.model_dir.glob("*.distcp"):
+            fsync_path(path)
         write_bytes_atomic(self.model_dir / ".metadata", pickle.dumps(merged))
         TorchCommonSaveStrategy("torch", 1).save_common({}, self.model_dir)
         save_config(CheckpointingConfig("torch_dist", 1), str(self.model_dir))

@@ -8,6 +8,7 @@ so memory stays near one layer or the embedding, whatever the depth.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
@@ -16,7 +17,7 @@ import torch
 
 from megactllm.config import ModelConfig
 from megactllm.convert import layout
-from megactllm.convert.atomic import atomic_output_dir
+from megactllm.convert.atomic import file_fingerprint, resumable_output_dir
 from megactllm.convert.errors import ConversionError
 from megactllm.convert.hf_config import (
     dtype_from_name,
@@ -26,11 +27,12 @@ from megactllm.convert.hf_config import (
 from megactllm.convert.megatron_reader import MegatronCheckpointReader
 from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
-from megactllm.convert.safetensors_io import ShardedSafetensorsWriter, TensorSpec
+from megactllm.convert.safetensors_io import PlannedSafetensorsFiles, TensorSpec
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.model.families import family_of
 from megactllm.tokenizer.bos import tokenizer_file_adds_bos
 from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
+from megactllm.common.atomic import write_text_atomic
 from megactllm.common.progress import STDERR
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
@@ -58,20 +60,104 @@ def hf_tensor_plan(model: ModelConfig, dtype: torch.dtype) -> list[TensorSpec]:
     return plan
 
 
-def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) in hf_tensor_plan order; holds one layer (or the embedding) at a time."""
+def export_groups(model: ModelConfig) -> list[str]:
+    """The units export writes (and resumes) one at a time: the embedding, each layer, the head."""
+    return ["embedding", *[f"layer{i:06d}" for i in range(model.num_layers)], "head"]
+
+
+def hf_group_tensors(reader: MegatronCheckpointReader, group: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) of one group, in hf_tensor_plan order; holds that group only."""
     model = reader.model
-    yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
-    for i in range(model.num_layers):
+    if group == "embedding":
+        yield layout.HF_EMBEDDING, reader.read(layout.EMBEDDING)[: model.vocab_size].to(dtype)
+    elif group == "head":
+        yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
+        if not model.tie_word_embeddings:
+            yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)
+    else:
+        i = int(group[len("layer"):])
         entries = layout.layer_tensors_at(model, i)  # (key, expert or None) -> HF names
         tensors = reader.read_layer(list(dict.fromkeys(key for key, _ in entries)), i)
         for (key, expert), names in entries.items():
             tensor = tensors[key] if expert is None else tensors[key][expert]  # experts: [E, ...]
             for name, part in zip(names, layout.to_hf(key, tensor, model), strict=True):
                 yield layout.hf_layer(i, name), part.to(dtype)
-    yield layout.HF_FINAL_NORM, reader.read(layout.FINAL_NORM).to(dtype)
-    if not model.tie_word_embeddings:
-        yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)
+
+
+def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) in hf_tensor_plan order; holds one layer (or the embedding) at a time."""
+    for group in export_groups(reader.model):
+        yield from hf_group_tensors(reader, group, dtype)
+
+
+@dataclass
+class _ExportJob:
+    """What a process exporting groups needs (picklable: sent to the worker processes)."""
+
+    checkpoint: Path
+    out_dir: Path
+    dtype: torch.dtype
+    max_shard_bytes: int
+    done_dir: Path
+
+
+def _export_groups(job: _ExportJob, groups: list[str], reader=None, progress=None) -> list[str]:
+    """Write `groups` into the planned shards at their offsets; each is marked done once on disk."""
+    def run(reader):
+        files = PlannedSafetensorsFiles(job.out_dir, hf_tensor_plan(reader.model, job.dtype), job.max_shard_bytes)
+        for group in groups:
+            for name, tensor in hf_group_tensors(reader, group, job.dtype):
+                files.write(name, tensor)
+                if progress is not None:
+                    progress.update(tensor.numel() * tensor.element_size(), name)
+            files.close()  # written (in the page cache: a killed process loses none of it) before the mark
+            write_text_atomic(job.done_dir / group, "", fsync=False)
+
+    if reader is not None:
+        run(reader)
+    else:
+        with single_process_group():
+            run(MegatronCheckpointReader(job.checkpoint))
+    return groups
+
+
+def _worker_export_groups(job: _ExportJob, groups: list[str]) -> list[str]:
+    from megactllm.output import configure_output
+
+    configure_output(verbose=False)
+    torch.set_num_threads(1)
+    return _export_groups(job, groups)
+
+
+def _group_of(hf_name: str) -> str:
+    if hf_name == layout.HF_EMBEDDING:
+        return "embedding"
+    if hf_name.startswith("model.layers."):
+        return f"layer{int(hf_name.split('.')[2]):06d}"
+    return "head"
+
+
+def _run_export_groups(job: _ExportJob, reader, workers: int, progress: ConversionProgress) -> None:
+    groups = export_groups(reader.model)
+    todo = [g for g in groups if not (job.done_dir / g).exists()]
+    group_bytes = dict.fromkeys(groups, 0)
+    for spec in hf_tensor_plan(reader.model, job.dtype):
+        group_bytes[_group_of(spec.name)] += spec.nbytes
+    if len(todo) < len(groups):
+        progress.message(f"resuming: {len(groups) - len(todo)} of {len(groups)} groups were written by an earlier run")
+        progress.update(sum(group_bytes[g] for g in groups if g not in todo), "earlier run")
+    if workers <= 1 or len(todo) <= 1:
+        _export_groups(job, todo, reader, progress)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    # Spawned, not forked: torch's thread pools and the process group do not survive a fork.
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker_export_groups, job, [g]): g for g in todo}
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+            progress.update(group_bytes[futures[future]], futures[future])
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -117,6 +203,7 @@ def export_to_hf(
     add_bos_token: Optional[bool] = None,
     overwrite: bool = False,
     progress_stream: Optional[TextIO] = STDERR,
+    workers: int = 1,
 ) -> ExportResult:
     """Convert `checkpoint` (an iteration dir, or a run dir with a latest pointer) into `out_dir`.
 
@@ -126,7 +213,11 @@ def export_to_hf(
     has its special tokens; None leaves it out; any other string is used as the template.
     add_bos_token=None: what the checkpoint's tokenizer copy says (a LLaMA-2 original's true, a Llama-3
     tokenizer.json's post-processor adds BOS, else false).
+    `workers` processes write layers in parallel; a killed export rerun with the same arguments
+    keeps the layers already written.
     """
+    if workers < 1:
+        raise ConversionError(f"workers={workers}: give at least 1")
     with single_process_group():
         reader = MegatronCheckpointReader(checkpoint)
         model = reader.model
@@ -146,7 +237,10 @@ def export_to_hf(
         if chat_template == "default":
             template, why = default_chat_template(tokenizer_type, tokenizer_file)
             progress.message(why)
-        with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        fingerprint = {"kind": "export", "format": 1, "dtype": str(target_dtype), "max_shard_bytes": max_shard_bytes,
+                       "inputs": file_fingerprint(p for p in (meta.path / "model").iterdir() if p.is_file()),
+                       "checkpoint": str(meta.path.absolute())}
+        with resumable_output_dir(out_dir, fingerprint, overwrite=overwrite) as (staging, _resumed):
             tokenizer = export_tokenizer(
                 tokenizer_type,
                 tokenizer_file,
@@ -158,11 +252,14 @@ def export_to_hf(
             )
             check_tokenizer_fits(model, tokenizer, where=f"checkpoint {meta.path}",
                                  reference=_own_tokenizer(meta, tokenizer_file))
-            writer = ShardedSafetensorsWriter(staging, plan, max_shard_bytes)
-            for name, tensor in hf_tensors(reader, target_dtype):
-                writer.write(name, tensor)
-                progress.update(tensor.numel() * tensor.element_size(), name)
-            files = writer.close()
+            job = _ExportJob(meta.path.absolute(), staging, target_dtype, max_shard_bytes, staging / ".groups")
+            job.done_dir.mkdir(exist_ok=True)
+            files = PlannedSafetensorsFiles(staging, plan, max_shard_bytes)
+            files.create()
+            _run_export_groups(job, reader, workers, progress)
+            files.sync_all()  # once, before the output appears (a per-layer fsync waited on the disk each time)
+            files = files.write_index()
+            shutil.rmtree(job.done_dir)
             ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eod_id, pad_token_id=tokenizer.pad_id)
             _write_json(staging / "generation_config.json", generation_config(**ids))
             # Last, so a staging directory left by a crash is never loadable as a model.

@@ -164,6 +164,96 @@ class ShardedSafetensorsWriter:
         return written
 
 
+class PlannedSafetensorsFiles:
+    """Size-bounded shards whose headers are planned before any data: every tensor's file and byte
+    offset is known up front, so tensors are written in any order, by any process (pwrite), and a
+    rerun rewrites only what it redoes.
+
+        files = PlannedSafetensorsFiles(out_dir, specs, max_shard_bytes=5 * 2**30)
+        files.create()                  # headers, files at full size (kept when already right)
+        files.write(name, tensor)       # from any process that made its own PlannedSafetensorsFiles
+        files.close()
+        files.sync_all()                # fsync every shard, once, at the end
+        files.write_index()             # the HF index file (more than one shard)
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, specs: list[TensorSpec], max_shard_bytes: int, metadata: Optional[dict] = None):
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate tensor names in the safetensors plan")
+        self.out_dir = Path(out_dir)
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.shards = plan_shards(specs, max_shard_bytes)
+        self.files = _shard_names(len(self.shards))
+        self.headers = [_header_bytes(shard, self.metadata) for shard in self.shards]
+        self.where: dict[str, tuple[int, int, TensorSpec]] = {}  # name -> (shard, absolute offset, spec)
+        for index, shard in enumerate(self.shards):
+            offset = len(self.headers[index])
+            for spec in shard:
+                self.where[spec.name] = (index, offset, spec)
+                offset += spec.nbytes
+        self._handles: dict[int, int] = {}
+
+    def _size(self, index: int) -> int:
+        return len(self.headers[index]) + sum(spec.nbytes for spec in self.shards[index])
+
+    def create(self) -> None:
+        for index, name in enumerate(self.files):
+            path = self.out_dir / name
+            if path.is_file() and path.stat().st_size == self._size(index):
+                with open(path, "rb") as f:
+                    if f.read(len(self.headers[index])) == self.headers[index]:
+                        continue  # a rerun's: its finished tensors stay
+            with open(path, "wb") as f:
+                f.write(self.headers[index])
+                f.truncate(self._size(index))
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if name not in self.where:
+            raise ValueError(f"tensor {name} was not planned")
+        index, offset, spec = self.where[name]
+        if tuple(tensor.shape) != tuple(spec.shape) or tensor.dtype != spec.dtype:
+            raise ValueError(f"tensor {name} {tuple(tensor.shape)} {tensor.dtype} written where the plan expects "
+                             f"{tuple(spec.shape)} {spec.dtype}")
+        if index not in self._handles:
+            self._handles[index] = os.open(self.out_dir / self.files[index], os.O_WRONLY)
+        data = memoryview(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        done = 0
+        while done < len(data):  # one write moves at most ~2 GiB on Linux
+            done += os.pwrite(self._handles[index], data[done:], offset + done)
+
+    def close(self) -> None:
+        for fd in self._handles.values():
+            os.close(fd)
+        self._handles.clear()
+
+    def sync_all(self) -> None:
+        """fsync every shard (whichever process wrote it)."""
+        self.close()
+        for name in self.files:
+            fd = os.open(self.out_dir / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(spec.nbytes for shard in self.shards for spec in shard)
+
+    def write_index(self) -> list[Path]:
+        written = [self.out_dir / f for f in self.files]
+        if len(self.files) > 1:
+            index = {
+                "metadata": {"total_size": self.total_bytes},
+                "weight_map": {name: self.files[i] for name, (i, _, _) in self.where.items()},
+            }
+            index_path = self.out_dir / INDEX_FILE
+            index_path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            written.append(index_path)
+        return written
+
+
 @dataclass(frozen=True)
 class _Entry:
     file: Path

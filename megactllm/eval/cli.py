@@ -47,7 +47,8 @@ def main(argv=None, prog=None) -> int:
     p.add_argument("--judge-url", help="gen: OpenAI-compatible base URL of a judge model (e.g. http://host:8000/v1); "
                    "key from $MEGACTLLM_JUDGE_API_KEY; without it answers are written and not rated")
     p.add_argument("--judge-model", help="gen: the judge's model name")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="gen: answer length cap")
+    p.add_argument("--math-file", help="math: jsonl of {question, answer} (e.g. ../shared/data/rl/gsm8k_test.jsonl); --limit caps it")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="gen, math: answer length cap")
     p.add_argument("--max-length", type=int, help="model window in tokens (default: the model's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="HF backend weights dtype")
@@ -55,9 +56,13 @@ def main(argv=None, prog=None) -> int:
                    help="--model is a run directory: score every iter_* (records as in-loop eval; default output RUN/checkpoint_evals.jsonl)")
     p.add_argument("--tp", type=int, default=1, help="checkpoint: tensor-parallel size of this launch")
     p.add_argument("--pp", type=int, default=1, help="checkpoint: pipeline-parallel size of this launch")
+    p.add_argument("--verbose", action="store_true", help="show third-party warnings and progress bars")
     a = p.parse_args(argv)
+    from megactllm.output import configure_output
+
+    configure_output(verbose=a.verbose)  # before transformers and megatron-core are imported
     need_path(a.model, "--model", "dir")
-    for flag, path in (("--data-dir", a.data_dir), ("--questions-file", a.questions_file)):
+    for flag, path in (("--data-dir", a.data_dir), ("--questions-file", a.questions_file), ("--math-file", a.math_file)):
         if path:
             need_path(path, flag)
     opts = EvalOptions(
@@ -66,6 +71,7 @@ def main(argv=None, prog=None) -> int:
         max_length=a.max_length, max_documents=a.max_documents, text_key=a.text_key, batch_size=a.batch_size,
         dtype=a.dtype, tensor_parallel=a.tp, pipeline_parallel=a.pp, questions_file=a.questions_file,
         judge_url=a.judge_url, judge_model=a.judge_model, max_new_tokens=a.max_new_tokens,
+        math_file=a.math_file,
     )
     with user_errors(ValueError, FileNotFoundError, JudgeError):
         evaluate_all_checkpoints(opts) if a.all_checkpoints else evaluate(opts)

@@ -17,7 +17,7 @@ from typing import Optional
 from megactllm.eval.tasks import BENCHMARKS
 from megactllm.common.progress import STDERR
 
-TASKS = tuple(b for b in BENCHMARKS) + ("bpb", "gen")
+TASKS = tuple(b for b in BENCHMARKS) + ("bpb", "gen", "math")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class EvalOptions:
     judge_url: Optional[str] = None
     judge_model: Optional[str] = None
     max_new_tokens: int = 256
+    # math: {question, answer} jsonl, greedy through the chat template, scored by megactllm.rl.answers
+    math_file: Optional[str] = None
 
 
 def is_hf_dir(path) -> bool:
@@ -120,7 +122,7 @@ def run_tasks(backend, opts: EvalOptions, stream=STDERR) -> dict:
     say = (lambda text: print(text, file=stream, flush=True)) if backend.is_reporting_rank and stream else (lambda text: None)
     started = time.perf_counter()
     scores, samples, bpb, throughput = [], {}, {}, {}
-    mc_tasks = [t for t in opts.tasks if t not in ("bpb", "gen")]
+    mc_tasks = [t for t in opts.tasks if t not in ("bpb", "gen", "math")]
     for task in mc_tasks:
         if not opts.data_dir:
             raise ValueError(f"task {task} needs --data-dir")
@@ -150,6 +152,10 @@ def run_tasks(backend, opts: EvalOptions, stream=STDERR) -> dict:
         say(f"generation {name}: {summary['n']} answers in {summary['answers_file']}; judge: {summary['judge']}")
     else:
         bpb_or_gen = {}
+    if "math" in opts.tasks:
+        name, summary = _math(backend, opts)
+        bpb_or_gen[f"math_{name}"] = summary
+        say(f"math {name}: accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}); answers in {summary['answers_file']}")
     config = dict(model=str(opts.model), backend=backend.name, tasks=opts.tasks, shots=opts.shots, mode=opts.mode,
                   limit=opts.limit, dtype=opts.dtype, batch_size=opts.batch_size, max_length=backend.max_length,
                   stride=opts.stride, questions_per_s=throughput, seconds=round(time.perf_counter() - started, 2))
@@ -173,6 +179,17 @@ def _generation(backend, opts: EvalOptions) -> tuple[str, dict]:
         judge = OpenAIJudge(opts.judge_url, opts.judge_model, api_key=os.environ.get("MEGACTLLM_JUDGE_API_KEY"))
     summary = run_generation_task(backend, questions, out_dir / f"{name}_answers.jsonl", judge, opts.max_new_tokens)
     return name, summary
+
+
+def _math(backend, opts: EvalOptions) -> tuple[str, dict]:
+    from megactllm.eval.math_task import read_math_problems, run_math_task
+
+    if not opts.math_file:
+        raise ValueError("task math needs --math-file (jsonl of {question, answer}, e.g. ../shared/data/rl/gsm8k_test.jsonl)")
+    problems = read_math_problems(opts.math_file, opts.limit)
+    name = Path(opts.math_file).stem
+    out_dir = Path(opts.output).parent if opts.output else Path(".")
+    return name, run_math_task(backend, problems, out_dir / f"math_{name}_answers.jsonl", opts.max_new_tokens)
 
 
 def evaluate(opts: EvalOptions, stream=STDERR) -> dict:

@@ -49,7 +49,12 @@ def markdown_table(results: dict) -> str:
         lines += ["", "| corpus | documents | tokens | bytes | bits/byte | token ppl |", "|---|---:|---:|---:|---:|---:|"]
         for name, v in corpora.items():
             lines.append(f"| {name} | {v['documents']} | {v['tokens']} | {v['bytes']} | {v['bits_per_byte']:.4f} | {v['token_perplexity']:.2f} |")
-    generations = {k: v for k, v in results["results"].items() if "answers_file" in v}
+    maths = {k: v for k, v in results["results"].items() if "answers_file" in v and "accuracy" in v}
+    if maths:
+        lines += ["", "| math task | problems | correct | accuracy |", "|---|---:|---:|---:|"]
+        for name, v in maths.items():
+            lines.append(f"| {name} | {v['n']} | {v['correct']} | {_pct(v['accuracy'])} |")
+    generations = {k: v for k, v in results["results"].items() if "answers_file" in v and "judge" in v}
     if generations:
         lines += ["", "| generation task | answers | mean rating | judge |", "|---|---:|---:|---|"]
         for name, v in generations.items():

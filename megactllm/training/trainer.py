@@ -108,7 +108,7 @@ class Trainer:
             raise ValueError(f"stage {cfg.train.stage!r} built no training dataset; check the data section")
         # An epoch-wrapped dataset (SFT/DPO epochs) spans all epochs; the schedule counts one.
         self.train_iters = resolve_train_iters(cfg, getattr(self.train_ds, "samples_per_epoch", len(self.train_ds)))
-        self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.train_iters)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.train_iters * caps.updates_per_batch)
         self.num_microbatches = num_microbatches(cfg, self.dp_size)
         self.schedule_micro_batch = cfg.train.micro_batch_size * caps.sequences_per_sample
         self.train_reader = GlobalBatchReader(
@@ -277,11 +277,17 @@ class Trainer:
         }
 
     def train_step(self) -> tuple[dict, object]:
+        microbatches = self.train_reader.step(self.state.consumed_samples)
+        microbatches = self.task.prepare_global_batch(microbatches, self.model)
+        # GRPO takes several optimizer steps on one rollout batch; the last one's metrics are the step's.
+        for _ in range(self.task.provides.updates_per_batch):
+            metrics, outcome = self._update(microbatches)
+        return metrics, outcome
+
+    def _update(self, microbatches: list) -> tuple[dict, object]:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        microbatches = self.train_reader.step(self.state.consumed_samples)
-        microbatches = self.task.prepare_global_batch(microbatches, self.model)
         metrics = self._reduce_reports(self._forward_backward(microbatches, forward_only=False))
         loss = metrics[self.metric_names[0]]
         # Callbacks may veto the update once the grad norm is known (spiky steps), before any weight moves.

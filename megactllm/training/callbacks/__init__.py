@@ -11,6 +11,7 @@ from megactllm.training.callbacks.base import Callback, CallbackList, Step
 from megactllm.training.callbacks.blend import BlendAnnouncements
 from megactllm.training.callbacks.checkpointing import Checkpointing
 from megactllm.training.callbacks.exit_conditions import ExitConditions
+from megactllm.training.callbacks.expert_load import ExpertLoad
 from megactllm.training.callbacks.inloop_eval import InLoopEvaluation
 from megactllm.training.callbacks.loss_plot import LossPlot
 from megactllm.training.callbacks.nonfinite import NonFiniteStop
@@ -23,7 +24,7 @@ from megactllm.training.callbacks.validation import Validation
 from megactllm.training.callbacks.wandb_logging import WandbLogging, wandb_callback
 
 __all__ = [
-    "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "InLoopEvaluation",
+    "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "ExpertLoad", "InLoopEvaluation",
     "LossPlot", "NonFiniteStop", "RunLockHolder", "SkipDataWindows", "SpikeSkipping", "Step", "StragglerReport",
     "ThroughputLogger", "Validation", "WandbLogging", "default_callbacks",
 ]
@@ -41,6 +42,8 @@ def default_callbacks(trainer) -> list[Callback]:
         raise SpikeConfigError("train.spike_rollback_after acts on spikes: set train.skip_spiky_steps=true")
     if trainer.world_size > 1:
         callbacks.append(StragglerReport(t.log_interval, t.straggler_ratio))
+    if cfg.model.is_moe:
+        callbacks.append(ExpertLoad(cfg, t.log_interval))
     callbacks.append(ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule))
     if trainer.valid_reader is not None and t.eval_interval:
         callbacks.append(Validation(t.eval_interval, trainer.task.provides.perplexity))

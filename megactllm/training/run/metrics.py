@@ -154,6 +154,7 @@ class RunLogger:
         self._write({"kind": "train", **record})
         values = {f"train/{key}": record.get(key) for key in TRAIN_SCALARS}
         values.update({f"train/{name}": value for name, value in record.get("metrics", {}).items()})
+        values.update({f"train/moe/{name}": value for name, value in record.get("moe", {}).items()})
         if "blend_phase" in record:
             values["train/blend_phase"] = record["blend_phase"]
             for prefix, weight in record["blend_weights"].items():

@@ -24,6 +24,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "pretrain": ("megactllm.training.stages.pretrain", "PretrainTask"),
     "sft": ("megactllm.training.stages.sft", "SFTTask"),
     "dpo": ("megactllm.training.stages.dpo.task", "DPOTask"),
+    "grpo": ("megactllm.training.stages.grpo.task", "GRPOTask"),
 }
 _REGISTERED: dict[str, TaskFactory] = {}
 

@@ -39,6 +39,9 @@ class StageCapabilities:
     perplexity: bool = False
     # The training set may follow data.blend_schedule (its dataset then has a `schedule`).
     blend_schedule: bool = False
+    # Optimizer steps per prepared global batch (GRPO's updates on one rollout batch); the LR
+    # schedule counts every one of them.
+    updates_per_batch: int = 1
 
 
 class Task(Protocol):
