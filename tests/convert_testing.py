@@ -198,7 +198,10 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
         DataConfig,
         OptimConfig,
         ParallelConfig,
+        CheckpointConfig,
+        LoggingConfig,
         TrainConfig,
+        ValidationConfig,
     )
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.checkpoint import read_metadata
@@ -211,8 +214,10 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
         data=DataConfig(data_path=[data_prefix], split="100,0,0", tokenizer_type="sentencepiece", tokenizer_model=tokenizer),
         # lr 0: the step must leave the imported weights exactly as they were
         optim=OptimConfig(lr=0.0, min_lr=0.0, weight_decay=0.0, lr_decay_style="constant"),
-        train=TrainConfig(train_iters=1, micro_batch_size=1, global_batch_size=2, save=save_dir, save_interval=1,
-                          pretrained_checkpoint=checkpoint, eval_iters=0, log_interval=1),
+        train=TrainConfig(duration="1 iterations", micro_batch_size=1, global_batch_size=2),
+        checkpoint=CheckpointConfig(save=save_dir, interval=1, pretrained=checkpoint),
+        validation=ValidationConfig(iters=0),
+        logging=LoggingConfig(interval=1),
     )
     initialize_parallel(cfg.parallel, seed=1, num_layers=model.num_layers)
     result = run_training(cfg)

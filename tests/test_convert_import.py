@@ -60,7 +60,7 @@ def test_hf_to_megactllm_to_hf_is_bit_exact(tmp_path, tokenizer_file, dtype, con
     if via_cli:
         done = _cli("import", str(source), str(tmp_path / "ckpt"), "--target-tp", "2", "--target-pp", "2")
         assert done.returncode == 0, done.stderr
-        assert "train.pretrained_checkpoint=" in done.stderr and "[import]" in done.stderr  # progress shown
+        assert "checkpoint.pretrained=" in done.stderr and "[import]" in done.stderr  # progress shown
         done = _cli("export", str(tmp_path / "ckpt"), str(tmp_path / "hf_out"))
         assert done.returncode == 0, done.stderr
     else:

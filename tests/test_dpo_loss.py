@@ -82,8 +82,8 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
             independent[name] = (seq_logps[0::2].tolist(), seq_logps[1::2].tolist())
     results = []
     for loss_type, beta, smoothing in settings:
-        run_cfg = tiny_config(seq=SEQ, extra=(f"train.pretrained_checkpoint={reference_ckpt}", f"train.dpo_beta={beta}",
-                                              f"train.dpo_label_smoothing={smoothing}", f"train.dpo_loss_type={loss_type}"))
+        run_cfg = tiny_config(seq=SEQ, extra=(f"checkpoint.pretrained={reference_ckpt}", f"dpo.beta={beta}",
+                                              f"dpo.label_smoothing={smoothing}", f"dpo.loss_type={loss_type}"))
         models["policy"].config.calculate_per_token_loss = True
         task = DPOTask(run_cfg)
         microbatches = task.prepare_global_batch([collate(items[:2]), collate(items[2:])], [models["policy"]])

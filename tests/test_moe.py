@@ -124,17 +124,18 @@ def test_parameter_counts_equal_transformers(family):
 
 def test_bad_input_is_refused_by_name():
     from megactllm.model import build_transformer_config
-    from megactllm.parallel.initialize import ParallelLayoutError
+    from megactllm.config import ConfigError
 
     with pytest.raises(ConversionError, match="config.json: scoring_func='sigmoid' is not supported for Qwen3MoeForCausalLM"):
         model_config_from_hf(_hf_dict("qwen3_moe", scoring_func="sigmoid"), "config.json")
     with pytest.raises(ConversionError, match=r"mlp_only_layers \[5\] are not layers of a 2-layer model"):
         model_config_from_hf(_hf_dict("qwen3_moe", mlp_only_layers=[5]), "config.json")
     model = model_config_from_hf(_hf_dict("qwen2_moe"), "config.json")
-    with pytest.raises(ParallelLayoutError, match="num_moe_experts=8 is not divisible by parallel.expert_model_parallel_size=3"):
+    with pytest.raises(ConfigError, match="parallel.expert_model_parallel_size=3: must divide model.num_moe_experts=8"):
         build_transformer_config(model, ParallelConfig(expert_model_parallel_size=3), OptimConfig())
     dense = ModelConfig(num_layers=2)
-    with pytest.raises(ParallelLayoutError, match="expert_model_parallel_size=2 but model family llama has no experts"):
+    with pytest.raises(ConfigError, match="parallel.expert_model_parallel_size=2: needs a model with experts "
+                                          r"\(model family llama has none\)"):
         build_transformer_config(dense, ParallelConfig(expert_model_parallel_size=2), OptimConfig())
     with pytest.raises(ModelFamilyError, match="family llama is dense"):
         build_transformer_config(ModelConfig(num_layers=2, num_moe_experts=4), ParallelConfig(), OptimConfig())

@@ -19,7 +19,7 @@ ITERS = 20
 MOE = {
     "model.family": "qwen3_moe", "model.qk_layernorm": "true", "model.num_moe_experts": 4, "model.moe_router_topk": 2,
     "model.moe_ffn_hidden_size": 32, "model.moe_layer_pattern": "[0,1,1,1]", "model.moe_aux_loss_coeff": 0.01,
-    "model.moe_z_loss_coeff": 0.001, "train.train_iters": ITERS,
+    "model.moe_z_loss_coeff": 0.001, "train.duration": f"{ITERS} iterations",
 }
 
 
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     base = tiny_overrides(data, str(work / "ep1"), **MOE)
     init = str(work / "init")
     run_distributed(save_initial_checkpoint, 1, base, init, timeout=300)
-    (reference,) = run_distributed(train_in_process, 1, base + [f"train.pretrained_checkpoint={init}"], timeout=600)
+    (reference,) = run_distributed(train_in_process, 1, base + [f"checkpoint.pretrained={init}"], timeout=600)
     return data, work, init, reference["losses"]
 
 
@@ -47,8 +47,8 @@ def test_ep2_trains_like_one_process(setup, dispatcher):
     run = work / f"ep2-{dispatcher}"
     extra = {**MOE, "parallel.expert_model_parallel_size": 2, "parallel.moe_token_dispatcher_type": dispatcher}
     if dispatcher == "alltoall":  # saves at 10 for the resume test, and stops there
-        extra.update({"train.save": str(run / "ckpt"), "train.save_interval": 10})
-    overrides = tiny_overrides(data, str(run), **extra) + [f"train.pretrained_checkpoint={init}"]
+        extra.update({"checkpoint.save": str(run / "ckpt"), "checkpoint.interval": 10})
+    overrides = tiny_overrides(data, str(run), **extra) + [f"checkpoint.pretrained={init}"]
     results = run_distributed(train_in_process, 2, overrides, timeout=600)
     for rank, result in enumerate(results):
         assert sorted(result["losses"]) == sorted(reference)
@@ -74,7 +74,7 @@ def test_saved_at_ep2_resumes_at_ep1(setup):
 
     shutil.copytree(saved / "iter_0000010", resumed / "iter_0000010")
     (resumed / "latest_checkpointed_iteration.txt").write_text("10")
-    overrides = tiny_overrides(data, str(resumed), **MOE) + [f"train.load={resumed}"]
+    overrides = tiny_overrides(data, str(resumed), **MOE) + [f"checkpoint.load={resumed}"]
     (result,) = run_distributed(train_in_process, 1, overrides, timeout=600)
     assert sorted(result["losses"]) == list(range(11, ITERS + 1))
     _assert_same({11: result["losses"][11]}, reference, "resumed at EP1")

@@ -381,7 +381,7 @@ class Checkpointer:
         meta = Checkpointer.load_weights(path, model_chunks, model_config)
         if optimizer is not None:
             if not meta.has_optimizer:
-                raise CheckpointError(f"{meta.path} holds no optimizer state; start with train.pretrained_checkpoint instead")
+                raise CheckpointError(f"{meta.path} holds no optimizer state; start with checkpoint.pretrained instead")
             optimizer_state.materialize_adam_state(optimizer)
             optim_sd = optimizer.sharded_state_dict(
                 model_sharded_state_dict(model_chunks), is_loading=True,

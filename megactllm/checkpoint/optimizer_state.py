@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch
 
-from megactllm.checkpoint.errors import CheckpointError
 from megactllm.config import Config
 
 
@@ -25,12 +24,7 @@ OPTIMIZER_FORMATS = ("model_space", "dp_reshardable", "fully_reshardable")
 def optimizer_checkpoint_format(cfg: Config) -> str:
     if not cfg.parallel.use_distributed_optimizer:
         return "model_space"
-    fmt = cfg.train.optimizer_checkpoint_format
-    if fmt not in ("dp_reshardable", "fully_reshardable"):
-        raise CheckpointError(
-            f"train.optimizer_checkpoint_format={fmt!r}; the distributed optimizer saves as dp_reshardable or fully_reshardable"
-        )
-    return fmt
+    return cfg.checkpoint.optimizer_format  # dp_reshardable or fully_reshardable (the recipe's choice)
 
 
 def sharded_metadata(fmt: Optional[str]) -> Optional[dict]:

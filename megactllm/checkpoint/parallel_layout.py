@@ -63,5 +63,5 @@ def optimizer_loadable(meta, parallel) -> tuple[bool, str]:
         return True, ""
     return False, (
         f"its optimizer state was saved as {fmt}, which megatron-core reshards over data-parallel ranks only "
-        "(save with train.optimizer_checkpoint_format=fully_reshardable to change TP/PP with the optimizer state)"
+        "(save with checkpoint.optimizer_format=fully_reshardable to change TP/PP with the optimizer state)"
     )

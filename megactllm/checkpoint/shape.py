@@ -1,7 +1,7 @@
 """The model section of a run that starts from a checkpoint comes from the checkpoint's metadata.
 
-DESIGN's rule is one source of truth for a model's shape. With `train.load` (once it holds a
-checkpoint) or `train.pretrained_checkpoint`, the checkpoint's ModelConfig (written by every
+DESIGN's rule is one source of truth for a model's shape. With `checkpoint.load` (once it holds a
+checkpoint) or `checkpoint.pretrained`, the checkpoint's ModelConfig (written by every
 save, and by the Hugging Face importer) fills the model section; a recipe may leave it out.
 
 - What the weights fix (layers, widths, heads, query groups, vocabulary, norm epsilon, ties,
@@ -63,17 +63,17 @@ RUN_FIELDS = (
 
 
 def checkpoint_to_start_from(cfg: Config) -> Optional[str]:
-    """The checkpoint the Trainer will read the weights from: train.load when it holds one, else the pretrained one."""
+    """The checkpoint the Trainer will read the weights from: checkpoint.load when it holds one, else the pretrained one."""
     from megactllm.checkpoint.checkpointer import Checkpointer
     from megactllm.checkpoint.layout import holds_checkpoints
 
-    t = cfg.train
-    if t.load and holds_checkpoints(t.load):
+    c = cfg.checkpoint
+    if c.load and holds_checkpoints(c.load):
         # The one resume will use (sizes checked here; checksums too when the run resumes).
-        meta = Checkpointer(t.load).latest(checksums=False)
+        meta = Checkpointer(c.load).latest(checksums=False)
         if meta is not None:
             return str(meta.path)
-    return t.pretrained_checkpoint
+    return c.pretrained
 
 
 def _same(field: str, a, b, saved: ModelConfig, user: ModelConfig) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from megactllm.config.schema import ModelConfig
+from megactllm.config.section import ConfigError
 
 ARCHITECTURES: dict[str, ModelConfig] = {
     # CT-LLM 2B (arXiv 2404.04167): Baichuan-2 vocabulary of 125,696 pieces, untied embeddings.
@@ -92,5 +93,5 @@ ARCHITECTURES: dict[str, ModelConfig] = {
 def get_architecture(name: str) -> ModelConfig:
     try:
         return ARCHITECTURES[name]
-    except KeyError:
-        raise ValueError(f"unknown model architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"model.arch={name!r}: must be one of {', '.join(ARCHITECTURES)} (or null)") from None

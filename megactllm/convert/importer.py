@@ -1,7 +1,7 @@
 """Hugging Face directory (LLaMA, Qwen2, Qwen3, Mistral families) -> megactllm checkpoint that megactllm.train can start from.
 
 The result is an ordinary megactllm checkpoint (iteration 0, no optimizer state): point
-`train.pretrained_checkpoint` at it to continue pretraining with a fresh optimizer and schedule.
+`checkpoint.pretrained` at it to continue pretraining with a fresh optimizer and schedule.
 
 The import streams: the safetensors are read a tensor at a time (a layer's tensors may lie in
 several shards), one transformer layer is built at a time from megatron-core's own layer spec,
@@ -63,7 +63,7 @@ from megactllm.common.progress import STDERR
 
 @dataclass
 class ImportResult:
-    checkpoint: Path  # the iteration directory, for train.pretrained_checkpoint
+    checkpoint: Path  # the iteration directory, for checkpoint.pretrained
     model_config: ModelConfig
     dtype: torch.dtype
     extension: Optional[ExtensionReport]
@@ -536,7 +536,7 @@ def import_from_hf(
         import shutil
 
         shutil.rmtree(index_dir)
-    progress.message(f"done: set train.pretrained_checkpoint={iteration_dir(out_dir, 0)}")
+    progress.message(f"done: set checkpoint.pretrained={iteration_dir(out_dir, 0)}")
     return ImportResult(iteration_dir(out_dir, 0), model, target_dtype, extension)
 
 

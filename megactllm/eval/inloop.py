@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from megactllm.config import ConfigError
 from megactllm.eval.backends.parallel import ParallelBackend
 from megactllm.eval.runner import evaluate_subjects
 from megactllm.eval.scoring import aggregate
@@ -25,7 +26,7 @@ def load_eval_subjects(eval_cfg) -> list:
     from megactllm.eval.evaluate import benchmark_dir, subjects_for
 
     if not eval_cfg.data_dir:
-        raise ValueError("eval.data_dir must name the benchmark root (e.g. ../shared/data/eval) when eval.interval is set")
+        raise ConfigError("eval.data_dir must name the benchmark root (e.g. ../shared/data/eval)")
     subjects = []
     for task in eval_cfg.tasks:
         names = subjects_for(task, list(eval_cfg.subjects), len(eval_cfg.tasks))
@@ -50,8 +51,8 @@ class InLoopEvaluator:
     """Built once by the Trainer (subjects read once); `run()` scores the live model chunks."""
 
     def __init__(self, eval_cfg, model_chunks: list, model_config, tokenizer):
-        if tokenizer is None:
-            raise ValueError("in-loop evaluation (eval.interval) needs data.tokenizer_model to encode the prompts")
+        if tokenizer is None:  # neither data.tokenizer_model nor the checkpoint's copy
+            raise ConfigError("in-loop evaluation (eval.interval) needs data.tokenizer_model to encode the prompts")
         self.cfg = eval_cfg
         self.subjects = load_eval_subjects(eval_cfg)
         self.backend = ParallelBackend(model_chunks, model_config, tokenizer, batch_size=eval_cfg.batch_size,

@@ -1,10 +1,10 @@
-"""Where a run starts: resumed from `train.load` (model, optimizer, scheduler, counters, RNG) or
-initialised from `train.pretrained_checkpoint` (weights only), else from scratch.
+"""Where a run starts: resumed from `checkpoint.load` (model, optimizer, scheduler, counters, RNG) or
+initialised from `checkpoint.pretrained` (weights only), else from scratch.
 
-`train.load` names a run directory: its newest checkpoint whose files check out against their
+`checkpoint.load` names a run directory: its newest checkpoint whose files check out against their
 manifest is used (a damaged one is named, and the one before it tried). A data-parallel change
 is routine (megatron-core reshards over DP); a TP/PP change loads the optimizer only with
-train.reshard_optimizer; a layout the optimizer cannot follow loads weights, schedule and
+checkpoint.reshard_optimizer; a layout the optimizer cannot follow loads weights, schedule and
 counters and says that Adam's moments start from zero.
 
 Nothing here touches the trainer: `start` and `resume` load into the model, optimizer and
@@ -39,13 +39,13 @@ def reload_master_weights(optimizer) -> None:
 
 def start(cfg, model, optimizer, scheduler, world_size: int, blend_schedule, log) -> Resumed:
     """Collective: load what the run starts from into model/optimizer/scheduler."""
-    t = cfg.train
-    if t.load and holds_checkpoints(t.load):
-        meta = Checkpointer(t.load).latest(checksums=True, warn=log.warning)
+    c = cfg.checkpoint
+    if c.load and holds_checkpoints(c.load):
+        meta = Checkpointer(c.load).latest(checksums=True, warn=log.warning)
         if meta is not None:
             return resume(cfg, model, optimizer, scheduler, world_size, blend_schedule, log, str(meta.path))
-    if t.pretrained_checkpoint:
-        meta = Checkpointer.load_weights(t.pretrained_checkpoint, model, cfg.model)
+    if c.pretrained:
+        meta = Checkpointer.load_weights(c.pretrained, model, cfg.model)
         log.info(f"initialised weights from {meta.path} (iteration {meta.iteration}); fresh optimizer and schedule")
         reload_master_weights(optimizer)
     return Resumed()
@@ -57,10 +57,10 @@ def resume(cfg, model, optimizer, scheduler, world_size: int, blend_schedule, lo
     change = compare_layout(meta, cfg.parallel, world_size)
     loadable, why_not = optimizer_loadable(meta, cfg.parallel)
     # A CP change splits no weight: with optimizer state loadable it loads like a DP change.
-    load_optimizer = loadable and (not change.weights_resplit or cfg.train.reshard_optimizer)
+    load_optimizer = loadable and (not change.weights_resplit or cfg.checkpoint.reshard_optimizer)
     if not load_optimizer:
         if loadable:
-            why_not = "the TP/PP layout changed and train.reshard_optimizer is false"
+            why_not = "the TP/PP layout changed and checkpoint.reshard_optimizer is false"
         log.warning(
             f"{meta.path} was written at {layout_text(meta.parallel, meta.world_size)}; this run is "
             f"{layout_text(asdict(cfg.parallel), world_size)}. Model weights, LR schedule and counters are "

@@ -1,5 +1,5 @@
 """What a user watches in a mixture-of-experts run: the routers' auxiliary losses and how many
-tokens each expert received, so a collapse onto a few experts is seen (every train.log_interval).
+tokens each expert received, so a collapse onto a few experts is seen (every logging.interval).
 
 The record gets `moe`: {aux_loss, z_loss (when on), tokens_max/layer_{i}, tokens_min/layer_{i}} —
 the load-balancing and z losses (megatron-core's tracker, mean over MoE layers, per micro-batch,
