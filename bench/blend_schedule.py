@@ -35,8 +35,8 @@ def _overrides(prefixes, work, args, scheduled: bool) -> list[str]:
         "model.arch=tiny", "model.vocab_size=32000", f"model.seq_length={args.seq}",
         f"model.max_position_embeddings={args.seq}", "data.split=100,0,0", f"data.data_cache_path={work}/cache",
         f"train.global_batch_size={args.gbs}", f"train.micro_batch_size={args.mbs}",
-        f"train.train_iters={args.rounds + 1}", "train.eval_interval=0", "train.eval_iters=0",
-        f"train.log_dir={work}/log", "optim.lr_warmup_iters=0",
+        f"train.duration={args.rounds + 1} iterations", "validation.interval=0", "validation.iters=0",
+        f"logging.dir={work}/log", "optim.lr_warmup_iters=0",
     ]
     if not scheduled:
         return base + [f"data.data_path=[0.3, {a}, 0.5, {b}, 0.2, {c}]"]

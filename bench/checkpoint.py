@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training time per save interval with synchronous vs asynchronous checkpoints (train.async_save).
+"""Training time per save interval with synchronous vs asynchronous checkpoints (checkpoint.async_save).
 
     python bench/checkpoint.py                     # CPU, one process, ~40M-parameter model, 3 saves per run
     python bench/checkpoint.py --ranks 2 --pp 2    # two gloo ranks, each writing its pipeline stage
@@ -32,10 +32,10 @@ def overrides(args, data: str, run_dir: str, async_save: bool) -> list[str]:
         f"model.ffn_hidden_size={args.hidden * 8 // 3 // 8 * 8}", "model.num_attention_heads=8",
         f"model.vocab_size={args.vocab}", f"model.seq_length={args.seq}", f"model.max_position_embeddings={args.seq}",
         f"data.data_path=[{data}]", "data.split=100,0,0", f"data.data_cache_path={run_dir}/cache",
-        "train.global_batch_size=4", "train.micro_batch_size=2", f"train.train_iters={args.iters}",
-        f"train.log_interval={args.iters}", "train.eval_interval=0", "train.eval_iters=0",
-        f"train.log_dir={run_dir}/log", f"train.save={run_dir}/ckpt", f"train.save_interval={args.save_interval}",
-        f"train.async_save={str(async_save).lower()}",
+        "train.global_batch_size=4", "train.micro_batch_size=2", f"train.duration={args.iters} iterations",
+        f"logging.interval={args.iters}", "validation.interval=0", "validation.iters=0",
+        f"logging.dir={run_dir}/log", f"checkpoint.save={run_dir}/ckpt", f"checkpoint.interval={args.save_interval}",
+        f"checkpoint.async_save={str(async_save).lower()}",
         f"parallel.pipeline_model_parallel_size={args.pp}", "parallel.use_distributed_optimizer=true",
     ]
 

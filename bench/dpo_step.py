@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megactllm.config import load_config
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
     from megactllm.training.stages.dpo.reference import precompute_reference_logps
     from megactllm.training.trainer import Trainer
 
@@ -149,8 +149,8 @@ def main(argv=None) -> int:
     common = base + [
         f"data.tokenizer_model={tok}", f"data.data_path=['{prefix}']", "data.split='100,0,0'",
         f"train.global_batch_size={args.pairs}", f"train.micro_batch_size={args.micro_batch_size}",
-        f"train.train_iters={steps_total}", "train.eval_interval=0", "train.log_interval=1000000",
-        f"train.log_dir={work / 'logs'}", "optim.lr=1e-6", "optim.min_lr=0.0", "optim.lr_warmup_iters=0",
+        f"train.duration={steps_total} iterations", "validation.interval=0", "logging.interval=1000000",
+        f"logging.dir={work / 'logs'}", "optim.lr=1e-6", "optim.min_lr=0.0", "optim.lr_warmup_iters=0",
     ]
     results = {}
 
@@ -162,18 +162,18 @@ def main(argv=None) -> int:
     dpo = Trainer(load_config(None, common + ["train.stage=dpo"] + args.overrides))
     time_step(dpo)
     ckpt_dir = str(work / "reference")
-    save_checkpoint(ckpt_dir, 0, dpo.task.reference_chunks, dpo.cfg)
+    Checkpointer(ckpt_dir).save(0, dpo.task.reference_chunks, dpo.cfg)
     # 2. DPO with reference log-probs precomputed once for the whole set.
     ref_file = str(work / "reference_logps.npz")
-    pre_cfg = load_config(None, common + ["train.stage=dpo", f"train.pretrained_checkpoint={ckpt_dir}"] + args.overrides)
+    pre_cfg = load_config(None, common + ["train.stage=dpo", f"checkpoint.pretrained={ckpt_dir}"] + args.overrides)
     start = time.perf_counter()
     precompute_reference_logps(pre_cfg, load_tokenizer_for(pre_cfg), ref_file)
     results = {"precompute_total": [time.perf_counter() - start]}
-    dpo_pre = Trainer(load_config(None, common + ["train.stage=dpo", f"train.dpo_reference_logprobs={ref_file}"] + args.overrides))
+    dpo_pre = Trainer(load_config(None, common + ["train.stage=dpo", f"dpo.reference_logprobs={ref_file}"] + args.overrides))
     # 3. Two SFT steps of the same batch: the chosen rows, then the rejected rows.
     sft_cfg = load_config(None, common + [
         "train.stage=sft", f"train.micro_batch_size={2 * args.micro_batch_size}",
-        f"train.train_iters={2 * steps_total}"] + args.overrides)
+        f"train.duration={2 * steps_total} iterations"] + args.overrides)
     sft = Trainer(sft_cfg, task=sft_task_on_halves(args.pairs))
     sft.state.consumed_samples = 2 * args.pairs  # align with the live run, one step ahead
 

@@ -30,7 +30,7 @@ def configs(workdir: str) -> dict:
 
     synthetic = write_corpus(f"{workdir}/synthetic", seed=0, documents=2000)
     base = [f"data.data_path=[{synthetic}]", "data.split=95,5,0", f"data.data_cache_path={workdir}/cache",
-            "train.train_iters=3", "train.eval_iters=0", "model.vocab_size=512"]
+            "train.duration=3 iterations", "validation.iters=0", "model.vocab_size=512"]
     wide = ["model.hidden_size=256", "model.ffn_hidden_size=688", "model.num_attention_heads=8",
             "model.seq_length=512", "model.max_position_embeddings=512", "train.micro_batch_size=4",
             "train.global_batch_size=4", "model.num_layers=8"]
@@ -50,7 +50,7 @@ def configs(workdir: str) -> dict:
         preprocess(PreprocessConfig(input=[str(REPO / "examples/data/sample_corpus.jsonl")], output_prefix=prefix,
                                     tokenizer_type="sentencepiece", tokenizer_model=str(tokenizer), append_eod=True))
         zh = [f"data.data_path=[{prefix}_text_document]", "data.split=95,5,0", f"data.data_cache_path={workdir}/cache",
-              "train.train_iters=3", "train.eval_iters=0", f"data.tokenizer_model={tokenizer}"]
+              "train.duration=3 iterations", "validation.iters=0", f"data.tokenizer_model={tokenizer}"]
         out["tiny (4x64, vocab 64000, s128 b4)"] = zh + ["model.arch=tiny", "train.micro_batch_size=4",
                                                          "train.global_batch_size=8"]
         out["8x256 GQA 8/4, vocab 64000, s256 b2"] = zh + [

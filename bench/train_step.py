@@ -14,7 +14,7 @@ per-iteration bookkeeping. Both read the same megatron-core GPTDataset and build
 Prints step times (CPU: minimum and median of interleaved A/B steps; the minimum is the robust
 figure on a shared machine), the ratio ours/bare (target <= 1.05) and, on GPU, tokens/s, TFLOP/s
 and MFU against the 989 TFLOP/s H100 bf16 peak. --compare-spikes times two of our loops instead,
-train.skip_spiky_steps=true against false, interleaved the same way, and prints their ratio.
+stability.skip_spiky_steps=true against false, interleaved the same way, and prints their ratio.
 """
 from __future__ import annotations
 
@@ -197,8 +197,8 @@ def interleaved(args, loops: dict) -> dict:
 
 def bench_spikes(args, overrides):
     """skip_spiky_steps=true against false: two of our loops, same weights, interleaved steps."""
-    on = OurLoop(load_config(None, overrides + ["train.skip_spiky_steps=true"]), use_te=False)
-    off = OurLoop(load_config(None, overrides + ["train.skip_spiky_steps=false"]), use_te=False)
+    on = OurLoop(load_config(None, overrides + ["stability.skip_spiky_steps=true"]), use_te=False)
+    off = OurLoop(load_config(None, overrides + ["stability.skip_spiky_steps=false"]), use_te=False)
     assert on.spikes is not None and off.spikes is None
     for a, b in zip(on.trainer.model, off.trainer.model):
         b.module.load_state_dict(a.module.state_dict())
@@ -219,7 +219,7 @@ def bench_spikes(args, overrides):
 
 
 def on_window(overrides) -> int:
-    return load_config(None, overrides).train.spike_window
+    return load_config(None, overrides).stability.spike_window
 
 
 def bench_gpu_phase(args, overrides, use_te, which):
@@ -252,7 +252,7 @@ def main():
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compare-spikes", action="store_true",
-                   help="CPU: train.skip_spiky_steps=true against false (the check's overhead), not ours against bare")
+                   help="CPU: stability.skip_spiky_steps=true against false (the check's overhead), not ours against bare")
     p.add_argument("--no-te-compare", action="store_true", help="GPU: skip the local-spec (no TE) run")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args()
@@ -278,8 +278,8 @@ def main():
         *([] if gpu else ["model.hidden_size=128", "model.ffn_hidden_size=352", "model.num_attention_heads=4"]),
         f"data.data_path=[{prefix}]", "data.split=100,0,0", f"data.data_cache_path={work}/cache",
         f"train.micro_batch_size={mbs}", f"train.global_batch_size={gbs}",
-        f"train.train_iters={2 * (args.warmup + args.steps) + 2}", "train.eval_interval=0", "train.eval_iters=0",
-        "train.log_interval=1000000", f"train.log_dir={work}/log",
+        f"train.duration={2 * (args.warmup + args.steps) + 2} iterations", "validation.interval=0", "validation.iters=0",
+        "logging.interval=1000000", f"logging.dir={work}/log",
         *(["optim.bf16=true"] if gpu else []),
         *args.overrides,
     ]

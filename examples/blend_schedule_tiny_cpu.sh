@@ -4,7 +4,7 @@
 # tiny model through warm_start (parallel text) -> stable -> decay on one CPU process.
 #
 #   examples/blend_schedule_tiny_cpu.sh                       # tokenize + train
-#   examples/blend_schedule_tiny_cpu.sh train.train_iters=60  # any section.key=value override
+#   examples/blend_schedule_tiny_cpu.sh train.duration="60 iterations"  # any section.key=value override
 #
 # Outputs in runs/tiny_blend/: metrics.jsonl (blend_phase, blend_weights per logged step),
 # loss_curve.png with the phase boundaries, checkpoints/. Delete runs/tiny_blend to restart.

@@ -12,6 +12,6 @@ EXTRA=()
 if [ "${PRECOMPUTE:-0}" = 1 ]; then
   torchrun --standalone --nproc-per-node "${NPROC:-1}" tools/precompute_dpo_reference.py \
     --config "$CONFIG" --output "$WORK/dpo_reference.npz" "$@"
-  EXTRA=(train.dpo_reference_logprobs="$WORK/dpo_reference.npz")
+  EXTRA=(dpo.reference_logprobs="$WORK/dpo_reference.npz")
 fi
 torchrun --standalone --nproc-per-node "${NPROC:-1}" -m megactllm.train --config "$CONFIG" "${EXTRA[@]}" "$@"

@@ -7,9 +7,9 @@ written for TRL's GRPOTrainer work unchanged; `columns` holds the prompt file's 
 
 
 def digits(prompts, completions, **columns):
-    """Up to 1.0 for a completion that writes at least 8 digits: a reward a tiny random model reaches
+    """Up to 1.0 for a completion that writes at least 4 digits: a reward a tiny random model reaches
     on CPU within minutes (examples/configs/tiny_grpo.yaml), to watch GRPO work before a real run."""
-    return [min(sum(ch.isdigit() for ch in text) / 8, 1.0) for text in completions]
+    return [min(sum(ch.isdigit() for ch in text) / 4, 1.0) for text in completions]
 
 
 def answer_length_penalty(prompts, completions, answer, **columns):

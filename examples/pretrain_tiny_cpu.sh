@@ -5,7 +5,7 @@
 # falls, and write the loss curve. A few minutes on 2 cores.
 #
 #   examples/pretrain_tiny_cpu.sh                              # tokenize + train
-#   examples/pretrain_tiny_cpu.sh train.train_iters=300        # any section.key=value override
+#   examples/pretrain_tiny_cpu.sh train.duration="300 iterations"        # any section.key=value override
 #   NPROC=1 examples/pretrain_tiny_cpu.sh parallel.tensor_model_parallel_size=1 \
 #       parallel.pipeline_model_parallel_size=1 parallel.sequence_parallel=false
 #

@@ -11,7 +11,7 @@
 #     starting up. torchrun ignores USR1 anyway, in case a signal is sent to the step.)
 #  2. At the next boundary all ranks agree, save a checkpoint and exit; rank 0 writes exit code
 #     75 to $MEGACTLLM_EXIT_STATUS (torchrun reports any worker exit as 1).
-#  3. Code 75 here: `scontrol requeue`; the requeued job resumes from train.load = train.save.
+#  3. Code 75 here: `scontrol requeue`; the requeued job resumes from checkpoint.load = checkpoint.save.
 # SIGTERM (scancel, or the hard time limit) reaches every process from SLURM itself: the ranks
 # save at the next boundary, and this shell waits for them (within KillWait) and does not requeue.
 # Both files default to the submit directory, which every node must see (as the checkpoint does).

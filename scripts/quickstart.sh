@@ -29,8 +29,8 @@ torchrun --standalone --nproc-per-node 4 -m megactllm.train --config examples/co
   data.tokenizer_model="$OUT/tokenizer/sample.model" \
   "data.data_path=[$OUT/data/sample_text_document]" \
   data.data_cache_path="$OUT/data_cache" \
-  train.save="$OUT/checkpoints" train.load=null \
-  train.tensorboard_dir="$OUT/tensorboard" train.log_dir="$OUT" \
+  checkpoint.save="$OUT/checkpoints" checkpoint.load=null \
+  logging.tensorboard_dir="$OUT/tensorboard" logging.dir="$OUT" \
   "$@"
 
 python - "$OUT" <<'PY'

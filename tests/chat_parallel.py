@@ -23,12 +23,12 @@ def tiny_config(tp: int = 1, pp: int = 1, seq: int = 64, extra: tuple = ()):
 def save_tiny_checkpoint(path: str, seq: int, seed: int = 7) -> str:
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     cfg = tiny_config(seq=seq)
     initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    out = str(save_checkpoint(path, 0, chunks, cfg))
+    out = str(Checkpointer(path).save(0, chunks, cfg))
     destroy_parallel()
     return out
 
@@ -48,10 +48,10 @@ def _report_on_current_layout(stage: str, cfg, checkpoint: str, items: list, mic
 
     from megactllm.model import build_model
     from megactllm.training.batches import collate
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
 
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, chunks, cfg.model)
+    Checkpointer.load_weights(checkpoint, chunks, cfg.model)
     for chunk in chunks:
         chunk.config.calculate_per_token_loss = True
         chunk.config.finalize_model_grads_func = None
@@ -84,7 +84,7 @@ def layout_reports(tp: int, pp: int, jobs: list, seq: int) -> list:
     initialize_parallel(tiny_config(tp, pp, seq).parallel, seed=1, num_layers=4)
     out = []
     for stage, checkpoint, items, micro_batch_size, reference in jobs:
-        cfg = tiny_config(tp, pp, seq, (f"train.stage={stage}", f"train.pretrained_checkpoint={reference or checkpoint}"))
+        cfg = tiny_config(tp, pp, seq, (f"train.stage={stage}", f"checkpoint.pretrained={reference or checkpoint}"))
         out.append(_report_on_current_layout(stage, cfg, checkpoint, items, micro_batch_size))
     destroy_parallel()
     return out
@@ -101,16 +101,16 @@ def precompute_then_report(pp: int, policy: str, reference: str, tokenizer_model
     from megactllm.training.stages.dpo.reference import precompute_reference_logps
 
     tokenizer = load_tokenizer("sentencepiece", tokenizer_model)
-    cfg = tiny_config(1, pp, seq, (f"train.pretrained_checkpoint={reference}", f"data.train_data_path=['{prefix}']",
+    cfg = tiny_config(1, pp, seq, (f"checkpoint.pretrained={reference}", f"data.train_data_path=['{prefix}']",
                                    "train.micro_batch_size=2"))
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
     precompute_reference_logps(cfg, tokenizer, output, microbatches_per_call=4)
     read = load_config(None, [f"model.seq_length={seq}", f"data.train_data_path=['{prefix}']",
-                              f"train.dpo_reference_logprobs={output}"])
+                              f"dpo.reference_logprobs={output}"])
     train = build_dpo_datasets(read, tokenizer)[0]
     items = [train[i] for i in range(count)]
     has_reference = all("reference_logps" in it for it in items)
-    step_cfg = tiny_config(1, pp, seq, ("train.stage=dpo", "train.pretrained_checkpoint=/nonexistent"))
+    step_cfg = tiny_config(1, pp, seq, ("train.stage=dpo", "checkpoint.pretrained=/nonexistent"))
     report = _report_on_current_layout("dpo", step_cfg, policy, items, 2)
     destroy_parallel()
     return report, has_reference
@@ -124,12 +124,12 @@ def dpo_training_run(checkpoint: str, items: list, steps: int, lr: float, micro_
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
 
-    cfg = tiny_config(1, 1, seq, ("train.stage=dpo", f"train.pretrained_checkpoint={checkpoint}", f"train.dpo_beta={beta}"))
+    cfg = tiny_config(1, 1, seq, ("train.stage=dpo", f"checkpoint.pretrained={checkpoint}", f"dpo.beta={beta}"))
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, chunks, cfg.model)
+    Checkpointer.load_weights(checkpoint, chunks, cfg.model)
     for chunk in chunks:
         chunk.config.calculate_per_token_loss = True
         chunk.config.finalize_model_grads_func = None
@@ -170,14 +170,14 @@ def sft_then_dpo_through_the_loop(workdir: str, tokenizer_model: str, sft_blend:
         "model.arch=tiny", f"model.vocab_size={VOCAB}", "model.make_vocab_size_divisible_by=1", f"model.seq_length={seq}",
         f"model.max_position_embeddings={seq}", f"parallel.pipeline_model_parallel_size={pp}",
         f"data.tokenizer_model={tokenizer_model}", "train.global_batch_size=4", "train.micro_batch_size=2",
-        "train.train_iters=2", "train.log_interval=1", "train.eval_interval=0", "optim.lr=1e-3", "optim.min_lr=0.0",
+        "train.duration=2 iterations", "logging.interval=1", "validation.interval=0", "optim.lr=1e-3", "optim.min_lr=0.0",
     ]
     sft_cfg = load_config(None, common + ["train.stage=sft", f"data.train_data_path={sft_blend}",
-                                          f"train.save={workdir}/sft", f"train.log_dir={workdir}/sft_log"])
+                                          f"checkpoint.save={workdir}/sft", f"logging.dir={workdir}/sft_log"])
     initialize_parallel(sft_cfg.parallel, seed=1, num_layers=sft_cfg.model.num_layers)
     sft = run_training(sft_cfg)
     dpo_cfg = load_config(None, common + ["train.stage=dpo", f"data.train_data_path=['{dpo_prefix}']",
-                                          f"train.pretrained_checkpoint={workdir}/sft", f"train.log_dir={workdir}/dpo_log"])
+                                          f"checkpoint.pretrained={workdir}/sft", f"logging.dir={workdir}/dpo_log"])
     dpo = run_training(dpo_cfg)
     destroy_parallel()
     with open(f"{workdir}/dpo_log/metrics.jsonl", encoding="utf-8") as f:

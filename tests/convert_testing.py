@@ -99,7 +99,7 @@ def layout_jobs(jobs: list[dict]) -> dict:
 
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import load_model_weights, save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     results = {}
     for job in jobs:
@@ -107,9 +107,9 @@ def layout_jobs(jobs: list[dict]) -> dict:
         initialize_parallel(cfg.parallel, seed=1234, num_layers=cfg.model.num_layers)
         chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
         if job.get("save_to"):
-            save_checkpoint(job["save_to"], 1, chunks, cfg, tokenizer_path=job.get("tokenizer"))
+            Checkpointer(job["save_to"]).save(1, chunks, cfg, tokenizer_path=job.get("tokenizer"))
             chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-        load_model_weights(job.get("save_to") or job["load_from"], chunks, cfg.model)
+        Checkpointer.load_weights(job.get("save_to") or job["load_from"], chunks, cfg.model)
         logits = megactllm_logits(chunks, job["tokens"])
         if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0 \
                 and parallel_state.get_data_parallel_rank() == 0:
@@ -198,10 +198,13 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
         DataConfig,
         OptimConfig,
         ParallelConfig,
+        CheckpointConfig,
+        LoggingConfig,
         TrainConfig,
+        ValidationConfig,
     )
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.training.trainer import run_training
 
     model = dataclasses.replace(read_metadata(checkpoint).model_config, seq_length=seq)
@@ -211,8 +214,10 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
         data=DataConfig(data_path=[data_prefix], split="100,0,0", tokenizer_type="sentencepiece", tokenizer_model=tokenizer),
         # lr 0: the step must leave the imported weights exactly as they were
         optim=OptimConfig(lr=0.0, min_lr=0.0, weight_decay=0.0, lr_decay_style="constant"),
-        train=TrainConfig(train_iters=1, micro_batch_size=1, global_batch_size=2, save=save_dir, save_interval=1,
-                          pretrained_checkpoint=checkpoint, eval_iters=0, log_interval=1),
+        train=TrainConfig(duration="1 iterations", micro_batch_size=1, global_batch_size=2),
+        checkpoint=CheckpointConfig(save=save_dir, interval=1, pretrained=checkpoint),
+        validation=ValidationConfig(iters=0),
+        logging=LoggingConfig(interval=1),
     )
     initialize_parallel(cfg.parallel, seed=1, num_layers=model.num_layers)
     result = run_training(cfg)

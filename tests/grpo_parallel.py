@@ -11,8 +11,8 @@ def grpo_overrides(workdir: str, tokenizer_model: str, prompts: str, seq: int, t
         "model.arch=tiny", f"model.vocab_size={VOCAB}", "model.make_vocab_size_divisible_by=1", f"model.seq_length={seq}",
         f"model.max_position_embeddings={seq}", f"parallel.tensor_model_parallel_size={tp}",
         f"parallel.pipeline_model_parallel_size={pp}", f"data.tokenizer_model={tokenizer_model}", f"data.prompts_path={prompts}",
-        "train.stage=grpo", "train.micro_batch_size=1", "train.log_interval=1", "train.eval_interval=0",
-        f"train.log_dir={workdir}/log", "optim.lr=1e-3", "optim.min_lr=1e-3", "optim.lr_decay_style=constant",
+        "train.stage=grpo", "train.micro_batch_size=1", "logging.interval=1", "validation.interval=0",
+        f"logging.dir={workdir}/log", "optim.lr=1e-3", "optim.min_lr=1e-3", "optim.lr_decay_style=constant",
         "grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.max_completion_tokens=12", *extra,
     ]
 

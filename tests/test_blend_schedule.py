@@ -141,7 +141,7 @@ def single_process_run(tmp_path_factory):
     """6 iterations, phase 'warm' for 1-3 and 'decay' for 4-6, in one process: the reference."""
     work = tmp_path_factory.mktemp("scheduled")
     corpora = write_corpora(str(work))
-    overrides = scheduled_overrides(corpora, str(work / "run"), 3, **{"train.train_iters": 6})
+    overrides = scheduled_overrides(corpora, str(work / "run"), 3, **{"train.duration": "6 iterations"})
     (result,) = run_distributed(train_recording_samples, 1, overrides, str(work / "out.txt"), timeout=300)
     return work, corpora, result
 
@@ -174,7 +174,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_parallel_layouts_read_the_same_samples_as_one_process(single_process_run, layout):
     work, corpora, reference = single_process_run
-    overrides = scheduled_overrides(corpora, str(work / layout), 3, **{"train.train_iters": 6, **LAYOUTS[layout]})
+    overrides = scheduled_overrides(corpora, str(work / layout), 3, **{"train.duration": "6 iterations", **LAYOUTS[layout]})
     results = run_distributed(train_recording_samples, 2, overrides, timeout=400)
     for step, expected in enumerate(reference["steps"]):
         expected = Counter(digest for digest, _ in expected)
@@ -205,6 +205,6 @@ def test_recipes_warm_start_and_decay_phase_line_up_with_the_wsd_decay():
     assert warm.end_iteration * cfg.train.global_batch_size * cfg.model.seq_length >= 10_000_000_000
     assert cfg.optim.lr_decay_style == "WSD" and decay.start_iteration == iters - cfg.optim.lr_wsd_decay_iters
     tiny = load_config(str(recipes / "tiny_blend_schedule.yaml"))
-    t = BlendSchedule.from_config(tiny, tiny.train.train_iters)
+    t = BlendSchedule.from_config(tiny, tiny.known_train_iters())
     assert [(r.start_iteration, r.end_iteration) for r in t.resolved] == [(0, 30), (30, 70), (70, 100)]
-    assert t.resolved[2].start_iteration == tiny.train.train_iters - tiny.optim.lr_wsd_decay_iters
+    assert t.resolved[2].start_iteration == tiny.known_train_iters() - tiny.optim.lr_wsd_decay_iters

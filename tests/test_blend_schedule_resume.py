@@ -19,8 +19,8 @@ BOUNDARY = 4
 def _overrides(corpora, run_dir, **extra):
     return scheduled_overrides(
         corpora, str(run_dir), BOUNDARY,
-        **{"train.train_iters": ITERS, "train.save": f"{run_dir}/ckpt", "train.load": f"{run_dir}/ckpt",
-           "train.save_interval": 3, **extra},
+        **{"train.duration": f"{ITERS} iterations", "checkpoint.save": f"{run_dir}/ckpt", "checkpoint.load": f"{run_dir}/ckpt",
+           "checkpoint.interval": 3, **extra},
     )
 
 
@@ -30,7 +30,7 @@ def test_sigkill_inside_phase_two_then_relaunch_gives_identical_losses(tmp_path)
 
     corpora = write_corpora(str(tmp_path))
     reference_dir = tmp_path / "reference"
-    assert _run(torchrun_command(1, _overrides(corpora, reference_dir, **{"train.save": "null", "train.load": "null"})),
+    assert _run(torchrun_command(1, _overrides(corpora, reference_dir, **{"checkpoint.save": "null", "checkpoint.load": "null"})),
                 tmp_path / "reference.log") == 0
     reference = read_losses(f"{reference_dir}/log")
     assert sorted(reference) == list(range(1, ITERS + 1))
@@ -62,7 +62,7 @@ def test_sigkill_inside_phase_two_then_relaunch_gives_identical_losses(tmp_path)
 
     # From iteration 3 (phase 1) the resumed run crosses the boundary after 4 exactly as the reference did.
     across = tmp_path / "across"
-    cmd = torchrun_command(1, _overrides(corpora, across, **{"train.load": f"{run_dir}/ckpt/iter_0000003"}))
+    cmd = torchrun_command(1, _overrides(corpora, across, **{"checkpoint.load": f"{run_dir}/ckpt/iter_0000003"}))
     assert _run(cmd, tmp_path / "across.log") == 0
     log = (tmp_path / "across.log").read_text()
     assert "blend phase 1/2 warm continues at iteration 4" in log, log[-3000:]

@@ -5,7 +5,7 @@ processes that hand results back through megatron-core's one process-wide queue.
 writer back (so the second finishes first, as happened in a clean clone) makes the first save's
 finalize index the second save's files: its .metadata lacks its own tensors, loading it raises
 KeyError, and check_storage_index names the key. The same two saves combined into one request
-(what train.async_save does) are indexed correctly and load.
+(what checkpoint.async_save does) are indexed correctly and load.
 """
 import os
 import time

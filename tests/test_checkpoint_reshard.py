@@ -4,7 +4,7 @@ Model weights always reshard (megatron-core dist_checkpointing with global tenso
 logits of the loaded model equal the TP2xPP2 model's to 1e-5.
 
 The distributed optimizer's state reshards over TP/PP only when it was saved in megatron-core's
-fully_reshardable format and the run asks for it (train.reshard_optimizer=true): continuing at
+fully_reshardable format and the run asks for it (checkpoint.reshard_optimizer=true): continuing at
 TP1 then gives the same losses as continuing at TP2xPP2. Its default, faster dp_reshardable
 format reshards over DP only, so a TP/PP change loads weights, LR schedule and counters and
 starts the Adam moments from zero, with a warning; that path is tested too.
@@ -28,12 +28,12 @@ def _logits(overrides, checkpoint):
 
     from megactllm.model import build_model
     from megactllm.parallel import initialize_parallel
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, chunks, cfg.model)
+    Checkpointer.load_weights(checkpoint, chunks, cfg.model)
     tokens = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(7))
     positions = torch.arange(SEQ).expand(2, SEQ)
 
@@ -63,10 +63,10 @@ def trained(tmp_path_factory):
     data = write_corpus(str(work / "corpus"), seed=1)
     ckpt = str(work / "ckpt")
     first = tiny_overrides(data, str(work / "a"), **TP2PP2, **{
-        "train.train_iters": 7, "train.save": ckpt, "train.exit_interval": 4, "train.save_interval": 4,
-        "train.optimizer_checkpoint_format": "fully_reshardable"})
+        "train.duration": "7 iterations", "checkpoint.save": ckpt, "run.exit_interval": 4, "checkpoint.interval": 4,
+        "checkpoint.optimizer_format": "fully_reshardable"})
     run_distributed(train_in_process, 4, first, timeout=400)
-    cont = tiny_overrides(data, str(work / "b"), **TP2PP2, **{"train.train_iters": 7, "train.load": ckpt})
+    cont = tiny_overrides(data, str(work / "b"), **TP2PP2, **{"train.duration": "7 iterations", "checkpoint.load": ckpt})
     results = run_distributed(train_in_process, 4, cont, timeout=400)
     return data, work, f"{ckpt}/iter_0000004", results[-1]["losses"]
 
@@ -84,12 +84,12 @@ def test_tp2pp2_checkpoint_gives_equal_logits_at_tp1(trained):
 def _resume_at_tp1(data, work, checkpoint, name, reshard, capsys=None):
     import shutil
 
-    # Resume (train.load) from a copy, so that the TP1 run's own saves cannot disturb the other test.
+    # Resume (checkpoint.load) from a copy, so that the TP1 run's own saves cannot disturb the other test.
     target = work / f"{name}_ckpt"
     shutil.copytree(checkpoint, target / "iter_0000004")
     (target / "latest_checkpointed_iteration.txt").write_text("4")
-    overrides = tiny_overrides(data, str(work / name), **{"train.train_iters": 7, "train.load": str(target),
-                                                         "train.reshard_optimizer": reshard,
+    overrides = tiny_overrides(data, str(work / name), **{"train.duration": "7 iterations", "checkpoint.load": str(target),
+                                                         "checkpoint.reshard_optimizer": reshard,
                                                          "parallel.use_distributed_optimizer": "true"})
     (result,) = run_distributed(train_in_process, 1, overrides, timeout=400)
     return result

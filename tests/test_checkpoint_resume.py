@@ -7,7 +7,7 @@ identical command: it resumes from the latest pointer (model, Adam state, LR sch
 samples, RNG) and its per-iteration losses equal those of an uninterrupted run. Equality is
 exact in practice (same layout, same CPU kernels); the assertion allows 1e-6.
 
-With train.async_save the run is killed while a background writer is still writing iteration 8
+With checkpoint.async_save the run is killed while a background writer is still writing iteration 8
 (held there by fault injection) and training has moved past it: the latest pointer still names
 iteration 4, iteration 8 exists only as an unloadable `.partial`, and the relaunched run (async
 again) resumes from 4 with the reference's losses and publishes complete checkpoints.
@@ -35,10 +35,10 @@ def _overrides(data, run_dir, **extra):
         data, str(run_dir),
         **extra,
         **{
-            "train.train_iters": ITERS,
-            "train.save": f"{run_dir}/ckpt",
-            "train.load": f"{run_dir}/ckpt",
-            "train.save_interval": 4,
+            "train.duration": f"{ITERS} iterations",
+            "checkpoint.save": f"{run_dir}/ckpt",
+            "checkpoint.load": f"{run_dir}/ckpt",
+            "checkpoint.interval": 4,
             "parallel.pipeline_model_parallel_size": 2,
             "parallel.use_distributed_optimizer": "true",
         },
@@ -123,14 +123,14 @@ def test_resume_after_sigkill_gives_identical_losses(tmp_path, reference):
 
 def test_sigkill_during_background_write_leaves_the_previous_checkpoint(tmp_path, reference):
     from megactllm.checkpoint.async_save import SLOW_WRITE_ENV, check_storage_index
-    from megactllm.checkpoint.save_load import CheckpointError, resolve_checkpoint_dir
+    from megactllm.checkpoint import CheckpointError, resolve_checkpoint_dir
 
     data, reference = reference
     run_dir = tmp_path / "killed"
     ckpt = run_dir / "ckpt"
     pointer = ckpt / "latest_checkpointed_iteration.txt"
     in_flight = ckpt / "iter_0000008.partial"
-    cmd = torchrun_command(2, _overrides(data, run_dir, **{"train.async_save": "true"}))
+    cmd = torchrun_command(2, _overrides(data, run_dir, **{"checkpoint.async_save": "true"}))
     env = torchrun_env()
     env[SLOW_WRITE_ENV] = "iter_0000008:120"  # the writer of iteration 8 holds until the kill
     with open(tmp_path / "killed.log", "w") as log:

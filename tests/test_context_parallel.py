@@ -98,8 +98,8 @@ LAYOUTS = {
 
 
 def _overrides(data, workdir, init, extra):
-    base = {"model.seq_length": SEQ, "model.max_position_embeddings": SEQ, "train.train_iters": ITERS}
-    return tiny_overrides(data, workdir, **{**base, **extra}) + [f"train.pretrained_checkpoint={init}"]
+    base = {"model.seq_length": SEQ, "model.max_position_embeddings": SEQ, "train.duration": f"{ITERS} iterations"}
+    return tiny_overrides(data, workdir, **{**base, **extra}) + [f"checkpoint.pretrained={init}"]
 
 
 def _train_both(data, workdir, init, extra):
@@ -156,10 +156,10 @@ def test_pretraining_at_cp2_matches_one_process(pretrain, layout):
 def test_checkpoint_saved_at_cp2_resumes_at_cp1(pretrain):
     data, work, init, reference = pretrain
     run = str(work / "resume")
-    cp2 = _overrides(data, f"{run}/cp2", init, {"parallel.context_parallel_size": 2, "train.save": f"{run}/ckpt",
-                                                   "train.save_interval": 1, "train.exit_interval": 1})
+    cp2 = _overrides(data, f"{run}/cp2", init, {"parallel.context_parallel_size": 2, "checkpoint.save": f"{run}/ckpt",
+                                                   "checkpoint.interval": 1, "run.exit_interval": 1})
     run_distributed(train_in_process, 2, cp2, timeout=400)
-    cp1 = _overrides(data, f"{run}/cp1", init, {"train.load": f"{run}/ckpt", "train.save": f"{run}/ckpt"})
+    cp1 = _overrides(data, f"{run}/cp1", init, {"checkpoint.load": f"{run}/ckpt", "checkpoint.save": f"{run}/ckpt"})
     (resumed,) = run_distributed(train_in_process, 1, cp1, timeout=400)
     ref = reference["causal"]["losses"]
     assert sorted(resumed["losses"]) == list(range(2, ITERS + 1)), "the CP=1 run must resume after iteration 1"
@@ -203,7 +203,7 @@ def _step(stage: str, cp: int, init: str, items: list):
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
@@ -215,7 +215,7 @@ def _step(stage: str, cp: int, init: str, items: list):
                              f"train.stage={stage}"])
     initialize_parallel(cfg.parallel, seed=5, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(init, chunks, cfg.model)
+    Checkpointer.load_weights(init, chunks, cfg.model)
     chunks[0].config.calculate_per_token_loss = True
     chunks[0].config.finalize_model_grads_func = None
     task = (SFTTask if stage == "sft" else DPOTask)(cfg)
@@ -261,27 +261,24 @@ def test_packed_sft_and_dpo_at_cp2_match_cp1(pretrain, stage):
 
 # ----------------------------------------------------------------------------- named errors
 def test_sequence_not_divisible_by_two_cp_is_a_named_error():
-    from megactllm.parallel.initialize import ParallelLayoutError
+    from megactllm.config import ConfigError
     from megactllm.training.run.preflight import preflight
 
-    cfg = load_config(None, ["model.arch=tiny", "train.train_iters=1", "model.seq_length=100", "parallel.context_parallel_size=4"])
-    with pytest.raises(ParallelLayoutError, match=r"model.seq_length=100 is not divisible by 2 x parallel.context_parallel_size = 8"):
-        preflight(cfg, world_size=4, check_memory=False)
-    ok = load_config(None, ["model.arch=tiny", "train.train_iters=1", "model.seq_length=128", "parallel.context_parallel_size=4"])
+    with pytest.raises(ConfigError, match=r"model.seq_length=100: is not divisible by 2 x parallel.context_parallel_size = 8"):
+        load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "model.seq_length=100", "parallel.context_parallel_size=4"])
+    ok = load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "model.seq_length=128", "parallel.context_parallel_size=4"])
     assert preflight(ok, world_size=8, check_memory=False).data_parallel_size == 2
 
 
 def test_cp_with_attention_that_cannot_split_is_a_named_error():
     from megactllm.config import ConfigError
-    from megactllm.parallel.initialize import ParallelLayoutError
-    from megactllm.training.run.preflight import preflight
 
-    cfg = load_config(None, ["model.arch=tiny", "train.train_iters=1", "parallel.context_parallel_size=2", "eval.interval=10"])
     with pytest.raises(ConfigError, match="in-loop benchmark evaluation does not split prompts"):
-        preflight(cfg, world_size=2, check_memory=False)
-    cfg = load_config(None, ["model.arch=tiny", "train.train_iters=1", "parallel.context_parallel_size=2", "parallel.cp_comm_type=ring"])
-    with pytest.raises(ParallelLayoutError, match="cp_comm_type='ring'; choose one of p2p, a2a, all_gather"):
-        preflight(cfg, world_size=2, check_memory=False)
+        load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "parallel.context_parallel_size=2",
+                           "eval.interval=10", "eval.data_dir=x", "data.tokenizer_model=t.model"])
+    with pytest.raises(ConfigError, match="parallel.cp_comm_type='ring': must be one of p2p, a2a, all_gather"):
+        load_config(None, ["model.arch=tiny", "train.duration=1 iterations", "parallel.context_parallel_size=2",
+                           "parallel.cp_comm_type=ring"])
 
 
 def test_memory_estimate_divides_activations_by_cp():
@@ -302,10 +299,10 @@ def test_long_context_recipe_passes_preflight_on_eight_gpus():
 
     recipe = Path(__file__).resolve().parents[1] / "examples" / "configs" / "ctllm_2b_long.yaml"
     # The 4k checkpoint and tokenizer are not in CI: the recipe's shape is CT-LLM 2B's own.
-    cfg = load_config(str(recipe), ["train.pretrained_checkpoint=null", "data.tokenizer_model=null"])
+    cfg = load_config(str(recipe), ["checkpoint.pretrained=null", "data.tokenizer_model=null"])
     plan = preflight(cfg, world_size=8, check_memory=False)
     assert (cfg.model.seq_length, cfg.model.rotary_base, cfg.parallel.context_parallel_size) == (32768, 1e6, 8)
     assert plan.estimate.total < 75 * GIB, plan.report()  # fits an 80 GB GPU
-    half = load_config(str(recipe), ["train.pretrained_checkpoint=null", "data.tokenizer_model=null",
+    half = load_config(str(recipe), ["checkpoint.pretrained=null", "data.tokenizer_model=null",
                                      "parallel.context_parallel_size=4"])
     assert preflight(half, world_size=8, check_memory=False).estimate.total > 80 * GIB  # CP=4 would not

@@ -32,7 +32,7 @@ def imported(tmp_path_factory):
 
 
 def _start(imported, tmp_path):
-    return [f"train.pretrained_checkpoint={imported}", f"train.load={tmp_path / 'none'}"]
+    return [f"checkpoint.pretrained={imported}", f"checkpoint.load={tmp_path / 'none'}"]
 
 
 def test_command_line_data_path_replaces_the_recipes_schedule_with_a_note(imported, tmp_path):
@@ -46,7 +46,7 @@ def test_command_line_data_path_replaces_the_recipes_schedule_with_a_note(import
     # A schedule on the command line replaces a recipe's data paths the same way.
     recipe = tmp_path / "paths.yaml"
     recipe.write_text("data:\n  data_path: [recipe_text_document]\n")
-    cfg = load_config(str(recipe), _start(imported, tmp_path) + [MY_SCHEDULE, "train.train_iters=10"])
+    cfg = load_config(str(recipe), _start(imported, tmp_path) + [MY_SCHEDULE, "train.duration=10 iterations"])
     notes = preflight(cfg, world_size=1, check_memory=False).notes
     assert cfg.data.data_path == [] and len(notes) == 1 and "replaces the recipe's data.data_path" in notes[0]
 
@@ -84,7 +84,7 @@ def _train(args):
 
 def test_the_readme_command_reaches_the_memory_check_and_errors_in_one_line(tmp_path):
     """The 7B recipe with one's own data: the memory refusal shows (one line, exit 2), no traceback."""
-    seven_b = ["model.arch=llama2-7b", "train.pretrained_checkpoint=null", f"train.load={tmp_path / 'none'}",
+    seven_b = ["model.arch=llama2-7b", "checkpoint.pretrained=null", f"checkpoint.load={tmp_path / 'none'}",
                "parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1",
                "parallel.sequence_parallel=false"]
     done = _train(["--config", RECIPE, *seven_b, MY_DATA])

@@ -62,7 +62,7 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
     from megactllm.training.stages.dpo.task import DPOTask
 
     cfg = tiny_config(seq=SEQ)
@@ -70,7 +70,7 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
     models = {}
     for name, ckpt in (("policy", policy_ckpt), ("reference", reference_ckpt)):
         (models[name],) = build_model(cfg.model, cfg.parallel, cfg.optim)
-        load_model_weights(ckpt, [models[name]], cfg.model)
+        Checkpointer.load_weights(ckpt, [models[name]], cfg.model)
     batch = collate(items)
     rows = {k: v.reshape(-1, v.shape[-1]) for k, v in batch.items()}
     independent = {}
@@ -82,8 +82,8 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
             independent[name] = (seq_logps[0::2].tolist(), seq_logps[1::2].tolist())
     results = []
     for loss_type, beta, smoothing in settings:
-        run_cfg = tiny_config(seq=SEQ, extra=(f"train.pretrained_checkpoint={reference_ckpt}", f"train.dpo_beta={beta}",
-                                              f"train.dpo_label_smoothing={smoothing}", f"train.dpo_loss_type={loss_type}"))
+        run_cfg = tiny_config(seq=SEQ, extra=(f"checkpoint.pretrained={reference_ckpt}", f"dpo.beta={beta}",
+                                              f"dpo.label_smoothing={smoothing}", f"dpo.loss_type={loss_type}"))
         models["policy"].config.calculate_per_token_loss = True
         task = DPOTask(run_cfg)
         microbatches = task.prepare_global_batch([collate(items[:2]), collate(items[2:])], [models["policy"]])

@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory, sp_model_path):
 
 
 def _resolve(checkpoint, *overrides):
-    cfg = load_config(None, [f"train.pretrained_checkpoint={checkpoint}", *overrides])
+    cfg = load_config(None, [f"checkpoint.pretrained={checkpoint}", *overrides])
     resolve_model_from_checkpoint(cfg)
     return cfg
 
@@ -96,7 +96,7 @@ def test_estimate_within_25_percent_of_measured_peak(tmp_path):
     prefix = write_corpus(str(tmp_path / "corpus"), seed=0, documents=400, high=64000)
     overrides = ["model.arch=tiny", "model.vocab_size=64000", f"data.data_path=[{prefix}]", "data.split=95,5,0",
                  f"data.data_cache_path={tmp_path}/cache", "train.micro_batch_size=4", "train.global_batch_size=8",
-                 "train.train_iters=2", "train.eval_iters=0"]
+                 "train.duration=2 iterations", "validation.iters=0"]
     out = subprocess.run([sys.executable, "-m", "megactllm.testing.memory_probe", "--iters", "2", *overrides],
                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -107,7 +107,7 @@ def test_estimate_within_25_percent_of_measured_peak(tmp_path):
 
 def test_llama_recipe_continues_an_imported_llama_without_model_overrides(tmp_path):
     """The README's continued-pretraining route: import (with an extended vocabulary), then the
-    LLaMA-2 recipe with nothing but train.pretrained_checkpoint."""
+    LLaMA-2 recipe with nothing but checkpoint.pretrained."""
     import shutil
 
     from convert_testing import REPO_ROOT, extend_sentencepiece_proto, tiny_hf_llama, train_tiny_sentencepiece
@@ -125,7 +125,7 @@ def test_llama_recipe_continues_an_imported_llama_without_model_overrides(tmp_pa
     recipe = str(REPO_ROOT / "examples" / "configs" / "llama2_7b_continue.yaml")
     # One's own data: the recipe's schedule is sized for 4,096-token samples, this model has 64.
     own_data = "data.data_path=[zh_text_document]"
-    cfg = load_config(recipe, [f"train.pretrained_checkpoint={tmp_path / 'ckpt'}", f"train.load={tmp_path / 'none'}", own_data])
+    cfg = load_config(recipe, [f"checkpoint.pretrained={tmp_path / 'ckpt'}", f"checkpoint.load={tmp_path / 'none'}", own_data])
     plan = preflight(cfg, world_size=4)
     m = cfg.model
     assert (m.num_layers, m.hidden_size, m.num_kv_heads, m.vocab_size, m.rotary_base, m.norm_epsilon) == (
@@ -135,5 +135,5 @@ def test_llama_recipe_continues_an_imported_llama_without_model_overrides(tmp_pa
     assert "from " + str(imported.checkpoint) in plan.report() and "TP 2 x PP 2" in plan.report()
     # The original tokenizer (one id short) does not fit the extended checkpoint: refused by name.
     with pytest.raises(VocabMismatchError, match="tiny.model has 300 ids"):
-        preflight(load_config(recipe, [f"train.pretrained_checkpoint={tmp_path / 'ckpt'}",
-                                       f"train.load={tmp_path / 'none'}", f"data.tokenizer_model={base}", own_data]), 4)
+        preflight(load_config(recipe, [f"checkpoint.pretrained={tmp_path / 'ckpt'}",
+                                       f"checkpoint.load={tmp_path / 'none'}", f"data.tokenizer_model={base}", own_data]), 4)

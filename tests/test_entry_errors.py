@@ -25,16 +25,16 @@ def checkpoint(tmp_path_factory, sp_model_path):
 
 
 def _cases(checkpoint, tmp_path, shared_data):
-    small = ["model.arch=tiny", "model.vocab_size=512", "model.seq_length=32", "train.train_iters=2",
-             "train.global_batch_size=4", "train.micro_batch_size=2", "train.eval_iters=0"]
-    start = [f"train.pretrained_checkpoint={checkpoint}", "train.train_iters=2", "train.global_batch_size=4"]
+    small = ["model.arch=tiny", "model.vocab_size=512", "model.seq_length=32", "train.duration=2 iterations",
+             "train.global_batch_size=4", "train.micro_batch_size=2", "validation.iters=0"]
+    start = [f"checkpoint.pretrained={checkpoint}", "train.duration=2 iterations", "train.global_batch_size=4"]
     return {
         "config": (small + ["train.bogus=1"], "unknown key(s) ['bogus']"),
-        "layout": (small + ["parallel.tensor_model_parallel_size=3"], "world size 2 is not divisible by TP x PP x CP"),
+        "layout": (small + ["parallel.pipeline_model_parallel_size=4"], "world size 2 is not divisible by TP x PP x CP"),
         "checkpoint": (start + ["model.num_layers=2"], "model.num_layers=2 (set by an override) but the checkpoint"),
         "tokenizer": (start + [f"data.tokenizer_model={shared_data}/tokenizers/cluecorpussmall_sp.model"],
                       "cluecorpussmall_sp.model has"),
-        "memory": (["model.arch=llama2-7b", "train.train_iters=1", "train.global_batch_size=2"],
+        "memory": (["model.arch=llama2-7b", "train.duration=1 iterations", "train.global_batch_size=2"],
                    "this run needs"),
         "data": (small + [f"data.data_path=[{tmp_path}/missing/corpus]", f"data.data_cache_path={tmp_path}/cache"],
                  f"{tmp_path}/missing/corpus"),
@@ -55,7 +55,7 @@ def test_user_error_is_one_line_and_one_exit_code(kind, checkpoint, tmp_path, sh
 
 
 def test_dry_run_prints_the_plan_once_and_filters_known_noise(checkpoint):
-    args = ["--dry-run", f"train.pretrained_checkpoint={checkpoint}", "train.train_iters=10",
+    args = ["--dry-run", f"checkpoint.pretrained={checkpoint}", "train.duration=10 iterations",
             "train.global_batch_size=4"]
     quiet = launch(args)
     assert quiet.returncode == 0, quiet.stdout[-3000:]

@@ -19,8 +19,8 @@ def test_inloop_eval_logs_and_matches_checkpoint_evals(tmp_path, shared_data, sp
     run = tmp_path / "run"
     overrides = tiny_overrides(
         data, str(tmp_path), **{
-            "model.vocab_size": 64000, "model.max_position_embeddings": 256, "train.train_iters": 4,
-            "train.save": str(run), "train.save_interval": 2, "train.log_dir": str(run),
+            "model.vocab_size": 64000, "model.max_position_embeddings": 256, "train.duration": "4 iterations",
+            "checkpoint.save": str(run), "checkpoint.interval": 2, "logging.dir": str(run),
             "data.tokenizer_model": str(sp_model_path), "optim.lr": 3e-2,
             "eval.interval": 2, "eval.data_dir": str(shared_data / "eval"),
             "eval.tasks": "[cmmlu, ceval]", "eval.subjects": "[cmmlu:agronomy, cmmlu:astronomy, ceval:accountant]",

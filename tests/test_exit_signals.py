@@ -2,7 +2,7 @@
 
 - One rank of two (DP=2) gets SIGUSR1 during iteration 3; the other gets nothing. Both stop after
   iteration 3 and both ranks' parts of the iteration-3 checkpoint are written.
-- `train.exit_duration_minutes`: `python -m megactllm.train`'s main stops after the first
+- `run.exit_duration_minutes`: `python -m megactllm.train`'s main stops after the first
   iteration, saves, returns 75 and writes "75 exit_duration_minutes 1" to $MEGACTLLM_EXIT_STATUS.
 """
 import os
@@ -48,7 +48,7 @@ def _main(argv):
 def test_one_rank_signalled_all_stop_at_the_same_iteration_with_a_checkpoint(tmp_path):
     data = write_corpus(str(tmp_path / "corpus"), seed=5)
     ckpt = tmp_path / "ckpt"
-    overrides = tiny_overrides(data, str(tmp_path), **{"train.train_iters": ITERS, "train.save": ckpt, "train.load": ckpt})
+    overrides = tiny_overrides(data, str(tmp_path), **{"train.duration": f"{ITERS} iterations", "checkpoint.save": ckpt, "checkpoint.load": ckpt})
     stopped = run_distributed(_train, 2, overrides, 1, 3)
     assert [r["iteration"] for r in stopped] == [3, 3]
     assert [r["stop"] for r in stopped] == ["SIGUSR1", "SIGUSR1"]  # rank 0 got no signal, yet agrees
@@ -64,7 +64,7 @@ def test_exit_duration_minutes_saves_and_exits_75(tmp_path):
     data = write_corpus(str(tmp_path / "corpus"), seed=6)
     status = tmp_path / "exit_status"
     argv = tiny_overrides(data, str(tmp_path), **{
-        "train.train_iters": ITERS, "train.save": f"{tmp_path}/ckpt", "train.exit_duration_minutes": 0,
+        "train.duration": f"{ITERS} iterations", "checkpoint.save": f"{tmp_path}/ckpt", "run.exit_duration_minutes": 0,
         "parallel.tensor_model_parallel_size": 1, "parallel.pipeline_model_parallel_size": 1,
     })
     [code] = run_distributed(_main, 1, argv, env={"MEGACTLLM_EXIT_STATUS": str(status)})

@@ -11,7 +11,7 @@ import torch
 from convert_testing import SEQ, hf_logits, merge_rank_results, read_hf_weights, train_tiny_sentencepiece
 from family_testing import FAMILY_MODELS, hf_config, load_logits_and_resave, tiny_hf_model
 
-from megactllm.checkpoint.save_load import read_metadata
+from megactllm.checkpoint import read_metadata
 from megactllm.config import Config, ModelConfig, OptimConfig, ParallelConfig
 from megactllm.convert import export_to_hf, import_from_hf
 from megactllm.convert.errors import ConversionError
@@ -168,10 +168,11 @@ def test_recipe_layout_is_the_least_model_parallelism_that_fits_80gb(recipe, arc
     from megactllm.training.run.memory_estimate import GIB, estimate_memory
     from megactllm.training.run.preflight import preflight
 
-    overrides = [f"model.arch={arch}", "train.pretrained_checkpoint=null", "train.load=null"]
+    overrides = [f"model.arch={arch}", "checkpoint.pretrained=null", "checkpoint.load=null"]
     cfg = load_config(str(REPO_ROOT / "examples" / "configs" / f"{recipe}.yaml"), overrides)
     plan = preflight(cfg, 8, check_memory=False, raise_if_unfit=False)
     assert plan.estimate.total < 70 * GIB  # 80 GB GPUs, with room for what the estimate leaves out
     tp = cfg.parallel.tensor_model_parallel_size
-    less = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=tp // 2))
+    less = dataclasses.replace(cfg, parallel=dataclasses.replace(
+        cfg.parallel, tensor_model_parallel_size=tp // 2, sequence_parallel=tp // 2 > 1))  # SP needs TP > 1
     assert estimate_memory(less, 8).total > 70 * GIB

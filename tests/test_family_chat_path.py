@@ -82,7 +82,7 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     """The whole path for one family; returns what each step left behind."""
     from transformers import AutoTokenizer
 
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.convert import export_to_hf, import_from_hf
     from megactllm.data.chat.dpo_preprocess import preprocess_dpo
     from megactllm.data.chat.sft_preprocess import preprocess_sft
@@ -117,14 +117,14 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     sft_prefix, dpo_prefix = str(root / "sft_data"), str(root / "dpo_data")
     preprocess_sft([_write_records(shared_data, "sft", SFT_RECORDS, root / "sft.json")], sft_prefix, tokenizer, seq_length=SEQ)
     preprocess_dpo([_write_records(shared_data, "dpo", DPO_PAIRS, root / "dpo.json")], dpo_prefix, tokenizer, seq_length=SEQ)
-    common = [f"model.seq_length={SEQ}", f"model.max_position_embeddings={SEQ}", "train.train_iters=2",
-              "train.global_batch_size=4", "train.micro_batch_size=2", "train.log_interval=1", "train.eval_interval=0",
-              "train.eval_iters=0", "optim.lr=1e-3", "optim.min_lr=0.0", "optim.lr_warmup_iters=0",
-              "train.save_interval=2", "train.check_memory=false"]
-    sft = common + ["train.stage=sft", f"train.pretrained_checkpoint={checkpoint}", f"data.train_data_path=['{sft_prefix}']",
-                    f"train.save={root / 'sft'}", f"train.log_dir={root / 'sft_log'}"]
-    dpo = common + ["train.stage=dpo", f"train.pretrained_checkpoint={root / 'sft'}", f"data.train_data_path=['{dpo_prefix}']",
-                    f"train.save={root / 'dpo'}", f"train.log_dir={root / 'dpo_log'}"]
+    common = [f"model.seq_length={SEQ}", f"model.max_position_embeddings={SEQ}", "train.duration=2 iterations",
+              "train.global_batch_size=4", "train.micro_batch_size=2", "logging.interval=1", "validation.interval=0",
+              "validation.iters=0", "optim.lr=1e-3", "optim.min_lr=0.0", "optim.lr_warmup_iters=0",
+              "checkpoint.interval=2", "run.check_memory=false"]
+    sft = common + ["train.stage=sft", f"checkpoint.pretrained={checkpoint}", f"data.train_data_path=['{sft_prefix}']",
+                    f"checkpoint.save={root / 'sft'}", f"logging.dir={root / 'sft_log'}"]
+    dpo = common + ["train.stage=dpo", f"checkpoint.pretrained={root / 'sft'}", f"data.train_data_path=['{dpo_prefix}']",
+                    f"checkpoint.save={root / 'dpo'}", f"logging.dir={root / 'dpo_log'}"]
     (codes,) = run_distributed(train_runs, 1, [sft, dpo], timeout=300)
 
     # 5. export to the family's own class.
@@ -149,7 +149,7 @@ def _masked_runs(tokenizer, tokens, mask) -> list[str]:
 
 
 def test_import_keeps_the_family_and_its_tokenizer(path):
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     model = read_metadata(path["checkpoint"]).model_config
     base = BASE[path["family"]]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not os.environ.get("MEGACTLLM_SLOW_TESTS"), reas
 
 
 def test_the_mean_reward_rises_above_point_eight(tiny_tokenizer, prompts, tmp_path):  # noqa: F811
-    extra = ("train.train_iters=100", "grpo.rewards=[grpo_rewards:band_tokens]", "grpo.max_completion_tokens=8",
+    extra = ("train.duration=100 iterations", "grpo.rewards=[grpo_rewards:band_tokens]", "grpo.max_completion_tokens=8",
              "grpo.group_size=8", "grpo.prompts_per_step=4", "train.micro_batch_size=2", "optim.lr=2e-3", "optim.min_lr=2e-3")
     (records,) = run_distributed(grpo_run, 1, str(tmp_path), tiny_tokenizer, prompts, SEQ, 1, 1, extra, timeout=900)
     rewards = [r["metrics"]["reward_mean"] for r in records]

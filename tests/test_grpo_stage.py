@@ -44,7 +44,7 @@ def prompts(shared_data, tiny_tokenizer, tmp_path_factory):
 def tp1_run(tiny_tokenizer, prompts, tmp_path_factory):
     work = tmp_path_factory.mktemp("grpo_tp1")
     (records,) = run_distributed(grpo_run, 1, str(work), tiny_tokenizer, prompts, SEQ, 1, 1,
-                                 ("train.train_iters=2", *REWARD, f"train.save={work}/ckpt", "train.save_interval=2"), timeout=600)
+                                 ("train.duration=2 iterations", *REWARD, f"checkpoint.save={work}/ckpt", "checkpoint.interval=2"), timeout=600)
     return {"records": records, "checkpoint": work / "ckpt"}
 
 
@@ -78,27 +78,30 @@ def _metrics(records):
     return {r["iteration"]: r["metrics"] for r in records}
 
 
-def test_tp2_follows_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_tokenizer, prompts, tmp_path):
+@pytest.mark.parametrize("tp,name", [(2, "TP2"), (1, "DP2")])
+def test_tp2_and_dp2_follow_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_tokenizer, prompts, tmp_path, tp, name):
     tp1 = _metrics(tp1_run["records"])
     # One process: the engine (transformers, weights exported in memory) and megatron agree in fp32.
     assert tp1[1]["rollout_logprob_diff_max"] < 1e-4
     assert 0.0 < tp1[1]["reward_mean"] < 0.3  # a random model: a little signal, far from the goal
-    records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 2, 1,
-                              ("train.train_iters=2", *REWARD), timeout=600)[0]
-    tp2 = _metrics(records)
-    print("grpo log-prob agreement TP1/TP2:", {s: (tp1[s]["rollout_logprob_diff_max"], tp2[s]["rollout_logprob_diff_max"], tp2[s]["rollout_logprob_diff_mean"]) for s in (1, 2)})
+    records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, tp, 1,
+                              ("train.duration=2 iterations", *REWARD), timeout=600)[0]
+    other = _metrics(records)
+    print(f"grpo log-prob agreement TP1/{name}:", {s: (tp1[s]["rollout_logprob_diff_max"], other[s]["rollout_logprob_diff_max"],
+                                                      other[s]["rollout_logprob_diff_mean"]) for s in (1, 2)})
     for step in (1, 2):
-        assert tp2[step]["rollout_logprob_diff_max"] < 1e-4, tp2[step]
-        assert tp2[step]["rollout_logprob_diff_mean"] < 1e-5
-    # The sampler's seed is the prompt's position: the same completions, rewards and loss at TP2.
-    assert tp2[1]["reward_mean"] == tp1[1]["reward_mean"]
-    assert tp2[1]["completion_length"] == tp1[1]["completion_length"]
-    assert tp2[1]["grpo loss"] == pytest.approx(tp1[1]["grpo loss"], abs=1e-5)
-    assert tp2[2]["reward_mean"] == pytest.approx(tp1[2]["reward_mean"], abs=0.02)
+        assert other[step]["rollout_logprob_diff_max"] < 1e-4, other[step]
+        assert other[step]["rollout_logprob_diff_mean"] < 1e-5
+    # The sampler's seed is the prompt's position: the same completions, rewards and loss at TP2 and
+    # with the prompts split over two data-parallel ranks.
+    assert other[1]["reward_mean"] == pytest.approx(tp1[1]["reward_mean"], abs=1e-9)
+    assert other[1]["completion_length"] == pytest.approx(tp1[1]["completion_length"], abs=1e-9)
+    assert other[1]["grpo loss"] == pytest.approx(tp1[1]["grpo loss"], abs=1e-5)
+    assert other[2]["reward_mean"] == pytest.approx(tp1[2]["reward_mean"], abs=0.02)
 
 
 def test_pp2_with_a_reference_token_normalisation_and_two_updates(tiny_tokenizer, prompts, tmp_path):
-    extra = ("train.train_iters=2", *REWARD, "grpo.kl_coeff=0.05", "grpo.loss_normalization=token",
+    extra = ("train.duration=2 iterations", *REWARD, "grpo.kl_coeff=0.05", "grpo.loss_normalization=token",
              "grpo.updates_per_batch=2", "grpo.clip_high=0.28")
     records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 1, 2, extra, timeout=600)[0]
     m = _metrics(records)
@@ -111,11 +114,11 @@ def test_pp2_with_a_reference_token_normalisation_and_two_updates(tiny_tokenizer
 
 
 def test_resume_after_a_stop_gives_the_same_next_step(tp1_run, tiny_tokenizer, prompts, tmp_path):
-    save = ("train.save=" + str(tmp_path / "ckpt"), "train.save_interval=1")
+    save = ("checkpoint.save=" + str(tmp_path / "ckpt"), "checkpoint.interval=1")
     run_distributed(grpo_run, 1, str(tmp_path / "a"), tiny_tokenizer, prompts, SEQ, 1, 1,
-                    ("train.train_iters=1", *REWARD, *save), timeout=600)
+                    ("train.duration=1 iterations", *REWARD, *save), timeout=600)
     resumed = run_distributed(grpo_run, 1, str(tmp_path / "b"), tiny_tokenizer, prompts, SEQ, 1, 1,
-                              ("train.train_iters=2", *REWARD, *save, "train.load=" + str(tmp_path / "ckpt")), timeout=600)[0]
+                              ("train.duration=2 iterations", *REWARD, *save, "checkpoint.load=" + str(tmp_path / "ckpt")), timeout=600)[0]
     again, straight = _metrics(resumed)[2], _metrics(tp1_run["records"])[2]
     for key in ("reward_mean", "reward_std", "completion_length"):
         assert again[key] == straight[key], key
@@ -137,9 +140,12 @@ def test_bad_input_is_one_clear_error(tiny_tokenizer, prompts, tmp_path):
         load_prompts(str(no_answers), tok, need_answers=True, max_prompt_tokens=56)
     with pytest.raises(PromptFileError, match=r"prompts.jsonl:1: the prompt is \d+ tokens .* must fit model.seq_length"):
         load_prompts(prompts, tok, need_answers=True, max_prompt_tokens=10)
-    with pytest.raises(ConfigError, match=r"grpo.group_size=1: a group needs at least 2"):
-        load_config(None, ["train.stage=grpo", "grpo.group_size=1"])
-    with pytest.raises(ConfigError, match=r"grpo.max_completion_tokens=64 leaves no room"):
-        GRPOTask(load_config(None, ["train.stage=grpo", f"model.seq_length={SEQ}", "grpo.max_completion_tokens=64"]))
+    inputs = ["train.stage=grpo", "data.prompts_path=prompts.jsonl"]
+    with pytest.raises(ConfigError, match=r"grpo.group_size=1: must be at least 2"):
+        load_config(None, inputs + ["grpo.group_size=1"])
+    with pytest.raises(ConfigError, match=r"grpo.max_completion_tokens=64: leaves no room"):
+        load_config(None, inputs + [f"model.seq_length={SEQ}", "grpo.max_completion_tokens=64"])
+    with pytest.raises(ConfigError, match=r"data.prompts_path=null: is needed by train.stage=grpo"):
+        load_config(None, ["train.stage=grpo", "grpo.max_completion_tokens=8"])
     with pytest.raises(RewardError, match=r"cannot import module 'no_such_rewards'"):
-        GRPOTask(load_config(None, ["train.stage=grpo", "grpo.max_completion_tokens=8", "grpo.rewards=[no_such_rewards:score]"]))
+        GRPOTask(load_config(None, inputs + ["grpo.max_completion_tokens=8", "grpo.rewards=[no_such_rewards:score]"]))

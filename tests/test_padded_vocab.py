@@ -43,8 +43,8 @@ def _overrides(corpus, tokenizer, run_dir) -> list[str]:
     overrides = tiny_overrides(corpus, str(run_dir), **{
         "parallel.tensor_model_parallel_size": 2,
         "data.tokenizer_model": str(tokenizer),
-        "train.train_iters": 4, "train.save_interval": 2,
-        "train.save": f"{run_dir}/ckpt", "train.load": f"{run_dir}/ckpt",
+        "train.duration": "4 iterations", "checkpoint.interval": 2,
+        "checkpoint.save": f"{run_dir}/ckpt", "checkpoint.load": f"{run_dir}/ckpt",
     })
     # Megatron's option sets the rows from the tokenizer: no model.vocab_size on the command line.
     return [o for o in overrides if not o.startswith("model.vocab_size=")] + [
@@ -91,7 +91,7 @@ def test_a_wrong_tokenizer_is_still_refused_by_what_it_is(trained, tmp_path):
     from megactllm.errors import UserError
 
     def resolve(tok):
-        return resolve_model_from_checkpoint(load_config(None, [f"train.load={trained['checkpoint']}",
+        return resolve_model_from_checkpoint(load_config(None, [f"checkpoint.load={trained['checkpoint']}",
                                                                 f"data.tokenizer_model={tok}"]))
 
     own = trained["checkpoint"] / "iter_0000004" / "tokenizer" / "tiny.model"
@@ -127,7 +127,7 @@ def _swap_pieces(source: Path, target: Path, a: int, b: int) -> Path:
 def test_make_vocab_size_divisible_by_sets_the_rows_and_refuses_a_contradiction(corpus, tokenizer, tmp_path):
     from megactllm.training.run.preflight import preflight
 
-    base = [f"data.data_path=[{corpus}]", f"data.tokenizer_model={tokenizer}", "model.arch=tiny", "train.train_iters=4"]
+    base = [f"data.data_path=[{corpus}]", f"data.tokenizer_model={tokenizer}", "model.arch=tiny", "train.duration=4 iterations"]
     cfg = load_config(None, base + [f"model.make_vocab_size_divisible_by={MULTIPLE}"])
     preflight(cfg, 1, check_memory=False)
     assert cfg.model.vocab_size == ROWS
@@ -143,7 +143,7 @@ def test_make_vocab_size_divisible_by_sets_the_rows_and_refuses_a_contradiction(
 
 def test_a_checkpoint_of_the_previous_format_still_reads(trained, tmp_path):
     """Earlier megactllm wrote make_vocab_size_divisible_by=128 as its layout padding: it reads as unset."""
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
     old = tmp_path / "old"
@@ -153,7 +153,7 @@ def test_a_checkpoint_of_the_previous_format_still_reads(trained, tmp_path):
     raw["model"]["make_vocab_size_divisible_by"] = 128
     meta_file.write_text(json.dumps(raw))
     assert read_metadata(old).model_config.make_vocab_size_divisible_by is None
-    cfg = load_config(None, [f"train.pretrained_checkpoint={old}"])
+    cfg = load_config(None, [f"checkpoint.pretrained={old}"])
     resolve_model_from_checkpoint(cfg)
     assert cfg.model.vocab_size == ROWS and cfg.data.tokenizer_model.endswith("tokenizer/tiny.model")
 
@@ -282,7 +282,7 @@ def test_gguf_of_a_padded_model_loads_in_llama_cpp_and_never_samples_padding(exp
 
 
 def test_import_of_an_hf_model_with_padding_rows_round_trips(tmp_path, tokenizer):
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.convert import export_to_hf, import_from_hf
 
     hf = tmp_path / "hf_in"
@@ -306,7 +306,7 @@ def test_tiny_cpu_recipe_resumes_and_exports_with_the_map_neo_tokenizer(tmp_path
     recipe = str(REPO_ROOT / "examples" / "configs" / "tiny_cpu.yaml")
     run = tmp_path / "run"
     run_distributed(save_checkpoint_with_tokenizer, 1, ["model.arch=tiny", "model.vocab_size=64002"], str(run), str(map_neo))
-    cfg = load_config(recipe, [f"data.tokenizer_model={map_neo}", f"train.load={run}"])
+    cfg = load_config(recipe, [f"data.tokenizer_model={map_neo}", f"checkpoint.load={run}"])
     assert resolve_model_from_checkpoint(cfg) and cfg.model.vocab_size == 64002
     export_to_hf(run, tmp_path / "hf", progress_stream=None)
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == 64002

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from megactllm.config import load_config
+from megactllm.config import ConfigError, load_config
 from megactllm.testing import run_distributed
 
 VOCAB, SEQ, MBS = 1000, 32, 2
@@ -102,14 +102,11 @@ def test_layout_errors_name_the_fix():
     assert check_layout(cfg.parallel, 8, num_layers=4) == 2
     with pytest.raises(ParallelLayoutError, match="launch a multiple of 4"):
         check_layout(cfg.parallel, 6)
-    with pytest.raises(ParallelLayoutError, match="cannot be split evenly"):
+    with pytest.raises(ConfigError, match="parallel.pipeline_model_parallel_size=2: .* must divide the model's 3 layers"):
         check_layout(cfg.parallel, 4, num_layers=3)
-    cfg = load_config(None, ["parallel.sequence_parallel=true"])
-    with pytest.raises(ParallelLayoutError, match="sequence_parallel needs"):
-        check_layout(cfg.parallel, 1)
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel=true: needs parallel.tensor_model_parallel_size > 1"):
+        load_config(None, ["parallel.sequence_parallel=true"])
     cfg = load_config(None, ["parallel.context_parallel_size=2"])
     check_layout(cfg.parallel, 2)  # context parallelism is supported (tests/test_context_parallel.py)
-    from megactllm.parallel.initialize import check_context_parallel
-
-    with pytest.raises(ParallelLayoutError, match="not divisible by 2 x parallel.context_parallel_size = 4"):
-        check_context_parallel(cfg.parallel, 126)
+    with pytest.raises(ConfigError, match="model.seq_length=126: is not divisible by 2 x parallel.context_parallel_size = 4"):
+        load_config(None, ["parallel.context_parallel_size=2", "model.seq_length=126"])

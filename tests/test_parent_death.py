@@ -32,7 +32,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigkill_of_torchrun_leaves_no_orphan_workers(tmp_path):
     data = write_corpus(str(tmp_path / "corpus"), seed=8)
-    overrides = tiny_overrides(data, str(tmp_path), **{"train.train_iters": 100000})
+    overrides = tiny_overrides(data, str(tmp_path), **{"train.duration": "100000 iterations"})
     proc = subprocess.Popen(torchrun_command(2, overrides), env=torchrun_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "log" / "metrics.jsonl"

@@ -32,11 +32,11 @@ def megactllm(*args):
 
 
 def _train_args(root, ckpt, data, tok, iters):
-    return [f"train.pretrained_checkpoint={ckpt}", f"data.data_path=[{data}]", "data.tokenizer_type=huggingface",
+    return [f"checkpoint.pretrained={ckpt}", f"data.data_path=[{data}]", "data.tokenizer_type=huggingface",
             f"data.tokenizer_model={tok}", f"model.seq_length={SEQ}", "parallel.tensor_model_parallel_size=2",
-            f"train.train_iters={iters}", "train.save_interval=2", f"train.save={root}/run", f"train.load={root}/run",
-            "train.global_batch_size=4", "train.micro_batch_size=2", "train.log_interval=1", "train.eval_interval=0",
-            "train.eval_iters=0", f"train.log_dir={root}/log", "data.split=100,0,0", f"data.data_cache_path={root}/cache",
+            f"train.duration={iters} iterations", "checkpoint.interval=2", f"checkpoint.save={root}/run", f"checkpoint.load={root}/run",
+            "train.global_batch_size=4", "train.micro_batch_size=2", "logging.interval=1", "validation.interval=0",
+            "validation.iters=0", f"logging.dir={root}/log", "data.split=100,0,0", f"data.data_cache_path={root}/cache",
             "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.lr_warmup_iters=1"]
 
 

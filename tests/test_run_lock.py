@@ -2,7 +2,7 @@
 
 The lock names its holder; a live holder refuses a second run with an error naming it; a dead
 pid on this host, an old heartbeat, or an earlier run of the same requeued SLURM job is taken
-over with a warning. A second real training run at a held `train.save` exits 2 naming the holder.
+over with a warning. A second real training run at a held `checkpoint.save` exits 2 naming the holder.
 """
 import json
 import logging
@@ -93,7 +93,7 @@ def test_second_training_run_at_a_held_checkpoint_dir_exits_naming_the_holder(tm
     data = write_corpus(str(tmp_path / "corpus"), seed=7)
     _holder(tmp_path / "ckpt", pid=live_pid)
     cmd = [sys.executable, "-m", "megactllm.train",
-           *tiny_overrides(data, str(tmp_path), **{"train.save": f"{tmp_path}/ckpt", "train.train_iters": 2})]
+           *tiny_overrides(data, str(tmp_path), **{"checkpoint.save": f"{tmp_path}/ckpt", "train.duration": "2 iterations"})]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=torchrun_env(), timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"error: checkpoint directory {tmp_path / 'ckpt'} is in use by another run (pid {live_pid}" in proc.stderr
@@ -262,7 +262,7 @@ def _train_and_lose_the_lock(overrides, at_iteration):
 
     def train_step():
         if trainer.rank == 0 and trainer.state.iteration + 1 == at_iteration:
-            save = Path(cfg.train.save)
+            save = Path(cfg.checkpoint.save)
             _take_over(save, pid=4242)
             (save / "iter_0000004.partial").mkdir()
             (save / "iter_0000004.partial" / "theirs").write_text("the other run's write in flight")
@@ -282,7 +282,7 @@ def test_lost_lock_stops_every_rank_at_the_next_save_and_deletes_nothing_of_the_
     data = write_corpus(str(tmp_path / "corpus"), seed=11)
     save = tmp_path / "ckpt"
     overrides = tiny_overrides(data, str(tmp_path), **{
-        "train.save": str(save), "train.save_interval": 2, "train.train_iters": 6})
+        "checkpoint.save": str(save), "checkpoint.interval": 2, "train.duration": "6 iterations"})
     results = run_distributed(_train_and_lose_the_lock, 2, overrides, 3, timeout=600)
     assert [r["iteration"] for r in results] == [4, 4]  # both ranks stop at the save boundary after the loss
     for r in results:

@@ -8,7 +8,7 @@ nodes x 2 ranks = DP 2 across the nodes, TP 2 with sequence parallel inside each
   2. the requeued run resumes from k; the test `scancel`s it after two more iterations (SIGTERM),
      it saves at iteration m and ends (CANCELLED, not requeued);
   3. iterations 1..m of the two runs have the losses of an uninterrupted local torchrun with the
-     same recipe and overrides (stopping at m through train.exit_interval).
+     same recipe and overrides (stopping at m through run.exit_interval).
 """
 import subprocess
 import sys
@@ -25,10 +25,10 @@ ITERS = 2000  # never reached: the run is stopped by the signal, then by scancel
 
 def _overrides(data: str, work: Path) -> list[str]:
     return tiny_overrides(data, str(work), **{
-        "train.train_iters": ITERS,
+        "train.duration": f"{ITERS} iterations",
         "data.tokenizer_model": "null",         # the synthetic corpus carries its EOD id in a sidecar
         "optim.bf16": "false",
-        "train.log_dir": f"{work}/log",
+        "logging.dir": f"{work}/log",
     })
 
 
@@ -79,8 +79,8 @@ def test_pretrain_sbatch_requeues_at_time_limit_stops_on_scancel_and_matches_tor
            "-m", "megactllm.train", "--config", "examples/configs/ctllm_2b.yaml",
            "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=1",
            "parallel.sequence_parallel=true",
-           f"train.save={ref}/ckpt", f"train.load={ref}/ckpt", f"train.tensorboard_dir={ref}/tb",
-           *_overrides(data, ref), f"train.exit_interval={m}"]
+           f"checkpoint.save={ref}/ckpt", f"checkpoint.load={ref}/ckpt", f"logging.tensorboard_dir={ref}/tb",
+           *_overrides(data, ref), f"run.exit_interval={m}"]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     reference = read_losses(str(ref / "log"))
     assert sorted(reference) == list(range(1, m + 1))

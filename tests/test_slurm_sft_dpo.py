@@ -1,7 +1,7 @@
 """examples/ctllm_2b_sft.slurm and ctllm_2b_dpo.slurm on the local two-node cluster (tiny overrides).
 
 Each script runs its CT-LLM recipe with the tiny model, real chat data from ../shared/data and a
-randomly initialised tiny checkpoint as train.pretrained_checkpoint, on 2 nodes x 1 rank (data
+randomly initialised tiny checkpoint as checkpoint.pretrained, on 2 nodes x 1 rank (data
 parallel across the nodes). Its losses equal those of the same recipe and overrides under a
 local torchrun. The two jobs and the two local runs go side by side (the cluster has room).
 """
@@ -25,9 +25,9 @@ def _overrides(stage: str, work: Path, tokenizer, data: str, checkpoint: str) ->
         "model.arch=tiny", "model.vocab_size=64002", "model.make_vocab_size_divisible_by=1",
         f"model.seq_length={SEQ}", f"model.max_position_embeddings={SEQ}", "optim.bf16=false",
         f"data.tokenizer_model={tokenizer}", f"data.train_data_path={data}",
-        "train.micro_batch_size=2", "train.global_batch_size=8", f"train.train_iters={ITERS}", "train.log_interval=1",
-        f"train.pretrained_checkpoint={checkpoint}", f"train.save={work}/ckpt", f"train.load={work}/ckpt",
-        f"train.log_dir={work}/log",
+        "train.micro_batch_size=2", "train.global_batch_size=8", f"train.duration={ITERS} iterations", "logging.interval=1",
+        f"checkpoint.pretrained={checkpoint}", f"checkpoint.save={work}/ckpt", f"checkpoint.load={work}/ckpt",
+        f"logging.dir={work}/log",
     ]
 
 

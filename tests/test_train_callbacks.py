@@ -24,8 +24,8 @@ def _overrides(data: str, work: str, **extra) -> list[str]:
         "model.num_attention_heads": 2, "model.vocab_size": 512, "model.seq_length": 32,
         "model.max_position_embeddings": 32, "data.data_path": f"[{data}]", "data.split": "100,0,0",
         "data.data_cache_path": f"{work}/data_cache", "train.global_batch_size": 2, "train.micro_batch_size": 2,
-        "train.log_interval": 1, "train.eval_interval": 0, "train.eval_iters": 0, "train.log_dir": f"{work}/log",
-        "train.skip_spiky_steps": "true", "train.spike_window": 4, "optim.lr": 3e-3, "optim.min_lr": 3e-4,
+        "logging.interval": 1, "validation.interval": 0, "validation.iters": 0, "logging.dir": f"{work}/log",
+        "stability.skip_spiky_steps": "true", "stability.spike_window": 4, "optim.lr": 3e-3, "optim.min_lr": 3e-4,
         "optim.lr_warmup_iters": 1, "optim.bf16": "false",
     }
     base.update(extra)
@@ -118,7 +118,7 @@ def test_default_callbacks_order_by_their_bands(tmp_path):
     from megactllm.training.callbacks import default_callbacks
 
     cfg = load_config(None, _overrides("unused", str(tmp_path), **{
-        "train.save": str(tmp_path / "ckpt"), "train.save_interval": 5, "train.spike_rollback_after": 1}))
+        "checkpoint.save": str(tmp_path / "ckpt"), "checkpoint.interval": 5, "stability.spike_rollback_after": 1}))
     trainer = SimpleNamespace(cfg=cfg, blend_schedule=None, world_size=2, valid_reader=None, rank=0)
     names = [cb.name for cb in CallbackList(default_callbacks(trainer))]
     # The lock before anything opens; data position and guards before the record is written; the
@@ -130,7 +130,7 @@ def test_default_callbacks_order_by_their_bands(tmp_path):
 def test_on_error_and_on_close_hear_of_a_step_that_raised(corpus):
     work, data = corpus
     run = work / "failing"
-    ov = _overrides(data, str(run), **{"train.train_iters": 4, "train.save": str(run / "ckpt"), "train.save_interval": 2})
+    ov = _overrides(data, str(run), **{"train.duration": "4 iterations", "checkpoint.save": str(run / "ckpt"), "checkpoint.interval": 2})
     (r,) = run_distributed(_train, 1, ov, 3, timeout=600)
     assert r["raised"] == "a step failed on purpose (test)"
     assert r["heard"] == ["on_train_start", "on_error:RuntimeError:a step failed on purpose (test)", "on_close"]
@@ -139,7 +139,7 @@ def test_on_error_and_on_close_hear_of_a_step_that_raised(corpus):
 
 
 def test_states_from_an_old_checkpoint_and_through_a_new_one(corpus, tmp_path):
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     work, data = corpus
     old = json.loads((OLD / "iter_0000007" / "megactllm.json").read_text())["train_state"]
@@ -150,8 +150,8 @@ def test_states_from_an_old_checkpoint_and_through_a_new_one(corpus, tmp_path):
     # The old checkpoint kept the spike window, the rollback count and the skipped window in its
     # train state: each callback takes its part from there.
     save = tmp_path / "ckpt"
-    ov = _overrides(data, str(tmp_path), **{"train.train_iters": 8, "train.load": str(fixture), "train.save": str(save),
-                                            "train.save_interval": 100})
+    ov = _overrides(data, str(tmp_path), **{"train.duration": "8 iterations", "checkpoint.load": str(fixture), "checkpoint.save": str(save),
+                                            "checkpoint.interval": 100})
     (r,) = run_distributed(_train, 1, ov, timeout=600)
     assert r["state"]["iteration"] == 8 and "raised" not in r
     assert r["states_at_start"]["spikes"] == {"window": old["spike_window"], "rollbacks": 1}
@@ -168,7 +168,7 @@ def test_states_from_an_old_checkpoint_and_through_a_new_one(corpus, tmp_path):
     assert meta.callbacks["skip_data"] == {"skipped_samples": [[10, 12]]}
 
     # Round trip: a run resumed from it starts with exactly those states.
-    ov = _overrides(data, str(tmp_path / "again"), **{"train.train_iters": 9, "train.load": str(save),
-                                                        "train.save": str(tmp_path / "ckpt2")})
+    ov = _overrides(data, str(tmp_path / "again"), **{"train.duration": "9 iterations", "checkpoint.load": str(save),
+                                                        "checkpoint.save": str(tmp_path / "ckpt2")})
     (again,) = run_distributed(_train, 1, ov, timeout=600)
     assert again["states_at_start"] == meta.callbacks

@@ -1,14 +1,13 @@
 """Document-boundary options that would silently do nothing are refused with the reason."""
 import pytest
 
-from megactllm.config import load_config
+from megactllm.config import ConfigError, load_config
 from megactllm.training.stages.pretrain import check_document_resets
 
 
 def test_position_reset_alone_is_refused():
-    cfg = load_config(None, ["data.reset_position_ids=true"])
-    with pytest.raises(ValueError, match="reset_attention_mask"):
-        check_document_resets(cfg)
+    with pytest.raises(ConfigError, match="data.reset_position_ids=true: needs data.reset_attention_mask"):
+        load_config(None, ["data.reset_position_ids=true"])
 
 
 def test_position_and_attention_reset_together_are_accepted_on_the_local_spec():

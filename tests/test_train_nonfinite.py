@@ -95,7 +95,7 @@ def corpus(tmp_path_factory):
 
 def test_one_nonfinite_step_is_skipped_and_counted(corpus):
     work, data = corpus
-    (r,) = run_distributed(_train, 1, tiny_overrides(data, str(work / "once"), **{"train.train_iters": 5}), [3], timeout=300)
+    (r,) = run_distributed(_train, 1, tiny_overrides(data, str(work / "once"), **{"train.duration": "5 iterations"}), [3], timeout=300)
     assert r["error"] is None and r["iteration"] == 5
     assert r["skipped"] == 1 and r["nonfinite"] == 1
     assert math.isnan(r["losses"][3]) and all(math.isfinite(r["losses"][i]) for i in (1, 2, 4, 5))
@@ -107,7 +107,7 @@ def test_consecutive_nonfinite_steps_stop_with_last_good_checkpoint(corpus):
     work, data = corpus
     save = work / "diverge_ckpt"
     overrides = tiny_overrides(data, str(work / "diverge"), **{
-        "train.train_iters": 10, "train.save": str(save), "train.save_interval": 2, "train.max_consecutive_nonfinite": 3})
+        "train.duration": "10 iterations", "checkpoint.save": str(save), "checkpoint.interval": 2, "stability.max_consecutive_nonfinite": 3})
     (r,) = run_distributed(_train, 1, overrides, [3, 4, 5, 6, 7, 8], timeout=300)
     assert r["error"] is not None and r["iteration"] == 5
     assert "3 consecutive iterations ending at 5" in r["error"]

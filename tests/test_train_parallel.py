@@ -1,7 +1,7 @@
 """Every parallel layout trains like one process: same initial weights, same data, same losses.
 
 The reference is a single process (TP=PP=DP=1). Each layout starts from the same initial
-checkpoint (train.pretrained_checkpoint) and runs 5 optimizer steps of 4 micro-batches (fp32,
+checkpoint (checkpoint.pretrained) and runs 5 optimizer steps of 4 micro-batches (fp32,
 Adam, warmup + cosine, clipping). Losses are global per-token means; the layouts only reorder
 floating-point sums, so they agree to 1e-5 absolute (observed: ~1e-7).
 """
@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     base = tiny_overrides(data, str(work))
     init = str(work / "init")
     run_distributed(save_initial_checkpoint, 1, base, init, timeout=300)
-    (reference,) = run_distributed(train_in_process, 1, base + [f"train.pretrained_checkpoint={init}"], timeout=300)
+    (reference,) = run_distributed(train_in_process, 1, base + [f"checkpoint.pretrained={init}"], timeout=300)
     return data, work, init, reference["losses"]
 
 
@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
 def test_layout_matches_single_process(setup, layout):
     data, work, init, reference = setup
     nproc, extra = LAYOUTS[layout]
-    overrides = tiny_overrides(data, str(work / layout), **extra) + [f"train.pretrained_checkpoint={init}"]
+    overrides = tiny_overrides(data, str(work / layout), **extra) + [f"checkpoint.pretrained={init}"]
     results = run_distributed(train_in_process, nproc, overrides, timeout=400)
     assert sorted(reference) == [1, 2, 3, 4, 5]
     assert reference[5] < reference[1] - 0.05, f"the reference run should learn: {reference}"

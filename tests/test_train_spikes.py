@@ -2,7 +2,7 @@
 
 Micro and global batch 1, so a step is one sample: after the warm-up exactly the steps that read
 random tokens are skipped, with weights and Adam state untouched, and the run then equals one that
-never read those samples (train.skip_samples, constant LR); the ~80 clean steps after the warm-up
+never read those samples (stability.skip_samples, constant LR); the ~80 clean steps after the warm-up
 skip nothing, and 200 steps of clean text past the warm-up at the default window and sigma skip
 nothing either.
 """
@@ -40,7 +40,7 @@ def test_window_minimum_and_verdicts():
 
 def test_random_documents_are_exactly_the_skipped_steps(data):
     root, d = data
-    ov = overrides(d, str(root / "spiky"), 0.04, **{"train.train_iters": ITERS})
+    ov = overrides(d, str(root / "spiky"), 0.04, **{"train.duration": f"{ITERS} iterations"})
     (r,) = run_distributed(train_observed, 1, ov, d["real_tokens"], timeout=900)
     skipped = {i for i, u in r["unchanged"].items()}
     random_steps = {i for i, is_random in r["read_random"].items() if is_random}
@@ -55,10 +55,10 @@ def test_random_documents_are_exactly_the_skipped_steps(data):
     logged = {rec["iteration"]: rec for rec in log if rec.get("skipped_spike")}
     assert set(logged) == skipped and all(logged[i]["loss"] == r["losses"][i] for i in skipped)
 
-    # The same run without the skipped samples (train.skip_samples) equals it, step for step.
+    # The same run without the skipped samples (stability.skip_samples) equals it, step for step.
     windows = [[i - 1, i] for i in sorted(skipped)]
     ref_ov = overrides(d, str(root / "reference"), 0.04, **{
-        "train.train_iters": ITERS - len(skipped), "train.skip_spiky_steps": "false", "train.skip_samples": json.dumps(windows)})
+        "train.duration": f"{ITERS - len(skipped)} iterations", "stability.skip_spiky_steps": "false", "stability.skip_samples": json.dumps(windows)})
     (ref,) = run_distributed(train_observed, 1, ref_ov, d["real_tokens"], timeout=900)
     applied = [i for i in range(1, ITERS + 1) if i not in skipped]
     assert [r["losses"][i] for i in applied] == [ref["losses"][j] for j in range(1, len(applied) + 1)]
@@ -77,10 +77,10 @@ def test_clean_text_skips_nothing_over_200_steps(data):
     root, d = data
     iters = WARMUP + 200
     ov = [o for o in overrides(d, str(root / "clean"), 0.0, **{
-        "train.train_iters": iters, "train.log_interval": 1, "train.save": str(root / "clean" / "ckpt"),
-        "train.save_interval": iters, "optim.lr": 1e-3, "optim.min_lr": 1e-4, "optim.lr_decay_style": "cosine",
+        "train.duration": f"{iters} iterations", "logging.interval": 1, "checkpoint.save": str(root / "clean" / "ckpt"),
+        "checkpoint.interval": iters, "optim.lr": 1e-3, "optim.min_lr": 1e-4, "optim.lr_decay_style": "cosine",
         "optim.lr_warmup_iters": 20})
-          if not o.startswith("train.spike_window=")]
+          if not o.startswith("stability.spike_window=")]
     (r,) = run_distributed(train_plain, 1, ov, timeout=900)
     state = r["state"]
     assert state["iteration"] == iters and len(r["losses"]) == iters
@@ -91,13 +91,13 @@ def test_clean_text_skips_nothing_over_200_steps(data):
 
 
 def test_rollback_equals_skipping_the_window_from_the_start(data):
-    """train.spike_rollback_after=1: every spike reloads the last checkpoint and skips the samples read
-    since; the run then equals one told to skip those windows (train.skip_samples) from the start."""
+    """stability.spike_rollback_after=1: every spike reloads the last checkpoint and skips the samples read
+    since; the run then equals one told to skip those windows (stability.skip_samples) from the start."""
     root, d = data
     iters = 80
     ov = overrides(d, str(root / "rollback"), 0.04, **{
-        "train.train_iters": iters, "train.spike_rollback_after": 1, "train.save": str(root / "rollback" / "ckpt"),
-        "train.save_interval": 10})
+        "train.duration": f"{iters} iterations", "stability.spike_rollback_after": 1, "checkpoint.save": str(root / "rollback" / "ckpt"),
+        "checkpoint.interval": 10})
     (r,) = run_distributed(train_observed, 1, ov, d["real_tokens"], timeout=900)
     state, callbacks = r["state"], r["callbacks"]
     windows = [list(w) for w in callbacks["skip_data"]["skipped_samples"]]
@@ -106,12 +106,12 @@ def test_rollback_equals_skipping_the_window_from_the_start(data):
     rollbacks = [rec for rec in log if rec.get("kind") == "rollback"]
     assert [rec["skipped_samples"] for rec in rollbacks] == windows
     # The last checkpoint holds the windows, so a resume never reads them again.
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     assert read_metadata(str(root / "rollback" / "ckpt")).callbacks["skip_data"]["skipped_samples"] == windows
 
     ref_ov = overrides(d, str(root / "rollback_ref"), 0.04, **{
-        "train.train_iters": iters, "train.skip_spiky_steps": "false", "train.skip_samples": json.dumps(windows)})
+        "train.duration": f"{iters} iterations", "stability.skip_spiky_steps": "false", "stability.skip_samples": json.dumps(windows)})
     (ref,) = run_distributed(train_observed, 1, ref_ov, d["real_tokens"], timeout=900)
     assert r["losses"] == ref["losses"]
     import torch

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from megactllm.config import load_config
+from megactllm.config import ConfigError, load_config
 from megactllm.training.schedule import (
     ScheduleError,
     num_microbatches,
@@ -39,14 +39,16 @@ def test_unknown_and_registered_stages():
 
 
 def test_run_length_from_iters_tokens_and_epochs():
-    cfg = load_config(None, ["model.seq_length=128", "train.global_batch_size=16", "train.train_tokens=20000"])
+    cfg = load_config(None, ["model.seq_length=128", "train.global_batch_size=16", "train.duration=20000 tokens"])
     assert resolve_train_iters(cfg) == 10  # ceil(20000 / 2048)
-    cfg = load_config(None, ["train.train_epochs=2", "train.global_batch_size=8"])
+    cfg = load_config(None, ["train.stage=sft", "train.duration=2 epochs", "train.global_batch_size=8"])
     assert resolve_train_iters(cfg, train_samples=100) == 25
     with pytest.raises(ScheduleError, match="finite training set"):
         resolve_train_iters(cfg)
+    with pytest.raises(ConfigError, match="train.global_batch_size=6: must be a multiple of train.micro_batch_size=4"):
+        load_config(None, ["train.global_batch_size=6", "train.micro_batch_size=4"])
     with pytest.raises(ScheduleError, match="multiple of micro_batch_size"):
-        num_microbatches(load_config(None, ["train.global_batch_size=6", "train.micro_batch_size=4"]), 1)
+        num_microbatches(load_config(None, ["train.global_batch_size=6", "train.micro_batch_size=3"]), 4)
 
 
 def test_recipes_load_and_yaml_exponents_are_numbers():

@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
 
 def test_straggler_report_names_the_slowed_rank(corpus, capfd):
     work, data = corpus
-    ov = tiny_overrides(data, str(work / "slow"), **{"train.train_iters": 6, "train.log_interval": 2,
+    ov = tiny_overrides(data, str(work / "slow"), **{"train.duration": "6 iterations", "logging.interval": 2,
                                                       "train.global_batch_size": 2, "train.micro_batch_size": 1})
     run_distributed(train_in_process, 2, ov, _slowed_task, timeout=600, env={SLOW_ENV: "1"})
     records = [json.loads(x) for x in (work / "slow" / "log" / "metrics.jsonl").read_text().splitlines()]

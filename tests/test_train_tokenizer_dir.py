@@ -30,8 +30,8 @@ def test_training_takes_a_tokenizer_directory_and_its_checkpoint_copies_it(hf_di
     data = write_corpus(str(tmp_path / "corpus"), seed=1)
     with open(data + ".json", "w") as f:  # the synthetic ids, recorded as this tokenizer's
         json.dump({"eod_id": tok.eod_id, "vocab_size": tok.vocab_size}, f)
-    overrides = tiny_overrides(data, str(tmp_path), **{"train.train_iters": 2, "train.save": str(tmp_path / "run"),
-                                                       "train.save_interval": 2, "model.vocab_size": tok.vocab_size})
+    overrides = tiny_overrides(data, str(tmp_path), **{"train.duration": "2 iterations", "checkpoint.save": str(tmp_path / "run"),
+                                                       "checkpoint.interval": 2, "model.vocab_size": tok.vocab_size})
     code, err = _run(capsys, *overrides, "data.tokenizer_type=huggingface", f"data.tokenizer_model={hf_dir}")
     assert code == 0, err[-3000:]
     copies = sorted((tmp_path / "run").glob("iter_*/tokenizer"))
@@ -40,7 +40,7 @@ def test_training_takes_a_tokenizer_directory_and_its_checkpoint_copies_it(hf_di
 
 @pytest.mark.parametrize("case", ["empty", "sentencepiece_type", "missing"])
 def test_a_tokenizer_directory_that_cannot_load_is_named_precisely(hf_dir, tmp_path, capsys, case):
-    common = ["--dry-run", "model.arch=tiny", "model.seq_length=32", "train.train_iters=1",
+    common = ["--dry-run", "model.arch=tiny", "model.seq_length=32", "train.duration=1 iterations",
               f"data.data_path=[{write_corpus(str(tmp_path / 'corpus'), seed=1)}]"]
     if case == "empty":
         (hf_dir / "tokenizer.json").unlink()

@@ -86,9 +86,9 @@ def test_offline_history_equals_metrics_through_a_crash_and_a_resume(corpus):
     work, data = corpus
     run = work / "run"
     ov = tiny_overrides(data, str(run), **{
-        "train.train_iters": 6, "train.global_batch_size": 2, "train.micro_batch_size": 2,
-        "train.save": str(run / "ckpt"), "train.load": str(run / "ckpt"), "train.save_interval": 3,
-        "train.wandb_project": "megactllm-test", "train.wandb_dir": str(run / "wandb"), "train.wandb_name": "tiny"})
+        "train.duration": "6 iterations", "train.global_batch_size": 2, "train.micro_batch_size": 2,
+        "checkpoint.save": str(run / "ckpt"), "checkpoint.load": str(run / "ckpt"), "checkpoint.interval": 3,
+        "wandb.project": "megactllm-test", "wandb.dir": str(run / "wandb"), "wandb.name": "tiny"})
     env = {"WANDB_MODE": "offline"}
     with pytest.raises(RuntimeError, match="crash on purpose"):
         run_distributed(train_in_process, 1, ov, _crashing_task, timeout=600, env=env)
@@ -112,7 +112,7 @@ def test_offline_history_equals_metrics_through_a_crash_and_a_resume(corpus):
 
     config = {item.key: json.loads(item.value_json)
               for r in resumed if r.WhichOneof("record_type") == "run" for item in r.run.config.update}
-    assert config["train"]["train_iters"] == 6 and config["train"]["wandb_name"] == "tiny"
+    assert config["train"]["duration"] == "6 iterations" and config["wandb"]["name"] == "tiny"
 
 
 def test_two_ranks_make_one_wandb_run_that_rank_zero_writes(corpus):
@@ -124,8 +124,8 @@ def test_two_ranks_make_one_wandb_run_that_rank_zero_writes(corpus):
         run = work / f"two_ranks_{layout}"
         parallel = {"parallel.tensor_model_parallel_size": 2} if layout == "tp2" else {}
         ov = tiny_overrides(data, str(run), **{
-            "train.train_iters": 3, "train.global_batch_size": 4, "train.micro_batch_size": 2, **parallel,
-            "train.wandb_project": "megactllm-test", "train.wandb_dir": str(run / "wandb")})
+            "train.duration": "3 iterations", "train.global_batch_size": 4, "train.micro_batch_size": 2, **parallel,
+            "wandb.project": "megactllm-test", "wandb.dir": str(run / "wandb")})
         run_distributed(train_in_process, 2, ov, timeout=600, env={"WANDB_MODE": "offline"})
         files = glob.glob(str(run / "wandb" / "wandb" / "*-run-*" / "run-*.wandb"))  # not latest-run, a link
         assert len(files) == 1, files
@@ -138,7 +138,7 @@ def test_two_ranks_make_one_wandb_run_that_rank_zero_writes(corpus):
 
 def test_wandb_settings_without_the_package_are_one_named_error(corpus):
     work, data = corpus
-    args = ["--dry-run", *tiny_overrides(data, str(work / "missing"), **{"train.wandb_project": "p"})]
+    args = ["--dry-run", *tiny_overrides(data, str(work / "missing"), **{"wandb.project": "p"})]
     code = ("import sys; sys.modules['wandb'] = None; from megactllm.training.main import main, exit_for; "
             f"exit_for(main({args!r}))")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -146,7 +146,7 @@ def test_wandb_settings_without_the_package_are_one_named_error(corpus):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error: ")]
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert len(errors) == 1 and "train.wandb_project" in errors[0] and 'megactllm[wandb]' in errors[0], errors
+    assert len(errors) == 1 and "wandb.project" in errors[0] and 'megactllm[wandb]' in errors[0], errors
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
@@ -154,6 +154,6 @@ def test_wandb_details_without_a_project_are_refused():
     from megactllm.config import ConfigError, load_config
     from megactllm.training.run.wandb_sink import wandb_wanted
 
-    assert not wandb_wanted(load_config(None, []).train)
-    with pytest.raises(ConfigError, match=r"train.wandb_entity is set but train.wandb_project is not"):
-        wandb_wanted(load_config(None, ["train.wandb_entity=me"]).train)
+    assert not wandb_wanted(load_config(None, []).wandb)
+    with pytest.raises(ConfigError, match=r"wandb.entity='me': needs wandb.project"):
+        load_config(None, ["wandb.entity=me"])

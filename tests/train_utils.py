@@ -47,11 +47,11 @@ def tiny_overrides(data_prefix: str, workdir: str, **extra) -> list[str]:
         "data.data_cache_path": f"{workdir}/data_cache",
         "train.global_batch_size": 8,
         "train.micro_batch_size": 2,
-        "train.train_iters": 5,
-        "train.log_interval": 1,
-        "train.eval_interval": 0,
-        "train.eval_iters": 0,
-        "train.log_dir": f"{workdir}/log",
+        "train.duration": "5 iterations",
+        "logging.interval": 1,
+        "validation.interval": 0,
+        "validation.iters": 0,
+        "logging.dir": f"{workdir}/log",
         "optim.lr": 3e-3,
         "optim.min_lr": 3e-4,
         "optim.lr_warmup_iters": 1,
@@ -79,11 +79,11 @@ def save_initial_checkpoint(overrides: list[str], path: str) -> None:
     """Rank body: build the model at the recipe's layout and save its initial weights as iteration 0."""
     from megactllm.model import build_model
     from megactllm.parallel import initialize_parallel
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
-    save_checkpoint(path, 0, build_model(cfg.model, cfg.parallel, cfg.optim), cfg)
+    Checkpointer(path).save(0, build_model(cfg.model, cfg.parallel, cfg.optim), cfg)
 
 
 def torchrun_command(nproc: int, overrides: list[str]) -> list[str]:

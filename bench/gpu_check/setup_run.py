@@ -67,8 +67,8 @@ def run_overrides(work: Path, name: str, data: str, arch: str, seq: int, iters: 
     return [
         f"model.arch={arch}", f"model.seq_length={seq}", f"model.max_position_embeddings={seq}",
         f"data.data_path=[{data}]", "data.split=100,0,0", f"data.data_cache_path={work}/cache",
-        f"train.micro_batch_size={mbs}", f"train.global_batch_size={gbs}", f"train.train_iters={iters}",
-        "train.eval_interval=0", "train.eval_iters=0", "train.log_interval=1000000", f"train.log_dir={run}/log",
+        f"train.micro_batch_size={mbs}", f"train.global_batch_size={gbs}", f"train.duration={iters} iterations",
+        "validation.interval=0", "validation.iters=0", "logging.interval=1000000", f"logging.dir={run}/log",
         *extra,
     ]
 

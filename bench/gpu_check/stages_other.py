@@ -139,7 +139,7 @@ def export_parity(ctx: Context) -> tuple[dict, str]:
 
     ckpt = ctx.work / "export_ckpt"
     precision = ("optim.bf16=true",) if ctx.gpu else ()
-    overrides = _tiny_overrides(ctx, "export_run", 2, (f"train.save={ckpt}", "train.save_interval=2", *precision))
+    overrides = _tiny_overrides(ctx, "export_run", 2, (f"checkpoint.save={ckpt}", "checkpoint.interval=2", *precision))
     trainer = _trainer(overrides)
     trainer.fit()
     seq = load_config(None, overrides).model.seq_length

@@ -50,8 +50,8 @@ def fp32_reference(overrides_start: list[str], overrides_run: list[str]) -> dict
 
 def bf16_vs_fp32(ctx: Context) -> tuple[dict, str]:
     start_dir = ctx.work / "parity_start"
-    start = _tiny_overrides(ctx, "parity_start", 1, (f"train.save={start_dir}", "train.save_interval=1"))
-    common = (f"train.pretrained_checkpoint={start_dir}",)
+    start = _tiny_overrides(ctx, "parity_start", 1, (f"checkpoint.save={start_dir}", "checkpoint.interval=1"))
+    common = (f"checkpoint.pretrained={start_dir}",)
     steps = PARITY_STEPS if ctx.gpu else 5
     ref_run = _tiny_overrides(ctx, "parity_fp32", steps, common)
     bf16_run = _tiny_overrides(ctx, "parity_bf16", steps, (*common, "optim.bf16=true"))
@@ -148,11 +148,11 @@ def save_resume(ctx: Context) -> tuple[dict, str]:
     iters, at = (8, 4) if ctx.gpu else (4, 2)
     ckpt = ctx.work / "resume_ckpt"
     reference = _trainer(_tiny_overrides(ctx, "resume_ref", iters)).fit().losses
-    saving = (f"train.save={ckpt}", f"train.save_interval={at}")
-    first = _trainer(_tiny_overrides(ctx, "resume_a", iters, (*saving, f"train.exit_interval={at}"))).fit()
+    saving = (f"checkpoint.save={ckpt}", f"checkpoint.interval={at}")
+    first = _trainer(_tiny_overrides(ctx, "resume_a", iters, (*saving, f"run.exit_interval={at}"))).fit()
     if max(first.losses) != at:
         raise RuntimeError(f"the first run should stop at iteration {at}, ran to {max(first.losses)}")
-    second = _trainer(_tiny_overrides(ctx, "resume_b", iters, (*saving, f"train.load={ckpt}"))).fit()
+    second = _trainer(_tiny_overrides(ctx, "resume_b", iters, (*saving, f"checkpoint.load={ckpt}"))).fit()
     resumed = {i: second.losses[i] for i in range(at + 1, iters + 1)}
     expected = {i: reference[i] for i in resumed}
     if resumed != expected:
@@ -162,14 +162,14 @@ def save_resume(ctx: Context) -> tuple[dict, str]:
 
 
 def async_vs_sync(ctx: Context) -> tuple[dict, str]:
-    """Seconds per save interval with synchronous and asynchronous checkpoints (train.async_save)."""
+    """Seconds per save interval with synchronous and asynchronous checkpoints (checkpoint.async_save)."""
     iters, interval = (12, 4) if ctx.gpu else (2, 1)
     figures = {}
     for mode in ("sync", "async"):
         run = ctx.work / f"save_{mode}"
         shutil.rmtree(run, ignore_errors=True)
         trainer = _trainer(_tiny_overrides(ctx, f"save_{mode}", iters, (
-            f"train.save={run}", f"train.save_interval={interval}", f"train.async_save={str(mode == 'async').lower()}")))
+            f"checkpoint.save={run}", f"checkpoint.interval={interval}", f"checkpoint.async_save={str(mode == 'async').lower()}")))
         t0 = time.perf_counter()
         trainer.fit()
         figures[f"{mode} s/interval"] = (time.perf_counter() - t0) / (iters // interval)

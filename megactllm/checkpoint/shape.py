@@ -1,7 +1,7 @@
 """The model section of a run that starts from a checkpoint comes from the checkpoint's metadata.
 
-DESIGN's rule is one source of truth for a model's shape. With `train.load` (once it holds a
-checkpoint) or `train.pretrained_checkpoint`, the checkpoint's ModelConfig (written by every
+DESIGN's rule is one source of truth for a model's shape. With `checkpoint.load` (once it holds a
+checkpoint) or `checkpoint.pretrained`, the checkpoint's ModelConfig (written by every
 save, and by the Hugging Face importer) fills the model section; a recipe may leave it out.
 
 - What the weights fix (layers, widths, heads, query groups, vocabulary, norm epsilon, ties,
@@ -63,13 +63,17 @@ RUN_FIELDS = (
 
 
 def checkpoint_to_start_from(cfg: Config) -> Optional[str]:
-    """The checkpoint the Trainer will read the weights from: train.load when it holds one, else the pretrained one."""
-    from megactllm.checkpoint import save_load as ckpt
+    """The checkpoint the Trainer will read the weights from: checkpoint.load when it holds one, else the pretrained one."""
+    from megactllm.checkpoint.checkpointer import Checkpointer
+    from megactllm.checkpoint.layout import holds_checkpoints
 
-    t = cfg.train
-    if t.load and ((Path(t.load) / ckpt.LATEST_FILE).is_file() or (Path(t.load) / ckpt.METADATA_FILE).is_file()):
-        return t.load
-    return t.pretrained_checkpoint
+    c = cfg.checkpoint
+    if c.load and holds_checkpoints(c.load):
+        # The one resume will use (sizes checked here; checksums too when the run resumes).
+        meta = Checkpointer(c.load).latest(checksums=False)
+        if meta is not None:
+            return str(meta.path)
+    return c.pretrained
 
 
 def _same(field: str, a, b, saved: ModelConfig, user: ModelConfig) -> bool:
@@ -100,7 +104,7 @@ def resolve_model_from_checkpoint(cfg: Config) -> Optional[str]:
     Raises ModelShapeError for a user-set value that contradicts the checkpoint, CheckpointError
     for an unreadable checkpoint, VocabMismatchError for a tokenizer that does not fit it.
     """
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint.metadata import read_metadata
 
     path = checkpoint_to_start_from(cfg)
     if not path:

@@ -3,8 +3,8 @@
 The core install (training, conversion, evaluation) stays small enough to carry to an offline GPU
 node as wheels (scripts/offline_wheels.sh); corpus work and plots are extras:
     corpus:  pyarrow (parquet input), jieba (Chinese words), opencc, langid (cleaning)
-    monitor: tensorboard (train.tensorboard_dir), matplotlib (loss curves, cleaning plots)
-    wandb:   wandb (train.wandb_project, Weights & Biases logging)
+    monitor: tensorboard (logging.tensorboard_dir), matplotlib (loss curves, cleaning plots)
+    wandb:   wandb (wandb.project, Weights & Biases logging)
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     from megactllm.convert import export_to_hf, import_from_hf, check_tokenizer_fits
     export_to_hf("runs/ctllm-2b", "hf/ctllm-2b")                 # any saved TP/PP layout
-    result = import_from_hf("hf/llama-2-7b", "ckpt/llama2-7b")  # then train.pretrained_checkpoint=result.checkpoint
+    result = import_from_hf("hf/llama-2-7b", "ckpt/llama2-7b")  # then checkpoint.pretrained=result.checkpoint
     check_tokenizer_fits(model_config, tokenizer)                # before training: raises VocabMismatchError
 
 Conversion needs no GPU and streams tensors (see export.py and importer.py for memory bounds).

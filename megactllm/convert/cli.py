@@ -12,7 +12,7 @@ Export a checkpoint saved at any TP/PP layout (a run dir or one iter_XXXXXXX dir
 time into safetensors shards of --max-shard-size; a killed export rerun continues:
     megactllm convert export runs/ctllm-2b hf/ctllm-2b [--dtype bf16] [--workers 4]
 
-Import an HF model for continued pretraining (then train.pretrained_checkpoint=OUT/iter_0000000);
+Import an HF model for continued pretraining (then checkpoint.pretrained=OUT/iter_0000000);
 it streams a layer at a time (memory about one layer per worker), and a killed import rerun with
 the same arguments continues from the layers already written:
     megactllm convert import hf/llama-2-7b ckpt/llama2-7b --target-tp 4 --target-pp 2 --workers 4

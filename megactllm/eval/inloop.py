@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from megactllm.config import ConfigError
 from megactllm.eval.backends.parallel import ParallelBackend
 from megactllm.eval.runner import evaluate_subjects
 from megactllm.eval.scoring import aggregate
@@ -25,7 +26,7 @@ def load_eval_subjects(eval_cfg) -> list:
     from megactllm.eval.evaluate import benchmark_dir, subjects_for
 
     if not eval_cfg.data_dir:
-        raise ValueError("eval.data_dir must name the benchmark root (e.g. ../shared/data/eval) when eval.interval is set")
+        raise ConfigError("eval.data_dir must name the benchmark root (e.g. ../shared/data/eval)")
     subjects = []
     for task in eval_cfg.tasks:
         names = subjects_for(task, list(eval_cfg.subjects), len(eval_cfg.tasks))
@@ -50,8 +51,8 @@ class InLoopEvaluator:
     """Built once by the Trainer (subjects read once); `run()` scores the live model chunks."""
 
     def __init__(self, eval_cfg, model_chunks: list, model_config, tokenizer):
-        if tokenizer is None:
-            raise ValueError("in-loop evaluation (eval.interval) needs data.tokenizer_model to encode the prompts")
+        if tokenizer is None:  # neither data.tokenizer_model nor the checkpoint's copy
+            raise ConfigError("in-loop evaluation (eval.interval) needs data.tokenizer_model to encode the prompts")
         self.cfg = eval_cfg
         self.subjects = load_eval_subjects(eval_cfg)
         self.backend = ParallelBackend(model_chunks, model_config, tokenizer, batch_size=eval_cfg.batch_size,
@@ -69,10 +70,10 @@ def evaluate_checkpoints(run_dir, eval_cfg, parallel, out: Optional[str] = None,
     loop would have; returns the records and writes them (rank 0) as JSON lines."""
     import torch.distributed as dist
 
-    from megactllm.checkpoint.save_load import METADATA_FILE, read_metadata
+    from megactllm.checkpoint import METADATA_FILE, Checkpointer, iteration_dir, read_metadata
 
     run = Path(run_dir)
-    iterations = sorted(p for p in run.glob("iter_*") if (p / METADATA_FILE).is_file())
+    iterations = [iteration_dir(run, it) for it in Checkpointer(run).list()]  # published ones only
     if not iterations:
         raise FileNotFoundError(f"{run} holds no complete checkpoint (iter_*/{METADATA_FILE})")
     subjects = load_eval_subjects(eval_cfg)

@@ -101,19 +101,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, optim
 
 
 def check_expert_layout(model: ModelConfig, parallel: ParallelConfig) -> None:
-    """Expert parallelism splits whole experts: EP must divide them (and needs an MoE model)."""
-    from megactllm.parallel.initialize import ParallelLayoutError
-
-    ep = parallel.expert_model_parallel_size
-    if ep > 1 and not model.is_moe:
-        raise ParallelLayoutError(
-            f"parallel.expert_model_parallel_size={ep} but model family {model.family} has no experts; set it to 1"
-        )
-    if model.is_moe and model.num_moe_experts % ep:
-        raise ParallelLayoutError(
-            f"model.num_moe_experts={model.num_moe_experts} is not divisible by parallel.expert_model_parallel_size={ep}: "
-            f"each EP rank holds the same number of whole experts; pick an EP that divides {model.num_moe_experts}"
-        )
+    """Expert parallelism splits whole experts (the recipe's check, for a model built outside one)."""
+    parallel.check_experts(model)
 
 
 def moe_config_kwargs(model: ModelConfig, parallel: ParallelConfig, on_gpu: bool) -> dict:

@@ -23,15 +23,9 @@ class ParallelLayoutError(UserError, ValueError):
     pass
 
 
-# Transformer Engine's context-parallel attention algorithms (parallel.cp_comm_type); the local
-# spec's SDPA attention always all-gathers keys and values.
-CP_COMM_TYPES = ("p2p", "a2a", "all_gather")
-# megatron-core's token dispatchers that run on CPU (gloo) as on GPUs; "flex" needs DeepEP.
-MOE_DISPATCHERS = ("alltoall", "allgather")
-
-
 def check_layout(parallel: ParallelConfig, world_size: int, num_layers: int | None = None) -> int:
-    """Validate that TP x PP x CP divides the world; returns the data-parallel size."""
+    """Validate that TP x PP x CP divides the world; returns the data-parallel size. The rest of the
+    layout (sequence parallel, CP chunks, heads over TP) the recipe checks (megactllm.config)."""
     model_parallel = (
         parallel.tensor_model_parallel_size * parallel.pipeline_model_parallel_size * parallel.context_parallel_size
     )
@@ -41,16 +35,9 @@ def check_layout(parallel: ParallelConfig, world_size: int, num_layers: int | No
             f"{parallel.tensor_model_parallel_size} x {parallel.pipeline_model_parallel_size} x "
             f"{parallel.context_parallel_size}; launch a multiple of {model_parallel} processes"
         )
-    if parallel.cp_comm_type not in CP_COMM_TYPES:
-        raise ParallelLayoutError(
-            f"parallel.cp_comm_type={parallel.cp_comm_type!r}; choose one of {', '.join(CP_COMM_TYPES)}"
-        )
+    # Experts: their ranks (EP x expert TP) must tile each pipeline stage of the world.
     ep = parallel.expert_model_parallel_size
     etp = parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size
-    if ep < 1 or etp < 1:
-        raise ParallelLayoutError(
-            f"parallel.expert_model_parallel_size={ep} and expert_tensor_parallel_size={etp} must be 1 or more"
-        )
     expert_parallel = ep * etp * parallel.pipeline_model_parallel_size
     if world_size % expert_parallel:
         raise ParallelLayoutError(
@@ -58,33 +45,9 @@ def check_layout(parallel: ParallelConfig, world_size: int, num_layers: int | No
             f"{parallel.pipeline_model_parallel_size}: the experts' ranks must tile each pipeline stage; "
             f"launch a multiple of {expert_parallel} processes or lower parallel.expert_model_parallel_size"
         )
-    if parallel.moe_token_dispatcher_type not in MOE_DISPATCHERS:
-        raise ParallelLayoutError(
-            f"parallel.moe_token_dispatcher_type={parallel.moe_token_dispatcher_type!r}; choose one of "
-            f"{', '.join(MOE_DISPATCHERS)}"
-        )
-    if parallel.sequence_parallel and parallel.tensor_model_parallel_size == 1:
-        raise ParallelLayoutError("sequence_parallel needs tensor_model_parallel_size > 1")
-    if num_layers is not None:
-        stages = parallel.pipeline_model_parallel_size * (parallel.virtual_pipeline_model_parallel_size or 1)
-        if num_layers % stages:
-            raise ParallelLayoutError(
-                f"{num_layers} layers cannot be split evenly over PP x VPP = {stages} pipeline stages"
-            )
+    if num_layers is not None:  # a layout given outside a recipe (evaluation, conversion)
+        parallel.check_layers(num_layers)
     return world_size // model_parallel
-
-
-def check_context_parallel(parallel: ParallelConfig, seq_length: int) -> None:
-    """megatron splits each sequence into 2 x CP equal chunks (rank i holds chunks i and 2CP-1-i)."""
-    cp = parallel.context_parallel_size
-    if cp < 1:
-        raise ParallelLayoutError(f"parallel.context_parallel_size={cp}; it must be 1 or more")
-    if cp > 1 and seq_length % (2 * cp):
-        raise ParallelLayoutError(
-            f"model.seq_length={seq_length} is not divisible by 2 x parallel.context_parallel_size = {2 * cp}: "
-            f"context parallelism cuts each sequence into {2 * cp} equal chunks; pick a sequence length that "
-            f"is a multiple of {2 * cp} or another context_parallel_size"
-        )
 
 
 def set_random_seed(seed: int) -> None:

@@ -3,7 +3,7 @@
 
 Also runs under `srun` (one task per GPU; rank and world size from SLURM) and as a single process.
 `train.stage` picks pretrain, sft or dpo; everything else comes from the recipe and the overrides.
-Starting from a checkpoint (train.load, train.pretrained_checkpoint), the model section comes from
+Starting from a checkpoint (checkpoint.load, checkpoint.pretrained), the model section comes from
 the checkpoint. Before anything is built the run is checked (see megactllm.training.run.preflight);
 `--dry-run` prints the memory estimate, the layout and the schedule and exits. A user's mistake
 prints one `error: ...` line from rank 0 and every rank exits with code 2 (3: non-finite loss).
@@ -21,9 +21,11 @@ def parse_args(argv=None, prog=None):
     parser.add_argument("--config", help="YAML recipe (examples/configs/*.yaml)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the run, print the memory estimate, the layout and the schedule, and exit")
+    parser.add_argument("--help-config", action="store_true",
+                        help="list every recipe key with its type, default and meaning (docs/recipe.md), and exit")
     parser.add_argument("--verbose", action="store_true",
                         help="show every rank's output and every third-party warning (also MEGACTLLM_VERBOSE=1)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.train_iters=100")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.duration='100 iterations'")
     return parser.parse_args(argv)
 
 
@@ -66,6 +68,12 @@ def main(argv=None, prog=None) -> int:
         if launch_rank() == 0:
             print_error(str(e))
         return EXIT_USER_ERROR
+    if args.help_config:
+        from megactllm.config.reference import recipe_reference
+
+        if launch_rank() == 0:
+            sys.stdout.write(recipe_reference())
+        return 0
     from megactllm.output import configure_output
 
     configure_output(verbose=args.verbose)  # before megatron-core is imported: its warnings come at import
@@ -95,7 +103,7 @@ def main(argv=None, prog=None) -> int:
         from megactllm.training.run.preflight import preflight
 
         cfg = load_config(args.config, args.overrides)
-        plan = preflight(cfg, env.world_size, check_memory=cfg.train.check_memory, raise_if_unfit=not args.dry_run)
+        plan = preflight(cfg, env.world_size, check_memory=cfg.run.check_memory, raise_if_unfit=not args.dry_run)
     except user_error_types() as e:
         error = e
     _start_process_group(cfg)
@@ -123,8 +131,8 @@ def main(argv=None, prog=None) -> int:
         return report_error_in_run(e)
     finally:
         destroy_parallel()
-    code = 0 if result.state.iteration >= result.train_iters or cfg.train.exit_interval else 1
-    if result.stop_reason and cfg.train.save:
+    code = 0 if result.state.iteration >= result.train_iters or cfg.run.exit_interval else 1
+    if result.stop_reason and cfg.checkpoint.save:
         code = exit_signals.EXIT_CODE_RESUME  # saved and stopped early: the launch script requeues
     exit_signals.write_exit_status(code, result.stop_reason, result.state.iteration)
     return code

@@ -20,9 +20,7 @@ from megactllm.model.builder import params_dtype
 def build_optimizer(cfg: Config, model: list):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    o = cfg.optim
-    if o.optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optim.optimizer={o.optimizer!r}; megatron-core offers adam and sgd here")
+    o = cfg.optim  # optim.optimizer is adam or sgd (the recipe's choice)
     config = OptimizerConfig(
         optimizer=o.optimizer,
         lr=o.lr,

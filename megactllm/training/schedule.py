@@ -1,8 +1,7 @@
 """How long a run lasts and how its learning rate moves.
 
-Iterations come from `train.train_iters`, or from a token budget `train.train_tokens` (one
-iteration consumes global_batch_size x seq_length tokens), or, for finite datasets (SFT/DPO), from
-`train.train_epochs`. The LR schedule is megatron-core's OptimizerParamScheduler stepped once per
+Iterations come from `train.duration`: iterations, tokens (one iteration consumes
+global_batch_size x seq_length tokens) or, for finite datasets (SFT/DPO), epochs. The LR schedule is megatron-core's OptimizerParamScheduler stepped once per
 successful iteration: linear warmup from 0, then cosine, linear, constant or WSD decay to min_lr.
 """
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from megactllm.config import Config
+from megactllm.config import Config, ConfigError, check_warmup
 from megactllm.errors import UserError
 
 
@@ -18,24 +17,17 @@ class ScheduleError(UserError, ValueError):
     pass
 
 
-def tokens_per_iteration(cfg: Config) -> int:
-    return cfg.train.global_batch_size * cfg.model.seq_length
-
-
 def resolve_train_iters(cfg: Config, train_samples: Optional[int] = None) -> int:
-    """Number of optimizer steps of the run (train_iters, else train_tokens, else train_epochs)."""
-    t = cfg.train
-    if t.train_iters is not None:
-        if t.train_iters <= 0:
-            raise ScheduleError(f"train.train_iters must be positive, got {t.train_iters}")
-        return int(t.train_iters)
-    if t.train_tokens is not None:
-        return max(1, math.ceil(t.train_tokens / tokens_per_iteration(cfg)))
-    if t.train_epochs is not None:
-        if train_samples is None:
-            raise ScheduleError("train.train_epochs needs a finite training set; set train.train_iters or train.train_tokens")
-        return max(1, math.ceil(t.train_epochs * train_samples / t.global_batch_size))
-    raise ScheduleError("set one of train.train_iters, train.train_tokens or train.train_epochs")
+    """Number of optimizer steps of the run (train.duration; epochs need the training set's size)."""
+    d = cfg.train.duration
+    if d is None:
+        raise ConfigError("train.duration=null: set it to '1000 iterations', '2B tokens' or (sft, dpo) '2 epochs'")
+    iters = cfg.known_train_iters()
+    if iters is not None:
+        return iters
+    if train_samples is None:
+        raise ScheduleError(f"train.duration='{d}' needs a finite training set; give iterations or tokens")
+    return max(1, math.ceil(d.value * train_samples / cfg.train.global_batch_size))
 
 
 def num_microbatches(cfg: Config, data_parallel_size: int) -> int:
@@ -56,20 +48,20 @@ def dataset_sample_counts(cfg: Config, train_iters: int) -> tuple[int, int, int]
     successive validation losses are comparable.
     """
     gbs = cfg.train.global_batch_size
-    eval_samples = cfg.train.eval_iters * gbs if cfg.train.eval_interval else 0
+    eval_samples = cfg.validation.iters * gbs if cfg.validation.interval else 0
     return train_iters * gbs + skipped_sample_reserve(cfg), eval_samples, 0
 
 
 def skipped_sample_reserve(cfg: Config) -> int:
     """Samples a run may pass over without training on them, so its dataset is built that much longer:
-    the train.skip_samples windows, and per allowed spike rollback at most the samples since the last
+    the stability.skip_samples windows, and per allowed spike rollback at most the samples since the last
     save (saves wait while spikes run in a row, so save_interval + spike_rollback_after steps)."""
     from megactllm.training.callbacks.skip_data import parse_windows, window_samples
 
-    t = cfg.train
-    reserve = window_samples(parse_windows(t.skip_samples))
-    if t.skip_spiky_steps and t.spike_rollback_after:
-        reserve += t.spike_max_rollbacks * ((t.save_interval or 0) + t.spike_rollback_after) * t.global_batch_size
+    s = cfg.stability
+    reserve = window_samples(parse_windows(s.skip_samples))
+    if s.skip_spiky_steps and s.spike_rollback_after:
+        reserve += s.spike_max_rollbacks * ((cfg.checkpoint.interval or 0) + s.spike_rollback_after) * cfg.train.global_batch_size
     return reserve
 
 
@@ -87,11 +79,9 @@ def build_lr_scheduler(cfg: Config, optimizer, train_iters: int):
     o = cfg.optim
     decay_iters = o.lr_decay_iters or train_iters
     warmup = warmup_iters(cfg, decay_iters)
-    if warmup > decay_iters:
-        raise ScheduleError(f"LR warmup ({warmup} iterations) is longer than the decay ({decay_iters} iterations)")
+    if cfg.known_train_iters() is None:  # epochs: the run's length is known now, from the dataset
+        check_warmup(cfg, train_iters)
     style = o.lr_decay_style
-    if style not in ("cosine", "linear", "constant", "WSD", "inverse-square-root"):
-        raise ScheduleError(f"optim.lr_decay_style={style!r}; use cosine, linear, constant or WSD")
     wsd_iters = None
     if style == "WSD":
         wsd_iters = o.lr_wsd_decay_iters or max(1, decay_iters // 10)

@@ -23,8 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from megactllm.checkpoint import save_load as ckpt
-from megactllm.checkpoint.async_save import AsyncCheckpointSaver
+from megactllm.checkpoint import Checkpointer
 from megactllm.config import Config
 from megactllm.errors import UserError
 from megactllm.training import resume
@@ -80,9 +79,6 @@ class Trainer:
         from megactllm.parallel import default_device
         from megactllm.training.stages import build_task
 
-        from megactllm.parallel.initialize import check_context_parallel
-
-        check_context_parallel(cfg.parallel, cfg.model.seq_length)
         self.cfg = cfg
         self.task = task if task is not None else build_task(cfg)
         if not isinstance(getattr(self.task, "provides", None), StageCapabilities):
@@ -98,7 +94,7 @@ class Trainer:
         self.dp_size = ps.get_data_parallel_world_size()
         self.is_last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
         self.tokenizer, self.tokenizer_path = self._load_tokenizer()
-        self.log = RunLogger(self._log_dir(), cfg.train.tensorboard_dir, enabled=self.rank == 0)
+        self.log = RunLogger(self._log_dir(), cfg.logging.tensorboard_dir, enabled=self.rank == 0)
 
         # use_transformer_engine None: TE's layer spec when it imports on CUDA (the bench compares both).
         self.model = wrap_model_chunks(cfg, build_model(cfg.model, cfg.parallel, cfg.optim, use_transformer_engine))
@@ -117,16 +113,14 @@ class Trainer:
             self.dp_rank, self.dp_size, self.device, caps.collate, "train",
         )
         self.valid_reader = None
-        if self.valid_ds is not None and len(self.valid_ds) and cfg.train.eval_iters:
+        if self.valid_ds is not None and len(self.valid_ds) and cfg.validation.iters:
             self.valid_reader = GlobalBatchReader(
                 self.valid_ds, cfg.train.global_batch_size, cfg.train.micro_batch_size,
                 self.dp_rank, self.dp_size, self.device, caps.collate, "valid", wrap=True,
             )
         self.metric_names = list(self.task.metric_names())
         self.blend_schedule = None
-        if cfg.data.blend_schedule:
-            if not caps.blend_schedule:
-                raise ValueError(f"data.blend_schedule is read by stage pretrain only; stage {cfg.train.stage!r} ignores it: remove it")
+        if cfg.data.blend_schedule:  # the recipe allows a schedule with stage pretrain only
             self.blend_schedule = self.train_ds.schedule
         self.state = TrainState(blend_schedule=self.blend_schedule.spec() if self.blend_schedule else None)
         self.last_checkpoint: Optional[str] = None
@@ -136,8 +130,10 @@ class Trainer:
         self.paused_seconds = 0.0  # spent in evaluation and checkpoints: not training throughput
         self._grad_sync_hooks: list = []
         install_schedule_hooks(cfg, self.model, self.optimizer, before_grad_sync=self._before_grad_sync)
-        # Background saves (train.async_save): one in flight, published once every rank wrote it.
-        self._async_saver = AsyncCheckpointSaver() if cfg.train.save and cfg.train.async_save else None
+        # Background saves (checkpoint.async_save): one in flight, published once every rank wrote it.
+        self._checkpointer = Checkpointer(cfg.checkpoint.save, async_save=cfg.checkpoint.async_save) if cfg.checkpoint.save else None
+        if self._checkpointer is not None:
+            self._checkpointer.warn = self.log.warning  # e.g. little room left for the next save
         self.callbacks = CallbackList(callbacks if callbacks is not None else default_callbacks(self))
 
     def _load_tokenizer(self):
@@ -154,8 +150,8 @@ class Trainer:
         return tok, tokenizer_file(d.tokenizer_type, d.tokenizer_model)
 
     def _log_dir(self) -> str:
-        t = self.cfg.train
-        return t.log_dir or t.save or t.tensorboard_dir or "runs/latest"
+        c = self.cfg
+        return c.logging.dir or c.checkpoint.save or c.logging.tensorboard_dir or "runs/latest"
 
     # ----------------------------------------------------------------- what callbacks may ask of the loop
     def request_stop(self, reason: Optional[str]) -> None:
@@ -169,38 +165,35 @@ class Trainer:
         return self.callbacks.save_allowed(self)
 
     def save_checkpoint(self) -> None:
-        """Collective: write a checkpoint of the run now into train.save: model, optimizer, schedule,
-        the loop's counters, RNG and every callback's state. With train.async_save it is written in
+        """Collective: write a checkpoint of the run now into checkpoint.save: model, optimizer, schedule,
+        the loop's counters, RNG and every callback's state. With checkpoint.async_save it is written in
         the background and published later (publish_checkpoint)."""
         self.publish_checkpoint(blocking=True)  # one save in flight at a time
         self.callbacks.before_save(self)
-        path = ckpt.save_checkpoint(
-            self.cfg.train.save,
+        path = self._checkpointer.save(
             self.state.iteration,
             self.model,
             self.cfg,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             train_state=asdict(self.state),
+            callbacks=self.callbacks.state_dict(),
             tokenizer_path=self.tokenizer_path,
             rng_state=capture_rng_state(),
-            async_queue=self._async_saver.queue if self._async_saver is not None else None,
-            callbacks=self.callbacks.state_dict(),
         )
-        if self._async_saver is not None:
-            self._async_saver.scheduled(path)
+        if self._checkpointer.in_flight is not None:
             return
         self.last_checkpoint = str(path)
         self.log.info(f"saved checkpoint {path}")
 
     def publish_checkpoint(self, blocking: bool) -> None:
         """Collective: publish a finished background save (a no-op with none in flight); blocking waits for it."""
-        if self._async_saver is None or self._async_saver.in_flight is None:
+        if self._checkpointer is None or self._checkpointer.in_flight is None:
             return
         self.callbacks.before_save(self)  # publishing writes the directory's latest pointer
-        published = self._async_saver.poll(blocking)
+        published = self._checkpointer.poll(blocking)
         if published is not None:
-            self.last_checkpoint = published
+            self.last_checkpoint = str(published)
             self.log.info(f"saved checkpoint {published} (written in the background)")
 
     def restore_checkpoint(self, path: str) -> None:
@@ -307,11 +300,11 @@ class Trainer:
             chunk.eval()
         totals: dict = {name: 0.0 for name in self.metric_names}
         with torch.no_grad():
-            for i in range(self.cfg.train.eval_iters):
+            for i in range(self.cfg.validation.iters):
                 mbs = self.valid_reader.step(i * self.cfg.train.global_batch_size)
                 mbs = self.task.prepare_global_batch(mbs, self.model)
                 for name, value in self._reduce_reports(self._forward_backward(mbs, forward_only=True)).items():
-                    totals[name] += value / self.cfg.train.eval_iters
+                    totals[name] += value / self.cfg.validation.iters
         for chunk in self.model:
             chunk.train()
         return totals

@@ -24,7 +24,7 @@ from .subprocesses import megactllm_cmd, run_logged, torchrun_cmd
 from .figures import clean_summary, loss_summary
 from .runner import Stage, StageResult
 
-# The training run's own records (megactllm.training.run.metrics writes them into train.log_dir).
+# The training run's own records (megactllm.training.run.metrics writes them into logging.dir).
 METRICS_FILE = "metrics.jsonl"
 QUESTION = "怎样才能保持健康？"  # asked of the exported model through its chat template
 
@@ -182,8 +182,8 @@ class FullPath:
     def _train(self, d: Path, nproc: int, config: str, overrides: list[str]) -> dict:
         """One torchrun of megactllm.train; returns its loss summary from metrics.jsonl."""
         common = [f"model.vocab_size={self._vocab()}", f"data.tokenizer_model={self.tokenizer_model}",
-                  f"train.save={d / 'checkpoints'}", "train.load=null", f"train.log_dir={d}",
-                  f"train.tensorboard_dir={d / 'tensorboard'}"]
+                  f"checkpoint.save={d / 'checkpoints'}", "checkpoint.load=null", f"logging.dir={d}",
+                  f"logging.tensorboard_dir={d / 'tensorboard'}"]
         # One intra-op thread per process unless the user says otherwise: on a small shared machine
         # more threads than free cores make torch's thread pool spin (seen: 30x slower SFT steps).
         env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -200,8 +200,8 @@ class FullPath:
             f"data.data_path=[{self.text_prefix}]", f"data.data_cache_path={d / 'data_cache'}",
             "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2",
             f"model.seq_length={self.s.pretrain_seq}", f"model.max_position_embeddings={self.s.pretrain_seq}",
-            f"train.train_iters={n}", f"train.save_interval={n}", f"train.eval_interval={max(1, n // 2)}",
-            f"train.log_interval={max(1, min(10, n // 3))}"])
+            f"train.duration={n} iterations", f"checkpoint.interval={n}", f"validation.interval={max(1, n // 2)}",
+            f"logging.interval={max(1, min(10, n // 3))}"])
         figure = f"loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {n} iters"
         if "valid_ppl" in summary:
             figure += f", valid ppl {summary['valid_ppl']:.1f}"
@@ -245,7 +245,7 @@ class FullPath:
     def sft(self, d: Path) -> StageResult:
         zh, en = self._chat_data(d, "sft", self.s.sft_seq)
         summary = self._train(d, self.s.chat_processes, "tiny_sft.yaml", [
-            f"data.data_path=[4,{zh},1,{en}]", f"train.pretrained_checkpoint={self.checkpoints('pretrain')}",
+            f"data.data_path=[4,{zh},1,{en}]", f"checkpoint.pretrained={self.checkpoints('pretrain')}",
             f"model.seq_length={self.s.sft_seq}", f"model.max_position_embeddings={self.s.sft_seq}",
             *_length(self.s.sft_iters, log_every=10)])
         figure = f"loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} in {summary['iterations']} iters"
@@ -257,7 +257,7 @@ class FullPath:
     def dpo(self, d: Path) -> StageResult:
         zh, en = self._chat_data(d, "dpo", self.s.dpo_seq)
         summary = self._train(d, self.s.chat_processes, "tiny_dpo.yaml", [
-            f"data.data_path=[{zh},{en}]", f"train.pretrained_checkpoint={self.checkpoints('sft')}",
+            f"data.data_path=[{zh},{en}]", f"checkpoint.pretrained={self.checkpoints('sft')}",
             f"model.seq_length={self.s.dpo_seq}", f"model.max_position_embeddings={self.s.dpo_seq}",
             *_length(self.s.dpo_iters, log_every=5)])
         valid = summary.get("valid", {})
@@ -309,10 +309,10 @@ def _gguf_types(path: Path) -> dict:
 def _length(iters: Optional[int], log_every: int) -> list[str]:
     """Overrides for a chat stage's length: a number of iterations, or one epoch (the recipe's)."""
     if iters is None:
-        return ["train.train_epochs=1", "train.save_interval=100000", "train.eval_interval=20",
-                f"train.log_interval={log_every}"]
-    return ["train.train_epochs=null", f"train.train_iters={iters}", f"train.save_interval={iters}",
-            f"train.eval_interval={max(1, iters // 2)}", f"train.log_interval={max(1, min(log_every, iters // 3))}"]
+        return ["train.duration=1 epochs", "checkpoint.interval=100000", "validation.interval=20",
+                f"logging.interval={log_every}"]
+    return ["train.duration=null", f"train.duration={iters} iterations", f"checkpoint.interval={iters}",
+            f"validation.interval={max(1, iters // 2)}", f"logging.interval={max(1, min(log_every, iters // 3))}"]
 
 
 def default_out(repo: Path) -> Path:

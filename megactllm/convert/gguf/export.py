@@ -25,6 +25,7 @@ from megactllm.common.atomic import fsync_path
 from megactllm.convert.errors import ConversionError, VocabMismatchError
 from megactllm.convert.gguf.quantize import QUANT_TYPES, quantize_gguf
 from megactllm.convert.gguf.bpe_vocab import read_bpe_vocab
+from megactllm.convert.gguf.experts import stack_plan, stack_tensors
 from megactllm.convert.gguf.source import ModelSource, open_source
 from megactllm.convert.gguf.tensors import FLOAT_TYPES, check_runnable, gguf_name, to_gguf
 from megactllm.convert.gguf.vocab import UNUSED, GGUFVocab, pad_vocab, read_sentencepiece_vocab
@@ -88,6 +89,7 @@ def _write_metadata(writer, source: ModelSource, vocab: GGUFVocab, outtype: str)
     writer.add_uint32("megactllm.tokenizer.padding_start", _padding_start(vocab))
     if source.chat_template:
         writer.add_chat_template(source.chat_template)
+    family_of(m).gguf_metadata(m, writer)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
@@ -98,11 +100,16 @@ def _padding_start(vocab: GGUFVocab) -> int:
     return start
 
 
+def _plan(source: ModelSource):
+    """The source's tensors in writing order; an MoE model's experts stacked per layer, as llama.cpp keeps them."""
+    return stack_plan(source.plan) if source.model.is_moe else source.plan
+
+
 def _planned_tensors(source: ModelSource, outtype: str):
     """(GGUF name, numpy shape, numpy dtype, nbytes, raw type) of every tensor, before reading any."""
     import gguf
 
-    for spec in source.plan:
+    for spec in _plan(source):
         floats = len(spec.shape) == 1 or outtype == "f32"
         dtype = np.float32 if floats else (np.float16 if outtype == "f16" else np.int16)
         raw = None if floats or outtype == "f16" else gguf.GGMLQuantizationType.BF16
@@ -138,7 +145,8 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
     writer.write_header_to_file(out)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for hf_name, tensor in source.tensors():
+    tensors = stack_tensors(source.tensors()) if source.model.is_moe else source.tensors()
+    for hf_name, tensor in tensors:
         _, array, _ = to_gguf(hf_name, tensor, source.model, outtype)
         writer.write_tensor_data(array)
         progress.update(array.nbytes, hf_name)

@@ -82,7 +82,7 @@ class DPODataset:
 
 
 def build_dpo_datasets(cfg, tokenizer) -> tuple:
-    reference = ReferenceLogps(cfg.train.dpo_reference_logprobs) if cfg.train.dpo_reference_logprobs else None
+    reference = ReferenceLogps(cfg.dpo.reference_logprobs) if cfg.dpo.reference_logprobs else None
     datasets = []
     for spec in build_split_samples(cfg.data, "dpo", cfg.train.seed, tokenizer):
         datasets.append(None if spec is None else DPODataset(spec[0], spec[1], cfg.model.seq_length, pad_id_of(tokenizer), reference))

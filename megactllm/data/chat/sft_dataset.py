@@ -72,8 +72,8 @@ class EpochDataset:
     """
 
     def __init__(self, base, epochs: float, global_batch_size: int, seed: int) -> None:
-        if epochs <= 0:
-            raise ValueError(f"train.train_epochs must be positive, got {epochs}")
+        if epochs <= 0:  # train.duration is checked by the recipe: a caller's bug
+            raise ValueError(f"epochs must be positive, got {epochs}")
         self.base, self.samples_per_epoch, self.seed = base, len(base), seed
         steps = -(-int(np.ceil(epochs * self.samples_per_epoch)) // global_batch_size)
         self.length = steps * global_batch_size
@@ -101,10 +101,10 @@ class EpochDataset:
 
 
 def with_epochs(datasets: tuple, train_cfg) -> tuple:
-    """The train split wrapped for train.train_epochs (when set); valid/test stay single passes."""
-    train = datasets[0]
-    if train is not None and train_cfg.train_epochs is not None:
-        train = EpochDataset(train, train_cfg.train_epochs, train_cfg.global_batch_size, train_cfg.seed)
+    """The train split wrapped for train.duration in epochs; valid/test stay single passes."""
+    train, d = datasets[0], train_cfg.duration
+    if train is not None and d is not None and d.unit == "epochs":
+        train = EpochDataset(train, d.value, train_cfg.global_batch_size, train_cfg.seed)
     return (train,) + tuple(datasets[1:])
 
 

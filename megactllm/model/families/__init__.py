@@ -3,7 +3,8 @@
     family = family_of(model_config)          # by ModelConfig.family
     family = family_for_hf(hf_config, where)  # by config.json's architectures / model_type
 
-Adding a family is one file here (a ModelFamily subclass) plus its entry in FAMILIES.
+Adding a family is one file here (a ModelFamily subclass) plus its entry in FAMILIES and its name in
+the recipe's model.family choices (megactllm.config.model.Family).
 """
 from __future__ import annotations
 

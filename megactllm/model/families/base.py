@@ -243,6 +243,9 @@ class ModelFamily:
         """Why llama.cpp cannot run this model as this family's GGUF architecture, or None."""
         return None if model.rope_scaling is None else f"RoPE scaling {model.rope_scaling!r}"
 
+    def gguf_metadata(self, model: ModelConfig, writer) -> None:
+        """GGUF keys of the family beyond the common ones (an MoE family's expert counts)."""
+
     def gguf_extra_tensors(self, model: ModelConfig) -> dict:
         """GGUF tensors with no HF counterpart (name -> fp32 tensor), computed from the config."""
         return {}

@@ -207,9 +207,32 @@ class MoEFamily(ModelFamily):
     # --- llama.cpp -------------------------------------------------------------------------------
     def gguf_tensor_name(self, hf_name: str) -> Optional[str]:
         parts = hf_name.split(".", 3)  # model.layers.{i}.{rest}
-        if len(parts) == 4 and parts[1] == "layers" and parts[3] in GGUF_MOE_NAMES:
-            return f"blk.{int(parts[2])}.{GGUF_MOE_NAMES[parts[3]]}"
+        if len(parts) == 4 and parts[1] == "layers":
+            if parts[3] in GGUF_MOE_NAMES:
+                return f"blk.{int(parts[2])}.{GGUF_MOE_NAMES[parts[3]]}"
+            stacked = parts[3].rsplit(".", 1)  # mlp.experts.{part}: the experts stacked (convert.gguf.experts)
+            if stacked[0] == "mlp.experts" and stacked[-1] in GGUF_EXPERT_NAMES:
+                return f"blk.{int(parts[2])}.{GGUF_EXPERT_NAMES[stacked[-1]]}"
         return super().gguf_tensor_name(hf_name)
+
+    # llama.cpp's graph renormalises the top-k weights in qwen3moe and never in qwen2moe, and
+    # builds every layer as MoE: other models are refused rather than run differently.
+    gguf_norm_topk_prob: bool = True
+
+    def gguf_problem(self, model: ModelConfig) -> Optional[str]:
+        if model.moe_norm_topk_prob != self.gguf_norm_topk_prob:
+            return (f"norm_topk_prob={model.moe_norm_topk_prob} (llama.cpp's {self.gguf_architecture} graph "
+                    f"computes {self.gguf_norm_topk_prob})")
+        if not all(model.moe_layers()):
+            return f"dense layers mixed in (llama.cpp's {self.gguf_architecture} graph makes every layer MoE)"
+        return super().gguf_problem(model)
+
+    def gguf_metadata(self, model: ModelConfig, writer) -> None:
+        writer.add_expert_count(model.num_moe_experts)
+        writer.add_expert_used_count(model.moe_router_topk)
+        writer.add_expert_feed_forward_length(model.moe_ffn_hidden_size)
+        if model.moe_shared_expert_intermediate_size:
+            writer.add_expert_shared_feed_forward_length(model.moe_shared_expert_intermediate_size)
 
     # --- counts ----------------------------------------------------------------------------------
     def _attention_parameters(self, model: ModelConfig) -> int:

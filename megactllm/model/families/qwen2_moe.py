@@ -15,6 +15,7 @@ class Qwen2MoeFamily(MoEFamily):
     gguf_architecture = "qwen2moe"
     gguf_permutes_qk = False
     shared_expert = True
+    gguf_norm_topk_prob = False
 
     def model_config_from_hf(self, hf: dict, where: str) -> ModelConfig:
         refused = {

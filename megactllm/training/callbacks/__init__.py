@@ -11,19 +11,20 @@ from megactllm.training.callbacks.base import Callback, CallbackList, Step
 from megactllm.training.callbacks.blend import BlendAnnouncements
 from megactllm.training.callbacks.checkpointing import Checkpointing
 from megactllm.training.callbacks.exit_conditions import ExitConditions
+from megactllm.training.callbacks.expert_load import ExpertLoad
 from megactllm.training.callbacks.inloop_eval import InLoopEvaluation
 from megactllm.training.callbacks.loss_plot import LossPlot
 from megactllm.training.callbacks.nonfinite import NonFiniteStop
 from megactllm.training.callbacks.lock_holder import RunLockHolder
 from megactllm.training.callbacks.skip_data import SkipDataWindows
-from megactllm.training.callbacks.spikes import SpikeConfigError, SpikeSkipping
+from megactllm.training.callbacks.spikes import SpikeSkipping
 from megactllm.training.callbacks.stragglers import StragglerReport
 from megactllm.training.callbacks.throughput import ThroughputLogger
 from megactllm.training.callbacks.validation import Validation
 from megactllm.training.callbacks.wandb_logging import WandbLogging, wandb_callback
 
 __all__ = [
-    "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "InLoopEvaluation",
+    "BlendAnnouncements", "Callback", "CallbackList", "Checkpointing", "ExitConditions", "ExpertLoad", "InLoopEvaluation",
     "LossPlot", "NonFiniteStop", "RunLockHolder", "SkipDataWindows", "SpikeSkipping", "Step", "StragglerReport",
     "ThroughputLogger", "Validation", "WandbLogging", "default_callbacks",
 ]
@@ -31,31 +32,31 @@ __all__ = [
 
 def default_callbacks(trainer) -> list[Callback]:
     """The callbacks of a run of trainer.cfg; only the concerns its recipe switches on."""
-    cfg, t = trainer.cfg, trainer.cfg.train
-    callbacks: list[Callback] = [SkipDataWindows(t.skip_samples), NonFiniteStop(t.max_consecutive_nonfinite)]
+    cfg, s, ckpt, run = trainer.cfg, trainer.cfg.stability, trainer.cfg.checkpoint, trainer.cfg.run
+    callbacks: list[Callback] = [SkipDataWindows(s.skip_samples), NonFiniteStop(s.max_consecutive_nonfinite)]
     if trainer.blend_schedule is not None:
         callbacks.append(BlendAnnouncements(trainer.blend_schedule))
-    if t.skip_spiky_steps:
-        callbacks.append(SpikeSkipping(cfg))
-    elif t.spike_rollback_after:
-        raise SpikeConfigError("train.spike_rollback_after acts on spikes: set train.skip_spiky_steps=true")
+    if s.skip_spiky_steps:
+        callbacks.append(SpikeSkipping(s))
     if trainer.world_size > 1:
-        callbacks.append(StragglerReport(t.log_interval, t.straggler_ratio))
+        callbacks.append(StragglerReport(cfg.logging.interval, cfg.logging.straggler_ratio))
+    if cfg.model.is_moe:
+        callbacks.append(ExpertLoad(cfg, cfg.logging.interval))
     callbacks.append(ThroughputLogger(cfg, trainer.world_size, trainer.blend_schedule))
-    if trainer.valid_reader is not None and t.eval_interval:
-        callbacks.append(Validation(t.eval_interval, trainer.task.provides.perplexity))
+    if trainer.valid_reader is not None and cfg.validation.interval:
+        callbacks.append(Validation(cfg.validation.interval, trainer.task.provides.perplexity))
     if cfg.eval.interval:  # in-loop benchmark accuracy (megactllm.eval.inloop)
         from megactllm.eval.inloop import InLoopEvaluator
 
         callbacks.append(InLoopEvaluation(InLoopEvaluator(cfg.eval, trainer.model, cfg.model, trainer.tokenizer)))
-    if t.save:
-        callbacks.append(RunLockHolder(t.save, t.lock_stale_minutes * 60))
+    if ckpt.save:
+        callbacks.append(RunLockHolder(ckpt.save, run.lock_stale_minutes * 60))
     wandb = wandb_callback(cfg, trainer.rank)
     if wandb is not None:
         callbacks.append(wandb)
     callbacks += [
-        Checkpointing(t.save, t.save_interval),
-        ExitConditions(t.exit_interval, t.exit_duration_minutes, saving=bool(t.save)),
+        Checkpointing(ckpt.save, ckpt.interval),
+        ExitConditions(run.exit_interval, run.exit_duration_minutes, saving=bool(ckpt.save)),
         LossPlot(),
     ]
     return callbacks

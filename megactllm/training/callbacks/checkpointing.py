@@ -1,5 +1,5 @@
-"""The save policy: every train.save_interval iterations and at the end. What a checkpoint holds and
-how it is written (synchronously or in the background with train.async_save) is the loop's
+"""The save policy: every checkpoint.interval iterations and at the end. What a checkpoint holds and
+how it is written (synchronously or in the background with checkpoint.async_save) is the loop's
 (Trainer.save_checkpoint) and the checkpoint package's."""
 from __future__ import annotations
 

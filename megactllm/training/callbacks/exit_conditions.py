@@ -1,4 +1,4 @@
-"""When to stop early: train.exit_interval, a scheduler's signal or train.exit_duration_minutes.
+"""When to stop early: run.exit_interval, a scheduler's signal or run.exit_duration_minutes.
 
 A signal or the time budget stops every rank at the same iteration (ExitWatch agrees across
 ranks); the checkpoint callback then saves, and `megactllm.train` exits "resume me".
@@ -30,7 +30,7 @@ class ExitConditions(Callback):
             return
         stop = self.watch.check()  # a collective: the same answer on every rank
         if stop:
-            saving = "with a checkpoint, to be resumed" if self.saving else "WITHOUT a checkpoint (no train.save)"
+            saving = "with a checkpoint, to be resumed" if self.saving else "WITHOUT a checkpoint (no checkpoint.save)"
             trainer.log.warning(f"{stop}: stopping at iteration {iteration} {saving}")
             trainer.request_stop(stop)
 

@@ -38,7 +38,7 @@ class NonFiniteGuard:
             )
             raise NonFiniteLossError(
                 f"{self.in_a_row} consecutive iterations ending at {iteration} had a non-finite loss or gradient "
-                f"norm and were skipped (train.max_consecutive_nonfinite={self.max_consecutive}); the run has "
+                f"norm and were skipped (stability.max_consecutive_nonfinite={self.max_consecutive}); the run has "
                 f"diverged: {where}. Resume from it with a lower learning rate or more warmup, or inspect the data."
             )
 

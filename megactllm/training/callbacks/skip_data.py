@@ -1,4 +1,4 @@
-"""Sample windows of the training order that are never read: train.skip_samples (given by a person,
+"""Sample windows of the training order that are never read: stability.skip_samples (given by a person,
 PaLM's "skip the batches around a spike") and the windows recorded during the run (a spike
 rollback asks the loop to skip the samples read since; Trainer.skip_samples tells this callback).
 
@@ -18,7 +18,7 @@ class SkipSamplesError(UserError, ValueError):
     pass
 
 
-def parse_windows(spec, where: str = "train.skip_samples") -> list[list[int]]:
+def parse_windows(spec, where: str = "stability.skip_samples") -> list[list[int]]:
     windows = []
     for i, w in enumerate(spec or []):
         if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(isinstance(x, int) for x in w) and 0 <= w[0] < w[1]):
@@ -52,7 +52,7 @@ class SkipDataWindows(Callback):
         if position != s.consumed_samples:
             trainer.log.info(
                 f"iteration {s.iteration + 1}: skipping samples [{s.consumed_samples}, {position}) "
-                f"({position - s.consumed_samples} samples, train.skip_samples or a spike rollback)"
+                f"({position - s.consumed_samples} samples, stability.skip_samples or a spike rollback)"
             )
             s.consumed_samples = position
 

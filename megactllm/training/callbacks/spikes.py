@@ -1,4 +1,4 @@
-"""Spiky-step skipping (train.skip_spiky_steps) and rollback (train.spike_rollback_after).
+"""Spiky-step skipping (stability.skip_spiky_steps) and rollback (stability.spike_rollback_after).
 
 Once the grad norm is known and before the update, the step's loss and grad norm are judged
 against the window of recent applied steps (SpikeWindow below); every rank judges, and a
@@ -29,7 +29,6 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from megactllm.errors import UserError
 from megactllm.training.callbacks.base import PRIORITY_NOTES, Callback, Step
 
 
@@ -47,10 +46,7 @@ class SpikeVerdict:
 
 class SpikeWindow:
     def __init__(self, window: int, sigma: float):
-        if window < 2:
-            raise ValueError(f"train.spike_window={window}: it needs at least 2 steps for a standard deviation")
-        if sigma <= 0:
-            raise ValueError(f"train.spike_sigma={sigma}: it must be positive")
+        # stability.spike_window >= 2 (a standard deviation) and spike_sigma > 0: the recipe checks them.
         self.window = window
         self.sigma = sigma
         self.values: deque = deque(maxlen=window)  # (loss, grad_norm) of applied steps
@@ -89,10 +85,6 @@ class SpikeWindow:
         return w
 
 
-class SpikeConfigError(UserError, ValueError):
-    pass
-
-
 class SpikeRollbackError(RuntimeError):
     pass
 
@@ -101,12 +93,8 @@ class SpikeSkipping(Callback):
     name = "spikes"
     priority = PRIORITY_NOTES + 1  # its skipped_spike note first, then the straggler report's
 
-    def __init__(self, cfg):
-        t = cfg.train
-        if t.spike_rollback_after and not (t.save and t.save_interval):
-            raise SpikeConfigError(
-                f"train.spike_rollback_after={t.spike_rollback_after} reloads the last checkpoint: set train.save and train.save_interval"
-            )
+    def __init__(self, stability):
+        t = stability  # checked by the recipe (megactllm.config): window >= 2, sigma > 0, rollbacks saved
         self.window_size, self.sigma = t.spike_window, t.spike_sigma
         self.window = SpikeWindow(t.spike_window, t.spike_sigma)
         self.rollback_after = t.spike_rollback_after
@@ -176,7 +164,7 @@ class SpikeSkipping(Callback):
         if self.rollbacks >= self.max_rollbacks:
             raise SpikeRollbackError(
                 f"{self.in_a_row} spikes in a row ending at iteration {last_iteration} after {self.rollbacks} rollbacks "
-                f"(train.spike_max_rollbacks={self.max_rollbacks}): the run keeps spiking; the last checkpoint is {path}. "
+                f"(stability.spike_max_rollbacks={self.max_rollbacks}): the run keeps spiking; the last checkpoint is {path}. "
                 "Inspect the data at these samples, or lower the learning rate."
             )
         streak = self.in_a_row

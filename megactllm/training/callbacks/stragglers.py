@@ -1,4 +1,4 @@
-"""The straggler report (world > 1): which rank is slow, every train.log_interval.
+"""The straggler report (world > 1): which rank is slow, every logging.interval.
 
 Wall time per step is the same on every rank (collectives make the fast ones wait), so each rank
 times its own part: from the start of the step to its arrival at the gradient synchronisation
@@ -6,7 +6,7 @@ times its own part: from the start of the step to its arrival at the gradient sy
 forward and backward before any wait for other data-parallel ranks. With pipeline parallelism
 that time includes the pipeline's own waits. Each log interval the ranks all-gather their mean and the record gets
 step_time_slowest_rank (seconds), slowest_rank, step_time_median and
-step_time_slowest_over_median; rank 0 warns when the ratio stays above train.straggler_ratio
+step_time_slowest_over_median; rank 0 warns when the ratio stays above logging.straggler_ratio
 (two reports in a row).
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ class StragglerReport(Callback):
             trainer.log.warning(
                 f"straggler: rank {slowest} took {float(times[slowest]):.3f}s per step to reach the gradient sync, "
                 f"{ratio:.2f}x the median {median:.3f}s, for {self.over_in_a_row} reports in a row "
-                f"(train.straggler_ratio={self.ratio})"
+                f"(logging.straggler_ratio={self.ratio})"
             )
 
     # The reports in a row over the ratio are the same on every rank (from the gathered times): a

@@ -1,4 +1,4 @@
-"""The training log line and metrics.jsonl record every train.log_interval: loss, LR, throughput, MFU.
+"""The training log line and metrics.jsonl record every logging.interval: loss, LR, throughput, MFU.
 
 Throughput counts the wall time of the iterations since the last line, less what the loop spent
 in evaluation and checkpoints (its `paused_seconds`).
@@ -19,9 +19,9 @@ class ThroughputLogger(Callback):
     priority = PRIORITY_LOG
 
     def __init__(self, cfg, world_size: int, blend_schedule=None):
-        self.log_interval = cfg.train.log_interval
+        self.log_interval = cfg.logging.interval
         self.flops_per_token = family_of(cfg.model).flops_per_token(cfg.model, cfg.model.seq_length)
-        self.peak_tflops = device_peak_tflops(cfg.train.peak_tflops)
+        self.peak_tflops = device_peak_tflops(cfg.logging.peak_tflops)
         self.world_size = world_size
         self.blend_schedule = blend_schedule
         self.window_start, self.window_tokens, self.window_paused = 0.0, 0, 0.0

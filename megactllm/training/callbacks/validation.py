@@ -1,4 +1,4 @@
-"""Validation loss every train.eval_interval iterations, and once more at the end of the run."""
+"""Validation loss every validation.interval iterations, and once more at the end of the run."""
 from __future__ import annotations
 
 from megactllm.training.callbacks.base import PRIORITY_EVALUATE, Callback

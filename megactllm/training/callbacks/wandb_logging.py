@@ -44,4 +44,4 @@ class WandbLogging(Callback):
 
 
 def wandb_callback(cfg, rank: int) -> Optional[WandbLogging]:
-    return WandbLogging(cfg, rank) if wandb_wanted(cfg.train) else None
+    return WandbLogging(cfg, rank) if wandb_wanted(cfg.wandb) else None

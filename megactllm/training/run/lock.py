@@ -1,4 +1,4 @@
-"""One writer per checkpoint directory: `{train.save}/run.lock`, taken by rank 0 before training.
+"""One writer per checkpoint directory: `{checkpoint.save}/run.lock`, taken by rank 0 before training.
 
 The lock file names its holder (host, pid, start time, SLURM job) and carries a heartbeat that a
 background thread refreshes. A second run aiming at the same directory stops with an error naming
@@ -154,7 +154,7 @@ class RunLock:
             except OSError as e:
                 os.close(fd)
                 raise RunLockError(
-                    f"cannot create {self.path} (hard links unsupported there?): {e}; put train.save on a "
+                    f"cannot create {self.path} (hard links unsupported there?): {e}; put checkpoint.save on a "
                     f"file system with hard links (NFS, Lustre, GPFS and local disks have them)"
                 ) from None
         finally:
@@ -214,7 +214,7 @@ class RunLock:
             if reason is None:
                 raise RunLockError(
                     f"checkpoint directory {self.path.parent} is in use by another run ({describe(holder)}); "
-                    f"stop that run or choose another train.save. A lock whose process is dead on this host, or "
+                    f"stop that run or choose another checkpoint.save. A lock whose process is dead on this host, or "
                     f"whose heartbeat is older than {self.stale_after_s:.0f} s, is taken over automatically "
                     f"(lock file: {self.path})"
                 )
@@ -321,5 +321,5 @@ def check_still_held(lock: Optional[RunLock], directory: Optional[str]) -> None:
         raise RunLockLostError(
             f"{lost}: another run now writes checkpoints to {directory}. This run stops without saving, "
             f"and leaves that run's files (its .partial directories included) alone; give one of the runs "
-            f"another train.save"
+            f"another checkpoint.save"
         )

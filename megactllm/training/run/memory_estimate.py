@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from megactllm.config import Config
+from megactllm.config import Config, ConfigError
 from megactllm.errors import MemoryFitError
 from megactllm.model.families import family_of
 
@@ -237,7 +237,10 @@ def _alternatives(cfg: Config) -> list[tuple[str, Config]]:
     out = []
 
     def variant(text, section, **changes):
-        c = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+        try:
+            c = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+        except ConfigError:  # a layout this model cannot take (TP not dividing its heads): no alternative
+            return
         out.append((text, c))
 
     if not p.use_distributed_optimizer:

@@ -111,7 +111,7 @@ class RunLogger:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(self.log_dir / METRICS_FILE, "a", encoding="utf-8")
         if tensorboard_dir:
-            require("tensorboard", "train.tensorboard_dir")
+            require("tensorboard", "logging.tensorboard_dir")
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(tensorboard_dir)
@@ -154,6 +154,7 @@ class RunLogger:
         self._write({"kind": "train", **record})
         values = {f"train/{key}": record.get(key) for key in TRAIN_SCALARS}
         values.update({f"train/{name}": value for name, value in record.get("metrics", {}).items()})
+        values.update({f"train/moe/{name}": value for name, value in record.get("moe", {}).items()})
         if "blend_phase" in record:
             values["train/blend_phase"] = record["blend_phase"]
             for prefix, weight in record["blend_weights"].items():
@@ -223,7 +224,7 @@ def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """(train records, validation records) of a run; a resumed run's repeated iterations keep the last."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a megactllm run directory (train.log_dir)?")
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a megactllm run directory (logging.dir)?")
     train, valid = {}, {}
     for _, r in iter_jsonl(path):
         if r.get("kind") in ("train", "valid"):  # "bench": read_benchmarks

@@ -42,7 +42,7 @@ class Plan:
         else:
             schedule = "1F1B"
         dtype = "bf16" if o.bf16 else "fp16" if o.fp16 else "fp32"
-        iters = f"{self.train_iters:,}" if self.train_iters else "set by the dataset (train.train_epochs)"
+        iters = f"{self.train_iters:,}" if self.train_iters else "set by the dataset (train.duration)"
         tokens = f", {self.train_iters * t.global_batch_size * m.seq_length:,} tokens" if self.train_iters else ""
         lines = [
             f"model: {m.arch or 'custom'} from {self.checkpoint or 'the recipe'}: {m.num_layers} layers, hidden "
@@ -74,28 +74,22 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     from megactllm.errors import MemoryFitError
     from megactllm.parallel.initialize import check_layout
     from megactllm.training.run.memory_estimate import available_memory, check_fits, estimate_memory
-    from megactllm.training.schedule import ScheduleError, num_microbatches, resolve_train_iters
+    from megactllm.training.schedule import num_microbatches, resolve_train_iters
     from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
-    notes = resolve_data_sources(cfg)
+    notes = list(cfg.notes)
     checkpoint = resolve_model_from_checkpoint(cfg)
     if checkpoint is None:
         _check_tokenizer_fits(cfg)
-    _check_stage_options(cfg)
-    check_wandb(cfg.train)
-    dp = check_layout(cfg.parallel, world_size, cfg.model.num_layers)
-    from megactllm.model.builder import check_expert_layout
-
-    check_expert_layout(cfg.model, cfg.parallel)
-    check_context_parallel_run(cfg)
-    _check_heads_split(cfg)
+    else:
+        cfg.check()  # the model section now comes from the checkpoint: the relations again
+    _check_document_resets(cfg)
+    check_wandb(cfg.wandb)
+    dp = check_layout(cfg.parallel, world_size)
     microbatches = num_microbatches(cfg, dp)
-    try:
-        train_iters: Optional[int] = resolve_train_iters(cfg)
-    except ScheduleError:
-        if cfg.train.train_epochs is None:
-            raise
-        train_iters = None  # epochs: known once the dataset is built
+    train_iters: Optional[int] = None  # epochs: known once the dataset is built
+    if cfg.train.duration is None or cfg.train.duration.unit != "epochs":
+        train_iters = resolve_train_iters(cfg)
     _check_blend_schedule(cfg, train_iters)
     available, fits = None, True
     estimate = estimate_memory(cfg, world_size)
@@ -110,48 +104,12 @@ def preflight(cfg: Config, world_size: int, check_memory: bool = True, raise_if_
     return Plan(cfg, world_size, dp, checkpoint, estimate, available, fits, train_iters, microbatches, notes)
 
 
-_PATH_KEYS = ("data_path", "train_data_path", "valid_data_path", "test_data_path")
-_COMMAND_LINE = "an override"
-
-
-def resolve_data_sources(cfg: Config) -> list[str]:
-    """One source of training data: data.blend_schedule or the data paths, never both.
-
-    A value given on the command line is the user's intent: command-line paths replace a schedule
-    that came from the recipe file (and a command-line schedule replaces the recipe's paths), with
-    a note saying so. Both from the same place (both on the command line, or both in the recipe)
-    is an error naming them. Returns the notes.
-    """
-    from megactllm.config import ConfigError
-
-    d = cfg.data
-    paths = [k for k in _PATH_KEYS if getattr(d, k)]
-    if not d.blend_schedule or not paths:
-        return []
-    schedule_by = cfg.origin("data", "blend_schedule") or "the recipe"
-    paths_by = {k: cfg.origin("data", k) or "the recipe" for k in paths}
-    named = ", ".join(f"data.{k} (from {by})" for k, by in paths_by.items())
-    if all(by == _COMMAND_LINE for by in paths_by.values()) and schedule_by != _COMMAND_LINE:
-        d.blend_schedule = []
-        return [f"note: {named} replaces the recipe's data.blend_schedule ({schedule_by}): training reads the given data only"]
-    if schedule_by == _COMMAND_LINE and _COMMAND_LINE not in paths_by.values():
-        for k in paths:
-            setattr(d, k, [])
-        return [f"note: data.blend_schedule (from the command line) replaces the recipe's {', '.join('data.' + k for k in paths)}"]
-    raise ConfigError(
-        f"data.blend_schedule (from {schedule_by}) and {named} both name the training data: give one "
-        "(data.blend_schedule's phases, or the paths; validation under a schedule reads data.split of its final phase)"
-    )
-
-
 def _check_blend_schedule(cfg: Config, train_iters: Optional[int]) -> None:
     """The schedule parses and covers the run (read by pretraining only), before anything is built."""
     from megactllm.config import ConfigError
 
     if not cfg.data.blend_schedule:
         return
-    if cfg.train.stage != "pretrain":
-        raise ConfigError(f"data.blend_schedule is read by stage pretrain only; stage {cfg.train.stage!r} ignores it: remove it")
     from megactllm.data.pretrain.blend_schedule import BlendSchedule, parse_schedule
 
     if train_iters is None:
@@ -179,44 +137,8 @@ def _check_tokenizer_fits(cfg: Config) -> None:
     fit_model_to_tokenizer(cfg, tokenizer)
 
 
-def _check_stage_options(cfg: Config) -> None:
-    from megactllm.config import ConfigError
-
+def _check_document_resets(cfg: Config) -> None:
     if cfg.train.stage == "pretrain":
         from megactllm.training.stages.pretrain import check_document_resets
 
-        try:
-            check_document_resets(cfg)
-        except ValueError as e:  # a plain ValueError in the library; here it is the user's setting
-            raise ConfigError(str(e)) from None
-
-
-def check_context_parallel_run(cfg: Config) -> None:
-    """What a context-parallel run needs beyond the layout: equal chunks, and attention that can split."""
-    from megactllm.config import ConfigError
-    from megactllm.parallel.initialize import check_context_parallel
-
-    check_context_parallel(cfg.parallel, cfg.model.seq_length)
-    cp = cfg.parallel.context_parallel_size
-    if cp > 1 and cfg.eval.interval:
-        # The benchmark backend scores prompts of any length on the parallel model, unsplit.
-        raise ConfigError(
-            f"eval.interval={cfg.eval.interval} with parallel.context_parallel_size={cp}: in-loop benchmark "
-            "evaluation does not split prompts over the CP group; set eval.interval=0 and evaluate the saved "
-            "checkpoints (megactllm eval) at context_parallel_size=1"
-        )
-
-
-def _check_heads_split(cfg: Config) -> None:
-    from megactllm.parallel.initialize import ParallelLayoutError
-
-    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
-    problems = []
-    if m.num_attention_heads % tp or m.num_kv_heads % tp:
-        problems.append(f"{m.num_attention_heads} attention heads / {m.num_kv_heads} key-value heads")
-    if m.ffn_hidden_size % tp:
-        problems.append(f"ffn_hidden_size {m.ffn_hidden_size}")
-    if problems:
-        raise ParallelLayoutError(
-            f"tensor_model_parallel_size={tp} must divide " + " and ".join(problems) + "; pick a TP that divides them"
-        )
+        check_document_resets(cfg)

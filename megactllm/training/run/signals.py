@@ -1,4 +1,4 @@
-"""Stop a run cleanly when the scheduler asks: SIGTERM / SIGUSR1, or `train.exit_duration_minutes`.
+"""Stop a run cleanly when the scheduler asks: SIGTERM / SIGUSR1, or `run.exit_duration_minutes`.
 
 A signal handler only sets a flag; a launch script may also create the file named by
 $MEGACTLLM_STOP_FILE (a batch shell that got SLURM's warning signal: signalling the whole step
@@ -11,7 +11,7 @@ $MEGACTLLM_EXIT_STATUS, which the script reads to decide on `scontrol requeue`
 (examples/slurm_step.sh). Both files must be on a file system every node sees.
 
     install()                       # first thing in a worker: before heavy imports
-    watch = ExitWatch(cfg.train.exit_duration_minutes)
+    watch = ExitWatch(cfg.run.exit_duration_minutes)
     reason = watch.check()          # each iteration, on every rank: None or the same reason everywhere
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Weights & Biases as a RunLogger sink (train.wandb_project; the extra `pip install -e ".[wandb]"`).
+"""Weights & Biases as a RunLogger sink (wandb.project; the extra `pip install -e ".[wandb]"`).
 
 Rank 0 opens the run; every scalar TensorBoard gets (loss, LR, grad norm, tokens/s, MFU, memory,
 blend phase, validation, in-loop benchmarks, skipped spikes, the straggler report) goes to W&B
@@ -20,26 +20,20 @@ from typing import Optional
 
 from megactllm.common.atomic import write_text_atomic
 from megactllm.common.optional import require
-from megactllm.config import ConfigError
 from megactllm.output import verbose_requested
 
 RUN_ID_FILE = "wandb_run_id.txt"
-PURPOSE = "train.wandb_project (Weights & Biases logging)"
+PURPOSE = "wandb.project (Weights & Biases logging)"
 
 
-def wandb_wanted(train_cfg) -> bool:
-    """Whether the recipe asks for W&B; the other wandb_* settings without a project are a mistake."""
-    if train_cfg.wandb_project:
-        return True
-    given = [k for k in ("wandb_entity", "wandb_dir", "wandb_name") if getattr(train_cfg, k)]
-    if given:
-        raise ConfigError(f"train.{given[0]} is set but train.wandb_project is not: W&B logs only to a named project")
-    return False
+def wandb_wanted(wandb_cfg) -> bool:
+    """Whether the recipe asks for W&B (the recipe refuses the other wandb keys without a project)."""
+    return bool(wandb_cfg.project)
 
 
-def check_wandb(train_cfg) -> None:
+def check_wandb(wandb_cfg) -> None:
     """Before anything is built (every rank): W&B asked for and its package importable."""
-    if wandb_wanted(train_cfg):
+    if wandb_wanted(wandb_cfg):
         require("wandb", PURPOSE)
 
 
@@ -65,12 +59,12 @@ class WandbSink:
 
     def open(self, run_dir: Path, run_id: Optional[str] = None) -> str:
         """Start (or continue) the run `run_id` (None: the run directory's); returns a line saying where it goes."""
-        t = self.cfg.train
+        w = self.cfg.wandb
         # Silent unless verbose (MEGACTLLM_VERBOSE, --verbose): the returned line says where the run
         # goes. console="off": wandb does not wrap this process's stdout/stderr.
         settings = self.wandb.Settings(silent=not verbose_requested(), console="off", disable_git=True)
         self.run = self.wandb.init(
-            project=t.wandb_project, entity=t.wandb_entity, name=t.wandb_name, dir=t.wandb_dir or str(run_dir),
+            project=w.project, entity=w.entity, name=w.name, dir=w.dir or str(run_dir),
             id=run_id or run_id_for(run_dir), resume="allow", config=self.cfg.to_dict(), settings=settings,
         )
         self.run_id = self.run.id
@@ -80,7 +74,7 @@ class WandbSink:
             where = f"offline in {Path(self.run.dir).parent} (upload: wandb sync DIR)"
         else:
             where = self.run.url
-        return f"W&B: run {self.run.id} of project {t.wandb_project}: {where}"
+        return f"W&B: run {self.run.id} of project {w.project}: {where}"
 
     def scalars(self, values: dict, iteration: int) -> None:
         self.run.log({**values, "iteration": iteration})

@@ -15,6 +15,7 @@ import importlib
 from typing import Callable
 
 from megactllm.config import Config
+from megactllm.config.schema import allow_stage
 from megactllm.errors import UserError
 
 TaskFactory = Callable[[Config], object]
@@ -36,6 +37,7 @@ class UnknownStageError(UserError, ValueError):
 def register_stage(name: str, factory: TaskFactory) -> None:
     """Make `train.stage=name` build its Task with `factory(cfg)` (replaces a previous registration)."""
     _REGISTERED[name] = factory
+    allow_stage(name)
 
 
 def available_stages() -> list[str]:

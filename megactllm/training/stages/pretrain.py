@@ -29,25 +29,14 @@ def masked_lm_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 
 
 def check_document_resets(cfg: Config) -> None:
-    """Refuse reset options that would silently do nothing.
-
-    RoPE scores depend only on the distance between two positions, so inside a document-local
-    attention mask, positions restarted at each document give exactly the same result as running
-    positions: data.reset_position_ids adds nothing to data.reset_attention_mask, and alone it
-    cannot be applied (megatron-core's GPTModel rotates by sequence offset). Transformer Engine's
-    fused causal attention takes no per-sample mask.
-    """
+    """Refuse a document mask this machine cannot apply: Transformer Engine's fused causal attention
+    takes no per-sample mask (data.reset_position_ids without the mask is refused by the recipe)."""
+    from megactllm.config import ConfigError
     from megactllm.model import transformer_engine_available
 
     d = cfg.data
-    if d.reset_position_ids and not d.reset_attention_mask:
-        raise ValueError(
-            "data.reset_position_ids needs data.reset_attention_mask=true: with RoPE, positions only "
-            "matter relative to each other, so restarting them changes nothing unless attention is "
-            "also restricted to each document"
-        )
     if d.reset_attention_mask and transformer_engine_available():
-        raise ValueError(
+        raise ConfigError(
             "data.reset_attention_mask needs the local layer spec; Transformer Engine's fused causal "
             "attention takes no per-document mask"
         )
@@ -64,7 +53,6 @@ class PretrainTask:
         from megatron.core import parallel_state
 
         self.cfg = cfg
-        check_document_resets(cfg)
         train_iters = resolve_train_iters(cfg)
         sizes = dataset_sample_counts(cfg, train_iters)
         if cfg.data.blend_schedule:

@@ -1,6 +1,6 @@
 """Stage `sft`: supervised fine-tuning on chat data, loss on assistant tokens only.
 
-The shared loop starts from train.pretrained_checkpoint and runs megatron-core's schedules; this
+The shared loop starts from checkpoint.pretrained and runs megatron-core's schedules; this
 task reads the SFT mixture (megactllm.data.chat.sft_dataset) and turns a micro-batch into a per-token
 loss: `loss_func` returns (sum of masked token losses, number of masked tokens, report), so the
 loop's division by the global token count averages exactly as one process over the whole batch.

@@ -1,10 +1,10 @@
 r"""Compute the DPO reference model's sequence log-probs once and store them, so that DPO training
-(train.dpo_reference_logprobs=<output>) keeps no reference model in memory.
+(dpo.reference_logprobs=<output>) keeps no reference model in memory.
 
 Run with the training recipe and layout, under torchrun (or SLURM) like training:
 
     torchrun --nproc-per-node 2 -m megactllm precompute-dpo-reference --config examples/configs/tiny_dpo.yaml \
-        --output data/dpo_reference.npz train.pretrained_checkpoint=checkpoints/tiny_sft
+        --output data/dpo_reference.npz checkpoint.pretrained=checkpoints/tiny_sft
 (`tools/precompute_dpo_reference.py` is the same command.)
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Precompute the DPO reference model's log-probabilities once, so training needs no reference model.
 
-Runs the reference (train.pretrained_checkpoint) at the run's own TP/PP/DP layout over every pair
+Runs the reference (checkpoint.pretrained) at the run's own TP/PP/DP layout over every pair
 of every DPO source named in the data config, forward only through the pipeline schedule, and
 writes one .npz (see megactllm.data.chat.dpo_dataset.ReferenceLogps). Data-parallel replicas share the
 pairs; the last pipeline stage of TP rank 0 of each replica contributes its values to one
-all-reduce, and rank 0 writes the file. Train with train.dpo_reference_logprobs=<that file>.
+all-reduce, and rank 0 writes the file. Train with dpo.reference_logprobs=<that file>.
 
     torchrun --nproc-per-node 2 tools/precompute_dpo_reference.py --config tiny_dpo.yaml --output ref.npz
 """
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megactllm.config import ConfigError
 from megactllm.data.chat.dpo_dataset import DPODataset, save_reference_logps
 from megactllm.data.chat.sft_dataset import open_sources, pad_id_of, split_blends
 from megactllm.data.blend import Blend
@@ -39,8 +40,8 @@ def precompute_reference_logps(cfg, tokenizer, output: str, microbatches_per_cal
     """Collective: call on every rank after initialize_parallel. Returns the written path."""
     from megatron.core import parallel_state
 
-    if not cfg.train.pretrained_checkpoint:
-        raise ValueError("precomputing DPO reference log-probs needs train.pretrained_checkpoint (the SFT model)")
+    if not cfg.checkpoint.pretrained:
+        raise ConfigError("precomputing DPO reference log-probs needs checkpoint.pretrained (the SFT model)")
     chunks = build_reference_model(cfg)
     sources = dpo_sources(cfg, tokenizer)
     all_pairs = np.array([(s, i) for s, r in enumerate(sources) for i in range(len(r))], dtype=np.int64).reshape(-1, 2)
@@ -70,7 +71,7 @@ def precompute_reference_logps(cfg, tokenizer, output: str, microbatches_per_cal
     if not dist.is_initialized() or dist.get_rank() == 0:
         split = np.cumsum([0] + [len(r) for r in sources])
         arrays = [values[split[k] : split[k + 1]].numpy() for k in range(len(sources))]
-        meta = {"seq_length": cfg.model.seq_length, "checkpoint": str(cfg.train.pretrained_checkpoint),
+        meta = {"seq_length": cfg.model.seq_length, "checkpoint": str(cfg.checkpoint.pretrained),
                 "tokenizer": tokenizer.describe(), "pairs": len(dataset)}
         save_reference_logps(output, [r.prefix for r in sources], arrays, meta)
     if dist.is_initialized():

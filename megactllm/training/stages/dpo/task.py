@@ -4,11 +4,11 @@ Items hold a pair ([2, seq_length] arrays: chosen row, rejected row), so a micro
 `micro_batch_size` pairs runs as 2 x micro_batch_size sequences: the schedule's micro_batch_size
 is scaled by `sequences_per_sample` (both halves of a pair always sit in the same micro-batch).
 
-The reference is the policy's starting checkpoint (train.pretrained_checkpoint, the SFT model),
+The reference is the policy's starting checkpoint (checkpoint.pretrained, the SFT model),
 built with the same parallel layout, without gradients or optimizer state. Once per step,
 `prepare_global_batch` runs it through megatron-core's pipeline schedule, forward only, over the
 step's micro-batches and attaches `reference_logps` [mbs, 2] to each (on the last pipeline stage,
-where the loss is computed). With train.dpo_reference_logprobs the values come precomputed with
+where the loss is computed). With dpo.reference_logprobs the values come precomputed with
 the data (see megactllm.training.stages.dpo.reference) and no reference model is built.
 
 `loss_func` returns (sum of per-pair losses, number of pairs, report): the loop's division by the
@@ -21,6 +21,7 @@ from functools import partial
 
 import torch
 
+from megactllm.config import ConfigError
 from megactllm.data.chat.dpo_dataset import build_dpo_datasets
 from megactllm.training.stages.dpo.loss import dpo_loss
 from megactllm.training.context_parallel import is_context_parallel_leader, sum_over_context_parallel
@@ -60,7 +61,7 @@ def _unwrap(module):
 
 
 def build_reference_model(cfg, policy_chunks: list | None = None) -> list:
-    """Frozen reference chunks at the policy's layout: train.pretrained_checkpoint, else a copy of
+    """Frozen reference chunks at the policy's layout: checkpoint.pretrained, else a copy of
     the policy as it is now (valid only before its first update: the loop calls us at step 1)."""
     from megatron.core import tensor_parallel
 
@@ -74,21 +75,16 @@ def build_reference_model(cfg, policy_chunks: list | None = None) -> list:
     finally:
         torch.set_rng_state(cpu_state)
         tensor_parallel.get_cuda_rng_tracker().set_states(tracker_states)
-    if cfg.train.pretrained_checkpoint:
-        from megactllm.checkpoint.save_load import load_model_weights
+    if cfg.checkpoint.pretrained:
+        from megactllm.checkpoint import Checkpointer
 
-        load_model_weights(cfg.train.pretrained_checkpoint, chunks, cfg.model)
-    elif cfg.train.load:
-        raise ValueError(
-            "DPO resumed from train.load needs train.pretrained_checkpoint (the SFT model) to rebuild its "
-            "reference; the policy has moved away from it"
-        )
-    elif policy_chunks is not None:
-        log.warning("DPO without train.pretrained_checkpoint: the reference is a copy of the initial policy")
+        Checkpointer.load_weights(cfg.checkpoint.pretrained, chunks, cfg.model)
+    elif policy_chunks is not None:  # not resuming: the recipe refuses checkpoint.load without pretrained
+        log.warning("DPO without checkpoint.pretrained: the reference is a copy of the initial policy")
         for ref, policy in zip(chunks, policy_chunks):
             ref.load_state_dict(_unwrap(policy).state_dict(), strict=True)
     else:
-        raise ValueError("the DPO reference model needs train.pretrained_checkpoint")
+        raise ConfigError("the DPO reference model needs checkpoint.pretrained")
     if cfg.optim.bf16 or cfg.optim.fp16:
         from megatron.core.transformer.module import Float16Module
 
@@ -133,14 +129,14 @@ def forward_only_pair_logps(chunks: list, microbatches: list[dict], seq_length: 
     return [r["logps"] for r in results]
 
 
-def dpo_loss_func(train_cfg, loss_mask: torch.Tensor, reference_logps: torch.Tensor | None, output_tensor: torch.Tensor):
+def dpo_loss_func(dpo_cfg, loss_mask: torch.Tensor, reference_logps: torch.Tensor | None, output_tensor: torch.Tensor):
     """(loss sum over pairs, pair count, report) for one micro-batch."""
     if reference_logps is None:
         raise RuntimeError("DPO micro-batch without reference_logps: prepare_global_batch did not run on this stage")
     policy = pair_logps(output_tensor, loss_mask)
     reference = reference_logps.to(policy.device).float().view(-1, 2)
     out = dpo_loss(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1],
-                   beta=train_cfg.dpo_beta, label_smoothing=train_cfg.dpo_label_smoothing, loss_type=train_cfg.dpo_loss_type)
+                   beta=dpo_cfg.beta, label_smoothing=dpo_cfg.label_smoothing, loss_type=dpo_cfg.loss_type)
     # Every CP rank computes the same pair losses (each backpropagates into its own tokens); one counts them.
     leader = is_context_parallel_leader()
     pairs = torch.tensor(policy.shape[0] if leader else 0, dtype=torch.int, device=policy.device)
@@ -191,7 +187,7 @@ class DPOTask:
         batch = next(data_iterator)
         rows = model_rows(flatten_pairs(batch))
         output = model_forward(model, rows)
-        return output, partial(dpo_loss_func, self.cfg.train, rows["loss_mask"], batch.get("reference_logps"))
+        return output, partial(dpo_loss_func, self.cfg.dpo, rows["loss_mask"], batch.get("reference_logps"))
 
     def metric_names(self) -> list[str]:
         return list(METRICS)

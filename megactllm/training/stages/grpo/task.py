@@ -1,6 +1,6 @@
 """Stage `grpo`: group relative policy optimisation with verifiable rewards, on the same TP/PP/DP model.
 
-One `train.train_iters` step reads `grpo.prompts_per_step` prompts (the loop's global batch; each
+One `train.duration` step reads `grpo.prompts_per_step` prompts (the loop's global batch; each
 data-parallel rank its share) and, in `prepare_global_batch`:
 
 1. hands the policy's current weights to the rollout engine in memory: TP shards all-gathered,
@@ -80,25 +80,7 @@ class GRPOTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        g = cfg.grpo
-        if cfg.parallel.context_parallel_size > 1:
-            raise ConfigError("train.stage=grpo with parallel.context_parallel_size > 1 is not supported yet")
-        if cfg.model.num_moe_experts:
-            # The in-memory hand-over to the rollout engine maps dense layers only so far.
-            raise ConfigError("train.stage=grpo on a mixture-of-experts model is not supported yet")
-        t = cfg.train
-        if t.global_batch_size != g.prompts_per_step:
-            if cfg.origin("train", "global_batch_size"):
-                raise ConfigError(
-                    f"train.global_batch_size={t.global_batch_size} and grpo.prompts_per_step={g.prompts_per_step} "
-                    "differ: a GRPO step reads prompts_per_step prompts; drop train.global_batch_size"
-                )
-            t.global_batch_size = g.prompts_per_step
-        if g.max_completion_tokens >= cfg.model.seq_length:
-            raise ConfigError(
-                f"grpo.max_completion_tokens={g.max_completion_tokens} leaves no room for a prompt in "
-                f"model.seq_length={cfg.model.seq_length}"
-            )
+        g = cfg.grpo  # the recipe checked CP, MoE, the batch (= prompts_per_step) and the completion length
         self.provides = StageCapabilities(sequences_per_sample=g.group_size, updates_per_batch=g.updates_per_batch)
         self.rewards = RewardSet.from_specs(g.rewards, g.reward_weights)  # an unimportable one fails here
         self.prompts = None
@@ -108,7 +90,7 @@ class GRPOTask:
 
     # ---------------------------------------------------------------- data
     def build_datasets(self, cfg, tokenizer):
-        if tokenizer is None:
+        if tokenizer is None:  # neither data.tokenizer_model nor the checkpoint's copy
             raise ConfigError("train.stage=grpo needs data.tokenizer_model (prompts are rendered with its chat template)")
         from megactllm.tokenizer.chat_template import stop_token_id
 
@@ -118,9 +100,10 @@ class GRPOTask:
         g = cfg.grpo
         self.prompts = load_prompts(cfg.data.prompts_path, tokenizer, "math" in g.rewards,
                                     cfg.model.seq_length - g.max_completion_tokens)
-        if not cfg.train.train_iters:
-            raise ConfigError("train.stage=grpo counts steps: set train.train_iters (one step = one rollout batch)")
-        return PromptOrder(len(self.prompts), cfg.train.train_iters * g.prompts_per_step, cfg.train.seed), None, None
+        steps = cfg.known_train_iters()  # train.duration in iterations (the recipe refuses epochs and tokens)
+        if steps is None:
+            raise ConfigError("train.duration=null: train.stage=grpo counts steps: set it to 'N iterations'")
+        return PromptOrder(len(self.prompts), steps * g.prompts_per_step, cfg.train.seed), None, None
 
     # ---------------------------------------------------------------- rollouts
     def _rollouts(self, model_chunks, positions: list[int], prompt_ids: list[int]):
