@@ -85,7 +85,7 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     """The whole path for one family; returns what each step left behind."""
     from transformers import AutoTokenizer
 
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.convert import export_to_hf, import_from_hf
     from megactllm.data.chat.dpo_preprocess import preprocess_dpo
     from megactllm.data.chat.sft_preprocess import preprocess_sft
@@ -157,7 +157,7 @@ def _masked_runs(tokenizer, tokens, mask) -> list[str]:
 
 
 def test_import_keeps_the_family_and_its_tokenizer(path):
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     model = read_metadata(path["checkpoint"]).model_config
     base = BASE[path["family"]]
