@@ -100,9 +100,10 @@ def test_tp2_and_dp2_follow_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, 
     assert other[2]["reward_mean"] == pytest.approx(tp1[2]["reward_mean"], abs=0.02)
 
 
-def test_pp2_with_a_reference_token_normalisation_and_two_updates(tiny_tokenizer, prompts, tmp_path):
+def test_pp2_from_a_checkpoint_with_a_reference_token_normalisation_and_two_updates(tp1_run, tiny_tokenizer, prompts, tmp_path):
+    # The policy and the frozen reference both start from the TP1 run's checkpoint, loaded at PP2.
     extra = ("train.duration=2 iterations", *REWARD, "grpo.kl_coeff=0.05", "grpo.loss_normalization=token",
-             "grpo.updates_per_batch=2", "grpo.clip_high=0.28")
+             "grpo.updates_per_batch=2", "grpo.clip_high=0.28", f"checkpoint.pretrained={tp1_run['checkpoint']}")
     records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 1, 2, extra, timeout=600)[0]
     m = _metrics(records)
     print("grpo log-prob agreement PP2:", {s: (m[s]["rollout_logprob_diff_max"], m[s]["rollout_logprob_diff_mean"], m[s]["kl"]) for s in (1, 2)})
