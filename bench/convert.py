@@ -9,7 +9,10 @@ resident memory; ratios compare with the reference measured in the same run:
   export    megactllm checkpoint -> HF directory (a layer at a time, 1 GiB safetensors shards).
   verify    the exported tensors equal the originals bit for bit (not timed).
 Files are written in bf16 (as HF models ship); all files stay in the page cache between phases.
-Library imports are done before the clock starts (a fixed few seconds). Memory is the peak of
+Library imports are done before the clock starts (a fixed few seconds), and each phase starts
+after `sync` (no writeback of the previous phase's files to wait for); a conversion fsyncs its own
+output before it appears, the baseline does not. CPU seconds (the phase's process and its
+workers) are printed beside wall time: on a shared machine they vary less. Memory is the peak of
 the process's RSS plus its helper processes' unique memory, minus the RSS after imports: the
 conversion's own working set, also shown relative to the model's size.
 
@@ -197,13 +200,21 @@ def child(args) -> None:
 
     import megactllm.convert  # noqa: F401
 
+    import resource
+
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    os.sync()  # the previous phase's dirty pages are not this phase's writeback to wait for
+
+    def cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
     with MemorySampler() as memory:
         base = memory.now()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu()
         extra = PHASES[args.phase](args.work, *([args.preset, args.tokenizer, args.make_layers] if args.phase == "make-hf" else []))
-        seconds = time.perf_counter() - start
-    print(json.dumps(dict(seconds=seconds, peak=memory.peak, base=base, **extra)))
+        seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
+    print(json.dumps(dict(seconds=seconds, cpu=cpu_seconds, peak=memory.peak, base=base, **extra)))
 
 
 def _dir_bytes(path: Path) -> int:
@@ -229,11 +240,13 @@ def measure(work: Path, args, layers: str) -> tuple[dict, int, int]:
                 results[name] = r
     run_phase("verify", work, [])
     base_time = results["baseline"]["seconds"]
-    print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'peak GiB':>9} {'working set GiB':>16} {'x model':>8}")
+    base_cpu = results["baseline"]["cpu"]
+    print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'CPU s':>7} {'CPU vs baseline':>16} {'peak GiB':>9} "
+          f"{'working set GiB':>16} {'x model':>8}")
     for name, r in results.items():
         working = r["peak"] - r["base"]
-        print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['peak'] / 2**30:9.2f} "
-              f"{working / 2**30:16.2f} {working / model_bytes:7.2f}x")
+        print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['cpu']:7.2f} {r['cpu'] / base_cpu:15.2f}x "
+              f"{r['peak'] / 2**30:9.2f} {working / 2**30:16.2f} {working / model_bytes:7.2f}x")
     print(f"megatron checkpoint: {_dir_bytes(work / 'ckpt') / 2**30:.2f} GiB; export verified bit-exact", flush=True)
     for leftover in ("hf_in", "baseline", "ckpt", "hf_out"):
         shutil.rmtree(work / leftover, ignore_errors=True)
@@ -263,12 +276,16 @@ def main() -> None:
         if len(runs) == 2:
             (l1, r1, b1, _), (l2, r2, b2, _) = runs
             print(f"\ngrowth with depth, {l1} -> {l2} layers (model {b1 / 2**30:.2f} -> {b2 / 2**30:.2f} GiB):")
-            print(f"{'phase':<9} {'working set GiB':>16} {'growth GiB':>11} {'deep x model':>13} {'time vs baseline':>17}")
+            print(f"{'phase':<9} {'working set GiB':>16} {'growth GiB':>11} {'deep x model':>13} {'time vs baseline':>17} "
+                  f"{'CPU vs baseline':>16}")
             for name in ("baseline", "import", "export"):
                 w1, w2 = (r[name]["peak"] - r[name]["base"] for r in (r1, r2))
                 ratio = r2[name]["seconds"] / r2["baseline"]["seconds"]
+                cpu_ratio = r2[name]["cpu"] / r2["baseline"]["cpu"]
                 print(f"{name:<9} {w1 / 2**30:7.2f} -> {w2 / 2**30:5.2f} {(w2 - w1) / 2**30:11.2f} "
-                      f"{w2 / b2:12.2f}x {ratio:16.2f}x")
+                      f"{w2 / b2:12.2f}x {ratio:16.2f}x {cpu_ratio:15.2f}x")
+            print(f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall times on a shared machine "
+                  "depend on the other jobs; CPU seconds less so)")
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megactllm.config import load_config
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
     from megactllm.training.stages.dpo.reference import precompute_reference_logps
     from megactllm.training.trainer import Trainer
 
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     dpo = Trainer(load_config(None, common + ["train.stage=dpo"] + args.overrides))
     time_step(dpo)
     ckpt_dir = str(work / "reference")
-    save_checkpoint(ckpt_dir, 0, dpo.task.reference_chunks, dpo.cfg)
+    Checkpointer(ckpt_dir).save(0, dpo.task.reference_chunks, dpo.cfg)
     # 2. DPO with reference log-probs precomputed once for the whole set.
     ref_file = str(work / "reference_logps.npz")
     pre_cfg = load_config(None, common + ["train.stage=dpo", f"checkpoint.pretrained={ckpt_dir}"] + args.overrides)

@@ -132,7 +132,7 @@ def parallel_figure(model_dir: Path, work: Path, a, shots: int) -> float:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         initialize_parallel(ParallelConfig())
     if not hasattr(parallel_figure, "backend"):
-        from megactllm.checkpoint.save_load import resolve_checkpoint_dir
+        from megactllm.checkpoint import resolve_checkpoint_dir
 
         parallel_figure.backend = ParallelBackend.from_checkpoint(resolve_checkpoint_dir(checkpoint), ParallelConfig(),
                                                                   batch_size=a.batch_size)

@@ -274,6 +274,9 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default="llama.cpp,transformers", help="comma-separated: llama.cpp, transformers")
     p.add_argument("--keep", type=Path, help="keep the models and server logs here")
     args = p.parse_args(argv)
+    from megactllm.output import configure_output
+
+    configure_output()  # no third-party progress bars between the figures
     work = Path(tempfile.mkdtemp(prefix="serve-load-")) if args.keep is None else args.keep
     work.mkdir(parents=True, exist_ok=True)
     failed = False

@@ -14,4 +14,5 @@ records.sort(key=lambda r: len(r["question"]))
 with open("runs/tiny_grpo/prompts.jsonl", "w", encoding="utf-8") as f:
     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records[:200])
 PY
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # 2-core machines: one thread per process
 PYTHONPATH=examples${PYTHONPATH:+:$PYTHONPATH} megactllm train --config examples/configs/tiny_grpo.yaml "$@"

@@ -29,6 +29,7 @@ COMMANDS = {
     "precompute-dpo-reference": ("megactllm.training.stages.dpo.cli", "precompute_dpo_reference_main",
                                  "store the DPO reference model's log-probs once (under torchrun)"),
     "convert": ("megactllm.convert.cli", "convert_main", "megactllm checkpoint <-> Hugging Face directory"),
+    "checkpoint": ("megactllm.checkpoint.cli", "main", "verify a checkpoint's files, list a run's checkpoints"),
     "evaluate": ("megactllm.eval.cli", "main", "C-Eval / CMMLU / MMLU, bits per byte, open questions"),
     "export-gguf": ("megactllm.convert.cli", "export_gguf_main", "one GGUF file for llama.cpp, optionally quantized"),
     "chat": ("megactllm.serve.cli", "chat_main", "chat with a model in the terminal"),

@@ -23,12 +23,12 @@ def tiny_config(tp: int = 1, pp: int = 1, seq: int = 64, extra: tuple = ()):
 def save_tiny_checkpoint(path: str, seq: int, seed: int = 7) -> str:
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     cfg = tiny_config(seq=seq)
     initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    out = str(save_checkpoint(path, 0, chunks, cfg))
+    out = str(Checkpointer(path).save(0, chunks, cfg))
     destroy_parallel()
     return out
 
@@ -48,10 +48,10 @@ def _report_on_current_layout(stage: str, cfg, checkpoint: str, items: list, mic
 
     from megactllm.model import build_model
     from megactllm.training.batches import collate
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
 
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, chunks, cfg.model)
+    Checkpointer.load_weights(checkpoint, chunks, cfg.model)
     for chunk in chunks:
         chunk.config.calculate_per_token_loss = True
         chunk.config.finalize_model_grads_func = None
@@ -124,12 +124,12 @@ def dpo_training_run(checkpoint: str, items: list, steps: int, lr: float, micro_
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
 
     cfg = tiny_config(1, 1, seq, ("train.stage=dpo", f"checkpoint.pretrained={checkpoint}", f"dpo.beta={beta}"))
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, chunks, cfg.model)
+    Checkpointer.load_weights(checkpoint, chunks, cfg.model)
     for chunk in chunks:
         chunk.config.calculate_per_token_loss = True
         chunk.config.finalize_model_grads_func = None

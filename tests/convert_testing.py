@@ -99,7 +99,7 @@ def layout_jobs(jobs: list[dict]) -> dict:
 
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import load_model_weights, save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     results = {}
     for job in jobs:
@@ -107,9 +107,9 @@ def layout_jobs(jobs: list[dict]) -> dict:
         initialize_parallel(cfg.parallel, seed=1234, num_layers=cfg.model.num_layers)
         chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
         if job.get("save_to"):
-            save_checkpoint(job["save_to"], 1, chunks, cfg, tokenizer_path=job.get("tokenizer"))
+            Checkpointer(job["save_to"]).save(1, chunks, cfg, tokenizer_path=job.get("tokenizer"))
             chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-        load_model_weights(job.get("save_to") or job["load_from"], chunks, cfg.model)
+        Checkpointer.load_weights(job.get("save_to") or job["load_from"], chunks, cfg.model)
         logits = megactllm_logits(chunks, job["tokens"])
         if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0 \
                 and parallel_state.get_data_parallel_rank() == 0:
@@ -204,7 +204,7 @@ def continue_pretraining(checkpoint: str, data_prefix: str, tokenizer: str, save
         ValidationConfig,
     )
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.training.trainer import run_training
 
     model = dataclasses.replace(read_metadata(checkpoint).model_config, seq_length=seq)

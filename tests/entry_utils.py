@@ -12,11 +12,11 @@ def save_checkpoint_with_tokenizer(overrides: list[str], path: str, tokenizer: s
     from megactllm.config import load_config
     from megactllm.model import build_model
     from megactllm.parallel import initialize_parallel
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
-    save_checkpoint(path, 0, build_model(cfg.model, cfg.parallel, cfg.optim), cfg, tokenizer_path=tokenizer)
+    Checkpointer(path).save(0, build_model(cfg.model, cfg.parallel, cfg.optim), cfg, tokenizer_path=tokenizer)
 
 
 def launch(args: list[str], nproc: int = 2, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

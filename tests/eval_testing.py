@@ -56,11 +56,11 @@ def parallel_eval_jobs(checkpoint: str, tokenizer: str, save_cfg, layouts: list,
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megatron.core import parallel_state
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     initialize_parallel(save_cfg.parallel, seed=7, num_layers=save_cfg.model.num_layers)
     chunks = build_model(save_cfg.model, save_cfg.parallel, save_cfg.optim)
-    save_checkpoint(checkpoint, 1, chunks, save_cfg, tokenizer_path=tokenizer)
+    Checkpointer(checkpoint).save(1, chunks, save_cfg, tokenizer_path=tokenizer)
     parallel_state.destroy_model_parallel()
     out = {}
     for name, parallel in layouts:

@@ -55,7 +55,7 @@ def load_logits_and_resave(jobs: list[dict]) -> dict:
     from convert_testing import megactllm_logits
     from megatron.core import parallel_state
 
-    from megactllm.checkpoint.save_load import load_model_weights, save_checkpoint
+    from megactllm.checkpoint import Checkpointer
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
 
@@ -64,9 +64,9 @@ def load_logits_and_resave(jobs: list[dict]) -> dict:
         cfg = job["cfg"]
         initialize_parallel(cfg.parallel, seed=1234, num_layers=cfg.model.num_layers)
         chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-        load_model_weights(job["load_from"], chunks, cfg.model)
+        Checkpointer.load_weights(job["load_from"], chunks, cfg.model)
         logits = megactllm_logits(chunks, job["tokens"])
-        save_checkpoint(job["save_to"], 1, chunks, cfg, tokenizer_path=job["tokenizer"])
+        Checkpointer(job["save_to"]).save(1, chunks, cfg, tokenizer_path=job["tokenizer"])
         if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0:
             results[job["name"]] = logits
         parallel_state.destroy_model_parallel()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-VOCAB = 1000  # a SentencePiece model of 1000 pieces trained on GSM8K's questions (grpo_fixtures.py)
+VOCAB = 1000  # a SentencePiece model of 1000 pieces trained on GSM8K's questions (tests/test_grpo_stage.py)
 
 
 def grpo_overrides(workdir: str, tokenizer_model: str, prompts: str, seq: int, tp: int = 1, pp: int = 1, extra: tuple = ()) -> list:

@@ -85,7 +85,7 @@ def layout_logits(jobs: list[dict]) -> dict:
     from convert_testing import megactllm_logits
     from megatron.core import parallel_state
 
-    from megactllm.checkpoint.save_load import load_model_weights, save_checkpoint
+    from megactllm.checkpoint import Checkpointer
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
 
@@ -94,13 +94,13 @@ def layout_logits(jobs: list[dict]) -> dict:
         cfg = job["cfg"]
         initialize_parallel(cfg.parallel, seed=1234, num_layers=cfg.model.num_layers)
         chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-        load_model_weights(job["load_from"], chunks, cfg.model)
+        Checkpointer.load_weights(job["load_from"], chunks, cfg.model)
         chosen, hooks = megatron_topk(chunks)
         logits = megactllm_logits(chunks, job["tokens"])
         for h in hooks:
             h.remove()
         if job.get("save_to"):
-            save_checkpoint(job["save_to"], 1, chunks, cfg, tokenizer_path=job["tokenizer"])
+            Checkpointer(job["save_to"]).save(1, chunks, cfg, tokenizer_path=job["tokenizer"])
         if logits is not None and parallel_state.get_tensor_model_parallel_rank() == 0 \
                 and parallel_state.get_data_parallel_rank() == 0:
             results[job["name"]] = (logits, {i: torch.cat(v) for i, v in chosen.items()})

@@ -31,13 +31,13 @@ def _per_token_losses(tp, pp, load_from=None, save_to=None, seed=1234):
 
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
-    from megactllm.checkpoint.save_load import load_model_weights, save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     cfg = _config(tp, pp)
     initialize_parallel(cfg.parallel, seed=seed, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
     if load_from:
-        load_model_weights(load_from, chunks, cfg.model)
+        Checkpointer.load_weights(load_from, chunks, cfg.model)
     tokens = torch.randint(0, VOCAB, (MBS, SEQ + 1), generator=torch.Generator().manual_seed(7))
     position_ids = torch.arange(SEQ).expand(MBS, SEQ)
 
@@ -55,7 +55,7 @@ def _per_token_losses(tp, pp, load_from=None, save_to=None, seed=1234):
         forward_only=True,
     )
     if save_to:
-        save_checkpoint(save_to, 5, chunks, cfg)
+        Checkpointer(save_to).save(5, chunks, cfg)
     result = out[0]["losses"] if parallel_state.is_pipeline_last_stage() else None
     destroy_parallel()
     return result
@@ -77,7 +77,7 @@ def test_save_tp1_load_tp2pp2_and_back(tmp_path):
 
 
 def test_shape_mismatch_and_missing_checkpoint_are_clear_errors(tmp_path):
-    from megactllm.checkpoint.save_load import CheckpointError, check_model_matches, read_metadata
+    from megactllm.checkpoint import CheckpointError, check_model_matches, read_metadata
 
     with pytest.raises(CheckpointError, match="does not exist"):
         read_metadata(tmp_path / "nowhere")
@@ -91,7 +91,7 @@ def test_shape_mismatch_and_missing_checkpoint_are_clear_errors(tmp_path):
 
 
 def test_partial_save_is_never_the_latest(tmp_path):
-    from megactllm.checkpoint.save_load import CheckpointError, resolve_checkpoint_dir
+    from megactllm.checkpoint import CheckpointError, resolve_checkpoint_dir
 
     (tmp_path / "iter_0000009.partial" / "model").mkdir(parents=True)
     with pytest.raises(CheckpointError):

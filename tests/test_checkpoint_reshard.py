@@ -28,12 +28,12 @@ def _logits(overrides, checkpoint):
 
     from megactllm.model import build_model
     from megactllm.parallel import initialize_parallel
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, chunks, cfg.model)
+    Checkpointer.load_weights(checkpoint, chunks, cfg.model)
     tokens = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(7))
     positions = torch.arange(SEQ).expand(2, SEQ)
 

@@ -123,7 +123,7 @@ def test_resume_after_sigkill_gives_identical_losses(tmp_path, reference):
 
 def test_sigkill_during_background_write_leaves_the_previous_checkpoint(tmp_path, reference):
     from megactllm.checkpoint.async_save import SLOW_WRITE_ENV, check_storage_index
-    from megactllm.checkpoint.save_load import CheckpointError, resolve_checkpoint_dir
+    from megactllm.checkpoint import CheckpointError, resolve_checkpoint_dir
 
     data, reference = reference
     run_dir = tmp_path / "killed"

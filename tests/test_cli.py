@@ -84,6 +84,7 @@ def _missing_input_cases(tmp, sp_model):
         "serve": [["--model", f"{gone}.gguf"]],
         "train_tokenizer": [["train", "--input", f"{gone}.jsonl", "--model-prefix", tmp / "tok"],
                             ["extend", "--model", f"{gone}.model"]],
+        "verify_checkpoint": [["verify", gone], ["list", gone]],
     }
 
 

@@ -203,7 +203,7 @@ def _step(stage: str, cp: int, init: str, items: list):
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
@@ -215,7 +215,7 @@ def _step(stage: str, cp: int, init: str, items: list):
                              f"train.stage={stage}"])
     initialize_parallel(cfg.parallel, seed=5, num_layers=cfg.model.num_layers)
     chunks = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(init, chunks, cfg.model)
+    Checkpointer.load_weights(init, chunks, cfg.model)
     chunks[0].config.calculate_per_token_loss = True
     chunks[0].config.finalize_model_grads_func = None
     task = (SFTTask if stage == "sft" else DPOTask)(cfg)

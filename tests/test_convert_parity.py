@@ -22,7 +22,7 @@ from convert_testing import (
 from megactllm.config import Config, ParallelConfig
 from megactllm.convert import export_to_hf, import_from_hf
 from megactllm.testing import run_distributed
-from megactllm.checkpoint.save_load import read_metadata
+from megactllm.checkpoint import read_metadata
 
 VOCAB = 300  # padded to 384 at TP1 and 512 at TP2: export drops the padding, import adds it
 # Non-default RoPE base and RMSNorm epsilon, so a value lost on the way shows in the logits.

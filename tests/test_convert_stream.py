@@ -1,5 +1,6 @@
 """Streamed conversion (issue 34): the import written a layer at a time is the checkpoint the whole
-model's save wrote (every tensor, key, chunk and file-level metadata), for every family, from HF
+model's save wrote (every tensor, key, chunk and file-level metadata), for every family (the MoE
+ones too: per-expert tensors, Qwen3-MoE's dense first layer saved under its own keys), from HF
 shards that split layers; export gives every HF tensor back bit for bit; a killed import rerun
 (in worker processes) finishes with the same checkpoint and never leaves a complete-looking one.
 Memory against depth is measured by bench/convert.py, not here."""
@@ -13,7 +14,9 @@ import torch
 
 from convert_testing import read_hf_weights
 from family_testing import FAMILY_MODELS, tiny_hf_model
+from moe_testing import MOE_MODELS, tiny_moe_model
 
+from megactllm.checkpoint import Checkpointer
 from megactllm.convert import export_to_hf, import_from_hf
 from megactllm.convert.dist_writer import DistCheckpointWriter
 from megactllm.convert.errors import ConversionError
@@ -36,9 +39,10 @@ def _word_tokenizer(path):
 
 def _hf_dir(root, family, layers=3, dtype=torch.float32):
     """A tiny model of the family saved in shards small enough that each layer spans several."""
-    model = tiny_hf_model(family, VOCAB, num_hidden_layers=layers).to(dtype)
+    make = tiny_moe_model if family in MOE_MODELS else tiny_hf_model
+    model = make(family, VOCAB, num_hidden_layers=layers).to(dtype)
     out = root / f"hf-{family}"
-    model.save_pretrained(out, max_shard_size="200KB")
+    model.save_pretrained(out, max_shard_size="200KB" if family in FAMILY_MODELS else "20KB")
     _word_tokenizer(out / "tokenizer.json")
     weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
     layer0 = {f for name, f in weight_map.items() if name.startswith("model.layers.0.")}
@@ -72,13 +76,17 @@ def _same_checkpoint(a, b) -> None:
     assert sorted(left) == sorted(right)
     for key in left:
         assert left[key].dtype == right[key].dtype and torch.equal(left[key], right[key]), key
+    # The same metadata; the manifests list each one's own files (names differ), and each verifies.
     meta_a = json.loads((a / "megactllm.json").read_text())
     meta_b = json.loads((b / "megactllm.json").read_text())
-    assert meta_a == meta_b
+    assert {k: v for k, v in meta_a.items() if k != "manifest"} == {k: v for k, v in meta_b.items() if k != "manifest"}
+    for checkpoint in (a, b):
+        verification = Checkpointer.verify(checkpoint)
+        assert verification.ok and verification.manifest, verification.summary()
     assert sorted(p.name for p in (a / "tokenizer").iterdir()) == sorted(p.name for p in (b / "tokenizer").iterdir())
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS) + sorted(MOE_MODELS))
 def test_streamed_import_is_the_whole_model_save_and_round_trips(tmp_path, family):
     hf = _hf_dir(tmp_path, family)
     streamed = import_from_hf(hf, tmp_path / "streamed", progress_stream=None)

@@ -81,22 +81,22 @@ def _ranks(root, tokens, imported, tokenizer):
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.checkpoint import extra_state
-    from megactllm.checkpoint.save_load import CheckpointError, load_model_weights, save_checkpoint
+    from megactllm.checkpoint import CheckpointError, Checkpointer
 
     cfg = tiny_config(VOCAB, 2, 1, num_query_groups=2, rotary_base=500000.0, norm_epsilon=1e-6)
     initialize_parallel(cfg.parallel, seed=1234, num_layers=cfg.model.num_layers)
     (chunk,) = build_model(cfg.model, cfg.parallel, cfg.optim)
     out = {"model": megactllm_logits([chunk], tokens)}
-    save_checkpoint(f"{root}/te", 1, [_AsSaved(_te_named(chunk))], cfg, tokenizer_path=tokenizer)
-    save_checkpoint(f"{root}/no_extra", 1, [_AsSaved(_without_extra_state(chunk))], cfg)
-    save_checkpoint(f"{root}/no_fc2", 1, [_AsSaved(_without(chunk, layout.FC2))], cfg)
+    Checkpointer(f"{root}/te").save(1, [_AsSaved(_te_named(chunk))], cfg, tokenizer_path=tokenizer)
+    Checkpointer(f"{root}/no_extra").save(1, [_AsSaved(_without_extra_state(chunk))], cfg)
+    Checkpointer(f"{root}/no_fc2").save(1, [_AsSaved(_without(chunk, layout.FC2))], cfg)
     for name in ("te", "no_extra"):
         (fresh,) = build_model(cfg.model, cfg.parallel, cfg.optim)
-        load_model_weights(f"{root}/{name}", [fresh], cfg.model)
+        Checkpointer.load_weights(f"{root}/{name}", [fresh], cfg.model)
         out[name] = megactllm_logits([fresh], tokens)
     (fresh,) = build_model(cfg.model, cfg.parallel, cfg.optim)
     try:
-        load_model_weights(f"{root}/no_fc2", [fresh], cfg.model)
+        Checkpointer.load_weights(f"{root}/no_fc2", [fresh], cfg.model)
         out["no_fc2"] = "loaded"
     except CheckpointError as e:
         out["no_fc2"] = str(e)
@@ -106,7 +106,7 @@ def _ranks(root, tokens, imported, tokenizer):
     parallel_state.destroy_model_parallel()
     initialize_parallel(icfg.parallel, seed=1, num_layers=2)
     (local,) = build_model(icfg.model, icfg.parallel, icfg.optim)
-    load_model_weights(imported, [local], icfg.model)
+    Checkpointer.load_weights(imported, [local], icfg.model)
     (te_like,) = build_model(icfg.model, icfg.parallel, icfg.optim)
     loaded, absent = extra_state.load_model_state({"chunk0": _te_named(te_like)}, f"{imported}/model")
     weights = {p: t for p, t in loaded["chunk0"].items() if isinstance(t, torch.Tensor) and not p.endswith("_extra_state")}

@@ -62,7 +62,7 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
     from megactllm.training.stages.dpo.task import DPOTask
 
     cfg = tiny_config(seq=SEQ)
@@ -70,7 +70,7 @@ def _task_and_independent(policy_ckpt, reference_ckpt, items, settings):
     models = {}
     for name, ckpt in (("policy", policy_ckpt), ("reference", reference_ckpt)):
         (models[name],) = build_model(cfg.model, cfg.parallel, cfg.optim)
-        load_model_weights(ckpt, [models[name]], cfg.model)
+        Checkpointer.load_weights(ckpt, [models[name]], cfg.model)
     batch = collate(items)
     rows = {k: v.reshape(-1, v.shape[-1]) for k, v in batch.items()}
     independent = {}

@@ -11,7 +11,7 @@ import torch
 from convert_testing import SEQ, hf_logits, merge_rank_results, read_hf_weights, train_tiny_sentencepiece
 from family_testing import FAMILY_MODELS, hf_config, load_logits_and_resave, tiny_hf_model
 
-from megactllm.checkpoint.save_load import read_metadata
+from megactllm.checkpoint import read_metadata
 from megactllm.config import Config, ModelConfig, OptimConfig, ParallelConfig
 from megactllm.convert import export_to_hf, import_from_hf
 from megactllm.convert.errors import ConversionError

@@ -7,7 +7,7 @@ for Qwen2, Llama-3's header tokens and <|eot_id|>), the loss mask covering exact
 content and the turn's end token; SFT from the imported weights, DPO on real pairs from the SFT
 weights; export to the family's own HF class, whose tokenizer's template renders chats as training
 did; the HF serving engine answers one /v1/chat/completions request on the exported directory.
-Qwen3 shares Qwen2's tokenizer and ChatML. Mistral's SentencePiece vocabulary has no ChatML tokens:
+Qwen3 (and Qwen3-MoE, all layers mixtures of experts) shares Qwen2's tokenizer and ChatML. Mistral's SentencePiece vocabulary has no ChatML tokens:
 as for LLaMA-2 (the Linly route) they are added with `train-tokenizer extend --user-defined`, and the
 HF tokenizer saved beside the model carries ChatML's template.
 `qwen2_ext` walks the same path with Qwen2's tokenizer extended by Chinese words (issue 22: the
@@ -34,15 +34,18 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_ke
 # family: (HF class, chat format, the format's end-of-turn token)
 FAMILIES = {"qwen2": ("Qwen2ForCausalLM", CHATML, "<|im_end|>"), "llama3": ("LlamaForCausalLM", LLAMA3, "<|eot_id|>"),
             "qwen2_ext": ("Qwen2ForCausalLM", CHATML, "<|im_end|>"), "qwen3": ("Qwen3ForCausalLM", CHATML, "<|im_end|>"),
-            "mistral": ("MistralForCausalLM", CHATML, "<|im_end|>")}
-BASE = {"qwen2": "qwen2", "llama3": "llama3", "qwen2_ext": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
-FAMILY_OF = {"qwen2": "qwen2", "llama3": "llama", "qwen3": "qwen3", "mistral": "mistral"}  # megactllm's name, by BASE
+            "mistral": ("MistralForCausalLM", CHATML, "<|im_end|>"),
+            "qwen3_moe": ("Qwen3MoeForCausalLM", CHATML, "<|im_end|>")}
+BASE = {"qwen2": "qwen2", "llama3": "llama3", "qwen2_ext": "qwen2", "qwen3": "qwen3", "mistral": "mistral",
+        "qwen3_moe": "qwen3_moe"}
+FAMILY_OF = {"qwen2": "qwen2", "llama3": "llama", "qwen3": "qwen3", "mistral": "mistral",
+             "qwen3_moe": "qwen3_moe"}  # megactllm's name, by BASE
 SHAPE = {"qwen3": dict(head_dim=32)}  # Qwen3's head_dim is not hidden/heads (64/4)
 SFT_RECORDS, DPO_PAIRS = 12, 8  # per language
 
 
 def _tokenizer_dir(family: str, shared_data: Path, qwen_style_bpe_dir: Path, out: Path) -> Path:
-    if family in ("qwen2", "qwen3"):
+    if family in ("qwen2", "qwen3", "qwen3_moe"):
         return qwen_style_bpe_dir
     if family == "mistral":
         from megactllm.convert.tokenizer_export import export_tokenizer
@@ -82,7 +85,7 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     """The whole path for one family; returns what each step left behind."""
     from transformers import AutoTokenizer
 
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.convert import export_to_hf, import_from_hf
     from megactllm.data.chat.dpo_preprocess import preprocess_dpo
     from megactllm.data.chat.sft_preprocess import preprocess_sft
@@ -93,8 +96,13 @@ def path(request, shared_data, qwen_style_bpe_dir, tmp_path_factory):
     tok_dir = _tokenizer_dir(BASE[family], shared_data, qwen_style_bpe_dir, root)
     hf_tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     # Qwen2 pads its embedding past the tokenizer's ids (151,936 rows for 151,665 ids): so do we.
-    rows = -(-len(hf_tok) // 64) * 64 if BASE[family] in ("qwen2", "qwen3") else len(hf_tok)
-    model = tiny_hf_model(BASE[family], rows, **{**TINY, **SHAPE.get(family, {})})
+    rows = -(-len(hf_tok) // 64) * 64 if BASE[family] in ("qwen2", "qwen3", "qwen3_moe") else len(hf_tok)
+    if family == "qwen3_moe":  # every layer MoE (8 experts, top 2), random router weights
+        from moe_testing import tiny_moe_model
+
+        model = tiny_moe_model("qwen3_moe", rows, **{**TINY, "mlp_only_layers": []})
+    else:
+        model = tiny_hf_model(BASE[family], rows, **{**TINY, **SHAPE.get(family, {})})
     model.config.bos_token_id, model.config.eos_token_id = hf_tok.bos_token_id, hf_tok.eos_token_id
     model.save_pretrained(str(root / "hf"))
     hf_tok.save_pretrained(str(root / "hf"))
@@ -149,13 +157,14 @@ def _masked_runs(tokenizer, tokens, mask) -> list[str]:
 
 
 def test_import_keeps_the_family_and_its_tokenizer(path):
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     model = read_metadata(path["checkpoint"]).model_config
     base = BASE[path["family"]]
     assert model.family == FAMILY_OF[base]
     assert model.add_qkv_bias == (base == "qwen2")
-    assert model.qk_layernorm == (base == "qwen3")
+    assert model.qk_layernorm == (base in ("qwen3", "qwen3_moe"))
+    assert (model.num_moe_experts, model.moe_router_topk) == ((8, 2) if base == "qwen3_moe" else (None, 2))
     assert model.rope_scaling == ("llama3" if base == "llama3" else None)
     # The extension's ids sit in the padding rows (the embedding keeps its size); each word is one token.
     tokenizer = path["tokenizer"]
@@ -267,8 +276,10 @@ def test_exported_weights_are_the_imported_ones_after_four_small_steps(path):
     assert sum(v > 0 for v in moved.values()) >= len(moved) // 2, moved  # trained, not copied through
     if BASE[path["family"]] == "qwen2":
         assert any(name.endswith("q_proj.bias") for name in after)
-    if BASE[path["family"]] == "qwen3":
+    if BASE[path["family"]] in ("qwen3", "qwen3_moe"):
         assert any(name.endswith("self_attn.q_norm.weight") for name in after)
+    if BASE[path["family"]] == "qwen3_moe":
+        assert any(name.endswith("mlp.experts.7.down_proj.weight") for name in after)
     original, exported = (json.loads((root / d / "config.json").read_text(encoding="utf-8")) for d in ("hf", "export"))
     assert exported["rope_parameters"] == original["rope_parameters"]
 

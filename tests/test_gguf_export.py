@@ -213,3 +213,10 @@ def test_bad_inputs_are_clear_errors(tiny_hf_dir, gguf_f32, tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         export_gguf(tiny_hf_dir, tmp_path / "crash.gguf", "f16", progress_stream=None)
     assert not list(tmp_path.glob("crash.gguf*"))
+
+    # A killed export (its partial file named by a process that is gone) is redone by the next run.
+    monkeypatch.setattr(gguf_export, "to_gguf", real)
+    stale = tmp_path / "crash.gguf.partial-999999999"
+    stale.write_bytes(b"half a file")
+    export_gguf(tiny_hf_dir, tmp_path / "crash.gguf", "f16", progress_stream=None)
+    assert sorted(p.name for p in tmp_path.glob("crash.gguf*")) == ["crash.gguf"]

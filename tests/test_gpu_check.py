@@ -122,10 +122,14 @@ def _build_stage(tmp_path, *args, **env):
     hide.mkdir(exist_ok=True)
     (hide / "sitecustomize.py").write_text(_HIDE_PYBIND11)
     out = tmp_path / "out"
-    environ = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": f"{REPO}{os.pathsep}{hide}", **env}
+    # A rendezvous left in this process's environment by an earlier in-process test is not the check's.
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    environ = {**inherited, "PYTHON": sys.executable, "PYTHONPATH": f"{REPO}{os.pathsep}{hide}", **env}
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--cpu", "--only", "build C++",
                            "--output", str(out), *args], cwd=REPO, env=environ, capture_output=True, text=True,
                           timeout=600)
+    assert (out / "gpu_check.json").is_file(), done.stdout[-1000:] + done.stderr[-3000:]
     rows = {r["stage"]: r for r in json.loads((out / "gpu_check.json").read_text())["rows"]}
     return done, rows["build C++ extensions"]
 

@@ -105,9 +105,12 @@ def test_grpo_loss_and_gradients_equal_trl(normalization, loss_type, kl_coeff, c
     loss = total / count
     loss.backward()
 
+    names = {n.replace("module.", ""): p for n, p in ours.named_parameters()}
+    worst = max(float((names[n.replace("module.", "")].grad - g).abs().max()) for n, g in trl_grads.items())
+    print(f"grpo vs TRL ({normalization}, kl {kl_coeff}, ratio correction {correction}): "
+          f"|loss diff| {abs(float(loss) - float(trl_loss)):.1e}, max |grad diff| {worst:.1e}")
     assert terms.clipped[completion_mask.bool()].sum() > 0, "the batch should clip some tokens"
     assert float(loss) == pytest.approx(float(trl_loss), abs=1e-5)
-    names = {n.replace("module.", ""): p for n, p in ours.named_parameters()}
     for name, grad in trl_grads.items():
         name = name.replace("module.", "")
         torch.testing.assert_close(names[name].grad, grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")

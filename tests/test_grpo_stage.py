@@ -78,14 +78,14 @@ def _metrics(records):
     return {r["iteration"]: r["metrics"] for r in records}
 
 
-@pytest.mark.parametrize("tp,name", [(2, "TP2"), (1, "DP2")])
-def test_tp2_and_dp2_follow_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_tokenizer, prompts, tmp_path, tp, name):
+@pytest.mark.parametrize("tp,name,extra", [(2, "TP2", ()), (2, "TP2+SP", ("parallel.sequence_parallel=true",)), (1, "DP2", ())])
+def test_tp2_and_dp2_follow_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, tiny_tokenizer, prompts, tmp_path, tp, name, extra):
     tp1 = _metrics(tp1_run["records"])
     # One process: the engine (transformers, weights exported in memory) and megatron agree in fp32.
     assert tp1[1]["rollout_logprob_diff_max"] < 1e-4
     assert 0.0 < tp1[1]["reward_mean"] < 0.3  # a random model: a little signal, far from the goal
     records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, tp, 1,
-                              ("train.duration=2 iterations", *REWARD), timeout=600)[0]
+                              ("train.duration=2 iterations", *REWARD, *extra), timeout=600)[0]
     other = _metrics(records)
     print(f"grpo log-prob agreement TP1/{name}:", {s: (tp1[s]["rollout_logprob_diff_max"], other[s]["rollout_logprob_diff_max"],
                                                       other[s]["rollout_logprob_diff_mean"]) for s in (1, 2)})
@@ -100,9 +100,10 @@ def test_tp2_and_dp2_follow_tp1_and_the_engine_agrees_with_the_trainer(tp1_run, 
     assert other[2]["reward_mean"] == pytest.approx(tp1[2]["reward_mean"], abs=0.02)
 
 
-def test_pp2_with_a_reference_token_normalisation_and_two_updates(tiny_tokenizer, prompts, tmp_path):
+def test_pp2_from_a_checkpoint_with_a_reference_token_normalisation_and_two_updates(tp1_run, tiny_tokenizer, prompts, tmp_path):
+    # The policy and the frozen reference both start from the TP1 run's checkpoint, loaded at PP2.
     extra = ("train.duration=2 iterations", *REWARD, "grpo.kl_coeff=0.05", "grpo.loss_normalization=token",
-             "grpo.updates_per_batch=2", "grpo.clip_high=0.28")
+             "grpo.updates_per_batch=2", "grpo.clip_high=0.28", f"checkpoint.pretrained={tp1_run['checkpoint']}")
     records = run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 1, 2, extra, timeout=600)[0]
     m = _metrics(records)
     print("grpo log-prob agreement PP2:", {s: (m[s]["rollout_logprob_diff_max"], m[s]["rollout_logprob_diff_mean"], m[s]["kl"]) for s in (1, 2)})
@@ -123,6 +124,19 @@ def test_resume_after_a_stop_gives_the_same_next_step(tp1_run, tiny_tokenizer, p
     for key in ("reward_mean", "reward_std", "completion_length"):
         assert again[key] == straight[key], key
     assert again["grpo loss"] == pytest.approx(straight["grpo loss"], abs=1e-6)
+
+
+def test_a_raising_reward_stops_every_rank_naming_the_prompt(tiny_tokenizer, prompts, tmp_path):
+    from megactllm.rl.rewards import RewardError
+
+    extra = ("train.duration=2 iterations", "grpo.max_completion_tokens=8", "grpo.rewards=[grpo_rewards:fails_on_long_questions]")
+    with pytest.raises(Exception) as failure:
+        run_distributed(grpo_run, 2, str(tmp_path), tiny_tokenizer, prompts, SEQ, 1, 2, extra, timeout=600)
+    text = str(failure.value) + "".join(getattr(failure.value, "__notes__", []))
+    print("grpo raising reward:", text[-400:])
+    assert RewardError.__name__ in text or "raised ValueError" in text
+    assert "reward 'grpo_rewards:fails_on_long_questions' raised ValueError: question too long" in text
+    assert "prompts.jsonl:" in text  # the record's file and line
 
 
 # ---------------------------------------------------------------- bad input: one clear error each

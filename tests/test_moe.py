@@ -13,7 +13,7 @@ import torch
 from convert_testing import SEQ, hf_logits, merge_rank_results, read_hf_weights, train_tiny_sentencepiece
 from moe_testing import EXPECTED_FAMILY, MOE_MODELS, hf_topk, layout_logits, moe_hf_config, tiny_moe_model
 
-from megactllm.checkpoint.save_load import read_metadata
+from megactllm.checkpoint import read_metadata
 from megactllm.config import Config, ModelConfig, OptimConfig, ParallelConfig
 from megactllm.convert import export_to_hf, import_from_hf
 from megactllm.convert.errors import ConversionError
@@ -263,3 +263,38 @@ def test_fused_expert_layout_imports_the_same_weights(round_trip):
     with pytest.raises(ConversionError, match=r"model.safetensors: model.layers.1.mlp.experts.down_proj is \(8, 64, 16\) "
                                               r"but config.json implies \(8, 64, 32\)"):
         import_from_hf(fused, root / "imported-fused-bad", progress_stream=None)
+
+
+def test_named_shapes_count_the_published_parameters():
+    from megactllm.config import get_architecture
+
+    model = get_architecture("qwen3-30b-a3b")  # Hugging Face's safetensors total; "3.3B activated"
+    assert family_of(model).num_parameters(model) == 30_532_122_624
+    assert round(family_of(model).num_active_parameters(model) / 1e9, 1) == 3.4
+    qwen15 = get_architecture("qwen1.5-moe-a2.7b")  # "14.3B parameters, 2.7B activated" (with embeddings)
+    assert round(family_of(qwen15).num_parameters(qwen15) / 1e9, 1) == 14.3
+    assert round(family_of(qwen15).num_active_parameters(qwen15) / 1e9, 1) == 2.7
+
+
+def test_moe_recipe_layout_is_the_least_model_parallelism_that_fits_80gb():
+    """The Qwen3-30B-A3B recipe's TP comes from the memory estimate on 16 GPUs; 8 of 80 GB fit no layout."""
+    import dataclasses
+
+    from convert_testing import REPO_ROOT
+
+    from megactllm.config import load_config
+    from megactllm.training.run.memory_estimate import GIB, estimate_memory
+    from megactllm.training.run.preflight import preflight
+
+    overrides = ["model.arch=qwen3-30b-a3b", "train.pretrained_checkpoint=null", "train.load=null"]
+    cfg = load_config(str(REPO_ROOT / "examples" / "configs" / "qwen3_30b_a3b_continue.yaml"), overrides)
+    plan = preflight(cfg, 16, check_memory=False, raise_if_unfit=False)
+    assert plan.estimate.total < 70 * GIB
+    less = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=1,
+                                                                 sequence_parallel=False))
+    assert estimate_memory(less, 16).total > 70 * GIB
+    # One node: the experts' Adam state is not sharded (expert data parallelism 1) and nothing fits.
+    eight = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, pipeline_model_parallel_size=2,
+                                                                  expert_model_parallel_size=4,
+                                                                  recompute_granularity="full"))
+    assert estimate_memory(eight, 8).total > 75 * GIB

@@ -143,7 +143,7 @@ def test_make_vocab_size_divisible_by_sets_the_rows_and_refuses_a_contradiction(
 
 def test_a_checkpoint_of_the_previous_format_still_reads(trained, tmp_path):
     """Earlier megactllm wrote make_vocab_size_divisible_by=128 as its layout padding: it reads as unset."""
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.checkpoint.shape import resolve_model_from_checkpoint
 
     old = tmp_path / "old"
@@ -282,7 +282,7 @@ def test_gguf_of_a_padded_model_loads_in_llama_cpp_and_never_samples_padding(exp
 
 
 def test_import_of_an_hf_model_with_padding_rows_round_trips(tmp_path, tokenizer):
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
     from megactllm.convert import export_to_hf, import_from_hf
 
     hf = tmp_path / "hf_in"

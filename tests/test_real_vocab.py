@@ -147,3 +147,22 @@ def test_export_and_gguf_carry_the_originals_specials(imported, real_files, tmp_
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     for text, ids in cases:
         assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == ids, text
+
+
+def test_sft_rendering_with_the_real_qwen_vocabulary_equals_its_template(tokenizer_dirs):
+    """Qwen's own chat template (from its GGUF) and megactllm's SFT tokenization give the same ids:
+    no BOS is put before the conversation."""
+    from transformers import AutoTokenizer
+
+    from megactllm.tokenizer.chat_template import generation_prompt_tokens, tokenize_conversation
+
+    ours = load_tokenizer("huggingface", str(tokenizer_dirs["qwen2"]))
+    hf = AutoTokenizer.from_pretrained(str(tokenizer_dirs["qwen2"]), local_files_only=True)
+    messages = [{"role": "system", "content": "You are a helpful assistant"},
+                {"role": "user", "content": "请介绍一下长城。"},
+                {"role": "assistant", "content": "长城是中国古代的军事防御工程，绵延上万里。"}]
+    sample = tokenize_conversation(ours, messages)
+    expected = hf.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert sample.tokens.tolist() == expected and QWEN_PLAIN_S not in expected
+    assert generation_prompt_tokens(ours, messages[:-1]) == \
+        hf.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]

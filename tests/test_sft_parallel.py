@@ -25,13 +25,13 @@ def _per_sample_losses(checkpoint, rows_packed, rows_single):
     from megactllm.model import build_model
     from megactllm.parallel import destroy_parallel, initialize_parallel
     from megactllm.training.batches import collate
-    from megactllm.checkpoint.save_load import load_model_weights
+    from megactllm.checkpoint import Checkpointer
     from megactllm.training.stages.sft import model_forward
 
     cfg = tiny_config(seq=rows_packed[0]["tokens"].shape[-1])
     initialize_parallel(cfg.parallel, seed=1, num_layers=cfg.model.num_layers)
     (model,) = build_model(cfg.model, cfg.parallel, cfg.optim)
-    load_model_weights(checkpoint, [model], cfg.model)
+    Checkpointer.load_weights(checkpoint, [model], cfg.model)
     with torch.no_grad():
         packed = collate(rows_packed)
         losses = model_forward(model, packed) * packed["loss_mask"]

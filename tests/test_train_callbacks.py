@@ -139,7 +139,7 @@ def test_on_error_and_on_close_hear_of_a_step_that_raised(corpus):
 
 
 def test_states_from_an_old_checkpoint_and_through_a_new_one(corpus, tmp_path):
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     work, data = corpus
     old = json.loads((OLD / "iter_0000007" / "megactllm.json").read_text())["train_state"]

@@ -106,7 +106,7 @@ def test_rollback_equals_skipping_the_window_from_the_start(data):
     rollbacks = [rec for rec in log if rec.get("kind") == "rollback"]
     assert [rec["skipped_samples"] for rec in rollbacks] == windows
     # The last checkpoint holds the windows, so a resume never reads them again.
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     assert read_metadata(str(root / "rollback" / "ckpt")).callbacks["skip_data"]["skipped_samples"] == windows
 

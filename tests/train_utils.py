@@ -79,11 +79,11 @@ def save_initial_checkpoint(overrides: list[str], path: str) -> None:
     """Rank body: build the model at the recipe's layout and save its initial weights as iteration 0."""
     from megactllm.model import build_model
     from megactllm.parallel import initialize_parallel
-    from megactllm.checkpoint.save_load import save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     cfg = load_config(None, overrides)
     initialize_parallel(cfg.parallel, cfg.train.seed, cfg.model.num_layers)
-    save_checkpoint(path, 0, build_model(cfg.model, cfg.parallel, cfg.optim), cfg)
+    Checkpointer(path).save(0, build_model(cfg.model, cfg.parallel, cfg.optim), cfg)
 
 
 def torchrun_command(nproc: int, overrides: list[str]) -> list[str]:

@@ -91,29 +91,3 @@ def check_storage_index(checkpoint_dir: str | os.PathLike) -> None:
         for index in wanted:
             if index not in stored:
                 raise StorageIndexError(f"{path}: {fqn} (offset {tuple(index.offset or ())}) has no stored data")
-
-
-class AsyncCheckpointSaver:
-    """The training loop's side of async saves: one save in flight, published once every rank wrote.
-
-    `poll()` is collective (megatron all-reduces whether every rank's writer is done): call it at
-    the same point on every rank. It returns the path of a save it just published, else None.
-    """
-
-    def __init__(self) -> None:
-        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
-        self.queue = AsyncCallsQueue()
-        self.in_flight = None  # the iteration directory being written, until published
-
-    def poll(self, blocking: bool) -> str | None:
-        if self.in_flight is None:
-            return None
-        self.queue.maybe_finalize_async_calls(blocking=blocking)
-        if self.queue.get_num_unfinalized_calls():
-            return None
-        published, self.in_flight = self.in_flight, None
-        return published
-
-    def scheduled(self, path) -> None:
-        self.in_flight = str(path)

@@ -64,11 +64,15 @@ RUN_FIELDS = (
 
 def checkpoint_to_start_from(cfg: Config) -> Optional[str]:
     """The checkpoint the Trainer will read the weights from: checkpoint.load when it holds one, else the pretrained one."""
-    from megactllm.checkpoint import save_load as ckpt
+    from megactllm.checkpoint.checkpointer import Checkpointer
+    from megactllm.checkpoint.layout import holds_checkpoints
 
     c = cfg.checkpoint
-    if c.load and ((Path(c.load) / ckpt.LATEST_FILE).is_file() or (Path(c.load) / ckpt.METADATA_FILE).is_file()):
-        return c.load
+    if c.load and holds_checkpoints(c.load):
+        # The one resume will use (sizes checked here; checksums too when the run resumes).
+        meta = Checkpointer(c.load).latest(checksums=False)
+        if meta is not None:
+            return str(meta.path)
     return c.pretrained
 
 
@@ -100,7 +104,7 @@ def resolve_model_from_checkpoint(cfg: Config) -> Optional[str]:
     Raises ModelShapeError for a user-set value that contradicts the checkpoint, CheckpointError
     for an unreadable checkpoint, VocabMismatchError for a tokenizer that does not fit it.
     """
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint.metadata import read_metadata
 
     path = checkpoint_to_start_from(cfg)
     if not path:

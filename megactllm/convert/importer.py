@@ -57,7 +57,7 @@ from megactllm.tokenizer.vocab_fit import (
     plan_extension,
 )
 from megactllm.tokenizer import load_tokenizer
-from megactllm.tokenizer.bos import hf_dir_adds_bos, record_sentencepiece_bos
+from megactllm.tokenizer.bos import hf_dir_adds_bos
 from megactllm.common.progress import STDERR
 
 
@@ -462,37 +462,14 @@ def _convert_groups(job: _StreamJob, workers: int, progress: ConversionProgress)
             progress.update(_group_bytes(job, futures[future]), futures[future])
 
 
-def _publish_model(run_dir: Path, cfg: Config, tokenizer_file: Path) -> Path:
-    """Make `run_dir` a megactllm checkpoint of iteration 0 around its finished model/ directory.
+def _publish_model(run_dir: Path, cfg: Config, tokenizer_file: Path, adds_bos: Optional[bool]) -> Path:
+    """Make `run_dir` a megactllm checkpoint of iteration 0 around its finished model/ directory:
+    the checkpoint package's publish step (tokenizer copy, manifest, metadata, latest pointer), as
+    for a model-only save. The whole run_dir is staged, so its iter_0000000 is published in place."""
+    from megactllm.checkpoint import build_metadata, iteration_dir, publish_checkpoint
 
-    The one place the streamed conversion writes checkpoint metadata (megactllm.json, the tokenizer
-    copy, the latest pointer), the same fields save_checkpoint writes for a model-only checkpoint.
-    """
-    from dataclasses import asdict
-
-    from megactllm.checkpoint import save_load
-
-    final = save_load.iteration_dir(run_dir, 0)
-    save_load._copy_tokenizer(tokenizer_file, final / "tokenizer")
-    metadata = {
-        "format_version": save_load.FORMAT_VERSION,
-        "iteration": 0,
-        "stage": cfg.train.stage,
-        "model": asdict(cfg.model),
-        "tokenizer": {"type": cfg.data.tokenizer_type, "file": tokenizer_file.name},
-        "parallel": asdict(cfg.parallel),
-        "dtype": "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32",
-        "has_optimizer": False,
-        "optimizer_format": None,
-        "world_size": 1,
-        "train_state": {},
-        "callbacks": {},
-    }
-    save_load._write_json_atomic(final / save_load.METADATA_FILE, metadata)
-    from megactllm.common.atomic import write_text_atomic
-
-    write_text_atomic(run_dir / save_load.LATEST_FILE, "0")
-    return final
+    metadata = build_metadata(0, cfg, tokenizer_file=str(tokenizer_file))
+    return publish_checkpoint(iteration_dir(run_dir, 0), metadata, tokenizer_file, adds_bos)
 
 
 def import_from_hf(
@@ -513,7 +490,7 @@ def import_from_hf(
     Streams a layer at a time in `workers` processes (spec "local"); a killed run rerun with the
     same arguments continues where it stopped. spec="te" builds the whole model on the GPU instead.
     """
-    from megactllm.checkpoint.save_load import iteration_dir
+    from megactllm.checkpoint import iteration_dir
 
     if workers < 1:
         raise ConversionError(f"workers={workers}: give at least 1")
@@ -554,9 +531,8 @@ def import_from_hf(
 
         with single_process_group():
             DistCheckpointWriter(job.model_dir, index_dir).finish(_groups(model))
-        _publish_model(staging, cfg, tokenizer_plan.file)
-        if adds_bos is not None:  # a LLaMA-2/Mistral original prepends BOS: evaluation and export follow it
-            record_sentencepiece_bos(iteration_dir(staging, 0) / "tokenizer", adds_bos)
+        # A LLaMA-2/Mistral original prepends BOS: recorded in the tokenizer copy, evaluation and export follow it.
+        _publish_model(staging, cfg, tokenizer_plan.file, adds_bos)
         import shutil
 
         shutil.rmtree(index_dir)
@@ -568,7 +544,7 @@ def _import_whole_model(weights, model, target_dtype, subtokens, extension, cfg,
                         overwrite, progress, adds_bos) -> None:
     """The whole GPTModel built at once and saved by dist_checkpointing.save (spec "te", on a GPU;
     also the reference the streamed import is tested against)."""
-    from megactllm.checkpoint.save_load import iteration_dir, save_checkpoint
+    from megactllm.checkpoint import Checkpointer
 
     def vocab_rows(name: str) -> torch.Tensor:
         rows = weights.read(name)
@@ -581,7 +557,6 @@ def _import_whole_model(weights, model, target_dtype, subtokens, extension, cfg,
         progress.total_bytes = sum(p.numel() * p.element_size() for p in chunk.parameters())
         _Filler(weights, model, model.padded_vocab_size(1), vocab_rows, progress).fill(chunk)
         progress.message("saving the megatron checkpoint")
-        save_checkpoint(staging, 0, [chunk], cfg, tokenizer_path=str(tokenizer_file))
+        # A LLaMA-2/Mistral original prepends BOS: recorded in the tokenizer copy, evaluation and export follow it.
+        Checkpointer(staging).save(0, [chunk], cfg, tokenizer_path=str(tokenizer_file), tokenizer_adds_bos=adds_bos)
         del chunk
-        if adds_bos is not None:
-            record_sentencepiece_bos(iteration_dir(staging, 0) / "tokenizer", adds_bos)

@@ -13,11 +13,7 @@ import torch
 
 from megactllm.convert import layout
 from megactllm.convert.errors import ConversionError
-from megactllm.checkpoint.save_load import (
-    CheckpointError,
-    CheckpointMetadata,
-    read_metadata,
-)
+from megactllm.checkpoint import CheckpointError, CheckpointMetadata, Checkpointer, read_metadata
 
 
 class MegatronCheckpointReader:
@@ -26,6 +22,10 @@ class MegatronCheckpointReader:
             self.metadata: CheckpointMetadata = read_metadata(path)
         except CheckpointError as e:
             raise ConversionError(str(e)) from None
+        # What an export reads must be what was saved: sizes and checksums of the model and tokenizer files.
+        report = Checkpointer.verify(self.metadata.path, checksums=True, parts=("model", "tokenizer"))
+        if not report.ok:
+            raise ConversionError(f"checkpoint {report.summary()}: damaged, not read (megactllm checkpoint verify shows all)")
         self.model = self.metadata.model_config
         self.model_dir = self.metadata.path / "model"
         if not self.model_dir.is_dir():

@@ -101,7 +101,7 @@ def build_backend(opts: EvalOptions):
 
         return HFBackend(opts.model, dtype=opts.dtype, batch_size=opts.batch_size, max_length=opts.max_length)
     from megactllm.eval.backends.parallel import ParallelBackend
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     meta = read_metadata(opts.model)
     parallel = _init_parallel_for(opts, meta.model_config.num_layers)
@@ -220,7 +220,7 @@ def evaluate_all_checkpoints(opts: EvalOptions, stream=STDERR) -> list[dict]:
     from megactllm.config import EvalConfig
     from megactllm.eval.inloop import evaluate_checkpoints
     from megactllm.parallel import destroy_parallel
-    from megactllm.checkpoint.save_load import read_metadata
+    from megactllm.checkpoint import read_metadata
 
     run = Path(opts.model)
     first = sorted(run.glob("iter_*"))

@@ -70,10 +70,10 @@ def evaluate_checkpoints(run_dir, eval_cfg, parallel, out: Optional[str] = None,
     loop would have; returns the records and writes them (rank 0) as JSON lines."""
     import torch.distributed as dist
 
-    from megactllm.checkpoint.save_load import METADATA_FILE, read_metadata
+    from megactllm.checkpoint import METADATA_FILE, Checkpointer, iteration_dir, read_metadata
 
     run = Path(run_dir)
-    iterations = sorted(p for p in run.glob("iter_*") if (p / METADATA_FILE).is_file())
+    iterations = [iteration_dir(run, it) for it in Checkpointer(run).list()]  # published ones only
     if not iterations:
         raise FileNotFoundError(f"{run} holds no complete checkpoint (iter_*/{METADATA_FILE})")
     subjects = load_eval_subjects(eval_cfg)

@@ -23,8 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from megactllm.checkpoint import save_load as ckpt
-from megactllm.checkpoint.async_save import AsyncCheckpointSaver
+from megactllm.checkpoint import Checkpointer
 from megactllm.config import Config
 from megactllm.errors import UserError
 from megactllm.training import resume
@@ -132,7 +131,9 @@ class Trainer:
         self._grad_sync_hooks: list = []
         install_schedule_hooks(cfg, self.model, self.optimizer, before_grad_sync=self._before_grad_sync)
         # Background saves (checkpoint.async_save): one in flight, published once every rank wrote it.
-        self._async_saver = AsyncCheckpointSaver() if cfg.checkpoint.save and cfg.checkpoint.async_save else None
+        self._checkpointer = Checkpointer(cfg.checkpoint.save, async_save=cfg.checkpoint.async_save) if cfg.checkpoint.save else None
+        if self._checkpointer is not None:
+            self._checkpointer.warn = self.log.warning  # e.g. little room left for the next save
         self.callbacks = CallbackList(callbacks if callbacks is not None else default_callbacks(self))
 
     def _load_tokenizer(self):
@@ -169,33 +170,30 @@ class Trainer:
         the background and published later (publish_checkpoint)."""
         self.publish_checkpoint(blocking=True)  # one save in flight at a time
         self.callbacks.before_save(self)
-        path = ckpt.save_checkpoint(
-            self.cfg.checkpoint.save,
+        path = self._checkpointer.save(
             self.state.iteration,
             self.model,
             self.cfg,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             train_state=asdict(self.state),
+            callbacks=self.callbacks.state_dict(),
             tokenizer_path=self.tokenizer_path,
             rng_state=capture_rng_state(),
-            async_queue=self._async_saver.queue if self._async_saver is not None else None,
-            callbacks=self.callbacks.state_dict(),
         )
-        if self._async_saver is not None:
-            self._async_saver.scheduled(path)
+        if self._checkpointer.in_flight is not None:
             return
         self.last_checkpoint = str(path)
         self.log.info(f"saved checkpoint {path}")
 
     def publish_checkpoint(self, blocking: bool) -> None:
         """Collective: publish a finished background save (a no-op with none in flight); blocking waits for it."""
-        if self._async_saver is None or self._async_saver.in_flight is None:
+        if self._checkpointer is None or self._checkpointer.in_flight is None:
             return
         self.callbacks.before_save(self)  # publishing writes the directory's latest pointer
-        published = self._async_saver.poll(blocking)
+        published = self._checkpointer.poll(blocking)
         if published is not None:
-            self.last_checkpoint = published
+            self.last_checkpoint = str(published)
             self.log.info(f"saved checkpoint {published} (written in the background)")
 
     def restore_checkpoint(self, path: str) -> None:

@@ -1,7 +1,10 @@
 """Write a GGUF file for llama.cpp from a megactllm checkpoint or an HF LLaMA directory.
 
 Float types (f32, f16, bf16) are written here with the `gguf` library, streaming one tensor at a
-time (the header lists every tensor first, from the plan, so nothing is held back in memory).
+time (the header lists every tensor first, from the plan, so nothing is held back in memory); a
+megactllm checkpoint is read a layer at a time (convert.export.hf_tensors), so memory is about
+one layer whatever the depth. A killed export is redone by the next run (its partial file, named
+by the dead process, is removed), never continued.
 Quantized types (q8_0, q4_0, q4_k_m) are llama.cpp's: the float file is written first at the
 source's own precision (lossless), then quantized by `llama_model_quantize`. The output appears
 complete or not at all: everything goes to `<out>.partial-<pid>` and is renamed at the end.
@@ -154,6 +157,16 @@ def write_float_gguf(source: ModelSource, out: Path, outtype: str, progress: Con
     return vocab
 
 
+def _pid_alive(text: str) -> bool:
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def export_gguf(
     src: str | Path,
     out: str | Path,
@@ -173,6 +186,9 @@ def export_gguf(
     if out.exists() and not overwrite:
         raise ConversionError(f"{out} already exists; choose another output file or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{out.name}.partial-*"):  # left by a killed export: redone, not continued
+        if not _pid_alive(stale.name.rsplit("-", 1)[1]):
+            stale.unlink(missing_ok=True)
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     with open_source(src, tokenizer_file) as source:
         check_runnable(source.model, str(source.path))

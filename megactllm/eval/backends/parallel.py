@@ -73,13 +73,13 @@ class ParallelBackend(Backend):
         (any saved layout into the current one); the tokenizer is the checkpoint's copy."""
         from megactllm.model import build_model
         from megactllm.tokenizer import load_tokenizer
-        from megactllm.checkpoint.save_load import CheckpointError, load_model_weights, read_metadata
+        from megactllm.checkpoint import CheckpointError, Checkpointer, read_metadata
 
         meta = read_metadata(path)
         if meta.tokenizer_file is None or not meta.tokenizer_file.is_file():
             raise CheckpointError(f"{meta.path} carries no tokenizer copy; evaluation needs the model's own tokenizer")
         chunks = build_model(meta.model_config, parallel)
-        load_model_weights(meta.path, chunks, meta.model_config)
+        Checkpointer.load_weights(meta.path, chunks, meta.model_config)
         tokenizer = load_tokenizer(meta.tokenizer.get("type", "sentencepiece"), str(meta.tokenizer_file))
         return cls(chunks, meta.model_config, tokenizer, batch_size=batch_size, max_length=max_length)
 

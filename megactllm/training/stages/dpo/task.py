@@ -76,9 +76,9 @@ def build_reference_model(cfg, policy_chunks: list | None = None) -> list:
         torch.set_rng_state(cpu_state)
         tensor_parallel.get_cuda_rng_tracker().set_states(tracker_states)
     if cfg.checkpoint.pretrained:
-        from megactllm.checkpoint.save_load import load_model_weights
+        from megactllm.checkpoint import Checkpointer
 
-        load_model_weights(cfg.checkpoint.pretrained, chunks, cfg.model)
+        Checkpointer.load_weights(cfg.checkpoint.pretrained, chunks, cfg.model)
     elif policy_chunks is not None:  # not resuming: the recipe refuses checkpoint.load without pretrained
         log.warning("DPO without checkpoint.pretrained: the reference is a copy of the initial policy")
         for ref, policy in zip(chunks, policy_chunks):
