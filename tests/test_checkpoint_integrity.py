@@ -233,7 +233,7 @@ def _train(run_dir: Path, iters: int, log: str) -> subprocess.CompletedProcess:
 
     args = overrides(corpus=FORMAT1 / "corpus", save=run_dir, load=run_dir, log=run_dir.parent / log)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "megactllm.train", *args, f"train.train_iters={iters}"],
+    return subprocess.run([sys.executable, "-m", "megactllm.train", *args, f"train.duration={iters} iterations"],
                           capture_output=True, text=True, env=env, timeout=300)
 
 

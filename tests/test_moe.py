@@ -286,7 +286,7 @@ def test_moe_recipe_layout_is_the_least_model_parallelism_that_fits_80gb():
     from megactllm.training.run.memory_estimate import GIB, estimate_memory
     from megactllm.training.run.preflight import preflight
 
-    overrides = ["model.arch=qwen3-30b-a3b", "train.pretrained_checkpoint=null", "train.load=null"]
+    overrides = ["model.arch=qwen3-30b-a3b", "checkpoint.pretrained=null", "checkpoint.load=null"]
     cfg = load_config(str(REPO_ROOT / "examples" / "configs" / "qwen3_30b_a3b_continue.yaml"), overrides)
     plan = preflight(cfg, 16, check_memory=False, raise_if_unfit=False)
     assert plan.estimate.total < 70 * GIB
