@@ -31,3 +31,18 @@ def qwen_style_bpe_dir(shared_data, tmp_path_factory) -> Path:
     from bpe_fixtures import build_qwen_style_bpe
 
     return build_qwen_style_bpe(shared_data, tmp_path_factory.mktemp("bpe") / "base", vocab_size=6000, max_lines=900)
+
+
+_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _launch_variables_restored():
+    """A test that runs a stage in-process must not hand its rendezvous port to the tests after it."""
+    before = {k: os.environ.get(k) for k in _LAUNCH_VARIABLES}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -81,7 +81,6 @@ def _every_bad_override() -> list[tuple[str, str]]:
         "optim.lr_warmup_fraction": ["optim.lr_warmup_fraction=0.1", "optim.lr_warmup_iters=5"],
         "optim.lr_warmup_iters": ["optim.lr_warmup_iters=5"],
         "optim.lr_wsd_decay_iters": ["optim.lr_wsd_decay_iters=5"],
-        "checkpoint.interval": ["checkpoint.interval=5"],
         "checkpoint.load": ["train.stage=dpo", "checkpoint.load=somewhere"],
         "stability.skip_samples": ["stability.skip_samples=[[5, 2]]"],
         "stability.spike_rollback_after": ["stability.spike_rollback_after=2"],

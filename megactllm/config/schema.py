@@ -271,7 +271,9 @@ class CheckpointConfig(Section):
     NAME: ClassVar[str] = "checkpoint"
 
     save: Optional[str] = option(None, "directory to save checkpoints in (null: none)")
-    interval: Optional[int] = option(None, "save every this many iterations (and at the end)", min=1)
+    # Not refused without `save`: setting save=null is how a recipe with an interval turns saving off.
+    interval: Optional[int] = option(None, "save every this many iterations (and at the end) where "
+                                           "checkpoint.save is set", min=1)
     async_save: bool = option(False, "write checkpoints in a background process while training goes on")
     load: Optional[str] = option(None, "resume from the latest checkpoint here (weights, optimizer, counters) "
                                        "when there is one")
@@ -282,10 +284,6 @@ class CheckpointConfig(Section):
     optimizer_format: Literal["dp_reshardable", "fully_reshardable"] = option(
         "dp_reshardable", "the distributed optimizer on disk: dp_reshardable (fast; reshards over DP only) "
                           "or fully_reshardable (reshards over TP/PP/DP)")
-
-    def check(self) -> None:
-        if self.interval and not self.save:
-            self.fail("interval", "saves nowhere: set checkpoint.save too")
 
 
 @dataclass

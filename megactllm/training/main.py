@@ -77,6 +77,22 @@ def main(argv=None, prog=None) -> int:
     from megactllm.output import configure_output
 
     configure_output(verbose=args.verbose)  # before megatron-core is imported: its warnings come at import
+    own_port = "WORLD_SIZE" not in os.environ and "SLURM_PROCID" not in os.environ and "MASTER_PORT" not in os.environ
+    if own_port:
+        from megactllm.common.env import free_port
+
+        # A lone process (no torchrun/srun): any free rendezvous port, so two runs can coexist.
+        os.environ["MASTER_PORT"] = str(free_port())
+    try:
+        return _run(args, exit_signals)
+    finally:
+        if own_port:
+            # Left set, a caller that ran training in-process would hand every process it starts
+            # later a port this process's store may still hold: EADDRINUSE.
+            os.environ.pop("MASTER_PORT", None)
+
+
+def _run(args, exit_signals) -> int:
     from megactllm.config import load_config
     from megactllm.errors import (
         EXIT_NONFINITE,
@@ -86,11 +102,6 @@ def main(argv=None, prog=None) -> int:
     )
     from megactllm.parallel import detect_launch_environment
 
-    if "WORLD_SIZE" not in os.environ and "SLURM_PROCID" not in os.environ:
-        from megactllm.common.env import free_port
-
-        # A lone process (no torchrun/srun): any free rendezvous port, so two runs can coexist.
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
     env = detect_launch_environment()
     import torch
 
