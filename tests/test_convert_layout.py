@@ -16,7 +16,7 @@ from megactllm.convert.hf_config import hf_config_from_model, model_config_from_
 from megactllm.convert.safetensors_io import (
     INDEX_FILE,
     SafetensorsCheckpoint,
-    ShardedSafetensorsWriter,
+    PlannedSafetensorsFiles,
     TensorSpec,
 )
 
@@ -69,10 +69,12 @@ def test_sharded_writer_is_read_by_safetensors_and_by_our_reader(tmp_path):
         "c": torch.arange(7, dtype=torch.int64),
     }
     specs = [TensorSpec(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
-    writer = ShardedSafetensorsWriter(tmp_path, specs, max_shard_bytes=600)
-    for name, tensor in tensors.items():
+    writer = PlannedSafetensorsFiles(tmp_path, specs, max_shard_bytes=600)
+    writer.create()
+    for name, tensor in reversed(tensors.items()):  # any order: every offset is planned
         writer.write(name, tensor)
-    files = writer.close()
+    writer.sync_all()
+    files = writer.write_index()
     index = json.loads((tmp_path / INDEX_FILE).read_text())
     assert len(files) == 4 and index["metadata"]["total_size"] == sum(s.nbytes for s in specs)
     assert index["weight_map"]["big"] != index["weight_map"]["a"]
@@ -85,11 +87,13 @@ def test_sharded_writer_is_read_by_safetensors_and_by_our_reader(tmp_path):
 
 
 def test_writer_refuses_tensors_out_of_plan(tmp_path):
-    writer = ShardedSafetensorsWriter(tmp_path, [TensorSpec("a", (2,), torch.float32)], max_shard_bytes=100)
-    with pytest.raises(ValueError, match="plan expects a"):
+    writer = PlannedSafetensorsFiles(tmp_path, [TensorSpec("a", (2,), torch.float32)], max_shard_bytes=100)
+    writer.create()
+    with pytest.raises(ValueError, match="plan expects"):
         writer.write("a", torch.zeros(3))
-    with pytest.raises(ValueError, match="never written"):
-        writer.close()
+    with pytest.raises(ValueError, match="was not planned"):
+        writer.write("b", torch.zeros(2))
+    writer.close()
 
 
 def test_reader_names_missing_and_truncated_shards(tmp_path):

@@ -88,6 +88,20 @@ def _owner_alive(staging: Path) -> bool:
     return True
 
 
+def publish_directory(staging: Path, final: Path) -> None:
+    """Rename a finished staging directory to `final`, replacing what was there, durably."""
+    fsync_path(staging)
+    if final.exists():
+        # Move the old one aside first so a crash between the two renames loses nothing.
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, final)
+    fsync_path(final.parent)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False,
                       exists_error: type = OutputExistsError) -> Iterator[Path]:
@@ -107,16 +121,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False,
     staging.mkdir()
     try:
         yield staging
-        fsync_path(staging)
-        if final.exists():
-            # Move the old one aside first so a crash between the two renames loses nothing.
-            old = final.with_name(f"{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, final)
-        fsync_path(final.parent)
+        publish_directory(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

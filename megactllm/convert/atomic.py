@@ -13,7 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from megactllm.common.atomic import atomic_output_dir as _atomic_output_dir, fsync_path, write_text_atomic
+from megactllm.common.atomic import (
+    atomic_output_dir as _atomic_output_dir,
+    publish_directory,
+    write_text_atomic,
+)
 from megactllm.convert.errors import ConversionError
 from megactllm.errors import UserError
 
@@ -80,15 +84,7 @@ def resumable_output_dir(out_dir: str | os.PathLike, plan: dict, overwrite: bool
         raise
     (staging / PLAN_FILE).unlink()
     (staging / OWNER_FILE).unlink()
-    fsync_path(staging)
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, final)
-    fsync_path(final.parent)
+    publish_directory(staging, final)
 
 
 def file_fingerprint(paths) -> list:
