@@ -123,12 +123,49 @@ def test_killed_import_reruns_to_the_same_checkpoint(tmp_path, monkeypatch):
         import_from_hf(hf, out, progress_stream=None)
     assert not out.exists(), "a killed import must not leave a directory that looks complete"
     staging = tmp_path / "ckpt.resume"
-    assert sorted(p.name for p in (staging / ".groups").iterdir()) == ["embedding.index", "layer000000.index"]
+    assert sorted(p.name for p in (staging / ".groups").iterdir()) == ["embedding.index", "head.index"]
     monkeypatch.setattr(DistCheckpointWriter, "write", real_write)
 
     # The rerun keeps the two finished groups, redoes the torn one, and runs layers in 2 processes.
     resumed = import_from_hf(hf, out, progress_stream=None, workers=2)
     assert not staging.exists()
+    _same_checkpoint(resumed.checkpoint, reference.checkpoint)
+
+
+def test_a_group_is_recorded_done_only_after_its_data_is_on_disk(tmp_path, monkeypatch):
+    """A machine that crashes loses what was not fsynced: a group's index is written only after
+    its files are synced, so a rerun redoes a group whose sealing did not finish."""
+    hf = _hf_dir(tmp_path, "qwen2", layers=3, dtype=torch.bfloat16)
+    reference = import_from_hf(hf, tmp_path / "reference", progress_stream=None)
+    import megactllm.convert.dist_writer as dist_writer
+
+    real_fsync, order = dist_writer.fsync_path, []
+
+    def crash_on_second_layer(path):
+        if path.name.startswith("__layer000001_"):
+            raise OSError("the machine went down before this file reached the disk")
+        order.append(("fsync", path.name))
+        real_fsync(path)
+
+    real_index = DistCheckpointWriter._index
+
+    def index(self, group):
+        order.append(("index", group))
+        return real_index(self, group)
+
+    monkeypatch.setattr(dist_writer, "fsync_path", crash_on_second_layer)
+    monkeypatch.setattr(DistCheckpointWriter, "_index", index)
+    with pytest.raises(OSError, match="went down"):
+        import_from_hf(hf, tmp_path / "ckpt", progress_stream=None)
+    staging = tmp_path / "ckpt.resume"
+    assert not (staging / ".groups" / "layer000001.index").exists()
+    fsynced = [i for i, (what, name) in enumerate(order) if what == "fsync" and name.startswith("__layer000000_")]
+    indexed = [i for i, (what, name) in enumerate(order) if what == "index" and name == "layer000000"]
+    assert fsynced and indexed and max(fsynced) < max(indexed), "layer 0's index was written before its data was synced"
+
+    monkeypatch.setattr(dist_writer, "fsync_path", real_fsync)
+    monkeypatch.setattr(DistCheckpointWriter, "_index", real_index)
+    resumed = import_from_hf(hf, tmp_path / "ckpt", progress_stream=None)
     _same_checkpoint(resumed.checkpoint, reference.checkpoint)
 
 

@@ -59,9 +59,16 @@ def share(files: list[str], sizes: dict, rank: int, world: int) -> list[str]:
     return mine
 
 
-def manifest_entries(checkpoint_dir: Path, files: Iterable[str]) -> dict:
-    """relative path -> [size, checksum] for the given files of the directory."""
-    return {rel: [(checkpoint_dir / rel).stat().st_size, crc32_file(checkpoint_dir / rel)] for rel in files}
+def manifest_entries(checkpoint_dir: Path, files: Iterable[str], known: Optional[dict] = None) -> dict:
+    """relative path -> [size, checksum] for the given files of the directory; `known` entries of the
+    writer's own are taken for files of their size."""
+    known = known or {}
+    entries = {}
+    for rel in files:
+        size = (checkpoint_dir / rel).stat().st_size
+        have = known.get(rel)
+        entries[rel] = [size, have[1] if have is not None and have[0] == size else crc32_file(checkpoint_dir / rel)]
+    return entries
 
 
 def manifest_of(entries: dict) -> dict:

@@ -36,12 +36,15 @@ def publish_checkpoint(
     metadata: dict,
     tokenizer_path: Optional[str | os.PathLike] = None,
     tokenizer_adds_bos: Optional[bool] = None,
+    known_checksums: Optional[dict] = None,
 ) -> Path:
     """Collective (or single-process): publish `partial` (…/iter_XXXXXXX.partial) with `metadata`
     (metadata.build_metadata's JSON); returns the published iteration directory.
 
     A writer whose whole output directory is staged elsewhere and renamed into place at the end (the
-    HF importer) may pass the iter_XXXXXXX directory itself: it is published where it is."""
+    HF importer) may pass the iter_XXXXXXX directory itself: it is published where it is.
+    `known_checksums` ({relative path: [size, crc32]}) are a writer's own, taken as it wrote the
+    files: a file of that size is not read again."""
     from megactllm.checkpoint.async_save import StorageIndexError, check_storage_index
 
     partial = Path(partial)
@@ -73,7 +76,7 @@ def publish_checkpoint(
     listing = collective.broadcast(listing)
     mine = manifest.share(list(listing), listing, rank, world)
     entries = {}
-    for part in collective.all_gather(manifest.manifest_entries(partial, mine)):
+    for part in collective.all_gather(manifest.manifest_entries(partial, mine, known_checksums)):
         entries.update(part)
 
     if rank == 0:

@@ -10,14 +10,20 @@ and writes megatron's `common.pt` and `metadata.json`: the directory then reads 
 that `dist_checkpointing.save` wrote (the same keys, chunks, shapes and bytes; file names differ,
 and nothing reads them but the index).
 
-A group's index is written after its data is written, so a killed run leaves finished groups that
-a rerun keeps (`has`, which also checks the data the index points at is there) and at most one
-unfinished group, whose files it rewrites. Every file is fsynced once, in `finish`.
+A group is sealed by a thread beside the writing one, so the disk and the checksums overlap the
+next group's work: its files are fsynced, their CRC-32s taken (while the pages are still cached;
+`finish` hands them to the checkpoint's manifest, which need not read the files again), and only
+then is its index written. A killed run, or a crashed machine, thus leaves finished groups that a
+rerun keeps (`has`, which also checks the data the index points at is there) and unfinished ones,
+whose files it rewrites. torch's own per-record CRC is not computed: torch.load never checks it,
+and the manifest's covers every byte.
 Call inside a process group (convert.process_group.single_process_group): megatron-core asks
 for the rank while translating.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -27,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from megactllm.checkpoint.manifest import crc32_file
 from megactllm.common.atomic import fsync_path, write_bytes_atomic
 from megactllm.convert.errors import ConversionError
 
@@ -39,13 +46,12 @@ def _group_writer_class():
     from torch.distributed.checkpoint.filesystem import _StoragePrefix
 
     class GroupWriter(FileSystemWriter):
-        """torch's writer with a file prefix of our own and the index kept aside (not `.metadata`)."""
+        """torch's writer with a file prefix of our own and the index kept (`index`), not written as `.metadata`."""
 
-        def __init__(self, path: Path, prefix: str, index_path: Path):
-            # No fsync per group: `finish` syncs every file once before the checkpoint is published
-            # (per-group syncs made the import wait on the disk for each layer).
+        def __init__(self, path: Path, prefix: str):
+            # No fsync here: the group's sealing thread syncs its files while the next group is built.
             super().__init__(str(path), single_file_per_rank=True, sync_files=False, thread_count=1, overwrite=True)
-            self.prefix, self.index_path = prefix, index_path
+            self.prefix, self.index = prefix, None
 
         def prepare_local_plan(self, plan):
             Path(self.path).mkdir(parents=True, exist_ok=True)
@@ -56,25 +62,61 @@ def _group_writer_class():
 
         def finish(self, metadata, results) -> None:
             metadata.storage_data = {wr.index: wr.storage_data for wrs in results for wr in wrs}
-            write_bytes_atomic(self.index_path, pickle.dumps(metadata))
+            self.index = metadata
 
     return GroupWriter
+
+
+@contextlib.contextmanager
+def _without_torch_record_crc():
+    """torch.save without its per-record CRC-32 (torch.load never checks it; the manifest's covers the files)."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:  # torch before 2.6 always computes it
+        yield
+        return
+    before = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = before
 
 
 class DistCheckpointWriter:
     """Groups of megatron ShardedTensors/ShardedObjects -> one dist_checkpointing directory.
 
-        writer = DistCheckpointWriter(run / "model", progress_dir)
-        for name, build in groups:
-            if not writer.has(name):
-                writer.write(name, build())      # a sharded state dict of that group only
-        writer.finish()
+        with DistCheckpointWriter(run / "model", progress_dir) as writer:
+            for name, build in groups:
+                if not writer.has(name):
+                    writer.write(name, build())  # a sharded state dict of that group only
+        files = writer.finish(names)             # {file: [size, crc32]} for the manifest
     """
 
     def __init__(self, model_dir: str | os.PathLike, index_dir: str | os.PathLike):
         self.model_dir, self.index_dir = Path(model_dir), Path(index_dir)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.index_dir.mkdir(parents=True, exist_ok=True)
+        self._sealer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seal-group")
+        self._sealing: list[concurrent.futures.Future] = []
+
+    def __enter__(self) -> "DistCheckpointWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.wait()
+        except Exception:
+            if exc_type is None:
+                raise  # else the error already on its way out is the one to report
+
+    def wait(self) -> None:
+        """Until every group written so far is sealed (raises what sealing raised)."""
+        try:
+            for future in self._sealing:
+                future.result()
+        finally:
+            self._sealing.clear()
 
     def _index(self, group: str) -> Path:
         return self.index_dir / f"{group}{INDEX_SUFFIX}"
@@ -85,13 +127,13 @@ class DistCheckpointWriter:
         if not path.is_file():
             return False
         try:
-            index = pickle.loads(path.read_bytes())
+            index = pickle.loads(path.read_bytes())["index"]
             ends: dict[str, int] = {}
             for info in index.storage_data.values():
                 ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
             if all((self.model_dir / name).stat().st_size >= end for name, end in ends.items()):
                 return True
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, KeyError, TypeError):
             pass
         path.unlink()  # torn by a crash of the machine: the group is redone
         return False
@@ -115,19 +157,36 @@ class DistCheckpointWriter:
             raise ConversionError(f"group {group}: unexpected non-sharded state {sorted(common)} (megatron-core changed?)")
         flat, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded, keep_only_main_replica=True)
         flat = {key: [_without_prepended_axes(item) for item in items] for key, items in flat.items()}
-        writer = _group_writer_class()(self.model_dir, prefix, self._index(group))
-        state_dict_saver.save(mcore_to_pyt_state_dict(flat, False), storage_writer=writer,
-                              planner=MCoreSavePlanner(flatten_state_dict=False), no_dist=True)
+        writer = _group_writer_class()(self.model_dir, prefix)
+        with _without_torch_record_crc():
+            state_dict_saver.save(mcore_to_pyt_state_dict(flat, False), storage_writer=writer,
+                                  planner=MCoreSavePlanner(flatten_state_dict=False), no_dist=True)
+        files = sorted(self.model_dir.glob(f"{prefix}*"))
+        self._sealing.append(self._sealer.submit(self._seal, group, writer.index, files))
 
-    def finish(self, groups: list[str]) -> None:
-        """Merge the groups' indexes into `.metadata`, then megatron's common.pt and metadata.json."""
+    def _seal(self, group: str, index, files: list[Path]) -> None:
+        """Make the group durable, then record it done: fsync, checksum, then its index."""
+        checksums = {}
+        for path in files:
+            fsync_path(path)
+            checksums[path.name] = [path.stat().st_size, crc32_file(path)]
+        write_bytes_atomic(self._index(group), pickle.dumps({"index": index, "files": checksums}))
+
+    def finish(self, groups: list[str]) -> dict[str, list]:
+        """Merge the groups' indexes into `.metadata`, then megatron's common.pt and metadata.json.
+
+        Returns {file name: [size, crc32]} of the groups' data files, as the sealing found them."""
         from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
         from megatron.core.dist_checkpointing.strategies.common import TorchCommonSaveStrategy
         from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
+        self.wait()
         merged = Metadata(state_dict_metadata={}, planner_data=None, storage_data={})
+        checksums: dict[str, list] = {}
         for group in groups:
-            part = pickle.loads(self._index(group).read_bytes())
+            sealed = pickle.loads(self._index(group).read_bytes())
+            part = sealed["index"]
+            checksums.update(sealed["files"])
             merged.version = part.version
             for fqn, item in part.state_dict_metadata.items():
                 have = merged.state_dict_metadata.get(fqn)
@@ -144,11 +203,11 @@ class DistCheckpointWriter:
             if isinstance(item, TensorStorageMetadata):
                 item.chunks.sort(key=lambda c: tuple(c.offsets))
         merged.storage_meta = StorageMeta(checkpoint_id=str(self.model_dir), save_id=str(uuid.uuid4()))
-        for path in self.model_dir.glob("*.distcp"):
-            fsync_path(path)
         write_bytes_atomic(self.model_dir / ".metadata", pickle.dumps(merged))
         TorchCommonSaveStrategy("torch", 1).save_common({}, self.model_dir)
         save_config(CheckpointingConfig("torch_dist", 1), str(self.model_dir))
+        self._sealer.shutdown()
+        return checksums
 
 
 def _without_prepended_axes(item):

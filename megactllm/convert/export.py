@@ -102,22 +102,35 @@ class _ExportJob:
 
 
 def _export_groups(job: _ExportJob, groups: list[str], reader=None, progress=None) -> list[str]:
-    """Write `groups` into the planned shards at their offsets; each is marked done once on disk."""
+    """Write `groups` into the planned shards at their offsets. A group is marked done by a thread
+    beside the writing one, after fsyncing the shards it wrote to (the disk overlaps the next group's
+    work): a crashed machine's rerun never keeps a group whose bytes did not reach the disk."""
+    import concurrent.futures
+
+    def seal(files: PlannedSafetensorsFiles, shards: set, group: str) -> None:
+        files.sync(shards)
+        write_text_atomic(job.done_dir / group, "", fsync=False)
+
     def run(reader):
         files = PlannedSafetensorsFiles(job.out_dir, hf_tensor_plan(reader.model, job.dtype), job.max_shard_bytes)
-        for group in groups:
-            for name, tensor in hf_group_tensors(reader, group, job.dtype):
-                files.write(name, tensor)
-                if progress is not None:
-                    progress.update(tensor.numel() * tensor.element_size(), name)
-            files.close()  # written (in the page cache: a killed process loses none of it) before the mark
-            write_text_atomic(job.done_dir / group, "", fsync=False)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seal-group") as sealer:
+            sealing = []
+            for group in groups:
+                shards = set()
+                for name, tensor in hf_group_tensors(reader, group, job.dtype):
+                    shards.add(files.write(name, tensor))
+                    if progress is not None:
+                        progress.update(tensor.numel() * tensor.element_size(), name)
+                sealing.append(sealer.submit(seal, files, shards, group))
+            for future in sealing:
+                future.result()
+        files.close()
 
     if reader is not None:
         run(reader)
     else:
         with single_process_group():
-            run(MegatronCheckpointReader(job.checkpoint))
+            run(MegatronCheckpointReader(job.checkpoint, checksums="skip"))  # the parent checks them
     return groups
 
 
@@ -219,7 +232,7 @@ def export_to_hf(
     if workers < 1:
         raise ConversionError(f"workers={workers}: give at least 1")
     with single_process_group():
-        reader = MegatronCheckpointReader(checkpoint)
+        reader = MegatronCheckpointReader(checkpoint, checksums="background")
         model = reader.model
         meta = reader.metadata
         tokenizer_file = Path(tokenizer_file) if tokenizer_file else meta.tokenizer_file
@@ -237,7 +250,7 @@ def export_to_hf(
         if chat_template == "default":
             template, why = default_chat_template(tokenizer_type, tokenizer_file)
             progress.message(why)
-        fingerprint = {"kind": "export", "format": 1, "dtype": str(target_dtype), "max_shard_bytes": max_shard_bytes,
+        fingerprint = {"kind": "export", "format": 2, "dtype": str(target_dtype), "max_shard_bytes": max_shard_bytes,
                        "inputs": file_fingerprint(p for p in (meta.path / "model").iterdir() if p.is_file()),
                        "checkpoint": str(meta.path.absolute())}
         with resumable_output_dir(out_dir, fingerprint, overwrite=overwrite) as (staging, _resumed):
@@ -257,7 +270,8 @@ def export_to_hf(
             files = PlannedSafetensorsFiles(staging, plan, max_shard_bytes)
             files.create()
             _run_export_groups(job, reader, workers, progress)
-            files.sync_all()  # once, before the output appears (a per-layer fsync waited on the disk each time)
+            reader.finish_verification()  # what was read is what was saved, before anything appears
+            files.sync_all()  # each group's shards were synced as it was sealed: this finds little to do
             files = files.write_index()
             shutil.rmtree(job.done_dir)
             ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eod_id, pad_token_id=tokenizer.pad_id)

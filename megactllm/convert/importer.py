@@ -326,8 +326,9 @@ class _StreamJob:
 
 
 def _groups(model: ModelConfig) -> list[str]:
-    """The units written (and resumed) one at a time: the embedding, each layer, then the head."""
-    return ["embedding", *[f"layer{i:06d}" for i in range(model.num_layers)], "head"]
+    """The units written (and resumed) one at a time: the embedding, the head, then each layer.
+    The largest first: the last group's sealing (fsync, checksum) is the one nothing overlaps."""
+    return ["embedding", "head", *[f"layer{i:06d}" for i in range(model.num_layers)]]
 
 
 def _non_homogeneous_layers(config) -> bool:
@@ -420,8 +421,7 @@ def _write_groups(job: _StreamJob, groups: list[str], progress: Optional[Convers
     """Convert `groups` not written yet (this process); returns them."""
     from megactllm.convert.dist_writer import DistCheckpointWriter
 
-    with single_process_group():
-        writer = DistCheckpointWriter(job.model_dir, job.index_dir)
+    with single_process_group(), DistCheckpointWriter(job.model_dir, job.index_dir) as writer:
         builder = _GroupBuilder(job)
         for group in groups:
             if writer.has(group):
@@ -462,14 +462,17 @@ def _convert_groups(job: _StreamJob, workers: int, progress: ConversionProgress)
             progress.update(_group_bytes(job, futures[future]), futures[future])
 
 
-def _publish_model(run_dir: Path, cfg: Config, tokenizer_file: Path, adds_bos: Optional[bool]) -> Path:
+def _publish_model(run_dir: Path, cfg: Config, tokenizer_file: Path, adds_bos: Optional[bool],
+                   model_checksums: dict) -> Path:
     """Make `run_dir` a megactllm checkpoint of iteration 0 around its finished model/ directory:
     the checkpoint package's publish step (tokenizer copy, manifest, metadata, latest pointer), as
-    for a model-only save. The whole run_dir is staged, so its iter_0000000 is published in place."""
+    for a model-only save. The whole run_dir is staged, so its iter_0000000 is published in place.
+    `model_checksums` ({file in model/: [size, crc32]}) are the writer's, taken as it sealed them."""
     from megactllm.checkpoint import build_metadata, iteration_dir, publish_checkpoint
 
     metadata = build_metadata(0, cfg, tokenizer_file=str(tokenizer_file))
-    return publish_checkpoint(iteration_dir(run_dir, 0), metadata, tokenizer_file, adds_bos)
+    known = {f"model/{name}": entry for name, entry in model_checksums.items()}
+    return publish_checkpoint(iteration_dir(run_dir, 0), metadata, tokenizer_file, adds_bos, known_checksums=known)
 
 
 def import_from_hf(
@@ -519,7 +522,7 @@ def import_from_hf(
 
     inputs = [config_path, tokenizer_plan.file, *{e.file for e in weights.entries.values()}]
     index = hf_dir / "model.safetensors.index.json"
-    plan = {"kind": "import", "format": 1, "inputs": file_fingerprint(inputs + ([index] if index.is_file() else [])),
+    plan = {"kind": "import", "format": 2, "inputs": file_fingerprint(inputs + ([index] if index.is_file() else [])),
             "dtype": str(target_dtype), "model": dataclasses.asdict(model), "tokenizer": str(tokenizer_plan.file)}
     with resumable_output_dir(out_dir, plan, overwrite=overwrite) as (staging, _resumed):
         index_dir = staging / ".groups"
@@ -530,9 +533,9 @@ def import_from_hf(
         from megactllm.convert.dist_writer import DistCheckpointWriter
 
         with single_process_group():
-            DistCheckpointWriter(job.model_dir, index_dir).finish(_groups(model))
+            checksums = DistCheckpointWriter(job.model_dir, index_dir).finish(_groups(model))
         # A LLaMA-2/Mistral original prepends BOS: recorded in the tokenizer copy, evaluation and export follow it.
-        _publish_model(staging, cfg, tokenizer_plan.file, adds_bos)
+        _publish_model(staging, cfg, tokenizer_plan.file, adds_bos, checksums)
         import shutil
 
         shutil.rmtree(index_dir)

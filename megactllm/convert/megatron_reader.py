@@ -1,13 +1,16 @@
 """Read a megactllm checkpoint's model tensors, one global (layout-free) tensor at a time.
 
-No model is built: the tensors are read from megatron-core's dist_checkpointing by key at their
-global shape, whatever TP/PP layout wrote them, so exporting needs no GPU; `read_layer` reads one
-layer's slice of the stacked keys, so memory stays one layer whatever the depth. Call inside
-`single_process_group()`.
+No model is built: the tensors are read from megatron-core's dist_checkpointing directory by key
+at their global shape (convert.dist_reader), whatever TP/PP layout wrote them, so exporting needs
+no GPU; `read_layer` reads one layer's slice of the stacked keys, so memory stays one layer
+whatever the depth. Tensors are mapped from the files (no copy) where the layout allows.
 """
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -16,27 +19,69 @@ from megactllm.convert.errors import ConversionError
 from megactllm.checkpoint import CheckpointError, CheckpointMetadata, Checkpointer, read_metadata
 
 
+@dataclass(frozen=True)
+class StoredTensor:
+    global_shape: tuple
+    dtype: torch.dtype
+
+
 class MegatronCheckpointReader:
-    def __init__(self, path: str | Path):
+    """Files are checked before reading: sizes at once, CRC-32s per `checksums`: "now", or
+    "background" (a thread checks while the caller reads: call `finish_verification()` before
+    anything read is published), or "skip" (a helper process of a caller that checks them)."""
+
+    def __init__(self, path: str | Path, checksums: str = "now"):
         try:
             self.metadata: CheckpointMetadata = read_metadata(path)
         except CheckpointError as e:
             raise ConversionError(str(e)) from None
         # What an export reads must be what was saved: sizes and checksums of the model and tokenizer files.
-        report = Checkpointer.verify(self.metadata.path, checksums=True, parts=("model", "tokenizer"))
-        if not report.ok:
-            raise ConversionError(f"checkpoint {report.summary()}: damaged, not read (megactllm checkpoint verify shows all)")
+        self._verification: Optional[threading.Thread] = None
+        self._damage: list = []
+        if checksums not in ("now", "background", "skip"):
+            raise ValueError(f"checksums={checksums!r}")
+        self._verify(checksums == "now")
+        if checksums == "background":
+            self._verification = threading.Thread(target=self._verify_in_background, daemon=True, name="verify")
+            self._verification.start()
         self.model = self.metadata.model_config
         self.model_dir = self.metadata.path / "model"
         if not self.model_dir.is_dir():
             raise ConversionError(f"{self.metadata.path} has no model/ directory: the checkpoint is incomplete")
-        from megatron.core import dist_checkpointing
+        from megactllm.convert.dist_reader import DistCheckpointFiles
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
         try:
-            self.tensors = dict(dist_checkpointing.load_tensors_metadata(str(self.model_dir)))
-        except Exception as e:  # megatron raises several types for unreadable metadata
+            self.files = DistCheckpointFiles(self.model_dir)
+        except Exception as e:  # torch raises several types for unreadable metadata
             raise ConversionError(f"{self.model_dir} is not a readable dist_checkpointing directory: {e}") from None
+        self.tensors = {key: StoredTensor(tuple(meta.size), meta.properties.dtype)
+                        for key, meta in self.files.metadata.state_dict_metadata.items()
+                        if isinstance(meta, TensorStorageMetadata)}
         self._check_shapes()
+
+    def _verify(self, checksums: bool) -> None:
+        report = Checkpointer.verify(self.metadata.path, checksums=checksums, parts=("model", "tokenizer"))
+        if not report.ok:
+            problem = f"checkpoint {report.summary()}: damaged, not read (megactllm checkpoint verify shows all)"
+            if self._verification is None:
+                raise ConversionError(problem)
+            self._damage.append(problem)
+
+    def _verify_in_background(self) -> None:
+        try:
+            self._verify(True)
+        except BaseException as e:  # raised again by finish_verification, in the caller's thread
+            self._damage.append(e)
+
+    def finish_verification(self) -> None:
+        """Wait for the background checksums; raise if a file is damaged."""
+        if self._verification is not None:
+            self._verification.join()
+            self._verification = None
+        if self._damage:
+            problem = self._damage[0]
+            raise problem if isinstance(problem, BaseException) else ConversionError(problem)
 
     def _expected(self) -> dict[str, tuple]:
         shapes = layout.Shapes(self.model)
@@ -79,11 +124,7 @@ class MegatronCheckpointReader:
 
     def read(self, key: str) -> torch.Tensor:
         """The whole global tensor stored under `key` (layers stacked on the first axis)."""
-        from megatron.core.dist_checkpointing import ShardedTensor
-
-        info = self.tensors[key]
-        target = torch.empty(tuple(info.global_shape), dtype=info.dtype)
-        return self._load({key: ShardedTensor.from_rank_offsets(key, target, replica_id=0)}, key)[key]
+        return self._read(key, key)
 
     def stored_key(self, key: str, i: int) -> str:
         """Where layer i's `key` is stored: stacked over layers, or on its own when layers differ
@@ -93,37 +134,27 @@ class MegatronCheckpointReader:
         return layout.per_layer_key(key, i)
 
     def read_layer(self, keys, layer: int) -> dict[str, torch.Tensor]:
-        """Layer `layer`'s tensor of each per-layer key (stacked or its own), in one read."""
-        from megatron.core.dist_checkpointing import ShardedTensor
-
-        request = {}
+        """Layer `layer`'s tensor of each per-layer key (stacked or its own)."""
+        out = {}
         for key in keys:
             stored = self.stored_key(key, layer)
             if stored != key:
-                info = self.tensors[stored]
-                target = torch.empty(tuple(info.global_shape), dtype=info.dtype)
-                request[key] = ShardedTensor.from_rank_offsets(stored, target, replica_id=0)
-                continue
-            info = self.tensors[key]
-            # The layer axis as a real axis of size 1 (a prepended one would have to list every
-            # layer as local in a world of one process).
-            target = torch.empty((1, *tuple(info.global_shape)[1:]), dtype=info.dtype)
-            request[key] = ShardedTensor.from_rank_offsets(key, target, (0, layer, info.global_shape[0]), replica_id=0)
-        # One layer of a stacked tensor covers part of it: megatron's whole-tensor access check is for saves.
-        loaded = self._load(request, f"layer {layer}", validate_access_integrity=False)
-        return {key: tensor if self.stored_key(key, layer) != key else tensor[0] for key, tensor in loaded.items()}
+                out[key] = self._read(stored, f"layer {layer}")
+            else:
+                out[key] = self._read(key, f"layer {layer}", (layer,), (1,))[0]
+        return out
 
-    def _load(self, request: dict, what: str, **kwargs) -> dict:
-        from megatron.core import dist_checkpointing
-
-        key = what
+    def _read(self, key: str, what: str, offsets: tuple = (), sizes: tuple = ()) -> torch.Tensor:
         try:
-            return dist_checkpointing.load(request, str(self.model_dir), **kwargs)
+            return self.files.read(key, offsets, sizes)
+        except ConversionError:
+            raise
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as e:  # torch's CheckpointException derives from BaseException
+        except Exception as e:  # a damaged data file fails in torch's zip reader or the unpickler
+            self.finish_verification()  # the checksums name the damaged file, when they run in the background
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ConversionError(
-                f"{self.model_dir}: reading {key} failed ({type(e).__name__}: {reason}); the checkpoint's data "
+                f"{self.model_dir}: reading {what} failed ({type(e).__name__}: {reason}); the checkpoint's data "
                 "files are damaged or incomplete"
             ) from e

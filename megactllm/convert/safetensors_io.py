@@ -2,8 +2,8 @@
 
 Neither side ever holds more than one tensor in memory. The writer plans every shard's header
 from the tensor names, shapes and dtypes before any data exists, then appends each tensor's
-bytes as it is produced; the reader parses headers and reads a tensor's bytes straight into a
-fresh buffer with pread (no mmap, so resident memory stays one tensor, not the whole file).
+bytes as it is produced; the reader parses headers and maps one tensor's bytes at a time (the
+mapping lives as long as the tensor, so resident memory stays one tensor, not the whole file).
 
 The format is the one the `safetensors` library writes: an 8-byte little-endian header length,
 a JSON header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}} padded
@@ -22,6 +22,7 @@ from typing import Iterable, Optional
 import torch
 
 from megactllm.convert.errors import ConversionError
+from megactllm.convert.mapped_file import map_bytes
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -102,8 +103,9 @@ class PlannedSafetensorsFiles:
         files = PlannedSafetensorsFiles(out_dir, specs, max_shard_bytes=5 * 2**30)
         files.create()                  # headers, files at full size (kept when already right)
         files.write(name, tensor)       # from any process that made its own PlannedSafetensorsFiles
+        files.sync([0])                 # fsync shards (any process), e.g. before marking work done
         files.close()
-        files.sync_all()                # fsync every shard, once, at the end
+        files.sync_all()                # fsync every shard
         files.write_index()             # the HF index file (more than one shard)
     """
 
@@ -138,7 +140,8 @@ class PlannedSafetensorsFiles:
                 f.write(self.headers[index])
                 f.truncate(self._size(index))
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor) -> int:
+        """Write the planned tensor `name`; returns the index of its shard."""
         if name not in self.where:
             raise ValueError(f"tensor {name} was not planned")
         index, offset, spec = self.where[name]
@@ -151,21 +154,25 @@ class PlannedSafetensorsFiles:
         done = 0
         while done < len(data):  # one write moves at most ~2 GiB on Linux
             done += os.pwrite(self._handles[index], data[done:], offset + done)
+        return index
 
     def close(self) -> None:
         for fd in self._handles.values():
             os.close(fd)
         self._handles.clear()
 
-    def sync_all(self) -> None:
-        """fsync every shard (whichever process wrote it)."""
-        self.close()
-        for name in self.files:
-            fd = os.open(self.out_dir / name, os.O_RDONLY)
+    def sync(self, indexes: Iterable[int]) -> None:
+        """fsync these shards (whichever process or thread wrote them)."""
+        for index in sorted(set(indexes)):
+            fd = os.open(self.out_dir / self.files[index], os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def sync_all(self) -> None:
+        self.close()
+        self.sync(range(len(self.files)))
 
     @property
     def total_bytes(self) -> int:
@@ -279,15 +286,7 @@ class SafetensorsCheckpoint:
             raise ConversionError(f"tensor {name} is not in the safetensors files of {self.model_dir}") from None
 
     def read(self, name: str) -> torch.Tensor:
+        """The tensor `name`, mapped from its file (convert.mapped_file: no copy until written)."""
         entry = self._entry(name)
-        nbytes = entry.end - entry.begin
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
-        done = 0
-        with open(entry.file, "rb") as f:
-            while done < nbytes:  # one read returns at most ~2 GiB on Linux
-                got = os.preadv(f.fileno(), [view[done:]], entry.data_start + entry.begin + done)
-                if got <= 0:
-                    raise ConversionError(f"{entry.file} is truncated while reading {name}")
-                done += got
-        return buffer.view(entry.dtype).reshape(entry.shape)
+        data = map_bytes(entry.file, entry.data_start + entry.begin, entry.end - entry.begin)
+        return data.view(entry.dtype).reshape(entry.shape)
