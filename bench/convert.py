@@ -141,17 +141,17 @@ def phase_baseline(work: Path) -> dict:
     return {}
 
 
-def phase_import(work: Path) -> dict:
+def phase_import(work: Path, workers: int = 1) -> dict:
     from megactllm.convert import import_from_hf
 
-    import_from_hf(work / "hf_in", work / "ckpt")
+    import_from_hf(work / "hf_in", work / "ckpt", workers=workers)
     return {}
 
 
-def phase_export(work: Path) -> dict:
+def phase_export(work: Path, workers: int = 1) -> dict:
     from megactllm.convert import export_to_hf
 
-    export_to_hf(work / "ckpt", work / "hf_out", max_shard_bytes=2**30)
+    export_to_hf(work / "ckpt", work / "hf_out", max_shard_bytes=2**30, workers=workers)
     return {}
 
 
@@ -212,7 +212,12 @@ def child(args) -> None:
     with MemorySampler() as memory:
         base = memory.now()
         start, cpu_start = time.perf_counter(), cpu()
-        extra = PHASES[args.phase](args.work, *([args.preset, args.tokenizer, args.make_layers] if args.phase == "make-hf" else []))
+        if args.phase == "make-hf":
+            extra = phase_make_hf(args.work, args.preset, args.tokenizer, args.make_layers)
+        elif args.phase in ("import", "export"):
+            extra = PHASES[args.phase](args.work, args.workers[0])
+        else:
+            extra = PHASES[args.phase](args.work)
         seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
     print(json.dumps(dict(seconds=seconds, cpu=cpu_seconds, peak=memory.peak, base=base, **extra)))
 
@@ -231,21 +236,25 @@ def measure(work: Path, args, layers: str) -> tuple[dict, int, int]:
           f"{os.getloadavg()[0]:.1f})", flush=True)
     results = {}
     for _ in range(args.repeats):
-        for name in ("baseline", "import", "export"):
-            for leftover in ("baseline", "ckpt", "hf_out"):
-                if name != "export" or leftover != "ckpt":
-                    shutil.rmtree(work / leftover, ignore_errors=True)
-            r = run_phase(name, work, [])
-            if name not in results or r["seconds"] < results[name]["seconds"]:
-                results[name] = r
+        for workers in args.workers:
+            for name in ("baseline", "import", "export"):
+                if name == "baseline" and workers != args.workers[0]:
+                    continue
+                for leftover in ("baseline", "ckpt", "hf_out"):
+                    if name != "export" or leftover != "ckpt":
+                        shutil.rmtree(work / leftover, ignore_errors=True)
+                r = run_phase(name, work, ["--workers", str(workers)])
+                label = name if workers == 1 or name == "baseline" else f"{name}/{workers}w"
+                if label not in results or r["seconds"] < results[label]["seconds"]:
+                    results[label] = r
     run_phase("verify", work, [])
     base_time = results["baseline"]["seconds"]
     base_cpu = results["baseline"]["cpu"]
-    print(f"{'phase':<9} {'seconds':>8} {'vs baseline':>12} {'CPU s':>7} {'CPU vs baseline':>16} {'peak GiB':>9} "
+    print(f"{'phase':<10} {'seconds':>8} {'vs baseline':>12} {'CPU s':>7} {'CPU vs baseline':>16} {'peak GiB':>9} "
           f"{'working set GiB':>16} {'x model':>8}")
     for name, r in results.items():
         working = r["peak"] - r["base"]
-        print(f"{name:<9} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['cpu']:7.2f} {r['cpu'] / base_cpu:15.2f}x "
+        print(f"{name:<10} {r['seconds']:8.2f} {r['seconds'] / base_time:11.2f}x {r['cpu']:7.2f} {r['cpu'] / base_cpu:15.2f}x "
               f"{r['peak'] / 2**30:9.2f} {working / 2**30:16.2f} {working / model_bytes:7.2f}x")
     print(f"megatron checkpoint: {_dir_bytes(work / 'ckpt') / 2**30:.2f} GiB; export verified bit-exact", flush=True)
     for leftover in ("hf_in", "baseline", "ckpt", "hf_out"):
@@ -260,6 +269,8 @@ def main() -> None:
                    help="depths to measure at the preset's widths (two, e.g. 2 8, to see growth with depth)")
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="SentencePiece model with 64,000 pieces")
     p.add_argument("--repeats", type=int, default=1, help="repeat baseline/import/export, keep the best time")
+    p.add_argument("--workers", type=int, nargs="+", default=[1],
+                   help="conversion processes (--workers of import and export); several, e.g. 1 2, to compare")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -276,13 +287,13 @@ def main() -> None:
         if len(runs) == 2:
             (l1, r1, b1, _), (l2, r2, b2, _) = runs
             print(f"\ngrowth with depth, {l1} -> {l2} layers (model {b1 / 2**30:.2f} -> {b2 / 2**30:.2f} GiB):")
-            print(f"{'phase':<9} {'working set GiB':>16} {'growth GiB':>11} {'deep x model':>13} {'time vs baseline':>17} "
+            print(f"{'phase':<10} {'working set GiB':>16} {'growth GiB':>11} {'deep x model':>13} {'time vs baseline':>17} "
                   f"{'CPU vs baseline':>16}")
-            for name in ("baseline", "import", "export"):
+            for name in r2:
                 w1, w2 = (r[name]["peak"] - r[name]["base"] for r in (r1, r2))
                 ratio = r2[name]["seconds"] / r2["baseline"]["seconds"]
                 cpu_ratio = r2[name]["cpu"] / r2["baseline"]["cpu"]
-                print(f"{name:<9} {w1 / 2**30:7.2f} -> {w2 / 2**30:5.2f} {(w2 - w1) / 2**30:11.2f} "
+                print(f"{name:<10} {w1 / 2**30:7.2f} -> {w2 / 2**30:5.2f} {(w2 - w1) / 2**30:11.2f} "
                       f"{w2 / b2:12.2f}x {ratio:16.2f}x {cpu_ratio:15.2f}x")
             print(f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall times on a shared machine "
                   "depend on the other jobs; CPU seconds less so)")

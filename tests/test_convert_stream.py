@@ -51,9 +51,15 @@ def _hf_dir(root, family, layers=3, dtype=torch.float32):
 
 
 def _tensors(checkpoint) -> dict:
+    """Every tensor as megatron-core's own load gives it (not our reader: an independent reference)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+
     with single_process_group():
-        reader = MegatronCheckpointReader(checkpoint)
-        return {key: reader.read(key) for key in reader.tensors}
+        stored = MegatronCheckpointReader(checkpoint).tensors
+        request = {key: ShardedTensor.from_rank_offsets(key, torch.empty(info.global_shape, dtype=info.dtype),
+                                                        replica_id=0) for key, info in stored.items()}
+        return dist_checkpointing.load(request, str(checkpoint / "model"))
 
 
 def _layout(checkpoint) -> dict:
