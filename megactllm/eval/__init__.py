@@ -8,8 +8,8 @@ on a Hugging Face directory or a megactllm checkpoint at its TP/PP/DP layout, an
 
 Prompts and scoring equal lm-eval 0.4's cmmlu_* / ceval-valid_* / mmlu_* tasks (prompts.py).
 """
-from megactllm.eval.errors import EvalDataError
+from megactllm.eval.errors import EvalDataError, EvalInputNotFoundError, EvalSetupError
 from megactllm.eval.runner import MCResult, evaluate_subjects
 from megactllm.eval.tasks import BENCHMARKS, Question, Subject, load_benchmark
 
-__all__ = ["BENCHMARKS", "EvalDataError", "MCResult", "Question", "Subject", "evaluate_subjects", "load_benchmark"]
+__all__ = ["BENCHMARKS", "EvalDataError", "EvalInputNotFoundError", "EvalSetupError", "MCResult", "Question", "Subject", "evaluate_subjects", "load_benchmark"]

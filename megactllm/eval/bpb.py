@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, TextIO
 
 from megactllm.eval.backends.base import Backend
+from megactllm.eval.errors import EvalSetupError
 from megactllm.eval.progress import Progress
 from megactllm.eval.requests import rolling_requests
 from megactllm.common.progress import STDERR
@@ -54,6 +55,8 @@ def bits_per_byte(backend: Backend, documents: Sequence[str], stride: Optional[i
         raise ValueError("bits per byte needs at least one non-empty document")
     window = max_length or backend.max_length
     stride = stride or window
+    if not 0 < stride <= window:  # --stride is the user's; rolling_requests would take it for a bug
+        raise EvalSetupError(f"stride must be in 1..max_length ({window}), got {stride}")
     requests, owner = [], []
     for d, text in enumerate(documents):
         windows = rolling_requests(backend.encode(text), backend.prefix_token_id, window, stride)

@@ -15,17 +15,29 @@ the rest of the launch is data parallel; questions are sharded over the data-par
 """
 from __future__ import annotations
 
-from megactllm.common.command import CommandParser, entry_point, need_path, user_errors
+import argparse
+
+from megactllm.common.command import CommandParser, entry_point, need_path
 
 
 def _list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _positive(text: str) -> int:
+    """A count or length flag: a whole number above zero (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 @entry_point
 def main(argv=None, prog=None) -> int:
     from megactllm.eval.evaluate import TASKS, EvalOptions, evaluate, evaluate_all_checkpoints
-    from megactllm.eval.generation import JudgeError
     from megactllm.eval.scoring import MODES
 
     p = CommandParser(prog=prog, description=__doc__)
@@ -36,26 +48,26 @@ def main(argv=None, prog=None) -> int:
     p.add_argument("--shots", type=int, default=0, help="k-shot from the dev split, 0-5")
     p.add_argument("--mode", choices=MODES, default="loglikelihood",
                    help="loglikelihood (lm-eval's acc/acc_norm), letter (next-token letter), generate (greedy answer)")
-    p.add_argument("--limit", type=int, help="at most this many questions per subject")
+    p.add_argument("--limit", type=_positive, help="at most this many questions per subject")
     p.add_argument("--output", help="results.json path (results.md is written beside it)")
     p.add_argument("--log-samples", action="store_true", help="per-question records in results.json")
     p.add_argument("--corpus", nargs="+", default=[], help="bpb: jsonl/txt/parquet files, globs or directories")
     p.add_argument("--text-key", default="text", help="bpb: jsonl/parquet field holding the text")
-    p.add_argument("--max-documents", type=int, help="bpb: read at most this many documents")
-    p.add_argument("--stride", type=int, help="bpb: tokens a window advances (default: the whole window)")
+    p.add_argument("--max-documents", type=_positive, help="bpb: read at most this many documents")
+    p.add_argument("--stride", type=_positive, help="bpb: tokens a window advances (default: the whole window)")
     p.add_argument("--questions-file", help="gen: jsonl of open questions {question, id?, category?, reference?}")
     p.add_argument("--judge-url", help="gen: OpenAI-compatible base URL of a judge model (e.g. http://host:8000/v1); "
                    "key from $MEGACTLLM_JUDGE_API_KEY; without it answers are written and not rated")
     p.add_argument("--judge-model", help="gen: the judge's model name")
     p.add_argument("--math-file", help="math: jsonl of {question, answer} (e.g. ../shared/data/rl/gsm8k_test.jsonl); --limit caps it")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="gen, math: answer length cap")
-    p.add_argument("--max-length", type=int, help="model window in tokens (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=_positive, default=256, help="gen, math: answer length cap")
+    p.add_argument("--max-length", type=_positive, help="model window in tokens (default: the model's)")
+    p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="HF backend weights dtype")
     p.add_argument("--all-checkpoints", action="store_true",
                    help="--model is a run directory: score every iter_* (records as in-loop eval; default output RUN/checkpoint_evals.jsonl)")
-    p.add_argument("--tp", type=int, default=1, help="checkpoint: tensor-parallel size of this launch")
-    p.add_argument("--pp", type=int, default=1, help="checkpoint: pipeline-parallel size of this launch")
+    p.add_argument("--tp", type=_positive, default=1, help="checkpoint: tensor-parallel size of this launch")
+    p.add_argument("--pp", type=_positive, default=1, help="checkpoint: pipeline-parallel size of this launch")
     p.add_argument("--verbose", action="store_true", help="show third-party warnings and progress bars")
     a = p.parse_args(argv)
     from megactllm.output import configure_output
@@ -73,6 +85,7 @@ def main(argv=None, prog=None) -> int:
         judge_url=a.judge_url, judge_model=a.judge_model, max_new_tokens=a.max_new_tokens,
         math_file=a.math_file,
     )
-    with user_errors(ValueError, FileNotFoundError, JudgeError):
-        evaluate_all_checkpoints(opts) if a.all_checkpoints else evaluate(opts)
+    # Their user errors are EvalDataError, EvalSetupError, JudgeError, checkpoint, tokenizer and
+    # corpus errors (all UserErrors); anything else is a bug and keeps its traceback.
+    evaluate_all_checkpoints(opts) if a.all_checkpoints else evaluate(opts)
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from megactllm.eval.errors import EvalDataError, EvalInputNotFoundError, EvalSetupError
 from megactllm.eval.tasks import BENCHMARKS
 from megactllm.common.progress import STDERR
 
@@ -60,7 +61,7 @@ def benchmark_dir(data_dir: str, task: str, n_tasks: int) -> Path:
         return root / task
     if n_tasks == 1:
         return root
-    raise FileNotFoundError(f"{root / task} does not exist: --data-dir should hold {task}/ (e.g. ../shared/data/eval)")
+    raise EvalInputNotFoundError(f"{root / task} does not exist: --data-dir should hold {task}/ (e.g. ../shared/data/eval)")
 
 
 def subjects_for(task: str, names: list[str], n_tasks: int) -> Optional[list[str]]:
@@ -108,6 +109,25 @@ def build_backend(opts: EvalOptions):
     return ParallelBackend.from_checkpoint(meta.path, parallel, batch_size=opts.batch_size, max_length=opts.max_length)
 
 
+def check_options(opts: EvalOptions) -> None:
+    """Every task is known and has the flags it needs: checked before a model is loaded."""
+    unknown = [t for t in opts.tasks if t not in TASKS]
+    if unknown:
+        raise EvalSetupError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
+    for task in opts.tasks:
+        if task not in ("bpb", "gen", "math") and not opts.data_dir:
+            raise EvalSetupError(f"task {task} needs --data-dir")
+    if "bpb" in opts.tasks and not opts.corpus:
+        raise EvalSetupError("task bpb needs --corpus (jsonl/txt/parquet files, globs or directories)")
+    if "gen" in opts.tasks:
+        if not opts.questions_file:
+            raise EvalSetupError("task gen needs --questions-file (jsonl of {question, id?, category?, reference?})")
+        if bool(opts.judge_url) != bool(opts.judge_model):
+            raise EvalSetupError("--judge-url and --judge-model go together")
+    if "math" in opts.tasks and not opts.math_file:
+        raise EvalSetupError("task math needs --math-file (jsonl of {question, answer}, e.g. ../shared/data/rl/gsm8k_test.jsonl)")
+
+
 def run_tasks(backend, opts: EvalOptions, stream=STDERR) -> dict:
     """Score opts.tasks through backend; returns the results dict (see results.py)."""
     stream = sys.stderr if stream is STDERR else stream  # the stderr of now, not of import time
@@ -116,16 +136,12 @@ def run_tasks(backend, opts: EvalOptions, stream=STDERR) -> dict:
     from megactllm.eval.runner import evaluate_subjects
     from megactllm.eval.tasks import load_benchmark
 
-    unknown = [t for t in opts.tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
+    check_options(opts)
     say = (lambda text: print(text, file=stream, flush=True)) if backend.is_reporting_rank and stream else (lambda text: None)
     started = time.perf_counter()
     scores, samples, bpb, throughput = [], {}, {}, {}
     mc_tasks = [t for t in opts.tasks if t not in ("bpb", "gen", "math")]
     for task in mc_tasks:
-        if not opts.data_dir:
-            raise ValueError(f"task {task} needs --data-dir")
         if subjects_for(task, opts.subjects, len(mc_tasks)) == []:
             continue  # every subject named belongs to another task
         subjects = load_benchmark(task, benchmark_dir(opts.data_dir, task, len(mc_tasks)),
@@ -137,9 +153,10 @@ def run_tasks(backend, opts: EvalOptions, stream=STDERR) -> dict:
         throughput[task] = round(result.questions_per_s, 3)
         say(f"{task}: {result.questions} questions in {result.seconds:.1f}s ({result.questions_per_s:.2f} questions/s)")
     if "bpb" in opts.tasks:
-        if not opts.corpus:
-            raise ValueError("task bpb needs --corpus (jsonl/txt/parquet files, globs or directories)")
         documents, skips = read_corpus(opts.corpus, opts.text_key, opts.max_documents)
+        if not documents:
+            raise EvalDataError(", ".join(map(str, opts.corpus)), f"no non-empty document under key {opts.text_key!r} "
+                                f"({len(skips)} record(s) skipped); bits per byte needs text (see --text-key)")
         if skips:
             say(f"WARNING: {len(skips)} corpus record(s) skipped, first at {skips[0].where()}: {skips[0].reason}")
         value = bits_per_byte(backend, documents, opts.stride, opts.max_length, stream, len(skips))
@@ -167,10 +184,6 @@ def run_tasks(backend, opts: EvalOptions, stream=STDERR) -> dict:
 def _generation(backend, opts: EvalOptions) -> tuple[str, dict]:
     from megactllm.eval.generation import OpenAIJudge, read_open_questions, run_generation_task
 
-    if not opts.questions_file:
-        raise ValueError("task gen needs --questions-file (jsonl of {question, id?, category?, reference?})")
-    if bool(opts.judge_url) != bool(opts.judge_model):
-        raise ValueError("--judge-url and --judge-model go together")
     questions = read_open_questions(opts.questions_file)
     name = Path(opts.questions_file).stem
     out_dir = Path(opts.output).parent if opts.output else Path(".")
@@ -184,8 +197,6 @@ def _generation(backend, opts: EvalOptions) -> tuple[str, dict]:
 def _math(backend, opts: EvalOptions) -> tuple[str, dict]:
     from megactllm.eval.math_task import read_math_problems, run_math_task
 
-    if not opts.math_file:
-        raise ValueError("task math needs --math-file (jsonl of {question, answer}, e.g. ../shared/data/rl/gsm8k_test.jsonl)")
     problems = read_math_problems(opts.math_file, opts.limit)
     name = Path(opts.math_file).stem
     out_dir = Path(opts.output).parent if opts.output else Path(".")
@@ -196,6 +207,7 @@ def evaluate(opts: EvalOptions, stream=STDERR) -> dict:
     stream = sys.stderr if stream is STDERR else stream
     from megactllm.eval.results import markdown_table, write_results
 
+    check_options(opts)  # a mistake in the options is named before the model loads
     backend = build_backend(opts)
     try:
         results = run_tasks(backend, opts, stream)
@@ -225,10 +237,11 @@ def evaluate_all_checkpoints(opts: EvalOptions, stream=STDERR) -> list[dict]:
     run = Path(opts.model)
     first = sorted(run.glob("iter_*"))
     if not first:
-        raise FileNotFoundError(f"{run} holds no iter_* checkpoints")
-    tasks = [t for t in opts.tasks if t not in ("bpb", "gen")]
+        raise EvalInputNotFoundError(f"{run} holds no iter_* checkpoints")
+    tasks = [t for t in opts.tasks if t not in ("bpb", "gen", "math")]
     if len(tasks) != len(opts.tasks):
-        raise ValueError("--all-checkpoints scores benchmark tasks; run bpb or gen per checkpoint with --model ITER_DIR")
+        raise EvalSetupError("--all-checkpoints scores benchmark tasks; run bpb, gen or math per checkpoint with --model ITER_DIR")
+    check_options(opts)
     cfg = EvalConfig(interval=1, tasks=tasks, data_dir=opts.data_dir, subjects=list(opts.subjects), shots=opts.shots,
                      max_questions=opts.limit, batch_size=opts.batch_size, max_length=opts.max_length)
     parallel = _init_parallel_for(opts, read_metadata(first[0]).model_config.num_layers)

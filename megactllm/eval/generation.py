@@ -18,7 +18,7 @@ from typing import Optional
 
 from megactllm.common.jsonl import jsonl_lines, write_jsonl_atomic
 from megactllm.errors import UserError
-from megactllm.eval.errors import EvalDataError
+from megactllm.eval.errors import EvalDataError, utf8_file
 
 
 @dataclass
@@ -35,15 +35,16 @@ def read_open_questions(path) -> list[OpenQuestion]:
     if not path.is_file():
         raise EvalDataError(path, "generation question file does not exist")
     out = []
-    for number, line in jsonl_lines(path, encoding="utf-8-sig"):
-        try:
-            r = json.loads(line)
-            question = r["question"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise EvalDataError(path, f"expected a JSON object with a 'question' ({type(e).__name__}: {e})", row=number) from None
-        if not isinstance(question, str) or not question.strip():
-            raise EvalDataError(path, "'question' must be a non-empty string", row=number)
-        out.append(OpenQuestion(str(r.get("id", number)), question, str(r.get("category", "general")), r.get("reference")))
+    with utf8_file(path):
+        for number, line in jsonl_lines(path, encoding="utf-8-sig"):
+            try:
+                r = json.loads(line)
+                question = r["question"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise EvalDataError(path, f"expected a JSON object with a 'question' ({type(e).__name__}: {e})", row=number) from None
+            if not isinstance(question, str) or not question.strip():
+                raise EvalDataError(path, "'question' must be a non-empty string", row=number)
+            out.append(OpenQuestion(str(r.get("id", number)), question, str(r.get("category", "general")), r.get("reference")))
     if not out:
         raise EvalDataError(path, "holds no questions")
     return out

@@ -15,6 +15,7 @@ from typing import Optional
 
 from megactllm.config import ConfigError
 from megactllm.eval.backends.parallel import ParallelBackend
+from megactllm.eval.errors import EvalInputNotFoundError
 from megactllm.eval.runner import evaluate_subjects
 from megactllm.eval.scoring import aggregate
 from megactllm.eval.tasks import load_benchmark
@@ -75,7 +76,7 @@ def evaluate_checkpoints(run_dir, eval_cfg, parallel, out: Optional[str] = None,
     run = Path(run_dir)
     iterations = [iteration_dir(run, it) for it in Checkpointer(run).list()]  # published ones only
     if not iterations:
-        raise FileNotFoundError(f"{run} holds no complete checkpoint (iter_*/{METADATA_FILE})")
+        raise EvalInputNotFoundError(f"{run} holds no complete checkpoint (iter_*/{METADATA_FILE})")
     subjects = load_eval_subjects(eval_cfg)
     records = []
     for path in iterations:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from megactllm.common.jsonl import iter_jsonl, write_jsonl_atomic
-from megactllm.eval.errors import EvalDataError
+from megactllm.eval.errors import EvalDataError, utf8_file
 from megactllm.rl.answers import answers_match, reference_value
 
 
@@ -24,20 +24,21 @@ def read_math_problems(path, limit: Optional[int] = None) -> list[dict]:
     if not path.is_file():
         raise EvalDataError(path, "math problem file does not exist")
     out = []
-    try:
-        for line, record in iter_jsonl(path, _Bad, objects_only=True):
-            question, answer = record.get("question"), record.get("answer")
-            if not isinstance(question, str) or not question.strip() or answer is None:
-                raise EvalDataError(path, "expected {\"question\": str, \"answer\": ...}", row=line)
-            try:
-                reference_value(str(answer))
-            except ValueError as e:
-                raise EvalDataError(path, str(e), row=line) from None
-            out.append({"question": question, "answer": str(answer)})
-            if limit and len(out) >= limit:
-                break
-    except _Bad as e:
-        raise EvalDataError(path, str(e)) from None
+    with utf8_file(path):
+        try:
+            for line, record in iter_jsonl(path, _Bad, objects_only=True):
+                question, answer = record.get("question"), record.get("answer")
+                if not isinstance(question, str) or not question.strip() or answer is None:
+                    raise EvalDataError(path, "expected {\"question\": str, \"answer\": ...}", row=line)
+                try:
+                    reference_value(str(answer))
+                except ValueError as e:
+                    raise EvalDataError(path, str(e), row=line) from None
+                out.append({"question": question, "answer": str(answer)})
+                if limit and len(out) >= limit:
+                    break
+        except _Bad as e:
+            raise EvalDataError(path, str(e)) from None
     if not out:
         raise EvalDataError(path, "holds no problems")
     return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from megactllm.eval.errors import EvalSetupError
+
 
 @dataclass(frozen=True)
 class TokenRequest:
@@ -41,7 +43,7 @@ def truncated(request: TokenRequest, max_length: int) -> TokenRequest:
     if not cont:
         raise ValueError("a request needs at least one continuation token")
     if len(cont) > max_length:
-        raise ValueError(f"continuation of {len(cont)} tokens does not fit the model's {max_length}-token window")
+        raise EvalSetupError(f"continuation of {len(cont)} tokens does not fit the model's {max_length}-token window")
     if len(ctx) + len(cont) - 1 <= max_length:
         return request
     inputs = (ctx + cont)[-(max_length + 1):][:-1]
@@ -76,7 +78,7 @@ def prefix_token(bos_id: Optional[int], eos_id: Optional[int], where: str = "the
     if bos_id is not None:
         return int(bos_id)
     if eos_id is None:
-        raise ValueError(f"{where} names neither a BOS nor an EOS token: no token to start a text from")
+        raise EvalSetupError(f"{where} names neither a BOS nor an EOS token: no token to start a text from")
     return int(eos_id)
 
 

@@ -12,6 +12,7 @@ from typing import Optional, TextIO
 
 from megactllm.eval import prompts
 from megactllm.eval.backends.base import Backend
+from megactllm.eval.errors import EvalSetupError
 from megactllm.eval.progress import Progress
 from megactllm.eval.requests import TokenRequest, encode_pair
 from megactllm.eval.scoring import MODES, argmax, SubjectScore, choice_metrics, extract_letter, subject_score
@@ -58,9 +59,9 @@ def evaluate_subjects(backend: Backend, subjects: list[Subject], shots: int = 0,
                       limit: Optional[int] = None, log_samples: bool = False,
                       progress_stream: Optional[TextIO] = STDERR) -> MCResult:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+        raise EvalSetupError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     if mode == "letter" and any(s.benchmark == "jsonl" for s in subjects):
-        raise ValueError("letter mode needs lettered options; jsonl tasks score choice texts (use loglikelihood)")
+        raise EvalSetupError("letter mode needs lettered options; jsonl tasks score choice texts (use loglikelihood)")
     encode = _Encoder(backend)
     start = time.perf_counter()
     work = [(s, q) for s in subjects for q in (s.questions[:limit] if limit else s.questions)]

@@ -16,7 +16,7 @@ is a directory AutoTokenizer loads (README section 5):
 """
 from __future__ import annotations
 
-from megactllm.common.command import CommandParser, entry_point, need_path, user_errors
+from megactllm.common.command import CommandParser, entry_point, need_path
 from megactllm.tokenizer.train import CHAT_PIECES
 
 
@@ -101,13 +101,12 @@ def _extend(args) -> int:
     if os.path.isdir(args.model):
         return _extend_bpe(args)
     from megactllm.tokenizer import load_tokenizer
-    from megactllm.tokenizer.extend import extend_sentencepiece, frequent_unsplit_words
+    from megactllm.tokenizer.extend import extend_sentencepiece, frequent_unsplit_words, read_pieces
 
     need_path(args.model, "--model", "file")
     pieces = list(args.pieces)
     if args.pieces_file:
-        with open(need_path(args.pieces_file, "--pieces-file", "file"), encoding="utf-8") as f:
-            pieces.extend(line.strip() for line in f if line.strip())
+        pieces.extend(read_pieces(need_path(args.pieces_file, "--pieces-file", "file")))
     if args.from_corpus:
         from megactllm.tokenizer.train import iter_training_text
 
@@ -129,5 +128,6 @@ def main(argv=None, prog=None) -> int:
     _add_train(sub)
     _add_extend(sub)
     args = parser.parse_args(argv)
-    with user_errors(ValueError, FileNotFoundError):
-        return _train(args) if args.command == "train" else _extend(args)
+    # Their user errors are TokenizerFileError, BPEExtensionError, InputError and friends (all
+    # UserErrors); anything else is a bug and keeps its traceback.
+    return _train(args) if args.command == "train" else _extend(args)

@@ -67,6 +67,16 @@ def load_model_proto(model_path: str) -> model_pb2.ModelProto:
     return proto
 
 
+def read_pieces(path: str) -> list[str]:
+    """One piece per line of a UTF-8 text file, blank lines skipped; other bytes are an error naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise TokenizerFileError(f"pieces file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _clean(pieces: Iterable[str]) -> list[str]:
     seen, out = set(), []
     for piece in pieces:

@@ -324,6 +324,9 @@ def frequent_new_words(texts: Iterable[str], tokenizer_json: str, top_k: int = 1
 
     from .extend import frequent_unsplit_words
 
+    # A missing or unusable tokenizer.json is a BPEExtensionError naming it, not tokenizers' bare Exception.
+    named = os.path.basename(tokenizer_json) == "tokenizer.json"
+    _read_tokenizer_json((os.path.dirname(tokenizer_json) or ".") if named else tokenizer_json)
     tok = Tokenizer.from_file(tokenizer_json)
 
     class _ByteLevelView:  # frequent_unsplit_words asks token_to_id of the word's text

@@ -55,12 +55,26 @@ def iter_training_text(inputs: Sequence[str], keys: Sequence[str], input_format:
                             yield para.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
-def train_sentencepiece(config: TokenizerTrainingSettings) -> str:
-    """Trains and returns the path of `{model_prefix}.model` (a `.vocab` is written beside it)."""
+def check_settings(config: TokenizerTrainingSettings) -> None:
+    """The settings SentencePiece would refuse with an opaque RuntimeError, named here instead."""
     specials = [config.unk_piece, config.bos_piece, config.eod_piece, config.pad_piece]
     clashes = [p for p in config.user_defined if p in specials]
     if clashes:
         raise TokenizerFileError(f"user-defined pieces {clashes} clash with the unk/bos/eod/pad pieces")
+    reserved = len(specials) + len(set(config.user_defined))
+    if config.vocab_size <= reserved:
+        raise TokenizerFileError(f"vocab_size {config.vocab_size} leaves no room for learned pieces: {reserved} ids go to "
+                                 "the unk/bos/eod/pad and user-defined pieces")
+    if not 0.98 <= config.character_coverage <= 1.0:  # SentencePiece's own bounds
+        raise TokenizerFileError(f"character_coverage {config.character_coverage} must be in 0.98..1.0")
+    for name in ("max_sentence_length", "num_threads"):  # max_sentences 0: no sampling
+        if getattr(config, name) < 1:
+            raise TokenizerFileError(f"{name} must be 1 or more, got {getattr(config, name)}")
+
+
+def train_sentencepiece(config: TokenizerTrainingSettings) -> str:
+    """Trains and returns the path of `{model_prefix}.model` (a `.vocab` is written beside it)."""
+    check_settings(config)
     parent = os.path.dirname(config.model_prefix)
     if parent:
         os.makedirs(parent, exist_ok=True)

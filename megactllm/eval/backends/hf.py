@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from megactllm.eval.backends.base import Backend, Progress, batches_of_groups, cut_at_stop
+from megactllm.eval.errors import EvalSetupError
 from megactllm.eval.requests import TokenRequest, group_by_prefix
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -32,8 +33,12 @@ class HFBackend(Backend):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], local_files_only=True)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], local_files_only=True)
+        except (OSError, ValueError) as exc:  # transformers' words for a directory it cannot load
+            reason = " ".join(str(exc).split())
+            raise EvalSetupError(f"{path}: transformers cannot load this model directory: {reason}") from exc
         self.model.to(self.device).eval()
         config = self.model.config
         self.max_length = max_length or getattr(config, "max_position_embeddings", None) or 2048
@@ -130,7 +135,7 @@ class HFBackend(Backend):
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """Prompt ids through the tokenizer's own chat template, ending with the open assistant turn."""
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.path}: the tokenizer has no chat template; generation tasks need a chat model")
+            raise EvalSetupError(f"{self.path}: the tokenizer has no chat template; generation tasks need a chat model")
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from megactllm.common.jsonl import jsonl_lines
-from megactllm.eval.errors import EvalDataError
+from megactllm.eval.errors import EvalDataError, EvalSetupError, utf8_file
 from megactllm.eval.tasks.csv_files import LETTERS, answer_index, column_index, read_rows
 from megactllm.eval.tasks.subject_names import read_mapping, subject_info
 
@@ -83,7 +83,9 @@ def _csv_questions(path: Path, layout: _Layout) -> list[Question]:
 
 def _jsonl_questions(path: Path) -> list[Question]:
     out = []
-    for number, line in jsonl_lines(path, encoding="utf-8-sig"):
+    with utf8_file(path):
+        lines = list(jsonl_lines(path, encoding="utf-8-sig"))
+    for number, line in lines:
         try:
             record = json.loads(line)
             question, choices, answer = record["question"], list(record["choices"]), record["answer"]
@@ -112,9 +114,9 @@ def load_benchmark(benchmark: str, data_dir, subjects: Optional[list[str]] = Non
     """The subjects of `benchmark` under data_dir (all, or those named), each with its dev questions
     when shots > 0."""
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+        raise EvalSetupError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     if not 0 <= shots <= 5:
-        raise ValueError(f"shots must be 0-5 (the dev split holds 5 questions per subject), got {shots}")
+        raise EvalSetupError(f"shots must be 0-5 (the dev split holds 5 questions per subject), got {shots}")
     root = Path(data_dir)
     if benchmark == "jsonl":
         return _load_jsonl(root, subjects, shots)

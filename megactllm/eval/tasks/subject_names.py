@@ -18,7 +18,7 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from megactllm.eval.errors import EvalDataError
+from megactllm.eval.errors import EvalDataError, utf8_file
 
 _TABLES = Path(__file__).with_name("subjects")
 FALLBACK_CATEGORY = "Other"
@@ -43,7 +43,8 @@ def read_mapping(root: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        with utf8_file(path):
+            mapping = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise EvalDataError(path, f"not valid JSON: {e}") from None
     bad = [k for k, v in mapping.items() if not isinstance(v, dict)] if isinstance(mapping, dict) else ["(top level)"]

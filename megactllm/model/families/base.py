@@ -251,19 +251,24 @@ class ModelFamily:
         return {}
 
     # --- counts ----------------------------------------------------------------------------------
+    def _attention_parameters(self, model: ModelConfig) -> tuple[int, int]:
+        """(tensor-parallel-split, replicated) parameters of one layer's attention: QKV (with its bias
+        under add_qkv_bias), the projection, the Q/K norms and the layer's two RMSNorm weights."""
+        h, d = model.hidden_size, model.head_dim
+        q, kv = model.num_attention_heads * d, model.num_kv_heads * d
+        split = h * (q + 2 * kv) + q * h + (q + 2 * kv if model.add_qkv_bias else 0)
+        replicated = 2 * h + (2 * d if model.qk_layernorm else 0)
+        return split, replicated
+
     def layer_parameters(self, model: ModelConfig) -> tuple[int, int]:
         """(tensor-parallel-split, replicated) parameters of one transformer layer."""
-        h, f, d = model.hidden_size, model.ffn_hidden_size, model.head_dim
-        q, kv = model.num_attention_heads * d, model.num_kv_heads * d
-        split = h * (q + 2 * kv) + q * h + 3 * h * f  # QKV, projection, SwiGLU fc1 (2f) and fc2
-        replicated = 2 * h  # the two RMSNorm weights
-        if model.add_bias_linear:
-            split += q + 2 * kv + 2 * f
+        h, f = model.hidden_size, model.ffn_hidden_size
+        split, replicated = self._attention_parameters(model)
+        split += 3 * h * f  # SwiGLU fc1 (2f) and fc2
+        if model.add_bias_linear:  # QKV's bias (unless add_qkv_bias counted it) and fc1's split; proj's, fc2's not
+            qkv = (model.num_attention_heads + 2 * model.num_kv_heads) * model.head_dim
+            split += (0 if model.add_qkv_bias else qkv) + 2 * f
             replicated += 2 * h
-        elif model.add_qkv_bias:
-            split += q + 2 * kv
-        if model.qk_layernorm:
-            replicated += 2 * d
         return split, replicated
 
     def num_parameters(self, model: ModelConfig) -> int:
@@ -274,10 +279,15 @@ class ModelFamily:
 
     def flops_per_token(self, model: ModelConfig, seq_length: Optional[int] = None) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), attention included."""
+        return self._training_flops(model, model.num_layers * 3 * model.hidden_size * model.ffn_hidden_size, seq_length)
+
+    def _training_flops(self, model: ModelConfig, mlps: int, seq_length: Optional[int]) -> float:
+        """3 x 2 FLOPs per weight a token passes (attention's, `mlps`: its MLPs' in all layers, the
+        output layer's) plus the attention scores."""
         s = seq_length or model.seq_length
-        h, f, l = model.hidden_size, model.ffn_hidden_size, model.num_layers
+        h, l = model.hidden_size, model.num_layers
         q = model.num_attention_heads * model.head_dim
         kv = model.num_kv_heads * model.head_dim
-        dense = l * (h * (q + 2 * kv) + q * h + 3 * h * f) + model.vocab_size * h
+        dense = l * (h * (q + 2 * kv) + q * h) + mlps + model.vocab_size * h
         attention = l * 2 * s * q  # QK^T and AV, per token (causal halving ignored, as Megatron does)
         return 3 * 2 * (dense + attention)

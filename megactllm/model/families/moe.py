@@ -87,12 +87,24 @@ def moe_pattern_from_hf(hf: dict, layers: int, where: str) -> Optional[list]:
 
 
 class MoEFamily(ModelFamily):
-    """A LLaMA-style decoder whose MLPs are (some of them) mixtures of experts."""
+    """What a mixture-of-experts family adds to its dense family (experts, router, shared expert).
+
+    Listed first among the bases (class Qwen3MoeFamily(MoEFamily, Qwen3Family)) so that its methods
+    run before the dense family's and reach them through super(): the attention, RoPE and HF
+    fields are the dense family's, written once there."""
 
     moe = True
     shared_expert: bool = False  # the family's HF class always has a (gated) shared expert
 
     # --- Hugging Face config.json <-> ModelConfig -------------------------------------------------
+    # The dense family's config mapping calls these, so its fields and refusals come with the MoE ones.
+    def _common_from_hf(self, hf: dict, where: str, refused: dict) -> dict:
+        fields = super()._common_from_hf(hf, where, refused)
+        return {**fields, **self._moe_from_hf(hf, where, fields["num_layers"])}
+
+    def _common_to_hf(self, model: ModelConfig) -> dict:
+        return {**super()._common_to_hf(model), **self._moe_to_hf(model)}
+
     def _moe_from_hf(self, hf: dict, where: str, layers: int) -> dict:
         experts = hf.get("num_experts", hf.get("num_local_experts"))
         if not experts:
@@ -235,16 +247,6 @@ class MoEFamily(ModelFamily):
             writer.add_expert_shared_feed_forward_length(model.moe_shared_expert_intermediate_size)
 
     # --- counts ----------------------------------------------------------------------------------
-    def _attention_parameters(self, model: ModelConfig) -> int:
-        h, d = model.hidden_size, model.head_dim
-        q, kv = model.num_attention_heads * d, model.num_kv_heads * d
-        n = h * (q + 2 * kv) + q * h + 2 * h  # QKV, projection, the two norms
-        if model.add_qkv_bias:
-            n += q + 2 * kv
-        if model.qk_layernorm:
-            n += 2 * d
-        return n
-
     def _moe_mlp_parameters(self, model: ModelConfig, experts: int) -> int:
         """An MoE MLP's parameters counting `experts` routed experts (all of them, or the top k)."""
         h, f, s = model.hidden_size, model.moe_ffn_hidden_size, model.moe_shared_expert_intermediate_size or 0
@@ -255,10 +257,11 @@ class MoEFamily(ModelFamily):
 
     def _count(self, model: ModelConfig, experts_of: callable) -> int:
         h = model.hidden_size
+        attention = sum(self._attention_parameters(model))
         total = 0
         for moe in model.moe_layers():
             mlp = self._moe_mlp_parameters(model, experts_of(model)) if moe else 3 * h * model.ffn_hidden_size
-            total += self._attention_parameters(model) + mlp
+            total += attention + mlp
         embeddings = model.vocab_size * h * (1 if model.tie_word_embeddings else 2)
         return total + embeddings + h
 
@@ -277,33 +280,24 @@ class MoEFamily(ModelFamily):
     def layer_parameters(self, model: ModelConfig) -> tuple[int, int]:
         """(tensor-parallel-split, replicated) parameters of an average layer, routed experts excluded
         (expert_parameters counts them: they split over EP x expert TP, not TP)."""
-        h, d = model.hidden_size, model.head_dim
-        q, kv = model.num_attention_heads * d, model.num_kv_heads * d
+        h = model.hidden_size
         layers = model.num_layers
         moe_layers = sum(model.moe_layers())
         s = model.moe_shared_expert_intermediate_size or 0
-        split = h * (q + 2 * kv) + q * h + (q + 2 * kv if model.add_qkv_bias else 0)
+        split, replicated = self._attention_parameters(model)
         split += ((layers - moe_layers) * 3 * h * model.ffn_hidden_size + moe_layers * 3 * h * s) // layers
-        replicated = 2 * h + (2 * d if model.qk_layernorm else 0)
         replicated += moe_layers * (model.num_moe_experts * h + (h if model.moe_shared_expert_gate else 0)) // layers
         return split, replicated
 
     def flops_per_token(self, model: ModelConfig, seq_length: Optional[int] = None) -> float:
         """Training FLOPs per token (3x forward), counting the experts a token is routed to (active)."""
-        s = seq_length or model.seq_length
         h = model.hidden_size
-        q = model.num_attention_heads * model.head_dim
-        kv = model.num_kv_heads * model.head_dim
-        per_layer = 0
+        mlps = 0
         for moe in model.moe_layers():
-            attention = h * (q + 2 * kv) + q * h
             if moe:
-                mlp = model.num_moe_experts * h + model.moe_router_topk * 3 * h * model.moe_ffn_hidden_size
-                mlp += 3 * h * (model.moe_shared_expert_intermediate_size or 0)
-                mlp += h if model.moe_shared_expert_gate else 0
+                mlps += model.num_moe_experts * h + model.moe_router_topk * 3 * h * model.moe_ffn_hidden_size
+                mlps += 3 * h * (model.moe_shared_expert_intermediate_size or 0)
+                mlps += h if model.moe_shared_expert_gate else 0
             else:
-                mlp = 3 * h * model.ffn_hidden_size
-            per_layer += attention + mlp
-        dense = per_layer + model.vocab_size * h
-        attention_scores = model.num_layers * 2 * s * q
-        return 3 * 2 * (dense + attention_scores)
+                mlps += 3 * h * model.ffn_hidden_size
+        return self._training_flops(model, mlps, seq_length)

@@ -4,32 +4,17 @@ top-k probabilities, no shared expert."""
 from __future__ import annotations
 
 from megactllm.config import ModelConfig
-from megactllm.model.families.llama import rope_from_hf
 from megactllm.model.families.moe import MoEFamily
+from megactllm.model.families.qwen3 import Qwen3Family
 
 
-class Qwen3MoeFamily(MoEFamily):
+class Qwen3MoeFamily(MoEFamily, Qwen3Family):
     name = "qwen3_moe"
     hf_architecture = "Qwen3MoeForCausalLM"
     hf_model_type = "qwen3_moe"
     gguf_architecture = "qwen3moe"
-    gguf_permutes_qk = False
-
-    def model_config_from_hf(self, hf: dict, where: str) -> ModelConfig:
-        refused = {
-            "attention_bias": (bool(hf.get("attention_bias", False)), False),
-            "use_sliding_window": (bool(hf.get("use_sliding_window", False)), False),
-        }
-        fields = self._common_from_hf(hf, where, refused)
-        fields.update(self._moe_from_hf(hf, where, fields["num_layers"]))
-        return ModelConfig(**fields, qk_layernorm=True, **rope_from_hf(hf, where, allow_llama3=False))
 
     def hf_config_from_model(self, model: ModelConfig) -> dict:
-        return {
-            **self._common_to_hf(model),
-            **self._moe_to_hf(model),
-            "attention_bias": False,
-            "use_sliding_window": False,
-            "sliding_window": None,
-            "max_window_layers": model.num_layers,
-        }
+        config = super().hf_config_from_model(model)
+        del config["layer_types"]  # Qwen3MoeConfig has no layer_types: every layer attends fully
+        return config
