@@ -14,10 +14,17 @@ from megactllm.convert.dist_reader import DistCheckpointFiles, _loaded_record, _
 from megactllm.convert.process_group import single_process_group
 
 
-def _record_file(tmp_path, obj, junk=37):
-    """torch.save's bytes of `obj` inside a file, after `junk` other bytes (as records lie in a .distcp)."""
+def _record_file(tmp_path, obj, junk=37, crc=True):
+    """torch.save's bytes of `obj` inside a file, after `junk` other bytes (as records lie in a .distcp);
+    crc=False as the importer's writer saves them."""
+    from torch.utils.serialization import config
+
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    config.save.compute_crc32 = crc
+    try:
+        torch.save(obj, buffer)
+    finally:
+        config.save.compute_crc32 = True
     path = tmp_path / "records.distcp"
     path.write_bytes(b"x" * junk + buffer.getvalue() + b"y" * 11)
     return path, junk, len(buffer.getvalue())
@@ -32,9 +39,10 @@ def _record_file(tmp_path, obj, junk=37):
     lambda: torch.randn(8)[2:6],                          # a view into a larger storage, at an offset
     lambda: torch.tensor(3.5),                            # no dimensions
 ], ids=["f32", "transposed", "bf16", "int64", "f16", "offset-view", "scalar"])
-def test_a_mapped_record_is_what_torch_load_reads(tmp_path, make):
+@pytest.mark.parametrize("crc", [True, False], ids=["crc", "no-crc"])
+def test_a_mapped_record_is_what_torch_load_reads(tmp_path, make, crc):
     tensor = make()
-    path, start, length = _record_file(tmp_path, tensor)
+    path, start, length = _record_file(tmp_path, tensor, crc=crc)
     mapped = _mapped_record(path, start, length, tensor.dtype)
     assert mapped.dtype == tensor.dtype and mapped.shape == tensor.shape and mapped.stride() == tensor.stride()
     assert torch.equal(mapped, tensor)
@@ -83,6 +91,25 @@ def test_regions_across_chunks_equal_megatron_cores_own_load(tmp_path):
     stacked = torch.arange(24.0).reshape(4, 3, 2)
     assert torch.equal(files.read("layers", (2,), (1,))[0], stacked[2])
     assert torch.equal(files.read("layers"), stacked)
+
+
+def test_the_importers_records_are_mapped_not_loaded(tmp_path, monkeypatch):
+    """Every tensor chunk the importer writes takes the mapped path (torch.load is the fallback only)."""
+    from test_convert_stream import _hf_dir
+
+    import megactllm.convert.dist_reader as dist_reader
+    from megactllm.convert import import_from_hf
+
+    checkpoint = import_from_hf(_hf_dir(tmp_path, "qwen3", layers=2), tmp_path / "ckpt", progress_stream=None).checkpoint
+
+    def no_fallback(*args):
+        raise AssertionError("a record fell back to torch.load")
+
+    monkeypatch.setattr(dist_reader, "_loaded_record", no_fallback)
+    files = DistCheckpointFiles(checkpoint / "model")
+    for key in files.metadata.state_dict_metadata:
+        if key in {k for k, _ in files._storage}:
+            assert files.read(key).numel() > 0
 
 
 def test_export_of_a_checkpoint_with_changed_bytes_is_refused_and_leaves_nothing(tmp_path):

@@ -73,24 +73,31 @@ class _TensorPickle(pickle.Unpickler):
         return pid[2]  # ('storage', type, key, location, numel)
 
 
+def _member_start(f, start: int, info: zipfile.ZipInfo) -> int:
+    """File offset of a stored (uncompressed) archive member's bytes. Read past zipfile, which
+    insists on the member's CRC-32: torch.save may leave it out (the manifest checks the files)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise _OtherFormat(f"{info.filename} is compressed")
+    header = os.pread(f.fileno(), 30, start + info.header_offset)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise _OtherFormat("no local file header")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return start + info.header_offset + 30 + name_length + extra_length
+
+
 def _mapped_record(path: Path, start: int, length: int, dtype: torch.dtype) -> torch.Tensor:
     with open(path, "rb") as f:
         archive = zipfile.ZipFile(_FileSlice(f, start, length))
-        pickled = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        pickled = [info for info in archive.infolist() if info.filename.endswith("/data.pkl")]
         if len(pickled) != 1:
             raise _OtherFormat("no single data.pkl")
-        rebuilt = _TensorPickle(io.BytesIO(archive.read(pickled[0]))).load()
+        pickle_bytes = os.pread(f.fileno(), pickled[0].file_size, _member_start(f, start, pickled[0]))
+        rebuilt = _TensorPickle(io.BytesIO(pickle_bytes)).load()
         if not (isinstance(rebuilt, tuple) and len(rebuilt) == 4):
             raise _OtherFormat("not a tensor")
         key, offset, size, stride = rebuilt
-        info = archive.getinfo(pickled[0][: -len("data.pkl")] + f"data/{key}")
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise _OtherFormat("compressed storage")
-        header = os.pread(f.fileno(), 30, start + info.header_offset)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
-            raise _OtherFormat("no local file header")
-        name_length, extra_length = struct.unpack("<HH", header[26:30])
-        data_start = start + info.header_offset + 30 + name_length + extra_length
+        info = archive.getinfo(pickled[0].filename[: -len("data.pkl")] + f"data/{key}")
+        data_start = _member_start(f, start, info)
     storage = map_bytes(path, data_start, info.file_size).view(dtype)
     return storage.as_strided(size, stride, offset)
 
