@@ -116,12 +116,12 @@ def test_killed_import_reruns_to_the_same_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "ckpt"
     real_write, written = DistCheckpointWriter.write, []
 
-    def dies_after_two(self, group, state):
+    def dies_after_two(self, group, *state):
         if len(written) == 2:
             # What a kill leaves: the group's data file half written and no index for it.
             (self.model_dir / f"__{group}_0.distcp").write_bytes(b"torn")
             raise KeyboardInterrupt("killed")
-        real_write(self, group, state)
+        real_write(self, group, *state)
         written.append(group)
 
     monkeypatch.setattr(DistCheckpointWriter, "write", dies_after_two)
@@ -216,3 +216,16 @@ def test_killed_export_reruns_to_the_same_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == reference
     for name in reference:
         assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+def test_a_fused_parameter_is_written_from_its_parts_or_filled_when_cut_otherwise():
+    from megactllm.convert.dist_writer import Concatenation
+
+    gate, up = torch.randn(4, 3), torch.randn(4, 3)
+    placeholder = torch.empty(8, 3)
+    fused = Concatenation(placeholder, [gate, up])
+    top, bottom = placeholder.chunk(2)
+    assert fused.resolve(bottom).data_ptr() == up.data_ptr() and fused.resolve(top).data_ptr() == gate.data_ptr()
+    assert not fused.filled, "chunks that are parts need no concatenated copy"
+    middle = placeholder[2:6]  # a cut across both parts (another layout): the placeholder is filled first
+    assert torch.equal(fused.resolve(middle), torch.cat([gate, up])[2:6]) and fused.filled

@@ -83,6 +83,34 @@ def _without_torch_record_crc():
         config.save.compute_crc32 = before
 
 
+class Concatenation:
+    """A parameter left unfilled (`placeholder`) whose value is `parts` laid end to end (a fused
+    gate/up projection). A chunk megatron-core cuts that is exactly one part is written from the
+    part itself: no concatenated copy, and no second copy by torch's writer, which copies any view
+    of a larger storage. A chunk of any other shape fills the placeholder first."""
+
+    def __init__(self, placeholder: torch.Tensor, parts: list[torch.Tensor]):
+        if sum(p.numel() for p in parts) != placeholder.numel():
+            raise ValueError("the parts do not make up the placeholder")
+        self.placeholder, self.parts, self.filled = placeholder, parts, False
+
+    def storage(self) -> int:
+        return self.placeholder.untyped_storage().data_ptr()
+
+    def resolve(self, view: torch.Tensor) -> torch.Tensor:
+        """The tensor to write for `view`, a view of the placeholder."""
+        if view.is_contiguous() and view.dtype == self.placeholder.dtype:
+            start = self.placeholder.storage_offset()
+            for part in self.parts:
+                if view.storage_offset() == start and view.numel() == part.numel():
+                    return part.reshape(view.shape)
+                start += part.numel()
+        if not self.filled:
+            torch.cat([p.reshape(-1) for p in self.parts], out=self.placeholder.view(-1))
+            self.filled = True
+        return view
+
+
 class DistCheckpointWriter:
     """Groups of megatron ShardedTensors/ShardedObjects -> one dist_checkpointing directory.
 
@@ -138,7 +166,8 @@ class DistCheckpointWriter:
         path.unlink()  # torn by a crash of the machine: the group is redone
         return False
 
-    def write(self, group: str, sharded_state_dict: dict) -> None:
+    def write(self, group: str, sharded_state_dict: dict, concatenations: tuple = ()) -> None:
+        """Write one group; `concatenations` are the group's parameters left for their parts to fill."""
         from megatron.core.dist_checkpointing.state_dict_utils import save_preprocess
         from megatron.core.dist_checkpointing.strategies.torch import (
             MCoreSavePlanner,
@@ -156,7 +185,8 @@ class DistCheckpointWriter:
         if common:
             raise ConversionError(f"group {group}: unexpected non-sharded state {sorted(common)} (megatron-core changed?)")
         flat, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded, keep_only_main_replica=True)
-        flat = {key: [_without_prepended_axes(item) for item in items] for key, items in flat.items()}
+        by_storage = {c.storage(): c for c in concatenations}
+        flat = {key: [_without_prepended_axes(_resolved(item, by_storage)) for item in items] for key, items in flat.items()}
         writer = _group_writer_class()(self.model_dir, prefix)
         with _without_torch_record_crc():
             state_dict_saver.save(mcore_to_pyt_state_dict(flat, False), storage_writer=writer,
@@ -208,6 +238,16 @@ class DistCheckpointWriter:
         save_config(CheckpointingConfig("torch_dist", 1), str(self.model_dir))
         self._sealer.shutdown()
         return checksums
+
+
+def _resolved(item, concatenations: dict):
+    """A ShardedTensor over a Concatenation's placeholder, with the data its chunk should hold."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    if not isinstance(item, ShardedTensor) or not concatenations:
+        return item
+    owner = concatenations.get(item.data.untyped_storage().data_ptr())
+    return item if owner is None else dataclasses.replace(item, data=owner.resolve(item.data))
 
 
 def _without_prepended_axes(item):

@@ -48,7 +48,7 @@ from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import SafetensorsCheckpoint
 from megactllm.model.families import family_of
-from megactllm.model.families.moe import HF_FUSED_DOWN, HF_FUSED_GATE_UP, MOE_PRE_MLP_NORM, expert_of
+from megactllm.model.families.moe import GATE_UP_KEYS, HF_FUSED_DOWN, HF_FUSED_GATE_UP, MOE_PRE_MLP_NORM, expert_of
 from megactllm.tokenizer.vocab_fit import (
     ExtensionReport,
     check_tokenizer_fits,
@@ -228,8 +228,19 @@ class _Filler:
         self.layers = HfLayerTensors(weights, model)
 
     def _layer_tensor(self, i: int, key: str, expert: Optional[int] = None) -> torch.Tensor:
+        return layout.to_megatron(key, self._layer_parts(i, key, expert), self.model)
+
+    def _layer_parts(self, i: int, key: str, expert: Optional[int] = None) -> list[torch.Tensor]:
         names = layout.layer_tensors_at(self.model, i)[(key, expert)]
-        return layout.to_megatron(key, [self.layers.read(i, n) for n in names], self.model)
+        return [self.layers.read(i, n) for n in names]
+
+    def gate_up_parts(self, param_name: str) -> Optional[list[torch.Tensor]]:
+        """The HF gate and up tensors of a fused gate/up parameter, else None."""
+        _, _, index, rest = param_name.split(".", 3)
+        found = self._layer_key(int(index), rest)
+        if found is None or found[0] not in GATE_UP_KEYS:
+            return None
+        return self._layer_parts(int(index), *found)
 
     def _layer_key(self, i: int, rest: str) -> Optional[tuple[str, Optional[int]]]:
         """(megatron key, expert) of a parameter `rest` within layer i, if the family maps it."""
@@ -372,14 +383,15 @@ class _GroupBuilder:
 
         return sharded_tensor(key, self.filler.tensor_for(key).to(self.job.dtype).contiguous(), **kwargs)
 
-    def build(self, group: str) -> dict:
+    def build(self, group: str) -> tuple[dict, tuple]:
+        """(sharded state dict, dist_writer.Concatenations) of one group."""
         if group == "embedding":
-            return {layout.EMBEDDING: self._top(layout.EMBEDDING, tp_axis=0, allow_shape_mismatch=True)}
+            return {layout.EMBEDDING: self._top(layout.EMBEDDING, tp_axis=0, allow_shape_mismatch=True)}, ()
         if group == "head":
             state = {layout.FINAL_NORM: self._top(layout.FINAL_NORM)}
             if not self.job.model.tie_word_embeddings:
                 state[layout.OUTPUT_LAYER] = self._top(layout.OUTPUT_LAYER, tp_axis=0, allow_shape_mismatch=True)
-            return state
+            return state, ()
         return self._layer(int(group[len("layer"):]))
 
     def _layer(self, i: int) -> dict:
@@ -388,21 +400,34 @@ class _GroupBuilder:
         from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
         from megatron.core.transformer.spec_utils import build_module
 
+        from megactllm.convert.dist_writer import Concatenation
+
         layer = build_module(self.layer_specs[i], config=self.config, layer_number=i + 1)
+        concatenations = []
         with torch.no_grad():
             for name, param in layer.named_parameters():
-                source = self.filler.tensor_for(f"decoder.layers.{i}.{name}")
-                if tuple(source.shape) != tuple(param.shape):
-                    raise ConversionError(f"decoder.layers.{i}.{name}: HF gives {tuple(source.shape)}, "
-                                          f"the model has {tuple(param.shape)}")
-                param.data = source.to(param.dtype).contiguous()  # replaces the never-touched empty buffer
+                param_name = f"decoder.layers.{i}.{name}"
+                parts = self.filler.gate_up_parts(param_name)
+                if parts is not None:  # written from the HF tensors themselves (dist_writer.Concatenation)
+                    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+                    parts = [p.to(param.dtype).contiguous() for p in parts]
+                else:
+                    source = self.filler.tensor_for(param_name)
+                    shape = tuple(source.shape)
+                if tuple(shape) != tuple(param.shape):
+                    raise ConversionError(f"{param_name}: HF gives {tuple(shape)}, the model has {tuple(param.shape)}")
+                if parts is not None:
+                    param.data = torch.empty(param.shape, dtype=param.dtype)  # untouched unless a chunk needs it
+                    concatenations.append(Concatenation(param.data, parts))
+                else:
+                    param.data = source.to(param.dtype).contiguous()  # replaces the never-touched empty buffer
         prefix = f"decoder.layers.{i}."
         if _non_homogeneous_layers(self.config):
             state = layer.sharded_state_dict(prefix, [], None)
         else:
             state = layer.sharded_state_dict(prefix, [(0, i, self.config.num_layers)], None)
             replace_prefix_for_sharding(state, prefix, "decoder.layers.")
-        return state
+        return state, tuple(concatenations)
 
 
 def _group_bytes(job: _StreamJob, group: str) -> int:
@@ -426,7 +451,7 @@ def _write_groups(job: _StreamJob, groups: list[str], progress: Optional[Convers
         for group in groups:
             if writer.has(group):
                 continue
-            writer.write(group, builder.build(group))
+            writer.write(group, *builder.build(group))
             if progress is not None:
                 progress.update(_group_bytes(job, group), group)
     return groups
