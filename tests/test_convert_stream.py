@@ -208,7 +208,7 @@ def test_killed_export_reruns_to_the_same_files(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_to_hf(checkpoint, out, max_shard_bytes=300 * 2**10, progress_stream=None)
     assert not out.exists() and not (tmp_path / "out.resume" / "config.json").exists()
-    assert sorted(p.name for p in (tmp_path / "out.resume" / ".groups").iterdir()) == ["embedding", "layer000000"]
+    assert sorted(p.name for p in (tmp_path / "out.resume" / ".groups").iterdir()) == ["embedding", "head"]
     monkeypatch.setattr(export_module, "hf_group_tensors", real_groups)
 
     export_to_hf(checkpoint, out, max_shard_bytes=300 * 2**10, progress_stream=None, workers=2)

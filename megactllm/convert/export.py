@@ -152,7 +152,8 @@ def _group_of(hf_name: str) -> str:
 
 def _run_export_groups(job: _ExportJob, reader, workers: int, progress: ConversionProgress) -> None:
     groups = export_groups(reader.model)
-    todo = [g for g in groups if not (job.done_dir / g).exists()]
+    # The largest first: the last group's sealing (fsync) is the one nothing overlaps.
+    todo = sorted((g for g in groups if not (job.done_dir / g).exists()), key=lambda g: not g.startswith(("embedding", "head")))
     group_bytes = dict.fromkeys(groups, 0)
     for spec in hf_tensor_plan(reader.model, job.dtype):
         group_bytes[_group_of(spec.name)] += spec.nbytes
