@@ -38,6 +38,9 @@ KNOWN_NOISE = [
     (r"`load_state_dict` is deprecated and will be removed", FutureWarning, "megatron-internal call"),
     # megatron-core's dist checkpointing builds torch ShardedTensors; nothing the user can change.
     (r"Please use DTensor instead and we are deprecating ShardedTensor", FutureWarning, "megatron-internal call"),
+    # The streamed import saves each group in one process on purpose (convert.dist_writer, no_dist=True).
+    (r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to save in a single process",
+     UserWarning, "intended single-process save"),
 ]
 # The Hugging Face Hub's switch for its bars and transformers' (read when they are imported).
 PROGRESS_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"

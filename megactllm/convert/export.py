@@ -101,7 +101,7 @@ class _ExportJob:
     done_dir: Path
 
 
-def _export_groups(job: _ExportJob, groups: list[str], reader=None, progress=None) -> list[str]:
+def _export_groups(job: _ExportJob, groups: list[str], reader: MegatronCheckpointReader, progress=None) -> list[str]:
     """Write `groups` into the planned shards at their offsets. A group is marked done by a thread
     beside the writing one, after fsyncing the shards it wrote to (the disk overlaps the next group's
     work): a crashed machine's rerun never keeps a group whose bytes did not reach the disk."""
@@ -126,20 +126,15 @@ def _export_groups(job: _ExportJob, groups: list[str], reader=None, progress=Non
                 future.result()
         files.close()
 
-    if reader is not None:
-        run(reader)
-    else:
-        with single_process_group():
-            run(MegatronCheckpointReader(job.checkpoint, checksums="skip"))  # the parent checks them
+    run(reader)
     return groups
 
 
-def _worker_export_groups(job: _ExportJob, groups: list[str]) -> list[str]:
-    from megactllm.output import configure_output
-
-    configure_output(verbose=False)
-    torch.set_num_threads(1)
-    return _export_groups(job, groups)
+def _worker_setup(job: _ExportJob, stack):
+    """In a --workers process, once: its process group and checkpoint reader (convert.workers)."""
+    stack.enter_context(single_process_group())
+    reader = MegatronCheckpointReader(job.checkpoint, checksums="skip")  # the parent checks them
+    return lambda group: _export_groups(job, [group], reader)
 
 
 def _group_of(hf_name: str) -> str:
@@ -163,15 +158,10 @@ def _run_export_groups(job: _ExportJob, reader, workers: int, progress: Conversi
     if workers <= 1 or len(todo) <= 1:
         _export_groups(job, todo, reader, progress)
         return
-    import concurrent.futures
-    import multiprocessing
+    from megactllm.convert.workers import convert_in_workers
 
-    # Spawned, not forked: torch's thread pools and the process group do not survive a fork.
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker_export_groups, job, [g]): g for g in todo}
-        for future in concurrent.futures.as_completed(futures):
-            future.result()
-            progress.update(group_bytes[futures[future]], futures[future])
+    convert_in_workers(_worker_setup, job, todo, min(workers, len(todo)),
+                       lambda group: progress.update(group_bytes[group], group))
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -457,16 +457,25 @@ def _write_groups(job: _StreamJob, groups: list[str], progress: Optional[Convers
     return groups
 
 
-def _worker_write_groups(job: _StreamJob, groups: list[str]) -> list[str]:
-    from megactllm.output import configure_output
+def _worker_setup(job: _StreamJob, stack) -> Callable[[str], None]:
+    """In a --workers process, once: its process group, layer builder and writer (convert.workers)."""
+    from megactllm.convert.dist_writer import DistCheckpointWriter
 
-    configure_output(verbose=False)
-    torch.set_num_threads(1)
-    return _write_groups(job, groups)
+    stack.enter_context(single_process_group())
+    writer = stack.enter_context(DistCheckpointWriter(job.model_dir, job.index_dir))
+    builder = _GroupBuilder(job)
+
+    def convert(group: str) -> None:
+        if not writer.has(group):
+            writer.write(group, *builder.build(group))
+            writer.wait()  # sealed (synced, indexed) before the parent counts it done
+
+    return convert
 
 
 def _convert_groups(job: _StreamJob, workers: int, progress: ConversionProgress) -> None:
     from megactllm.convert.dist_writer import DistCheckpointWriter
+    from megactllm.convert.workers import convert_in_workers
 
     todo = [g for g in _groups(job.model) if not DistCheckpointWriter(job.model_dir, job.index_dir).has(g)]
     done = len(_groups(job.model)) - len(todo)
@@ -476,15 +485,8 @@ def _convert_groups(job: _StreamJob, workers: int, progress: ConversionProgress)
     if workers <= 1 or len(todo) <= 1:
         _write_groups(job, todo, progress)
         return
-    import concurrent.futures
-    import multiprocessing
-
-    # Spawned, not forked: torch's thread pools and the process group do not survive a fork.
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker_write_groups, job, [g]): g for g in todo}
-        for future in concurrent.futures.as_completed(futures):
-            future.result()
-            progress.update(_group_bytes(job, futures[future]), futures[future])
+    convert_in_workers(_worker_setup, job, todo, min(workers, len(todo)),
+                       lambda group: progress.update(_group_bytes(job, group), group))
 
 
 def _publish_model(run_dir: Path, cfg: Config, tokenizer_file: Path, adds_bos: Optional[bool],
