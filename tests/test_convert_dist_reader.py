@@ -164,3 +164,23 @@ def test_an_export_group_is_marked_done_only_after_its_shards_are_synced(tmp_pat
     export_to_hf(checkpoint, out, max_shard_bytes=300 * 2**10, progress_stream=None)
     for path in (tmp_path / "reference").iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_a_checkpoint_of_the_previous_release_reads_as_megatron_core_loads_it():
+    """Records megatron-core's training save wrote (format 1, by commit 2c88b3a): mapped, equal to its own load."""
+    from pathlib import Path
+
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    model_dir = Path(__file__).parent / "data" / "checkpoints" / "format1_2c88b3a" / "ckpt" / "iter_0000002" / "model"
+    files = DistCheckpointFiles(model_dir)
+    keys = {key for key, _ in files._storage}
+    assert any("linear_fc1" in key for key in keys) and "embedding.word_embeddings.weight" in keys
+    with single_process_group():
+        for key in sorted(keys):
+            meta = files.metadata.state_dict_metadata[key]
+            target = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+            theirs = dist_checkpointing.load({key: ShardedTensor.from_rank_offsets(key, target, replica_id=0)},
+                                             str(model_dir))[key]
+            assert torch.equal(files.read(key), theirs), key
