@@ -30,6 +30,7 @@ from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import PlannedSafetensorsFiles, TensorSpec
 from megactllm.convert.tokenizer_export import export_tokenizer
 from megactllm.model.families import family_of
+from megactllm.model.families.moe import GATE_UP_KEYS
 from megactllm.tokenizer.bos import tokenizer_file_adds_bos
 from megactllm.tokenizer.vocab_fit import check_tokenizer_fits
 from megactllm.common.atomic import write_text_atomic
@@ -76,12 +77,24 @@ def hf_group_tensors(reader: MegatronCheckpointReader, group: str, dtype: torch.
             yield layout.HF_LM_HEAD, reader.read(layout.OUTPUT_LAYER)[: model.vocab_size].to(dtype)
     else:
         i = int(group[len("layer"):])
-        entries = layout.layer_tensors_at(model, i)  # (key, expert or None) -> HF names
-        tensors = reader.read_layer(list(dict.fromkeys(key for key, _ in entries)), i)
-        for (key, expert), names in entries.items():
-            tensor = tensors[key] if expert is None else tensors[key][expert]  # experts: [E, ...]
-            for name, part in zip(names, layout.to_hf(key, tensor, model), strict=True):
+        for (key, expert), names in layout.layer_tensors_at(model, i).items():  # (key, expert or None) -> HF names
+            for name, part in zip(names, _hf_parts(reader, key, i, expert), strict=True):
                 yield layout.hf_layer(i, name), part.to(dtype)
+
+
+def _hf_parts(reader: MegatronCheckpointReader, key: str, layer: int, expert) -> tuple[torch.Tensor, ...]:
+    """The HF tensors of one megatron tensor of a layer (of one expert: experts lie on the first axis).
+    A fused gate/up projection is read as its two halves, which is how megatron-core stores them:
+    each is then a view of the checkpoint's file, and the fused tensor is never assembled."""
+    def region(offsets: tuple, sizes: tuple) -> torch.Tensor:
+        if expert is None:
+            return reader.read_layer_region(key, layer, offsets, sizes)
+        return reader.read_layer_region(key, layer, (expert, *offsets), (1, *sizes))[0]
+
+    if key in GATE_UP_KEYS:
+        half = layout.Shapes(reader.model).megatron_layer(key)[0] // 2
+        return region((0,), (half,)), region((half,), (half,))
+    return layout.to_hf(key, region((), ()), reader.model)
 
 
 def hf_tensors(reader: MegatronCheckpointReader, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:

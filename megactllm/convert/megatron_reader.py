@@ -2,7 +2,7 @@
 
 No model is built: the tensors are read from megatron-core's dist_checkpointing directory by key
 at their global shape (convert.dist_reader), whatever TP/PP layout wrote them, so exporting needs
-no GPU; `read_layer` reads one layer's slice of the stacked keys, so memory stays one layer
+no GPU; `read_layer_region` reads (part of) one layer's slice of the stacked keys, so memory stays one layer
 whatever the depth. Tensors are mapped from the files (no copy) where the layout allows.
 """
 from __future__ import annotations
@@ -133,16 +133,13 @@ class MegatronCheckpointReader:
             return key
         return layout.per_layer_key(key, i)
 
-    def read_layer(self, keys, layer: int) -> dict[str, torch.Tensor]:
-        """Layer `layer`'s tensor of each per-layer key (stacked or its own)."""
-        out = {}
-        for key in keys:
-            stored = self.stored_key(key, layer)
-            if stored != key:
-                out[key] = self._read(stored, f"layer {layer}")
-            else:
-                out[key] = self._read(key, f"layer {layer}", (layer,), (1,))[0]
-        return out
+    def read_layer_region(self, key: str, layer: int, offsets: tuple = (), sizes: tuple = ()) -> torch.Tensor:
+        """Part of layer `layer`'s tensor of `key`: `sizes` from `offsets` along its leading axes
+        (the layer's own axes); a view of the file when the part is one stored chunk."""
+        stored = self.stored_key(key, layer)
+        if stored != key:
+            return self._read(stored, f"layer {layer}", offsets, sizes)
+        return self._read(key, f"layer {layer}", (layer, *offsets), (1, *sizes))[0]
 
     def _read(self, key: str, what: str, offsets: tuple = (), sizes: tuple = ()) -> torch.Tensor:
         try:
