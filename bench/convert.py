@@ -4,7 +4,9 @@
 Each phase runs in its own process (clean peak-memory figures) and prints wall time and peak
 resident memory; ratios compare with the reference measured in the same run:
   baseline  read every tensor of the HF safetensors and write them back out (safetensors library,
-            a shard at a time): the I/O any conversion must do.
+            a shard at a time): the I/O any conversion must do. The ratios are against it.
+  baseline+fsync  the same, each file fsynced as written: the part of a conversion's time that is
+            waiting for the disk (a conversion's output is durable before it appears), shown beside.
   import    HF directory -> megactllm checkpoint (streamed a layer at a time, convert.importer).
   export    megactllm checkpoint -> HF directory (a layer at a time, 1 GiB safetensors shards).
   verify    the exported tensors equal the originals bit for bit (not timed).
@@ -131,14 +133,22 @@ def phase_make_hf(work: Path, preset: str, tokenizer: Path, layers: str = "") ->
     return dict(parameters=sum(p.numel() for p in model.parameters()))
 
 
-def phase_baseline(work: Path) -> dict:
+def phase_baseline(work: Path, durable: bool = False) -> dict:
     from safetensors.torch import load_file, save_file
 
     out = work / "baseline"
     out.mkdir()
     for shard in sorted((work / "hf_in").glob("*.safetensors")):
         save_file(load_file(shard), out / shard.name, metadata={"format": "pt"})
+        if durable:  # as a conversion does before its output appears
+            fd = os.open(out / shard.name, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
     return {}
+
+
+def phase_baseline_fsync(work: Path) -> dict:
+    return phase_baseline(work, durable=True)
 
 
 def phase_import(work: Path, workers: int = 1) -> dict:
@@ -175,8 +185,8 @@ def phase_verify(work: Path) -> dict:
     return dict(tensors=len(before))
 
 
-PHASES = {"make-hf": phase_make_hf, "baseline": phase_baseline, "import": phase_import, "export": phase_export,
-          "verify": phase_verify}
+PHASES = {"make-hf": phase_make_hf, "baseline": phase_baseline, "baseline+fsync": phase_baseline_fsync,
+          "import": phase_import, "export": phase_export, "verify": phase_verify}
 
 
 def run_phase(name: str, work: Path, extra: list) -> dict:
@@ -237,14 +247,14 @@ def measure(work: Path, args, layers: str) -> tuple[dict, int, int]:
     results = {}
     for _ in range(args.repeats):
         for workers in args.workers:
-            for name in ("baseline", "import", "export"):
-                if name == "baseline" and workers != args.workers[0]:
+            for name in ("baseline", "baseline+fsync", "import", "export"):
+                if name.startswith("baseline") and workers != args.workers[0]:
                     continue
                 for leftover in ("baseline", "ckpt", "hf_out"):
                     if name != "export" or leftover != "ckpt":
                         shutil.rmtree(work / leftover, ignore_errors=True)
                 r = run_phase(name, work, ["--workers", str(workers)])
-                label = name if workers == 1 or name == "baseline" else f"{name}/{workers}w"
+                label = name if workers == 1 or name.startswith("baseline") else f"{name}/{workers}w"
                 if label not in results or r["seconds"] < results[label]["seconds"]:
                     results[label] = r
     run_phase("verify", work, [])
