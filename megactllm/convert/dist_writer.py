@@ -12,9 +12,9 @@ and nothing reads them but the index).
 
 A group is sealed by a thread beside the writing one, so the disk and the checksums overlap the
 next group's work: its files are fsynced, their CRC-32s taken (while the pages are still cached;
-`finish` hands them to the checkpoint's manifest, which need not read the files again), and only
-then is its index written. A killed run, or a crashed machine, thus leaves finished groups that a
-rerun keeps (`has`, which also checks the data the index points at is there) and unfinished ones,
+`finish` hands them to the checkpoint's manifest, which need not read the files again), its pages
+dropped from the cache (common.atomic.drop_cached), and only then is its index written. A killed
+run, or a crashed machine, thus leaves finished groups that a rerun keeps (`has`, which also checks the data the index points at is there) and unfinished ones,
 whose files it rewrites. torch's own per-record CRC is not computed: torch.load never checks it,
 and the manifest's covers every byte.
 Call inside a process group (convert.process_group.single_process_group): megatron-core asks
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from megactllm.checkpoint.manifest import crc32_file
-from megactllm.common.atomic import fsync_path, write_bytes_atomic
+from megactllm.common.atomic import drop_cached, fsync_path, write_bytes_atomic
 from megactllm.convert.errors import ConversionError
 
 _GROUP_NAME = re.compile(r"^[a-z0-9]+$")
@@ -200,6 +200,7 @@ class DistCheckpointWriter:
         for path in files:
             fsync_path(path)
             checksums[path.name] = [path.stat().st_size, crc32_file(path)]
+            drop_cached(path)
         write_bytes_atomic(self._index(group), pickle.dumps({"index": index, "files": checksums}))
 
     def finish(self, groups: list[str]) -> dict[str, list]:
