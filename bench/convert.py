@@ -10,10 +10,14 @@ resident memory; ratios compare with the reference measured in the same run:
   import    HF directory -> megactllm checkpoint (streamed a layer at a time, convert.importer).
   export    megactllm checkpoint -> HF directory (a layer at a time, 1 GiB safetensors shards).
   verify    the exported tensors equal the originals bit for bit (not timed).
-Files are written in bf16 (as HF models ship); all files stay in the page cache between phases.
-Library imports are done before the clock starts (a fixed few seconds), and each phase starts
-after `sync` (no writeback of the previous phase's files to wait for); a conversion fsyncs its own
-output before it appears, the baseline does not. CPU seconds (the phase's process and its
+Files are written in bf16 (as HF models ship). Every phase finds its input in the same state
+(--inputs): "cold" (the default) drops the input files from the page cache before the clock starts,
+as a conversion of a checkpoint written days ago reads it from disk; "warm" reads them into the
+cache first. (The importer drops its own output from the cache, so without this the export would
+read from disk while the baseline reads from memory.) Library imports are done before the clock
+starts (a fixed few seconds), and each phase starts after `sync` (no writeback of the previous
+phase's files to wait for); a conversion fsyncs its own output before it appears, the baseline
+does not. CPU seconds (the phase's process and its
 workers) are printed beside wall time: on a shared machine they vary less. Memory is the peak of
 the process's RSS plus its helper processes' unique memory, minus the RSS after imports: the
 conversion's own working set, also shown relative to the model's size.
@@ -185,6 +189,22 @@ def phase_verify(work: Path) -> dict:
     return dict(tensors=len(before))
 
 
+PHASE_INPUTS = {"export": "ckpt"}  # the directory each phase reads (hf_in for the others)
+
+
+def set_input_cache(directory: Path, state: str) -> None:
+    """Put a phase's input files in the page cache ("warm") or out of it ("cold")."""
+    from megactllm.common.atomic import drop_cached
+
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if state == "cold":
+            drop_cached(path)  # synced above, so every page can go
+        else:
+            with open(path, "rb", buffering=0) as f:
+                while f.read(64 << 20):
+                    pass
+
+
 PHASES = {"make-hf": phase_make_hf, "baseline": phase_baseline, "baseline+fsync": phase_baseline_fsync,
           "import": phase_import, "export": phase_export, "verify": phase_verify}
 
@@ -208,12 +228,16 @@ def child(args) -> None:
     import torch
     import transformers  # noqa: F401
 
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast  # noqa: F401  (lazy until first use)
+
     import megactllm.convert  # noqa: F401
 
     import resource
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     os.sync()  # the previous phase's dirty pages are not this phase's writeback to wait for
+    if args.phase not in ("make-hf", "verify"):
+        set_input_cache(args.work / PHASE_INPUTS.get(args.phase, "hf_in"), args.inputs)
 
     def cpu() -> float:
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -242,7 +266,7 @@ def measure(work: Path, args, layers: str) -> tuple[dict, int, int]:
                                        "--make-layers", layers])
     model_bytes = sum(f.stat().st_size for f in (work / "hf_in").glob("*.safetensors"))
     print(f"model: {made['parameters'] / 1e6:.0f}M parameters{f' ({layers} layers)' if layers else ''}, "
-          f"{model_bytes / 2**30:.2f} GiB of bf16 safetensors ({os.cpu_count()} CPUs, load average "
+          f"{model_bytes / 2**30:.2f} GiB of bf16 safetensors, {args.inputs} inputs ({os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f})", flush=True)
     results = {}
     for _ in range(args.repeats):
@@ -253,7 +277,7 @@ def measure(work: Path, args, layers: str) -> tuple[dict, int, int]:
                 for leftover in ("baseline", "ckpt", "hf_out"):
                     if name != "export" or leftover != "ckpt":
                         shutil.rmtree(work / leftover, ignore_errors=True)
-                r = run_phase(name, work, ["--workers", str(workers)])
+                r = run_phase(name, work, ["--workers", str(workers), "--inputs", args.inputs])
                 label = name if workers == 1 or name.startswith("baseline") else f"{name}/{workers}w"
                 if label not in results or r["seconds"] < results[label]["seconds"]:
                     results[label] = r
@@ -281,6 +305,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="repeat baseline/import/export, keep the best time")
     p.add_argument("--workers", type=int, nargs="+", default=[1],
                    help="conversion processes (--workers of import and export); several, e.g. 1 2, to compare")
+    p.add_argument("--inputs", choices=("cold", "warm"), default="cold",
+                   help="each phase's input files out of the page cache (read from disk) or in it")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)

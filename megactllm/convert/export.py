@@ -28,7 +28,7 @@ from megactllm.convert.megatron_reader import MegatronCheckpointReader
 from megactllm.convert.process_group import single_process_group
 from megactllm.convert.progress import ConversionProgress
 from megactllm.convert.safetensors_io import PlannedSafetensorsFiles, TensorSpec
-from megactllm.convert.tokenizer_export import export_tokenizer
+from megactllm.convert.tokenizer_export import export_tokenizer, load_tokenizer_file
 from megactllm.model.families import family_of
 from megactllm.model.families.moe import GATE_UP_KEYS
 from megactllm.tokenizer.bos import tokenizer_file_adds_bos
@@ -181,7 +181,7 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def default_chat_template(tokenizer_type: str, tokenizer_file: Path) -> tuple[Optional[str], str]:
+def default_chat_template(tokenizer_type: str, tokenizer_file: Path, tokenizer=None) -> tuple[Optional[str], str]:
     """The template of the chat format the tokenizer carries (ChatML or Llama-3), else None; and why.
 
     It is the format SFT and DPO rendered with, so the exported model is prompted as it was trained.
@@ -191,7 +191,9 @@ def default_chat_template(tokenizer_type: str, tokenizer_file: Path) -> tuple[Op
     from megactllm.tokenizer import load_tokenizer
     from megactllm.tokenizer.chat_formats import chat_format_of
 
-    fmt = chat_format_of(load_tokenizer(tokenizer_type, str(tokenizer_file)), required=False)
+    if tokenizer is None:  # else the caller's, already loaded from tokenizer_file
+        tokenizer = load_tokenizer(tokenizer_type, str(tokenizer_file))
+    fmt = chat_format_of(tokenizer, required=False)
     if fmt is None:
         return None, "no chat template: the tokenizer has neither ChatML's nor Llama-3's chat tokens (a base model)"
     return fmt.jinja, f"chat template: {fmt.name}"
@@ -250,9 +252,10 @@ def export_to_hf(
         plan = hf_tensor_plan(model, target_dtype)
         progress = ConversionProgress("export", sum(s.nbytes for s in plan), progress_stream)
         progress.message(f"{meta.path} -> {out_dir} ({family_of(model).num_parameters(model) / 1e6:.1f}M parameters, {target_dtype})")
+        ours = load_tokenizer_file(tokenizer_type, tokenizer_file)  # once: a 152k vocabulary takes a while
         template = chat_template
         if chat_template == "default":
-            template, why = default_chat_template(tokenizer_type, tokenizer_file)
+            template, why = default_chat_template(tokenizer_type, tokenizer_file, ours)
             progress.message(why)
         fingerprint = {"kind": "export", "format": 2, "dtype": str(target_dtype), "max_shard_bytes": max_shard_bytes,
                        "inputs": file_fingerprint(p for p in (meta.path / "model").iterdir() if p.is_file()),
@@ -266,6 +269,7 @@ def export_to_hf(
                 model_max_length=model.max_position_embeddings or model.seq_length,
                 add_bos_token=(tokenizer_file_adds_bos(tokenizer_type, tokenizer_file) if add_bos_token is None
                                else add_bos_token),
+                tokenizer=ours,
             )
             check_tokenizer_fits(model, tokenizer, where=f"checkpoint {meta.path}",
                                  reference=_own_tokenizer(meta, tokenizer_file))

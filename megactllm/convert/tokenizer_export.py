@@ -58,6 +58,14 @@ def _adds_dummy_prefix(model_file: Path) -> bool:
     return proto.normalizer_spec.add_dummy_prefix
 
 
+def load_tokenizer_file(tokenizer_type: str, tokenizer_file: str | Path) -> Tokenizer:
+    """Our tokenizer from `tokenizer_file`, or the error a conversion gives for a missing one."""
+    tokenizer_file = Path(tokenizer_file)
+    if not tokenizer_file.is_file():
+        raise ConversionError(f"tokenizer file {tokenizer_file} is missing; pass --tokenizer with the model's tokenizer")
+    return load_tokenizer(tokenizer_type, str(tokenizer_file))
+
+
 def export_tokenizer(
     tokenizer_type: str,
     tokenizer_file: str | Path,
@@ -65,16 +73,16 @@ def export_tokenizer(
     chat_template: Optional[str] = None,
     model_max_length: Optional[int] = None,
     add_bos_token: bool = False,
+    tokenizer: Optional[Tokenizer] = None,
 ) -> Tokenizer:
     """Write tokenizer files into out_dir; returns our tokenizer (for the ids in config.json).
 
     add_bos_token defaults to False because megactllm's encode adds no BOS (documents end in EOD),
-    so HF's `tokenizer(text)` gives the ids the model was trained on.
+    so HF's `tokenizer(text)` gives the ids the model was trained on. `tokenizer`: the caller's,
+    already loaded from tokenizer_file (else it is loaded here).
     """
     tokenizer_file = Path(tokenizer_file)
-    if not tokenizer_file.is_file():
-        raise ConversionError(f"tokenizer file {tokenizer_file} is missing; pass --tokenizer with the model's tokenizer")
-    ours = load_tokenizer(tokenizer_type, str(tokenizer_file))
+    ours = tokenizer or load_tokenizer_file(tokenizer_type, tokenizer_file)
     out_dir = Path(out_dir)
     specials = _special_tokens(ours)
     settings = dict(specials, add_bos_token=add_bos_token, add_eos_token=False)
