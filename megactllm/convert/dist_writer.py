@@ -30,6 +30,7 @@ import pickle
 import re
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -99,10 +100,10 @@ class Concatenation:
 
     def resolve(self, view: torch.Tensor) -> torch.Tensor:
         """The tensor to write for `view`, a view of the placeholder."""
-        if view.is_contiguous() and view.dtype == self.placeholder.dtype:
+        if view.is_contiguous():
             start = self.placeholder.storage_offset()
             for part in self.parts:
-                if view.storage_offset() == start and view.numel() == part.numel():
+                if view.storage_offset() == start and view.numel() == part.numel() and view.dtype == part.dtype:
                     return part.reshape(view.shape)
                 start += part.numel()
         if not self.filled:
@@ -125,7 +126,7 @@ class DistCheckpointWriter:
         self.model_dir, self.index_dir = Path(model_dir), Path(index_dir)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        self._sealer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seal-group")
+        self._sealer: Optional[concurrent.futures.ThreadPoolExecutor] = None  # started by the first write
         self._sealing: list[concurrent.futures.Future] = []
 
     def __enter__(self) -> "DistCheckpointWriter":
@@ -192,6 +193,8 @@ class DistCheckpointWriter:
             state_dict_saver.save(mcore_to_pyt_state_dict(flat, False), storage_writer=writer,
                                   planner=MCoreSavePlanner(flatten_state_dict=False), no_dist=True)
         files = sorted(self.model_dir.glob(f"{prefix}*"))
+        if self._sealer is None:
+            self._sealer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seal-group")
         self._sealing.append(self._sealer.submit(self._seal, group, writer.index, files))
 
     def _seal(self, group: str, index, files: list[Path]) -> None:
@@ -237,7 +240,8 @@ class DistCheckpointWriter:
         write_bytes_atomic(self.model_dir / ".metadata", pickle.dumps(merged))
         TorchCommonSaveStrategy("torch", 1).save_common({}, self.model_dir)
         save_config(CheckpointingConfig("torch_dist", 1), str(self.model_dir))
-        self._sealer.shutdown()
+        if self._sealer is not None:
+            self._sealer.shutdown()
         return checksums
 
 
