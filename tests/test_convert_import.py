@@ -181,6 +181,10 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path, tokenizer_fi
     with pytest.raises(VocabMismatchError, match=r"smaller\.model has 280 ids but checkpoint .* has a vocabulary of 300"):
         export_to_hf(imported.checkpoint, tmp_path / "hf_out", tokenizer_file=smaller, progress_stream=None)
     assert not (tmp_path / "hf_out").exists() and not list(tmp_path.glob("hf_out*"))
+    # a --tokenizer path that is not there is named before the default chat template is looked for
+    with pytest.raises(ConversionError, match=r"tokenizer file .*absent\.model is missing"):
+        export_to_hf(imported.checkpoint, tmp_path / "hf_out", tokenizer_file=tmp_path / "absent.model", progress_stream=None)
+    assert not list(tmp_path.glob("hf_out*"))
 
 
 def test_corrupt_checkpoint_leaves_no_output(tmp_path, tokenizer_file):
