@@ -17,12 +17,9 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("family", list(SHAPES))
-def test_moe_gguf_logits_match_transformers(family, tmp_path, sp_model_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[serve]')")
-    import gguf
-
-    from megactllm.convert.gguf import export_gguf
+def _saved_moe_model(family: str, tmp_path: Path, sp_model_path):
+    """A tiny random MoE model of `family` saved by transformers with the real MAP-NEO SentencePiece
+    model (identity normalizer, as llama.cpp tokenizes); (model, its directory, vocabulary size)."""
     from megactllm.tokenizer import load_tokenizer
 
     tokenizer = Path(sp_model_path)
@@ -31,6 +28,17 @@ def test_moe_gguf_logits_match_transformers(family, tmp_path, sp_model_path):
     model = tiny_moe_model(family, vocab, initializer_range=0.1, max_position_embeddings=256, **SHAPES[family])
     model.save_pretrained(hf_dir)
     (hf_dir / "tokenizer.model").write_bytes(tokenizer.read_bytes())
+    return model, hf_dir, vocab
+
+
+@pytest.mark.parametrize("family", list(SHAPES))
+def test_moe_gguf_logits_match_transformers(family, tmp_path, sp_model_path):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[serve]')")
+    import gguf
+
+    from megactllm.convert.gguf import export_gguf
+
+    model, hf_dir, vocab = _saved_moe_model(family, tmp_path, sp_model_path)
     out = tmp_path / f"{family}.gguf"
     export_gguf(hf_dir, out, "f32", progress_stream=None)
 
@@ -66,14 +74,8 @@ def test_quantized_moe_gguf_holds_the_experts_and_runs_close(family, tmp_path, s
     from gguf.quants import dequantize
 
     from megactllm.convert.gguf import export_gguf
-    from megactllm.tokenizer import load_tokenizer
 
-    tokenizer = Path(sp_model_path)
-    vocab = load_tokenizer("sentencepiece", str(tokenizer)).vocab_size
-    hf_dir = tmp_path / "hf"
-    model = tiny_moe_model(family, vocab, initializer_range=0.1, max_position_embeddings=256, **SHAPES[family])
-    model.save_pretrained(hf_dir)
-    (hf_dir / "tokenizer.model").write_bytes(tokenizer.read_bytes())
+    model, hf_dir, vocab = _saved_moe_model(family, tmp_path, sp_model_path)
     f32 = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(export_gguf(hf_dir, tmp_path / "f32.gguf", "f32",
                                                                               progress_stream=None).path)).tensors}
     files = {}

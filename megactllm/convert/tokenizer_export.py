@@ -82,7 +82,7 @@ def export_tokenizer(
     already loaded from tokenizer_file (else it is loaded here).
     """
     tokenizer_file = Path(tokenizer_file)
-    ours = tokenizer or load_tokenizer_file(tokenizer_type, tokenizer_file)
+    ours = tokenizer if tokenizer is not None else load_tokenizer_file(tokenizer_type, tokenizer_file)
     out_dir = Path(out_dir)
     specials = _special_tokens(ours)
     settings = dict(specials, add_bos_token=add_bos_token, add_eos_token=False)
