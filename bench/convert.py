@@ -21,11 +21,11 @@ checkpoint (later imports write a copy beside it): on this VM the first reads of
 moments before cost far more than later reads (an export straight after its import took 11.7 s
 and 19 s of CPU; of the same checkpoint once it had been read: 7.6-9.9 s and 11-14 s), and the
 baseline's input has always been read by earlier phases. With --repeats 2 or more, each phase's
-best is therefore measured on an input read before, as the others'. Library imports are done before the clock
-starts (a fixed few seconds), and each phase starts after `sync` (no writeback of the previous
-phase's files to wait for); a conversion fsyncs its own output before it appears, the baseline
-does not. CPU seconds (the phase's process and its
-workers) are printed beside wall time: on a shared machine they vary less. Memory is the peak of
+best is therefore measured on an input read before, as the others'. Library imports are done
+before the clock starts (a fixed few seconds), and each phase starts after `sync` (no writeback of
+the previous phase's files to wait for); a conversion fsyncs its own output before it appears, the
+baseline does not. CPU seconds (the phase's process and its workers) are printed beside wall
+time: on a shared machine they vary less. Memory is the peak of
 the process's RSS plus its helper processes' unique memory, minus the RSS after imports: the
 conversion's own working set, also shown relative to the model's size.
 
@@ -147,14 +147,14 @@ def phase_make_hf(work: Path, preset: str, tokenizer: Path, layers: str = "") ->
 def phase_baseline(work: Path, durable: bool = False) -> dict:
     from safetensors.torch import load_file, save_file
 
+    from megactllm.common.atomic import fsync_path
+
     out = work / "baseline"
     out.mkdir()
     for shard in sorted((work / "hf_in").glob("*.safetensors")):
         save_file(load_file(shard), out / shard.name, metadata={"format": "pt"})
         if durable:  # as a conversion does before its output appears
-            fd = os.open(out / shard.name, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+            fsync_path(out / shard.name)
     return {}
 
 

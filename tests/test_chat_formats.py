@@ -272,7 +272,7 @@ def test_hf_export_writes_the_tokenizers_own_format(shared_data, llama3_dir, tmp
     from megactllm.convert.export import default_chat_template
     from megactllm.convert.tokenizer_export import export_tokenizer
 
-    template, why = default_chat_template("huggingface", llama3_dir / "tokenizer.json")
+    template, why = default_chat_template(load_tokenizer("huggingface", str(llama3_dir / "tokenizer.json")))
     assert template == LLAMA3.jinja and LLAMA3.name in why
     export_tokenizer("huggingface", llama3_dir / "tokenizer.json", tmp_path / "hf", chat_template=template)
     hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)

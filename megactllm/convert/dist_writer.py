@@ -14,8 +14,8 @@ A group is sealed by a thread beside the writing one, so the disk and the checks
 next group's work: its files are fsynced, their CRC-32s taken (while the pages are still cached;
 `finish` hands them to the checkpoint's manifest, which need not read the files again), its pages
 dropped from the cache (common.atomic.drop_cached), and only then is its index written. A killed
-run, or a crashed machine, thus leaves finished groups that a rerun keeps (`has`, which also checks the data the index points at is there) and unfinished ones,
-whose files it rewrites. torch's own per-record CRC is not computed: torch.load never checks it,
+run, or a crashed machine, thus leaves finished groups that a rerun keeps (`has`, which also
+checks the data the index points at is there) and unfinished ones, whose files it rewrites. torch's own per-record CRC is not computed: torch.load never checks it,
 and the manifest's covers every byte.
 Call inside a process group (convert.process_group.single_process_group): megatron-core asks
 for the rank while translating.

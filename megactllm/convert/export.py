@@ -114,18 +114,18 @@ class _ExportJob:
     done_dir: Path
 
 
-def _export_groups(job: _ExportJob, groups: list[str], reader: MegatronCheckpointReader, progress=None) -> list[str]:
+def _export_groups(job: _ExportJob, groups: list[str], reader: MegatronCheckpointReader, progress=None) -> None:
     """Write `groups` into the planned shards at their offsets. A group is marked done by a thread
     beside the writing one, after fsyncing the shards it wrote to (the disk overlaps the next group's
     work): a crashed machine's rerun never keeps a group whose bytes did not reach the disk."""
     import concurrent.futures
 
-    def seal(files: PlannedSafetensorsFiles, shards: set, group: str) -> None:
+    def seal(shards: set, group: str) -> None:
         files.sync(shards)
         write_text_atomic(job.done_dir / group, "", fsync=False)
 
-    def run(reader):
-        files = PlannedSafetensorsFiles(job.out_dir, hf_tensor_plan(reader.model, job.dtype), job.max_shard_bytes)
+    files = PlannedSafetensorsFiles(job.out_dir, hf_tensor_plan(reader.model, job.dtype), job.max_shard_bytes)
+    try:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seal-group") as sealer:
             sealing = []
             for group in groups:
@@ -134,13 +134,11 @@ def _export_groups(job: _ExportJob, groups: list[str], reader: MegatronCheckpoin
                     shards.add(files.write(name, tensor))
                     if progress is not None:
                         progress.update(tensor.numel() * tensor.element_size(), name)
-                sealing.append(sealer.submit(seal, files, shards, group))
+                sealing.append(sealer.submit(seal, shards, group))
             for future in sealing:
                 future.result()
+    finally:
         files.close()
-
-    run(reader)
-    return groups
 
 
 def _worker_setup(job: _ExportJob, stack):
@@ -181,18 +179,15 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def default_chat_template(tokenizer_type: str, tokenizer_file: Path, tokenizer=None) -> tuple[Optional[str], str]:
+def default_chat_template(tokenizer) -> tuple[Optional[str], str]:
     """The template of the chat format the tokenizer carries (ChatML or Llama-3), else None; and why.
 
     It is the format SFT and DPO rendered with, so the exported model is prompted as it was trained.
     A base model whose tokenizer has neither format's tokens gets no template: rendered chats would
     split the markers into ordinary pieces the model never learned as turn boundaries.
     """
-    from megactllm.tokenizer import load_tokenizer
     from megactllm.tokenizer.chat_formats import chat_format_of
 
-    if tokenizer is None:  # else the caller's, already loaded from tokenizer_file
-        tokenizer = load_tokenizer(tokenizer_type, str(tokenizer_file))
     fmt = chat_format_of(tokenizer, required=False)
     if fmt is None:
         return None, "no chat template: the tokenizer has neither ChatML's nor Llama-3's chat tokens (a base model)"
@@ -255,7 +250,7 @@ def export_to_hf(
         ours = load_tokenizer_file(tokenizer_type, tokenizer_file)  # once: a 152k vocabulary takes a while
         template = chat_template
         if chat_template == "default":
-            template, why = default_chat_template(tokenizer_type, tokenizer_file, ours)
+            template, why = default_chat_template(ours)
             progress.message(why)
         fingerprint = {"kind": "export", "format": 2, "dtype": str(target_dtype), "max_shard_bytes": max_shard_bytes,
                        "inputs": file_fingerprint(p for p in (meta.path / "model").iterdir() if p.is_file()),

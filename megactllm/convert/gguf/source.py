@@ -18,6 +18,7 @@ import torch
 from megactllm.config import ModelConfig
 from megactllm.convert.errors import ConversionError
 from megactllm.convert.export import default_chat_template, hf_tensor_plan, hf_tensors
+from megactllm.convert.tokenizer_export import load_tokenizer_file
 from megactllm.convert.hf_config import model_config_from_hf, read_hf_config
 from megactllm.convert.safetensors_io import TensorSpec
 from megactllm.tokenizer.bos import hf_bos_eos, sentencepiece_adds_bos
@@ -75,7 +76,7 @@ def open_source(path: str | Path, tokenizer_file: Optional[str | Path] = None):
         if tok_type not in ("sentencepiece", "huggingface"):
             raise ConversionError(f"{meta.path}: tokenizer type {tok_type!r}; GGUF export supports SentencePiece and "
                                   "byte-level BPE (tokenizer.json) tokenizers")
-        template, why = default_chat_template(tok_type, tok)
+        template, why = default_chat_template(load_tokenizer_file(tok_type, tok))
         tok_config = _config_beside(tok)
         # BOS as the original adds it: its tokenizer_config.json (copied by the import), or a
         # tokenizer.json's post-processor (Llama-3's); megactllm's own tokenizers add none.
